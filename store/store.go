@@ -1,0 +1,281 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrSize reports a size that does not fit the image.
+var ErrSize = errors.New("store: bad size")
+
+// File is a disk image backed by a regular file or a block device.
+type File struct {
+	f      *os.File
+	path   string
+	size   int64
+	device bool
+}
+
+// Create makes a new sparse image of size bytes at path. It fails if path
+// exists, so an existing disk is never truncated by mistake.
+func Create(path string, size int64) (*File, error) {
+	if size <= 0 || size%512 != 0 {
+		return nil, fmt.Errorf("store: create %s: size %d: %w (must be a positive multiple of 512)", path, size, ErrSize)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: create %s: %w", path, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("store: create %s: set size %d: %w", path, size, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: create %s: sync: %w", path, err)
+	}
+	if err := syncDir(path); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &File{f: f, path: path, size: size}, nil
+}
+
+// Open opens an existing image file or block device read-write.
+func Open(path string) (*File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("store: stat %s: %w", path, err)
+	}
+	s := &File{f: f, path: path}
+	switch {
+	case st.Mode().IsRegular():
+		s.size = st.Size()
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		s.device = true
+		n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("store: %s: read device size: %w", path, err)
+		}
+		s.size = int64(n)
+	default:
+		f.Close()
+		return nil, fmt.Errorf("store: open %s: not a regular file or block device (mode %v)", path, st.Mode())
+	}
+	if s.size <= 0 {
+		f.Close()
+		return nil, fmt.Errorf("store: open %s: size is %d: %w", path, s.size, ErrSize)
+	}
+	return s, nil
+}
+
+// Path is the file or device path.
+func (s *File) Path() string { return s.path }
+
+// Size is the image size in bytes.
+func (s *File) Size() int64 { return s.size }
+
+// IsDevice reports whether the image is a block device.
+func (s *File) IsDevice() bool { return s.device }
+
+func (s *File) check(op string, off, n int64) error {
+	if off < 0 || n < 0 || off > s.size || n > s.size-off {
+		return fmt.Errorf("store: %s [%d, +%d) outside image of %d bytes: %w", op, off, n, s.size, syscall.EINVAL)
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off. Reading past the end is an error.
+func (s *File) ReadAt(p []byte, off int64) (int, error) {
+	if err := s.check("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := s.f.ReadAt(p, off)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	if err != nil {
+		return n, fmt.Errorf("store: read %s at %d: %w", s.path, off, err)
+	}
+	return n, nil
+}
+
+// WriteAt writes p at off.
+func (s *File) WriteAt(p []byte, off int64) (int, error) {
+	if err := s.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := s.f.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("store: write %s at %d: %w", s.path, off, err)
+	}
+	return n, nil
+}
+
+// Trim discards [off, off+n): afterwards the range reads as zeroes.
+func (s *File) Trim(off, n int64) error {
+	if err := s.check("trim", off, n); err != nil || n == 0 {
+		return err
+	}
+	if s.device {
+		// A discard need not make a device read back zeroes; BLKZEROOUT
+		// (which unmaps where the device can) keeps the store's promise.
+		return s.Zero(off, n, false)
+	}
+	err := unix.Fallocate(int(s.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err == nil {
+		return nil
+	}
+	if !unsupported(err) {
+		return fmt.Errorf("store: punch hole %s [%d, +%d): %w", s.path, off, n, err)
+	}
+	return s.writeZeroes(off, n)
+}
+
+// Zero makes [off, off+n) read as zeroes. With noHole the range stays
+// allocated (no hole is punched).
+func (s *File) Zero(off, n int64, noHole bool) error {
+	if err := s.check("zero", off, n); err != nil || n == 0 {
+		return err
+	}
+	if err := s.ZeroFast(off, n, noHole); err == nil {
+		return nil
+	} else if !errors.Is(err, syscall.ENOTSUP) {
+		return err
+	}
+	return s.writeZeroes(off, n)
+}
+
+// ZeroFast zeroes [off, off+n) only if the filesystem or device can do it
+// without writing the bytes; otherwise it returns an error wrapping
+// syscall.ENOTSUP and changes nothing.
+func (s *File) ZeroFast(off, n int64, noHole bool) error {
+	if err := s.check("zero", off, n); err != nil || n == 0 {
+		return err
+	}
+	if s.device {
+		if err := ioctlRange(s.f, unix.BLKZEROOUT, off, n); err != nil {
+			if unsupported(err) {
+				return fmt.Errorf("store: zero %s: %w", s.path, syscall.ENOTSUP)
+			}
+			return fmt.Errorf("store: zero %s [%d, +%d): %w", s.path, off, n, err)
+		}
+		return nil
+	}
+	fd := int(s.f.Fd())
+	err := unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	if err != nil && unsupported(err) && !noHole {
+		err = unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	}
+	if err != nil {
+		if unsupported(err) {
+			return fmt.Errorf("store: zero %s: %w", s.path, syscall.ENOTSUP)
+		}
+		return fmt.Errorf("store: zero %s [%d, +%d): %w", s.path, off, n, err)
+	}
+	return nil
+}
+
+var zeroBuf = make([]byte, 1<<20) // read-only
+
+func (s *File) writeZeroes(off, n int64) error {
+	for n > 0 {
+		c := min(n, int64(len(zeroBuf)))
+		if _, err := s.f.WriteAt(zeroBuf[:c], off); err != nil {
+			return fmt.Errorf("store: write zeroes %s at %d: %w", s.path, off, err)
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Sync makes every completed write durable (fdatasync).
+func (s *File) Sync() error {
+	if err := unix.Fdatasync(int(s.f.Fd())); err != nil {
+		return fmt.Errorf("store: fdatasync %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// DataRanges calls fn for each range in [off, off+n) that may hold data,
+// skipping holes (SEEK_DATA/SEEK_HOLE). Where holes cannot be found (block
+// devices, filesystems without support) the whole range is reported.
+func (s *File) DataRanges(off, n int64, fn func(off, n int64) error) error {
+	if err := s.check("scan", off, n); err != nil {
+		return err
+	}
+	end := off + n
+	if s.device {
+		return fn(off, n)
+	}
+	fd := int(s.f.Fd())
+	pos := off
+	for pos < end {
+		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
+		if err != nil {
+			if err == unix.ENXIO { // no data after pos
+				return nil
+			}
+			if unsupported(err) || err == unix.EINVAL {
+				return fn(pos, end-pos)
+			}
+			return fmt.Errorf("store: seek data %s at %d: %w", s.path, pos, err)
+		}
+		if d >= end {
+			return nil
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("store: seek hole %s at %d: %w", s.path, d, err)
+		}
+		h = min(h, end)
+		if err := fn(d, h-d); err != nil {
+			return err
+		}
+		pos = h
+	}
+	return nil
+}
+
+// Close closes the image without syncing it.
+func (s *File) Close() error {
+	if err := s.f.Close(); err != nil {
+		return fmt.Errorf("store: close %s: %w", s.path, err)
+	}
+	return nil
+}
+
+func unsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ENOTTY)
+}
+
+func ioctlRange(f *os.File, req uint, off, n int64) error {
+	r := [2]uint64{uint64(off), uint64(n)}
+	return ioctlPtr(int(f.Fd()), req, &r)
+}
+
+func syncDir(path string) error {
+	dir := dirOf(path)
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store: sync dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("store: sync dir %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package store_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/blockmirror/blockmirror/store"
+)
+
+func newImage(t *testing.T, size int64) *store.File {
+	t.Helper()
+	s, err := store.Create(filepath.Join(t.TempDir(), "disk.img"), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestCreateRefusesExisting(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.img")
+	s, err := store.Create(p, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := store.Create(p, 1<<20); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("second create: got %v, want ErrExist", err)
+	}
+	if _, err := store.Create(filepath.Join(t.TempDir(), "x"), 1000); !errors.Is(err, store.ErrSize) {
+		t.Fatalf("odd size: got %v, want ErrSize", err)
+	}
+}
+
+func TestReadWriteTrimZero(t *testing.T) {
+	s := newImage(t, 4<<20)
+	data := bytes.Repeat([]byte{0xab}, 64<<10)
+	if _, err := s.WriteAt(data, 4096); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := s.ReadAt(got, 4096); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v", err)
+	}
+	if err := s.Trim(8192, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Zero(20000, 3000, true); err != nil { // unaligned: falls back where needed
+		t.Fatal(err)
+	}
+	if _, err := s.ReadAt(got, 4096); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range got {
+		off := 4096 + i
+		inTrim := off >= 8192 && off < 16384
+		inZero := off >= 20000 && off < 23000
+		want := byte(0xab)
+		if inTrim || inZero {
+			want = 0
+		}
+		if b != want {
+			t.Fatalf("byte at %d = %#x, want %#x", off, b, want)
+		}
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBounds(t *testing.T) {
+	s := newImage(t, 1<<20)
+	if _, err := s.WriteAt(make([]byte, 512), 1<<20-256); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("write past end: %v", err)
+	}
+	if _, err := s.ReadAt(make([]byte, 1), -1); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("negative offset: %v", err)
+	}
+	if err := s.Trim(1<<20, 1); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("trim past end: %v", err)
+	}
+}
+
+func TestDataRangesSkipsHoles(t *testing.T) {
+	s := newImage(t, 64<<20)
+	if _, err := s.WriteAt(bytes.Repeat([]byte{1}, 1<<20), 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	err := s.DataRanges(0, s.Size(), func(off, n int64) error {
+		if off+n <= 8<<20 || off >= 9<<20 {
+			t.Errorf("range [%d,+%d) outside the written MiB", off, n)
+		}
+		total += n
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total < 1<<20 || total > 2<<20 {
+		t.Fatalf("data ranges cover %d bytes, want about 1 MiB", total)
+	}
+}
+
+func TestOpenExisting(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "disk.img")
+	s, err := store.Create(p, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.WriteAt([]byte("hello"), 100)
+	s.Close()
+	s, err = store.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Size() != 1<<20 {
+		t.Fatalf("size %d", s.Size())
+	}
+	b := make([]byte, 5)
+	s.ReadAt(b, 100)
+	if string(b) != "hello" {
+		t.Fatalf("got %q", b)
+	}
+	if _, err := store.Open(t.TempDir()); err == nil {
+		t.Fatal("opening a directory succeeded")
+	}
+}
