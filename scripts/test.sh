@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite, as CI runs it (.ci/run execs this):
+#
+#   sudo bash scripts/test.sh
+#
+# 1. scripts/setup.sh (packages, sysctl, go mod download)
+# 2. gofmt check, go vet ./...
+# 3. go test ./...  (unit tests, fuzz seed corpora, end-to-end tests in
+#    internal/e2e against the real binary and real NBD clients)
+# 4. a short fuzz smoke run of every Fuzz target (FUZZTIME each, default 3s;
+#    FUZZTIME=0 skips it)
+#
+# Environment: TEST_TIMEOUT (go test -timeout, default 15m), FUZZTIME,
+# GOTESTFLAGS (extra flags for step 3, e.g. "-short" or "-run TestNBDInfo").
+# Exits non-zero on any failure.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh </dev/null
+
+if ! command -v go >/dev/null 2>&1; then
+	export PATH=/usr/local/go/bin:$PATH
+fi
+# libnbd's python bindings live in Debian's python; make sure tools that
+# shell out to "python3" (nbdsh) find the system one first.
+export PATH=/usr/bin:/usr/sbin:$PATH:/usr/local/go/bin
+
+TEST_TIMEOUT=${TEST_TIMEOUT:-15m}
+FUZZTIME=${FUZZTIME:-3s}
+status=0
+
+step() { printf '\n=== test.sh: %s\n' "$*"; }
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*') 2>/dev/null || true)
+if [ -n "$unformatted" ]; then
+	echo "gofmt: these files need formatting:"
+	echo "$unformatted"
+	status=1
+fi
+
+step "go vet ./..."
+go vet ./... || status=1
+
+step "go test ./... (timeout $TEST_TIMEOUT)"
+# shellcheck disable=SC2086
+go test -count=1 -timeout "$TEST_TIMEOUT" ${GOTESTFLAGS:-} ./... || status=1
+
+if [ "$FUZZTIME" != "0" ] && [ "$status" -eq 0 ]; then
+	step "fuzz smoke ($FUZZTIME per target)"
+	# Every "func FuzzXxx(" in a _test.go file, run alone in its package.
+	while IFS=: read -r file name; do
+		[ -n "$file" ] || continue
+		pkg="./$(dirname "$file")"
+		echo "fuzz $pkg $name"
+		go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" || status=1
+	done < <(grep -rHoE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]+' . 2>/dev/null |
+		sed -e 's#^\./##' -e 's#:func #:#' | sort -u)
+fi
+
+if [ "$status" -ne 0 ]; then
+	step "FAILED"
+else
+	step "all passed"
+fi
+exit "$status"
