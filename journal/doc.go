@@ -1,0 +1,93 @@
+// Package journal is blockmirror's write-ahead journal: every block write is
+// appended (and, as the caller requires, made durable) before it is
+// acknowledged; mirrors are fed from it by Readers; after a restart the
+// records after the store's checkpoint are replayed with Scan.
+//
+// # Model
+//
+// Records carry a gapless seq chosen by the caller (Submit: LastSeq()+1) or
+// by the journal (SubmitNext). Submit only queues: one flush goroutine takes
+// every queued record, encodes them into one buffer, issues one write per
+// segment touched and, if any waiter asked for Durable (Wait, Append, Sync),
+// one fdatasync for the whole batch (group commit). A Durable request for a
+// record already written triggers a sync-only pass. Two watermarks
+// (Watermarks) report how far records are Written (handed to the kernel,
+// survives a process crash) and Durable (fdatasync'd, survives power loss).
+//
+// A failed write or fsync is sticky (ErrFailed): the journal refuses all
+// further work, because after a failed fsync the kernel may have discarded
+// the dirty pages and the file contents can no longer be trusted. Close and
+// Open again (Open re-verifies the files).
+//
+// # Concurrency, goroutines and buffers
+//
+// All Journal methods are safe for concurrent use. The journal owns one
+// goroutine (the flusher), started by Open and stopped by Close. A Reader
+// is used by one goroutine at a time; many Readers may run at once.
+// Submit takes ownership of Record.Data: the caller must not modify it
+// afterwards. Records returned by Reader.Next and Scan share the journal's
+// buffers (the memory tail or a buffer freshly read from a segment): they
+// stay valid but must not be modified. OnDrop runs on the flusher.
+//
+// # Files
+//
+// Dir holds segment files named by the seq of their first record, as 20
+// decimal digits plus ".seg" (e.g. 00000000000000000001.seg). A segment is
+// closed (fsync'd) and a new one started when the next record would push it
+// past SegmentBytes; a record larger than that gets a segment of its own.
+// Segments chain: each starts at the seq following the previous one's last.
+//
+// Segment header (SegmentHeaderSize = 40 bytes, little endian):
+//
+//	 0      4        6      8                  24          32       36     40
+//	+------+--------+------+------------------+-----------+--------+------+
+//	| BMJS |version | flags|  volume UUID (16)| first seq | reserv.| crc  |
+//	+------+--------+------+------------------+-----------+--------+------+
+//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (1);
+//	flags and reserved are zero.
+//
+// Record (RecordHeaderSize = 40 bytes of header, then the payload):
+//
+//	 0      4         8        16       24        32       36  37      40
+//	+------+---------+--------+--------+---------+--------+---+-------+---------+
+//	| crc  | data len| epoch  |  seq   | offset  | length | op| zero  | data... |
+//	+------+---------+--------+--------+---------+--------+---+-------+---------+
+//	crc = CRC-32C of bytes 4.. to the end of the data; data len <= MaxRecordData
+//	(32 MiB) and equals length for OpWrite, zero for the other ops.
+//
+// The decoder checks every length against MaxRecordData before reading or
+// allocating for it.
+//
+// # Recovery
+//
+// Open verifies every record of every segment (checksums, seq chain,
+// volume UUID, version). In the last segment, a record cut short, zeroed or
+// failing its checksum is a torn tail (the previous process died mid-write)
+// and is truncated, with a log message — unless a valid record with the
+// following seq lies beyond it, which shows corruption rather than a torn
+// write. Damage anywhere else fails Open with an error wrapping ErrCorrupt
+// that names the file and byte offset; records are never skipped silently.
+// A segment with another volume UUID fails with ErrForeignVolume. (After a
+// power loss, unsynced pages may reach disk out of order; if that leaves a
+// damaged record followed by an intact one in the unsynced tail, Open
+// reports ErrCorrupt rather than guessing.)
+//
+// # Finding records
+//
+// Segments are kept in memory ordered by first seq (binary search); each
+// carries a sparse index of record offsets, one entry per 64 KiB, built at
+// open and on append. A reader seeks with it and then reads sequentially.
+// Recent records (TailBytes) are served from memory.
+//
+// # Retention
+//
+// Named consumers (AddConsumer) hold records until they Release them. A
+// segment that every consumer has released entirely is removed (never the
+// last one). With no consumers, segments are removed only by the size
+// bound. When the files exceed MaxBytes, the oldest segment is dropped even
+// if droppable consumers still need it: OnDrop is called for each of them
+// with the coalesced regions the dropped records touched, and their
+// position moves past it. A non-droppable consumer is never dropped past;
+// the journal then grows beyond MaxBytes and logs a warning. Consumers are
+// not persisted: they are registered again after every Open.
+package journal

@@ -1,0 +1,341 @@
+package journal
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+)
+
+// flusher is the journal's single writer goroutine, owned by the Journal
+// and stopped by Close.
+func (j *Journal) flusher() {
+	defer func() {
+		j.mu.Lock()
+		j.stopped = true
+		j.broadcastLocked()
+		j.mu.Unlock()
+		close(j.done)
+	}()
+	for {
+		j.mu.Lock()
+		for !j.closing && (j.err != nil || !j.workLocked()) {
+			j.mu.Unlock()
+			<-j.kick
+			j.mu.Lock()
+		}
+		closing, failed := j.closing, j.err != nil
+		j.mu.Unlock()
+		if failed {
+			return
+		}
+		j.ioMu.Lock()
+		j.pass(closing)
+		j.ioMu.Unlock()
+		if closing {
+			j.mu.Lock()
+			finished := j.err != nil || (j.written == j.next-1 && j.durable == j.written)
+			j.mu.Unlock()
+			if finished {
+				return
+			}
+		}
+	}
+}
+
+func (j *Journal) workLocked() bool {
+	return j.written < j.next-1 ||
+		(j.syncReq > j.durable && j.written > j.durable) ||
+		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.warned != j.segs[0].first)
+}
+
+// pass writes every queued record with one write per segment touched,
+// syncs if a waiter asked for durability, then applies retention. Called
+// with ioMu held.
+func (j *Journal) pass(closing bool) {
+	j.mu.Lock()
+	j.batch = j.batch[:0]
+	if j.written < j.next-1 {
+		j.batch = append(j.batch, j.tail[j.written+1-j.tailFirst:]...)
+	}
+	j.retain = false
+	j.mu.Unlock()
+
+	if len(j.batch) > 0 {
+		if err := j.writeBatch(j.batch); err != nil {
+			j.fail(err)
+			return
+		}
+		clear(j.batch)
+	}
+
+	j.mu.Lock()
+	needSync := (j.syncReq > j.durable || closing) && j.written > j.durable
+	target := j.written
+	j.mu.Unlock()
+	if needSync {
+		if !j.opts.NoSync {
+			if err := j.active.Sync(); err != nil {
+				j.fail(fmt.Errorf("sync %s: %w", j.segs[len(j.segs)-1].path, err))
+				return
+			}
+		}
+		j.mu.Lock()
+		j.st.Syncs++
+		j.durable = max(j.durable, target)
+		j.broadcastLocked()
+		j.mu.Unlock()
+	}
+	if err := j.retention(); err != nil {
+		j.fail(err)
+	}
+}
+
+// writeBatch appends batch (consecutive seqs following j.written) to the
+// active segment, rotating when the segment would exceed SegmentBytes.
+func (j *Journal) writeBatch(batch []Record) error {
+	for i := 0; i < len(batch); {
+		seg := j.segs[len(j.segs)-1] // only this goroutine changes segs
+		base := seg.size
+		hasRecords := seg.count > 0
+		j.buf = j.buf[:0]
+		var idx []idxEntry
+		lastIdx := int64(-indexStep)
+		if n := len(seg.idx); n > 0 {
+			lastIdx = seg.idx[n-1].off
+		}
+		start := i
+		for i < len(batch) {
+			r := &batch[i]
+			sz := int64(encodedSize(r))
+			if (hasRecords || i > start) && base+int64(len(j.buf))+sz > j.opts.SegmentBytes {
+				break
+			}
+			off := base + int64(len(j.buf))
+			if off-lastIdx >= indexStep {
+				idx = append(idx, idxEntry{r.Seq, off})
+				lastIdx = off
+			}
+			j.buf = appendRecord(j.buf, r)
+			i++
+		}
+		if i > start {
+			if _, err := j.active.WriteAt(j.buf, base); err != nil {
+				return fmt.Errorf("write %s at %d: %w", seg.path, base, err)
+			}
+			j.mu.Lock()
+			seg.idx = append(seg.idx, idx...)
+			seg.count += uint64(i - start)
+			seg.size += int64(len(j.buf))
+			j.total += int64(len(j.buf))
+			j.written = batch[i-1].Seq
+			j.queued -= int64(len(j.buf))
+			j.st.Writes++
+			j.st.RecordsWritten += uint64(i - start)
+			j.st.BytesWritten += uint64(len(j.buf))
+			if start == 0 {
+				j.st.Batches++
+			}
+			j.evictLocked()
+			j.broadcastLocked()
+			j.mu.Unlock()
+		}
+		if cap(j.buf) > 4*DefaultQueueBytes {
+			j.buf = nil // do not pin a buffer grown by a burst of huge records
+		}
+		if i < len(batch) {
+			if err := j.rotate(batch[i].Seq); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// rotate syncs and closes the active segment and starts a new one whose
+// first record is first.
+func (j *Journal) rotate(first uint64) error {
+	old := j.segs[len(j.segs)-1]
+	if !j.opts.NoSync {
+		if err := j.active.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", old.path, err)
+		}
+	}
+	j.mu.Lock()
+	j.st.Syncs++
+	j.durable = max(j.durable, j.written) // every earlier segment is synced
+	j.broadcastLocked()
+	j.mu.Unlock()
+	if err := j.active.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", old.path, err)
+	}
+	j.active = nil
+	// The header reaches disk with the next data sync; the directory entry
+	// is synced now so the file cannot vanish once it holds durable records.
+	f, seg, err := j.createSegment(first, false)
+	if err != nil {
+		return err
+	}
+	j.active = f
+	if !j.opts.NoSync {
+		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
+			return fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
+		}
+	}
+	j.mu.Lock()
+	j.segs = append(j.segs, seg)
+	j.total += seg.size
+	j.broadcastLocked()
+	j.mu.Unlock()
+	return nil
+}
+
+type drop struct {
+	name string
+	from uint64 // first seq the consumer had not released
+}
+
+// retention removes the oldest segments that every consumer has released
+// and, above MaxBytes, drops segments past droppable consumers. Called
+// with ioMu held.
+func (j *Journal) retention() error {
+	removed := false
+	defer func() {
+		if removed && !j.opts.NoSync {
+			if err := j.fs.SyncDir(j.opts.Dir); err != nil {
+				j.fail(fmt.Errorf("sync dir %s: %w", j.opts.Dir, err))
+			}
+		}
+	}()
+	for {
+		j.mu.Lock()
+		if len(j.segs) <= 1 {
+			j.mu.Unlock()
+			return nil
+		}
+		s := j.segs[0]
+		last := s.last()
+		released := len(j.consumers) > 0
+		for _, c := range j.consumers {
+			if c.released < last {
+				released = false
+			}
+		}
+		var drops []drop
+		if !released {
+			if j.total <= j.opts.MaxBytes {
+				j.mu.Unlock()
+				return nil
+			}
+			var blocker string
+			for name, c := range j.consumers {
+				if c.released >= last {
+					continue
+				}
+				if !c.droppable {
+					blocker = name
+					break
+				}
+				drops = append(drops, drop{name, max(c.released+1, s.first)})
+			}
+			if blocker != "" {
+				if j.warned != s.first {
+					j.warned = s.first
+					j.log.Warn("journal: over its size bound but a non-droppable consumer holds the oldest segment",
+						"consumer", blocker, "bytes", j.total, "max", j.opts.MaxBytes, "segment", s.path)
+				}
+				j.mu.Unlock()
+				return nil
+			}
+		}
+		j.mu.Unlock()
+
+		var regs map[string][]Region
+		if len(drops) > 0 {
+			var err error
+			if regs, err = j.dropRegions(s, drops); err != nil {
+				return err
+			}
+		}
+		j.mu.Lock()
+		j.segs = j.segs[1:]
+		j.total -= s.size
+		if len(drops) > 0 {
+			j.st.SegmentsDropped++
+		} else {
+			j.st.SegmentsRemoved++
+		}
+		for _, d := range drops {
+			if c, ok := j.consumers[d.name]; ok && c.released < last {
+				c.released = last
+			}
+		}
+		j.broadcastLocked()
+		j.mu.Unlock()
+		for _, d := range drops {
+			j.log.Warn("journal: size bound dropped records a consumer had not released",
+				"consumer", d.name, "from", d.from, "through", last, "regions", len(regs[d.name]))
+			if j.opts.OnDrop != nil {
+				j.opts.OnDrop(d.name, last, regs[d.name])
+			}
+		}
+		if err := j.fs.Remove(s.path); err != nil {
+			return fmt.Errorf("remove %s: %w", s.path, err)
+		}
+		removed = true
+	}
+}
+
+// dropRegions reads segment s and returns, for every drop, the coalesced
+// disk regions touched by the records from d.from to the segment's end.
+func (j *Journal) dropRegions(s *segment, drops []drop) (map[string][]Region, error) {
+	f, err := j.fs.Open(s.path)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", s.path, err)
+	}
+	defer f.Close()
+	type touch struct {
+		seq uint64
+		r   Region
+	}
+	var touched []touch
+	it := segIter{f: f, path: s.path, size: s.size, off: SegmentHeaderSize, chunk: scanChunk}
+	for n := uint64(0); n < s.count; n++ {
+		rec, _, err := it.next()
+		if err != nil {
+			return nil, err
+		}
+		if rec.Op != OpEpoch && rec.Length > 0 {
+			touched = append(touched, touch{rec.Seq, Region{rec.Offset, uint64(rec.Length)}})
+		}
+	}
+	out := make(map[string][]Region, len(drops))
+	for _, d := range drops {
+		var rs []Region
+		for _, t := range touched {
+			if t.seq >= d.from {
+				rs = append(rs, t.r)
+			}
+		}
+		out[d.name] = CoalesceRegions(rs)
+	}
+	return out, nil
+}
+
+// CoalesceRegions sorts rs by offset and merges overlapping and adjacent
+// regions. It reorders rs in place and returns the merged prefix.
+func CoalesceRegions(rs []Region) []Region {
+	if len(rs) == 0 {
+		return nil
+	}
+	slices.SortFunc(rs, func(a, b Region) int { return cmp.Compare(a.Offset, b.Offset) })
+	out := rs[:1]
+	for _, r := range rs[1:] {
+		p := &out[len(out)-1]
+		if r.Offset <= p.Offset+p.Length {
+			p.Length = max(p.Length, r.Offset+r.Length-p.Offset)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}

@@ -1,0 +1,212 @@
+package journal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// On-disk format constants. Changing any of them changes the format and
+// requires bumping FormatVersion.
+const (
+	// FormatVersion is the segment format version written into every
+	// segment header (format).
+	FormatVersion = 1
+
+	// SegmentHeaderSize is the size of the header at the start of every
+	// segment file (format).
+	SegmentHeaderSize = 40
+
+	// RecordHeaderSize is the size of the header preceding every record's
+	// payload (format).
+	RecordHeaderSize = 40
+
+	// MaxRecordData is the largest payload a record may carry (format). The
+	// decoder rejects larger lengths before allocating anything.
+	MaxRecordData = 32 << 20
+
+	// segmentMagic opens every segment file (format).
+	segmentMagic = "BMJS"
+
+	// segmentSuffix and segmentNameLen describe segment file names:
+	// the first seq as 20 decimal digits followed by ".seg" (format).
+	segmentSuffix  = ".seg"
+	segmentNameLen = 20 + len(segmentSuffix)
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errShort reports that a buffer ends inside a record or header; it wraps
+// io.ErrUnexpectedEOF so callers can tell "need more bytes" from damage.
+var errShort = fmt.Errorf("journal: truncated record: %w", io.ErrUnexpectedEOF)
+
+// SegmentHeader is the decoded header of a segment file.
+type SegmentHeader struct {
+	Version  uint16
+	Volume   [16]byte
+	FirstSeq uint64
+}
+
+// AppendSegmentHeader appends the encoding of h (always SegmentHeaderSize
+// bytes, with Version forced to FormatVersion) to dst.
+func AppendSegmentHeader(dst []byte, h SegmentHeader) []byte {
+	var b [SegmentHeaderSize]byte
+	copy(b[0:4], segmentMagic)
+	binary.LittleEndian.PutUint16(b[4:6], FormatVersion)
+	// b[6:8] flags, zero.
+	copy(b[8:24], h.Volume[:])
+	binary.LittleEndian.PutUint64(b[24:32], h.FirstSeq)
+	// b[32:36] reserved, zero.
+	binary.LittleEndian.PutUint32(b[36:40], crc32.Checksum(b[0:36], castagnoli))
+	return append(dst, b[:]...)
+}
+
+// DecodeSegmentHeader decodes a segment header from the start of b. Errors
+// wrap ErrCorrupt (bad magic, checksum, reserved bits), ErrVersion
+// (unknown format version) or io.ErrUnexpectedEOF (b too short).
+func DecodeSegmentHeader(b []byte) (SegmentHeader, error) {
+	var h SegmentHeader
+	if len(b) < SegmentHeaderSize {
+		return h, errShort
+	}
+	if string(b[0:4]) != segmentMagic {
+		return h, fmt.Errorf("%w: bad segment magic %q", ErrCorrupt, b[0:4])
+	}
+	if got, want := binary.LittleEndian.Uint32(b[36:40]), crc32.Checksum(b[0:36], castagnoli); got != want {
+		return h, fmt.Errorf("%w: segment header checksum %08x, want %08x", ErrCorrupt, got, want)
+	}
+	h.Version = binary.LittleEndian.Uint16(b[4:6])
+	if h.Version != FormatVersion {
+		return h, fmt.Errorf("%w: segment format version %d, this build reads %d", ErrVersion, h.Version, FormatVersion)
+	}
+	if binary.LittleEndian.Uint16(b[6:8]) != 0 || binary.LittleEndian.Uint32(b[32:36]) != 0 {
+		return h, fmt.Errorf("%w: segment header has unknown flags", ErrCorrupt)
+	}
+	copy(h.Volume[:], b[8:24])
+	h.FirstSeq = binary.LittleEndian.Uint64(b[24:32])
+	return h, nil
+}
+
+// checkRecord validates the fields of rec that the format constrains; the
+// caller wraps the error in the sentinel that fits (ErrInvalid, ErrCorrupt).
+func checkRecord(rec *Record) error {
+	switch rec.Op {
+	case OpWrite:
+		if len(rec.Data) > MaxRecordData {
+			return fmt.Errorf("seq %d: %d bytes of data exceeds the maximum %d", rec.Seq, len(rec.Data), MaxRecordData)
+		}
+		if uint64(rec.Length) != uint64(len(rec.Data)) {
+			return fmt.Errorf("seq %d: write Length %d != len(Data) %d", rec.Seq, rec.Length, len(rec.Data))
+		}
+	case OpTrim, OpZero:
+		if len(rec.Data) != 0 {
+			return fmt.Errorf("seq %d: %s record carries data", rec.Seq, rec.Op)
+		}
+	case OpEpoch:
+		if len(rec.Data) != 0 || rec.Length != 0 || rec.Offset != 0 {
+			return fmt.Errorf("seq %d: epoch record must not carry offset, length or data", rec.Seq)
+		}
+	default:
+		return fmt.Errorf("seq %d: unknown op %d", rec.Seq, uint8(rec.Op))
+	}
+	if rec.Seq == 0 {
+		return errors.New("seq 0 is reserved")
+	}
+	return nil
+}
+
+// encodedSize is the number of bytes rec occupies in a segment.
+func encodedSize(rec *Record) int { return RecordHeaderSize + len(rec.Data) }
+
+// AppendRecord appends the encoding of rec to dst. It fails (wrapping
+// ErrInvalid) if rec violates the format's constraints.
+func AppendRecord(dst []byte, rec Record) ([]byte, error) {
+	if err := checkRecord(&rec); err != nil {
+		return dst, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return appendRecord(dst, &rec), nil
+}
+
+// appendRecord encodes an already validated record.
+func appendRecord(dst []byte, rec *Record) []byte {
+	start := len(dst)
+	var h [RecordHeaderSize]byte
+	binary.LittleEndian.PutUint32(h[4:8], uint32(len(rec.Data)))
+	binary.LittleEndian.PutUint64(h[8:16], rec.Epoch)
+	binary.LittleEndian.PutUint64(h[16:24], rec.Seq)
+	binary.LittleEndian.PutUint64(h[24:32], rec.Offset)
+	binary.LittleEndian.PutUint32(h[32:36], rec.Length)
+	h[36] = byte(rec.Op)
+	dst = append(dst, h[:]...)
+	dst = append(dst, rec.Data...)
+	crc := crc32.Checksum(dst[start+4:], castagnoli)
+	binary.LittleEndian.PutUint32(dst[start:start+4], crc)
+	return dst
+}
+
+// recordDataLen returns the payload length announced by the record header
+// at the start of b (which must hold at least RecordHeaderSize bytes).
+func recordDataLen(b []byte) uint32 { return binary.LittleEndian.Uint32(b[4:8]) }
+
+// DecodeRecord decodes the record at the start of b and returns it with the
+// number of bytes it occupies. The returned Data aliases b. Errors wrap
+// io.ErrUnexpectedEOF when b ends inside the record, or ErrCorrupt when the
+// bytes are not a valid record (checksum, lengths, op, reserved bits). No
+// length is trusted before it has been checked against MaxRecordData, and
+// nothing is allocated.
+func DecodeRecord(b []byte) (Record, int, error) {
+	var rec Record
+	if len(b) < RecordHeaderSize {
+		return rec, 0, errShort
+	}
+	n := recordDataLen(b)
+	if n > MaxRecordData {
+		return rec, 0, fmt.Errorf("%w: record data length %d exceeds the maximum %d", ErrCorrupt, n, MaxRecordData)
+	}
+	total := RecordHeaderSize + int(n)
+	if len(b) < total {
+		return rec, 0, errShort
+	}
+	if got, want := binary.LittleEndian.Uint32(b[0:4]), crc32.Checksum(b[4:total], castagnoli); got != want {
+		return rec, 0, fmt.Errorf("%w: record checksum %08x, want %08x", ErrCorrupt, got, want)
+	}
+	if b[37] != 0 || b[38] != 0 || b[39] != 0 {
+		return rec, 0, fmt.Errorf("%w: record has reserved bits set", ErrCorrupt)
+	}
+	rec.Epoch = binary.LittleEndian.Uint64(b[8:16])
+	rec.Seq = binary.LittleEndian.Uint64(b[16:24])
+	rec.Offset = binary.LittleEndian.Uint64(b[24:32])
+	rec.Length = binary.LittleEndian.Uint32(b[32:36])
+	rec.Op = Op(b[36])
+	if n > 0 {
+		rec.Data = b[RecordHeaderSize:total:total]
+	}
+	if err := checkRecord(&rec); err != nil {
+		return Record{}, 0, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return rec, total, nil
+}
+
+// segmentName is the file name of the segment whose first seq is first.
+func segmentName(first uint64) string { return fmt.Sprintf("%020d%s", first, segmentSuffix) }
+
+// parseSegmentName returns the first seq encoded in a segment file name.
+func parseSegmentName(name string) (uint64, bool) {
+	if len(name) != segmentNameLen || name[20:] != segmentSuffix {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range name[:20] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if v > (^uint64(0)-d)/10 {
+			return 0, false
+		}
+		v = v*10 + d
+	}
+	return v, true
+}

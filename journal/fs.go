@@ -1,0 +1,137 @@
+package journal
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// File is the handle the journal reads and writes a segment through. The OS
+// implementation wraps *os.File; tests substitute fakes that inject errors.
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	// Sync makes the file's data durable (fdatasync on Linux).
+	Sync() error
+	// Truncate changes the file's size.
+	Truncate(size int64) error
+	// Size returns the file's current size.
+	Size() (int64, error)
+	Close() error
+}
+
+// FS is the file system the journal works through. All paths are full
+// paths. Implementations must be safe for concurrent use.
+type FS interface {
+	MkdirAll(dir string) error
+	// ReadDir returns the names of the entries of dir.
+	ReadDir(dir string) ([]string, error)
+	// Create creates a new file for reading and writing; it fails if the
+	// file exists.
+	Create(path string) (File, error)
+	// OpenRW opens an existing file for reading and writing.
+	OpenRW(path string) (File, error)
+	// Open opens an existing file read-only.
+	Open(path string) (File, error)
+	Remove(path string) error
+	// SyncDir makes the directory's entries (creations, removals) durable.
+	SyncDir(dir string) error
+}
+
+// OSFS is the FS of the operating system; the zero value is ready to use.
+type OSFS struct{}
+
+var _ FS = OSFS{}
+
+func (OSFS) MkdirAll(dir string) error { return os.MkdirAll(dir, 0o755) }
+
+func (OSFS) ReadDir(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names, nil
+}
+
+func (OSFS) Create(path string) (File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) OpenRW(path string) (File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) Open(path string) (File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (OSFS) Remove(path string) error { return os.Remove(path) }
+
+func (OSFS) SyncDir(dir string) error {
+	d, err := os.Open(filepath.Clean(dir))
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+type osFile struct{ f *os.File }
+
+func (o osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p, off) }
+func (o osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }
+func (o osFile) Truncate(size int64) error                { return o.f.Truncate(size) }
+func (o osFile) Close() error                             { return o.f.Close() }
+
+func (o osFile) Size() (int64, error) {
+	st, err := o.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// Sync issues fdatasync(2): the journal only needs the data and the file
+// size durable, not timestamps.
+func (o osFile) Sync() error {
+	rc, err := o.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			serr = syscall.Fdatasync(int(fd))
+			if serr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("fdatasync %s: %w", o.f.Name(), serr)
+	}
+	return nil
+}
