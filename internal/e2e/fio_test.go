@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestFioVerify writes with fio's nbd engine at queue depth 32 and verifies
+// every block with crc32c headers (fio reads everything back after the
+// write phase); any verify error fails fio and the test.
+func TestFioVerify(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: fio verify runs (skipped with -short)")
+	}
+	fio := needTool(t, "fio")
+	s := startServer(t, serverOpts{Size: "256M"})
+	for i, bs := range []string{"4k", "64k"} {
+		t.Run(bs, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "fio.json")
+			size := 32 * MiB
+			if bs == "64k" {
+				size = 96 * MiB
+			}
+			offset := i * 128 * MiB
+			runCmd(t, 5*time.Minute, fio,
+				"--name=verify-"+bs, "--ioengine=nbd", "--uri="+s.URI,
+				"--rw=randwrite", "--bs="+bs, "--iodepth=32",
+				fmt.Sprintf("--offset=%d", offset), fmt.Sprintf("--size=%d", size),
+				"--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+				"--verify_backlog=0", "--randrepeat=0",
+				"--output-format=json", "--output="+out)
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var res struct {
+				Jobs []struct {
+					Error int `json:"error"`
+					Read  struct {
+						IOBytes int64 `json:"io_bytes"`
+					} `json:"read"`
+					Write struct {
+						IOBytes int64   `json:"io_bytes"`
+						IOPS    float64 `json:"iops"`
+					} `json:"write"`
+				} `json:"jobs"`
+			}
+			if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
+				t.Fatalf("fio json: %v\n%s", err, b)
+			}
+			j := res.Jobs[0]
+			if j.Error != 0 {
+				t.Fatalf("fio error %d", j.Error)
+			}
+			if j.Write.IOBytes != int64(size) || j.Read.IOBytes != int64(size) {
+				t.Fatalf("fio wrote %d and verified %d bytes, want %d each", j.Write.IOBytes, j.Read.IOBytes, size)
+			}
+			t.Logf("fio %s randwrite qd32: %.0f IOPS, %d bytes verified", bs, j.Write.IOPS, j.Read.IOBytes)
+		})
+	}
+	s.requireAlive(t)
+}
