@@ -1,0 +1,381 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/blockmirror/blockmirror/journal"
+)
+
+// ErrProtocol: a peer sent something the protocol does not allow (records
+// out of order or from the wrong epoch, records before the handshake). The
+// driver ends the session (sending an Error with CodeProtocol); nothing of
+// the offending message has been accepted.
+var ErrProtocol = errors.New("mirror: protocol violation")
+
+// Defaults of ReplicaConfig.
+const (
+	DefaultSyncEveryTicks  = 10
+	DefaultCheckpointEvery = 4096
+)
+
+// ReplicaConfig configures a ReplicaCore. The seqs describe the node's
+// state after journal recovery.
+type ReplicaConfig struct {
+	// Identity is the local volume identity (UUID, size, epoch, history).
+	Identity VolumeIdentity
+	// Node is this node's name, sent in HelloReply.
+	Node string
+	// LastSeq is the last seq in the local journal.
+	LastSeq uint64
+	// DurableSeq is the seq through which the journal is durable (≤ LastSeq).
+	DurableSeq uint64
+	// AppliedSeq is the store's checkpoint: it holds every record ≤ it.
+	// Records after it are applied again (ApplyThrough) on start.
+	AppliedSeq uint64
+	// Flags are reported in every HelloReply (FlagNeedsResync,
+	// FlagInconsistent); while FlagNeedsResync is set records are refused.
+	Flags uint32
+	// SyncEveryTicks: below ack level durable, the journal is made durable
+	// at least this often while it has non-durable records (default
+	// DefaultSyncEveryTicks).
+	SyncEveryTicks int
+	// CheckpointEvery: a Checkpoint hint is emitted after this many
+	// records were applied since the last one (default
+	// DefaultCheckpointEvery).
+	CheckpointEvery uint64
+}
+
+func (c *ReplicaConfig) withDefaults() ReplicaConfig {
+	d := *c
+	d.Identity.History = append([]EpochStart(nil), c.Identity.History...)
+	if d.SyncEveryTicks == 0 {
+		d.SyncEveryTicks = DefaultSyncEveryTicks
+	}
+	if d.CheckpointEvery == 0 {
+		d.CheckpointEvery = DefaultCheckpointEvery
+	}
+	return d
+}
+
+func (c *ReplicaConfig) validate() error {
+	if c.Identity.Epoch == 0 {
+		return errors.New("mirror: replica config: epoch must be at least 1")
+	}
+	if c.DurableSeq > c.LastSeq {
+		return fmt.Errorf("mirror: replica config: durable seq %d is past the last seq %d", c.DurableSeq, c.LastSeq)
+	}
+	if c.AppliedSeq > c.DurableSeq {
+		return fmt.Errorf("mirror: replica config: applied seq %d is past the durable seq %d", c.AppliedSeq, c.DurableSeq)
+	}
+	if err := validHistory(c.Identity.History, c.Identity.Epoch); err != nil {
+		return fmt.Errorf("mirror: replica config: %w", err)
+	}
+	if c.SyncEveryTicks < 0 {
+		return fmt.Errorf("mirror: replica config: negative sync interval %d", c.SyncEveryTicks)
+	}
+	return nil
+}
+
+// SeqRange is the inclusive range [From, Through]; From == 0 means empty.
+type SeqRange struct {
+	From, Through uint64
+}
+
+// Empty reports whether the range holds no seq.
+func (r SeqRange) Empty() bool { return r.From == 0 || r.From > r.Through }
+
+// ReplicaReady holds the outputs accumulated since the last call to Ready.
+type ReplicaReady struct {
+	// Persist: append the records of this range (accepted by Receive in
+	// this session; the driver holds their data) to the local journal, in
+	// order, and report progress with LocalProgress.
+	Persist SeqRange
+	// SyncLocal, if > 0: make the journal durable through this seq (it is
+	// written already) and report it with LocalProgress. At most one sync
+	// is requested at a time (group commit).
+	SyncLocal uint64
+	// SendAck: send Ack (the current watermarks) to the primary.
+	SendAck bool
+	Ack     Ack
+	// ApplyThrough, if > 0: apply the journal's records after the last
+	// applied one through this seq to the store, in order, and report
+	// with Applied. Only durable records are released for applying, so the
+	// store stays a write-order prefix of the journal even after power loss.
+	ApplyThrough uint64
+	// Checkpoint, if > 0: a good moment to sync the store and record that
+	// it holds every record ≤ Checkpoint (then the journal may drop them).
+	Checkpoint uint64
+	// NewEpoch, if > 0: the node adopted this epoch and NewHistory from
+	// the primary's Hello; persist them (before sending the HelloReply).
+	NewEpoch   uint64
+	NewHistory []EpochStart
+}
+
+// ReplicaStatus is a snapshot of a ReplicaCore.
+type ReplicaStatus struct {
+	Epoch       uint64
+	Connected   bool
+	NeedsResync bool
+	Received    uint64
+	Written     uint64
+	Durable     uint64
+	Applied     uint64
+	AckLevel    AckLevel // of the current (or last) session
+}
+
+// ReplicaCore is the I/O-free state machine of a mirror: it validates the
+// primary's handshake and record stream, and says what to persist, sync,
+// apply and acknowledge. It is not safe for concurrent use.
+type ReplicaCore struct {
+	cfg ReplicaConfig
+	id  VolumeIdentity
+
+	active       bool
+	sessionEpoch uint64
+	history      []EpochStart // the session primary's history
+	ackLevel     AckLevel
+	lastEpoch    uint64 // epoch of the record at received
+
+	received uint64
+	written  uint64
+	durable  uint64
+	applied  uint64
+
+	syncAsked    uint64 // highest SyncLocal requested
+	flushWant    uint64
+	lastSyncTick int64
+	now          int64
+	applyAsked   uint64
+	checkpointAt uint64
+
+	ready ReplicaReady
+}
+
+// NewReplicaCore returns a core for cfg (defaults applied to a copy).
+func NewReplicaCore(cfg ReplicaConfig) (*ReplicaCore, error) {
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	r := &ReplicaCore{
+		cfg: c, id: c.Identity,
+		received: c.LastSeq, written: c.LastSeq, durable: c.DurableSeq,
+		applied: c.AppliedSeq, applyAsked: c.AppliedSeq, checkpointAt: c.AppliedSeq,
+		syncAsked: c.DurableSeq, ackLevel: AckWritten,
+	}
+	r.lastEpoch, _ = epochOfSeq(r.id.History, r.written)
+	r.release()
+	return r, nil
+}
+
+// Hello handles the primary's Hello and returns the reply to send. A
+// refusal (Code != CodeOK) leaves the core without a session; the driver
+// sends the reply and closes. Before a new Hello the driver must have
+// finished (and reported) or abandoned every Persist of the previous
+// session.
+func (r *ReplicaCore) Hello(h Hello) HelloReply {
+	r.Disconnect()
+	reply := HelloReply{
+		Version: ProtoVersion, Code: CodeOK, Flags: r.cfg.Flags, Role: PeerRoleMirror,
+		Volume: r.id.Volume, Size: r.id.Size, Node: r.cfg.Node,
+	}
+	fill := func() HelloReply {
+		reply.Epoch = r.id.Epoch
+		reply.History = r.id.History
+		reply.LastSeq, reply.DurableSeq, reply.AppliedSeq = r.written, r.durable, r.applied
+		return reply
+	}
+	if h.Role != PeerRolePrimary {
+		reply.Code, reply.Reason = CodeRefused, fmt.Sprintf("peer announces role %d, not primary", h.Role)
+		return fill()
+	}
+	if h.AckLevel < AckReceived || h.AckLevel > AckDurable {
+		reply.Code, reply.Reason = CodeRefused, fmt.Sprintf("unknown ack level %d", h.AckLevel)
+		return fill()
+	}
+	if err := CheckHello(r.id, h); err != nil {
+		reply.Code, reply.Reason = CodeRefused, err.Error()
+		if errors.Is(err, ErrStaleEpoch) {
+			reply.Code = CodeFenced
+		}
+		return fill()
+	}
+	// Records we hold under an epoch the primary does not assign to that
+	// seq, or records beyond the primary's last: our journal diverged.
+	if r.written > h.LastSeq {
+		reply.Flags |= FlagNeedsResync
+	} else if len(h.History) > 0 && r.written > 0 {
+		le, lok := epochOfSeq(r.id.History, r.written)
+		re, rok := epochOfSeq(h.History, r.written)
+		if lok && (!rok || le != re) {
+			reply.Flags |= FlagNeedsResync
+		}
+	}
+	if h.Epoch > r.id.Epoch {
+		r.id.Epoch = h.Epoch
+		r.id.History = append([]EpochStart(nil), h.History...)
+		r.ready.NewEpoch = h.Epoch
+		r.ready.NewHistory = r.id.History
+	}
+	r.active = true
+	r.sessionEpoch = h.Epoch
+	r.history = append(r.history[:0], h.History...)
+	r.ackLevel = h.AckLevel
+	r.cfg.Flags = reply.Flags
+	return fill()
+}
+
+// Disconnect ends the session: records received but not handed out for
+// persisting are forgotten (the primary resends them after the next
+// handshake).
+func (r *ReplicaCore) Disconnect() {
+	r.active = false
+	r.ready.Persist = SeqRange{}
+	r.ready.SendAck = false
+	if r.received > r.written {
+		r.received = r.written
+		r.lastEpoch, _ = epochOfSeq(r.id.History, r.written)
+	}
+}
+
+// Receive checks a batch of records (only Epoch, Seq and Op are read)
+// from the session's primary and accepts all of them, or none: seqs must
+// continue the received ones without a gap; epochs must not decrease,
+// must not exceed the session epoch and must match the primary's history.
+// A rejection wraps ErrProtocol.
+func (r *ReplicaCore) Receive(recs []journal.Record) error {
+	if !r.active {
+		return fmt.Errorf("%w: records outside a session", ErrProtocol)
+	}
+	if r.cfg.Flags&FlagNeedsResync != 0 {
+		return fmt.Errorf("%w: records sent to a mirror that needs a resync", ErrProtocol)
+	}
+	next, epoch := r.received+1, r.lastEpoch
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Seq != next {
+			return fmt.Errorf("%w: record %d of the batch has seq %d, expected %d", ErrProtocol, i, rec.Seq, next)
+		}
+		if !rec.Op.Valid() {
+			return fmt.Errorf("%w: record seq %d has unknown op %d", ErrProtocol, rec.Seq, uint8(rec.Op))
+		}
+		if rec.Epoch < epoch {
+			return fmt.Errorf("%w: record seq %d has epoch %d, lower than the previous record's %d", ErrProtocol, rec.Seq, rec.Epoch, epoch)
+		}
+		if rec.Epoch > r.sessionEpoch {
+			return fmt.Errorf("%w: record seq %d has epoch %d, higher than the session's %d", ErrProtocol, rec.Seq, rec.Epoch, r.sessionEpoch)
+		}
+		if want, ok := epochOfSeq(r.history, rec.Seq); ok && want != rec.Epoch {
+			return fmt.Errorf("%w: record seq %d has epoch %d but the primary's history puts it in epoch %d", ErrProtocol, rec.Seq, rec.Epoch, want)
+		}
+		next++
+		epoch = rec.Epoch
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	if r.ready.Persist.Empty() {
+		r.ready.Persist.From = r.received + 1
+	}
+	r.received = next - 1
+	r.lastEpoch = epoch
+	r.ready.Persist.Through = r.received
+	r.ready.SendAck = true
+	return nil
+}
+
+// LocalProgress reports the journal's watermarks: written through
+// written, durable through durable (cumulative; regressions are ignored).
+func (r *ReplicaCore) LocalProgress(written, durable uint64) {
+	if durable > written {
+		durable = written
+	}
+	if written > r.written {
+		r.written = written
+		if r.received < written {
+			r.received = written
+		}
+		r.ready.SendAck = r.active
+	}
+	if durable > r.durable {
+		r.durable = durable
+		r.ready.SendAck = r.active
+		r.release()
+	}
+	r.maybeSync()
+}
+
+// Applied reports that the store holds every record ≤ seq.
+func (r *ReplicaCore) Applied(seq uint64) {
+	if seq <= r.applied {
+		return
+	}
+	r.applied = seq
+	r.ready.SendAck = r.active
+	if r.applied-r.checkpointAt >= r.cfg.CheckpointEvery {
+		r.checkpointAt = r.applied
+		r.ready.Checkpoint = r.applied
+	}
+}
+
+// Flush asks for the journal to be durable through seq (a Flush message).
+// Records not yet written are synced once they are.
+func (r *ReplicaCore) Flush(through uint64) {
+	if through > r.flushWant {
+		r.flushWant = through
+	}
+	r.maybeSync()
+}
+
+// Tick advances the core's clock by one tick.
+func (r *ReplicaCore) Tick() {
+	r.now++
+	r.maybeSync()
+}
+
+// Ready returns the outputs accumulated since the previous call and
+// clears them.
+func (r *ReplicaCore) Ready() ReplicaReady {
+	out := r.ready
+	if out.SendAck {
+		out.Ack = r.ack()
+	}
+	r.ready = ReplicaReady{}
+	return out
+}
+
+// Status returns a snapshot of the core.
+func (r *ReplicaCore) Status() ReplicaStatus {
+	return ReplicaStatus{
+		Epoch: r.id.Epoch, Connected: r.active, NeedsResync: r.cfg.Flags&FlagNeedsResync != 0,
+		Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied, AckLevel: r.ackLevel,
+	}
+}
+
+func (r *ReplicaCore) ack() Ack {
+	return Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
+}
+
+// release lets the store apply every durable record.
+func (r *ReplicaCore) release() {
+	if r.durable > r.applyAsked {
+		r.applyAsked = r.durable
+		r.ready.ApplyThrough = r.durable
+	}
+}
+
+// maybeSync requests a journal sync when one is due and none is running.
+func (r *ReplicaCore) maybeSync() {
+	if r.written <= r.durable || r.syncAsked > r.durable {
+		return // nothing to sync, or a sync is in flight
+	}
+	due := r.ackLevel == AckDurable || r.flushWant > r.durable ||
+		r.now-r.lastSyncTick >= int64(r.cfg.SyncEveryTicks)
+	if !due {
+		return
+	}
+	r.syncAsked = r.written
+	r.lastSyncTick = r.now
+	r.ready.SyncLocal = r.written
+}
