@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// defaultAdmin is where daemons serve status and control, and where
+// `blockmirror status` looks, unless told otherwise. Loopback only.
+const defaultAdmin = "127.0.0.1:7480"
+
+// adminServer serves the local HTTP endpoint: GET /v1/status (JSON) and
+// whatever control handlers the daemon adds.
+type adminServer struct {
+	mux *http.ServeMux
+	log *slog.Logger
+}
+
+func newAdminServer(log *slog.Logger, status func() any) *adminServer {
+	a := &adminServer{mux: http.NewServeMux(), log: log}
+	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, status())
+	})
+	return a
+}
+
+// handle adds a POST control endpoint; fn's error becomes a 409 with the
+// message, so the CLI can show it.
+func (a *adminServer) handle(path string, fn func(ctx context.Context) (any, error)) {
+	a.mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+		res, err := fn(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// run serves on addr until ctx ends. An empty addr disables the endpoint.
+func (a *adminServer) run(ctx context.Context, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin endpoint: listen %s: %w (choose another with --admin, or --admin '' to disable)", addr, err)
+	}
+	srv := &http.Server{Handler: a.mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	a.log.Info("admin endpoint listening", "addr", ln.Addr().String())
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("admin endpoint stopped", "err", err)
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/nbd"
+)
+
+type serveFlags struct {
+	data, disk, nbdAddr, export string
+	size                        sizeFlag
+	journalMax                  sizeFlag
+	readOnly                    bool
+	repl                        replFlags
+	log                         logFlags
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	fs := newFlagSet("serve", "serve --data DIR [--size SIZE] [--disk PATH] [--nbd ADDR] [--export NAME] [--mirror NAME=HOST:PORT]... [flags]", stderr)
+	fs.StringVar(&f.data, "data", "", "data directory: metadata, journal and (unless --disk) the disk image disk.img (required)")
+	fs.Var(&f.size, "size", "size of a new volume, e.g. 10G (only needed to create one)")
+	fs.StringVar(&f.disk, "disk", "", "disk image file or block device (default DIR/disk.img)")
+	fs.StringVar(&f.nbdAddr, "nbd", "127.0.0.1:10809", "NBD listen address: HOST:PORT or unix:PATH")
+	fs.StringVar(&f.export, "export", "disk", "NBD export name")
+	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk, e.g. 8G (default 8G); a mirror that falls further behind is resynced")
+	fs.BoolVar(&f.readOnly, "read-only", false, "serve the export read-only")
+	f.repl.register(fs)
+	f.log.register(fs)
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if f.data == "" {
+		fmt.Fprintln(stderr, "--data is required")
+		fs.Usage()
+		return errUsage
+	}
+	log, err := f.log.logger(stderr)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, &f, log)
+}
+
+func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+	node, err := mirror.OpenNode(ctx, mirror.NodeOptions{
+		Dir: f.data, Disk: f.disk, Size: f.size.v, Role: mirror.RolePrimary,
+		JournalMax: f.journalMax.v, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("open volume: %w", err)
+	}
+	defer node.Close()
+	m := node.Meta()
+	log = log.With("volume", m.Volume.String())
+
+	repl, err := f.repl.start(ctx, node, log)
+	if err != nil {
+		return err
+	}
+	if repl != nil {
+		defer repl.Close()
+	}
+	var r mirror.Replicator
+	if repl != nil {
+		r = repl
+	}
+	vol, err := mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := vol.Close(); err != nil {
+			log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", err)
+		}
+	}()
+
+	srv, err := nbd.NewServerChecked(nbd.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := srv.AddExport(nbd.Export{
+		Name:        f.export,
+		Description: fmt.Sprintf("blockmirror volume %s", m.Volume),
+		Device:      volumeDevice{vol},
+		ReadOnly:    f.readOnly,
+	}); err != nil {
+		return err
+	}
+	srv.SetDefaultExport(f.export)
+	ln, err := nbd.Listen(f.nbdAddr)
+	if err != nil {
+		return err
+	}
+	uri := nbdURI(ln.Addr(), f.export)
+	log.Info("serving NBD", "uri", uri, "size", m.Size, "epoch", m.Epoch, "example", "nbdinfo "+uri)
+	err = srv.Serve(ctx, ln)
+	log.Info("stopped serving NBD")
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("serve NBD: %w", err)
+	}
+	return nil
+}
+
+// nbdURI formats the NBD URI clients use for an export.
+func nbdURI(a net.Addr, export string) string {
+	if a.Network() == "unix" {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", url.PathEscape(export), a.String())
+	}
+	host := a.String()
+	if strings.HasPrefix(host, "[::]") || strings.HasPrefix(host, "0.0.0.0") {
+		_, port, _ := net.SplitHostPort(host)
+		host = net.JoinHostPort("127.0.0.1", port)
+	}
+	return fmt.Sprintf("nbd://%s/%s", host, url.PathEscape(export))
+}
+
+// volumeDevice adapts a mirror.Volume to nbd.Device (mirror does not
+// import nbd).
+type volumeDevice struct{ *mirror.Volume }
+
+func (d volumeDevice) WriteZeroes(ctx context.Context, off, length int64, f nbd.ZeroFlags) error {
+	return d.Volume.WriteZeroes(ctx, off, length, mirror.ZeroFlagsView{FUA: f.FUA, NoHole: f.NoHole, FastZero: f.FastZero})
+}

@@ -1,0 +1,202 @@
+package mirror
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/blockmirror/blockmirror/internal/atomicfile"
+	"github.com/blockmirror/blockmirror/journal"
+)
+
+// MetaFile is the name of the node metadata file inside the data directory.
+const MetaFile = "meta.json"
+
+// metaFormat is the version of the metadata file format.
+const metaFormat = 1
+
+// Role is what a node does for a volume.
+type Role string
+
+const (
+	RolePrimary Role = "primary"
+	RoleMirror  Role = "mirror"
+)
+
+// UUID is a volume identity.
+type UUID [16]byte
+
+// NewUUID returns a random (version 4) UUID.
+func NewUUID() (UUID, error) {
+	var u UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		return u, fmt.Errorf("mirror: generate volume UUID: %w", err)
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u, nil
+}
+
+func (u UUID) String() string {
+	var b [36]byte
+	hex.Encode(b[0:8], u[0:4])
+	b[8] = '-'
+	hex.Encode(b[9:13], u[4:6])
+	b[13] = '-'
+	hex.Encode(b[14:18], u[6:8])
+	b[18] = '-'
+	hex.Encode(b[19:23], u[8:10])
+	b[23] = '-'
+	hex.Encode(b[24:], u[10:])
+	return string(b[:])
+}
+
+// ParseUUID parses the textual form written by String.
+func ParseUUID(s string) (UUID, error) {
+	var u UUID
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, fmt.Errorf("mirror: bad UUID %q", s)
+	}
+	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:]
+	if _, err := hex.Decode(u[:], []byte(h)); err != nil {
+		return u, fmt.Errorf("mirror: bad UUID %q: %w", s, err)
+	}
+	return u, nil
+}
+
+func (u UUID) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
+
+func (u *UUID) UnmarshalText(b []byte) error {
+	v, err := ParseUUID(string(b))
+	if err != nil {
+		return err
+	}
+	*u = v
+	return nil
+}
+
+// EpochStart records that Epoch began at FirstSeq: records with seq ≥
+// FirstSeq (up to the next entry's FirstSeq) were written in Epoch.
+type EpochStart struct {
+	Epoch    uint64 `json:"epoch"`
+	FirstSeq uint64 `json:"first_seq"`
+}
+
+// PeerMeta is what a primary remembers durably about one mirror.
+type PeerMeta struct {
+	// DurableSeq is the highest seq the mirror acknowledged as durable.
+	DurableSeq uint64 `json:"durable_seq"`
+	// NeedsResync is set when records the mirror had not acknowledged were
+	// dropped from the journal; Dirty then lists the regions they touched.
+	NeedsResync bool             `json:"needs_resync,omitempty"`
+	Dirty       []journal.Region `json:"dirty,omitempty"`
+}
+
+// Meta is a node's durable state for one volume. It is small and replaced
+// atomically on every change (temp file, fsync, rename, fsync directory).
+type Meta struct {
+	Format  int    `json:"format"`
+	Volume  UUID   `json:"volume"`
+	Size    int64  `json:"size"`
+	Role    Role   `json:"role"`
+	Epoch   uint64 `json:"epoch"`
+	History []EpochStart `json:"history"`
+	// CheckpointSeq: the store holds the effect of every record ≤ it
+	// (synced); recovery replays the journal from CheckpointSeq+1.
+	CheckpointSeq uint64 `json:"checkpoint_seq"`
+	// Inconsistent: the store is not a write-order prefix of the primary's
+	// history (a resync is in progress); such a node must not be promoted
+	// without force.
+	Inconsistent bool                `json:"inconsistent,omitempty"`
+	Peers        map[string]PeerMeta `json:"peers,omitempty"`
+}
+
+// ErrNoMeta is returned by LoadMeta when the directory holds no volume yet.
+var ErrNoMeta = errors.New("no volume metadata")
+
+// LoadMeta reads dir/meta.json.
+func LoadMeta(dir string) (*Meta, error) {
+	p := filepath.Join(dir, MetaFile)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("mirror: load %s: %w", p, ErrNoMeta)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mirror: load %s: %w", p, err)
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("mirror: load %s: corrupt metadata: %w", p, err)
+	}
+	if m.Format != metaFormat {
+		return nil, fmt.Errorf("mirror: load %s: metadata format %d, this build reads %d", p, m.Format, metaFormat)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("mirror: load %s: %w", p, err)
+	}
+	return &m, nil
+}
+
+func (m *Meta) validate() error {
+	if m.Size <= 0 {
+		return fmt.Errorf("bad volume size %d", m.Size)
+	}
+	if m.Role != RolePrimary && m.Role != RoleMirror {
+		return fmt.Errorf("bad role %q", m.Role)
+	}
+	if !sort.SliceIsSorted(m.History, func(i, j int) bool { return m.History[i].Epoch < m.History[j].Epoch }) {
+		return errors.New("epoch history is not in order")
+	}
+	if n := len(m.History); n > 0 && m.History[n-1].Epoch != m.Epoch {
+		return fmt.Errorf("epoch %d is not the last in the history (%d)", m.Epoch, m.History[n-1].Epoch)
+	}
+	return nil
+}
+
+// Save writes the metadata atomically to dir/meta.json.
+func (m *Meta) Save(dir string) error {
+	m.Format = metaFormat
+	if err := m.validate(); err != nil {
+		return fmt.Errorf("mirror: save metadata: %w", err)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("mirror: encode metadata: %w", err)
+	}
+	if err := atomicfile.Write(filepath.Join(dir, MetaFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("mirror: save metadata: %w", err)
+	}
+	return nil
+}
+
+// Clone returns a deep copy.
+func (m *Meta) Clone() *Meta {
+	c := *m
+	c.History = append([]EpochStart(nil), m.History...)
+	if m.Peers != nil {
+		c.Peers = make(map[string]PeerMeta, len(m.Peers))
+		for k, v := range m.Peers {
+			v.Dirty = append([]journal.Region(nil), v.Dirty...)
+			c.Peers[k] = v
+		}
+	}
+	return &c
+}
+
+// EpochOf returns the epoch in which seq was written according to the
+// history (0 if seq precedes it).
+func EpochOf(history []EpochStart, seq uint64) uint64 {
+	var e uint64
+	for _, h := range history {
+		if h.FirstSeq > seq {
+			break
+		}
+		e = h.Epoch
+	}
+	return e
+}

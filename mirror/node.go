@@ -1,0 +1,262 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/store"
+)
+
+// DiskFile is the default name of the disk image inside the data directory.
+const DiskFile = "disk.img"
+
+// JournalDir is the journal's directory inside the data directory.
+const JournalDir = "journal"
+
+// storeConsumer is the journal consumer name of the store checkpoint.
+const storeConsumer = "store"
+
+// NodeOptions say where a node's state lives and how to create it.
+type NodeOptions struct {
+	// Dir is the data directory (metadata, journal, default disk image).
+	Dir string
+	// Disk is the disk image or block device; default Dir/disk.img.
+	Disk string
+	// Size creates a new volume of this many bytes when Dir holds none.
+	// Zero means: the volume must exist already.
+	Size int64
+	// Volume, when not zero, is the identity a newly created volume takes
+	// (a mirror adopts its primary's); otherwise a random one is made.
+	Volume UUID
+	// Role for a newly created volume.
+	Role Role
+	// JournalMax bounds the journal's size on disk (0: journal default).
+	JournalMax int64
+	// JournalSegment is the journal segment size (0: journal default).
+	JournalSegment int64
+	// OnDrop is passed to the journal (see journal.Options.OnDrop).
+	OnDrop func(consumer string, through uint64, regions []journal.Region)
+	Logger *slog.Logger
+}
+
+// Node is one volume's local state: metadata, store and journal, opened
+// and recovered. Its methods are safe for concurrent use.
+type Node struct {
+	Dir     string
+	Store   *store.File
+	Journal *journal.Journal
+	log     *slog.Logger
+
+	mu   sync.Mutex
+	meta *Meta
+}
+
+// OpenNode opens (or, with opts.Size, creates) the volume in opts.Dir and
+// replays journal records after the last checkpoint into the store, so the
+// store holds every record in the journal when it returns.
+func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("mirror: no data directory given (--data)")
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("mirror: create data directory: %w", err)
+	}
+	disk := opts.Disk
+	if disk == "" {
+		disk = filepath.Join(opts.Dir, DiskFile)
+	}
+	meta, err := LoadMeta(opts.Dir)
+	var st *store.File
+	switch {
+	case errors.Is(err, ErrNoMeta):
+		if opts.Size == 0 {
+			if _, serr := os.Stat(disk); serr == nil && opts.Disk != "" {
+				// An existing image or device adopted as a new volume.
+				st, err = store.Open(disk)
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
+			return nil, fmt.Errorf("mirror: %s holds no volume: give --size to create one", opts.Dir)
+		}
+		if opts.Disk != "" {
+			if _, serr := os.Stat(disk); serr == nil {
+				return nil, fmt.Errorf("mirror: %s exists; not creating a volume over it (drop --size to adopt it)", disk)
+			}
+		}
+		st, err = store.Create(disk, opts.Size)
+		if err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	default:
+		st, err = store.Open(disk)
+		if err != nil {
+			return nil, err
+		}
+		if st.Size() != meta.Size {
+			st.Close()
+			return nil, fmt.Errorf("mirror: %s is %d bytes but the volume is %d bytes", disk, st.Size(), meta.Size)
+		}
+		if opts.Size != 0 && opts.Size != meta.Size {
+			st.Close()
+			return nil, fmt.Errorf("mirror: --size %d differs from the existing volume's %d bytes in %s", opts.Size, meta.Size, opts.Dir)
+		}
+	}
+	if meta == nil {
+		id := opts.Volume
+		if id == (UUID{}) {
+			if id, err = NewUUID(); err != nil {
+				st.Close()
+				return nil, err
+			}
+		}
+		role := opts.Role
+		if role == "" {
+			role = RolePrimary
+		}
+		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
+			History: []EpochStart{{Epoch: 1, FirstSeq: 1}}}
+		if err := meta.Save(opts.Dir); err != nil {
+			st.Close()
+			return nil, err
+		}
+		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
+	}
+	j, err := journal.Open(journal.Options{
+		Dir:          filepath.Join(opts.Dir, JournalDir),
+		Volume:       meta.Volume,
+		MaxBytes:     opts.JournalMax,
+		SegmentBytes: opts.JournalSegment,
+		Logger:       log,
+		OnDrop:       opts.OnDrop,
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("mirror: open journal: %w", err)
+	}
+	n := &Node{Dir: opts.Dir, Store: st, Journal: j, meta: meta, log: log}
+	if err := n.recover(ctx); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+// recover replays records after the checkpoint into the store.
+func (n *Node) recover(ctx context.Context) error {
+	j := n.Journal
+	cp := n.meta.CheckpointSeq
+	last := j.LastSeq()
+	if last == 0 || last <= cp {
+		if last < cp {
+			// The journal lost records the checkpoint covers (e.g. it was
+			// deleted): continue numbering after the checkpoint.
+			if err := j.SetStart(cp + 1); err != nil {
+				return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)
+			}
+		}
+		return j.AddConsumer(storeConsumer, cp+1, false)
+	}
+	if first := j.FirstSeq(); first > cp+1 {
+		return fmt.Errorf("mirror: journal starts at seq %d but the store is checkpointed only through %d: records are missing; resync this node", first, cp)
+	}
+	var replayed int
+	err := j.Scan(cp+1, func(r journal.Record) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		replayed++
+		return ApplyRecord(n.Store, r)
+	})
+	if err != nil {
+		return fmt.Errorf("mirror: replay journal from %d: %w", cp+1, err)
+	}
+	if err := j.AddConsumer(storeConsumer, cp+1, false); err != nil {
+		return err
+	}
+	if err := n.Checkpoint(last); err != nil {
+		return err
+	}
+	n.log.Info("replayed journal into store", "from", cp+1, "through", last, "records", replayed)
+	return nil
+}
+
+// ApplyRecord applies one record to a store.
+func ApplyRecord(st *store.File, r journal.Record) error {
+	switch r.Op {
+	case journal.OpWrite:
+		_, err := st.WriteAt(r.Data, int64(r.Offset))
+		return err
+	case journal.OpTrim:
+		return st.Trim(int64(r.Offset), int64(r.Length))
+	case journal.OpZero:
+		return st.Zero(int64(r.Offset), int64(r.Length), false)
+	case journal.OpEpoch:
+		return nil
+	}
+	return fmt.Errorf("mirror: record %d has unknown op %v", r.Seq, r.Op)
+}
+
+// Meta returns a copy of the node's metadata.
+func (n *Node) Meta() *Meta {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.meta.Clone()
+}
+
+// UpdateMeta applies fn to a copy of the metadata and saves it; the new
+// metadata is in force only once it is durable.
+func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m := n.meta.Clone()
+	if err := fn(m); err != nil {
+		return err
+	}
+	if err := m.Save(n.Dir); err != nil {
+		return err
+	}
+	n.meta = m
+	return nil
+}
+
+// Checkpoint records that the store holds every record ≤ seq: it syncs the
+// store, saves the checkpoint, and lets the journal drop those records.
+func (n *Node) Checkpoint(seq uint64) error {
+	if err := n.Store.Sync(); err != nil {
+		return fmt.Errorf("mirror: checkpoint: %w", err)
+	}
+	err := n.UpdateMeta(func(m *Meta) error {
+		if seq > m.CheckpointSeq {
+			m.CheckpointSeq = seq
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mirror: checkpoint %d: %w", seq, err)
+	}
+	n.Journal.Release(storeConsumer, seq)
+	return nil
+}
+
+// Close closes the journal and the store (without a checkpoint).
+func (n *Node) Close() error {
+	err := n.Journal.Close()
+	if serr := n.Store.Close(); err == nil {
+		err = serr
+	}
+	return err
+}

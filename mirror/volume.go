@@ -1,0 +1,327 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/store"
+)
+
+// VolumeOptions tune a primary volume.
+type VolumeOptions struct {
+	// CheckpointInterval is how often the store is synced and the journal
+	// released up to the applied seq (default 2 s).
+	CheckpointInterval time.Duration
+	// CheckpointBytes forces a checkpoint once this many bytes were
+	// journaled since the last one (default 256 MiB).
+	CheckpointBytes int64
+	Logger          *slog.Logger
+}
+
+func (o VolumeOptions) withDefaults() VolumeOptions {
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = 2 * time.Second
+	}
+	if o.CheckpointBytes <= 0 {
+		o.CheckpointBytes = 256 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Replicator is the replication side of a primary volume. The volume calls
+// Admit under its ordering lock, so seqs are assigned in journal order; the
+// other methods are called without it.
+type Replicator interface {
+	// Admit assigns the seq of a new write-like request (id is unique per
+	// request), or fails (fenced).
+	Admit(id uint64, fua bool) (seq uint64, err error)
+	// AdmitFlush registers a flush covering every seq admitted so far.
+	AdmitFlush(id uint64) error
+	// LocalDone reports that the local part of request id is done and
+	// waits until the request may be acknowledged to the client.
+	LocalDone(ctx context.Context, id uint64) error
+}
+
+// Volume is a primary's volume: the nbd.Device that journals every change
+// before applying it to the store, and replicates it through a Replicator.
+//
+// Ordering: seqs are assigned and records submitted to the journal under
+// v.mu, so journal order is seq order. Store writes happen after the
+// record is written to the journal; two overlapping writes in flight are
+// applied to the store in seq order (the later waits for the earlier), so
+// the primary's store ends as a mirror's does, which applies in seq order.
+type Volume struct {
+	node *Node
+	st   *store.File
+	j    *journal.Journal
+	repl Replicator
+	opts VolumeOptions
+	log  *slog.Logger
+
+	fastZero bool
+	epoch    uint64
+
+	mu       sync.Mutex
+	nextID   uint64
+	lastSeq  uint64
+	inflight map[uint64]*extent // by seq
+	sinceCP  int64
+	cpKick   chan struct{}
+	readOnly error // non-nil: writes fail with it (fenced, demoted)
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+type extent struct {
+	off, end uint64
+	done     chan struct{}
+}
+
+// NewVolume serves node as a primary. repl may be nil (no mirrors). The
+// volume starts a checkpoint goroutine that Close stops.
+func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error) {
+	opts = opts.withDefaults()
+	m := node.Meta()
+	if m.Role != RolePrimary {
+		return nil, fmt.Errorf("mirror: volume %s in %s is a %s; promote it before serving writes", m.Volume, node.Dir, m.Role)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	v := &Volume{
+		node: node, st: node.Store, j: node.Journal, repl: repl, opts: opts, log: opts.Logger,
+		inflight: make(map[uint64]*extent),
+		lastSeq:  node.Journal.LastSeq(),
+		epoch:    m.Epoch,
+		cpKick:   make(chan struct{}, 1),
+		stop:     cancel,
+		done:     make(chan struct{}),
+	}
+	v.fastZero = probeFastZero(node.Dir)
+	go v.checkpointLoop(ctx)
+	return v, nil
+}
+
+// probeFastZero tells whether the filesystem holding dir zeroes ranges
+// without writing them (FALLOC_FL_ZERO_RANGE), using a scratch file.
+func probeFastZero(dir string) bool {
+	p := filepath.Join(dir, ".zeroprobe")
+	s, err := store.Create(p, 1<<20)
+	if err != nil {
+		return false
+	}
+	defer os.Remove(p)
+	defer s.Close()
+	return s.ZeroFast(0, 1<<20, false) == nil
+}
+
+// Size implements nbd.Device.
+func (v *Volume) Size() int64 { return v.st.Size() }
+
+// ReadAt implements nbd.Device.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	_, err := v.st.ReadAt(p, off)
+	return err
+}
+
+// WriteAt implements nbd.Device.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	data := make([]byte, len(p))
+	copy(data, p)
+	return v.change(ctx, journal.Record{Op: journal.OpWrite, Offset: uint64(off), Length: uint32(len(p)), Data: data}, fua)
+}
+
+// Trim implements nbd.Device.
+func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
+	return v.changeRange(ctx, journal.OpTrim, off, length, fua)
+}
+
+// WriteZeroes implements nbd.Device.
+func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, f ZeroFlagsView) error {
+	if f.FastZero && !v.fastZero {
+		return fmt.Errorf("mirror: fast zero: %w", syscall.ENOTSUP)
+	}
+	return v.changeRange(ctx, journal.OpZero, off, length, f.FUA)
+}
+
+// ZeroFlagsView mirrors nbd.ZeroFlags; mirror does not import nbd, and the
+// nbd adapter in cmd converts.
+type ZeroFlagsView struct{ FUA, NoHole, FastZero bool }
+
+// changeRange journals a trim or zero, splitting ranges longer than a
+// record can describe.
+func (v *Volume) changeRange(ctx context.Context, op journal.Op, off, length int64, fua bool) error {
+	const maxLen = 1 << 30
+	for length > 0 {
+		n := min(length, maxLen)
+		if err := v.change(ctx, journal.Record{Op: op, Offset: uint64(off), Length: uint32(n)}, fua); err != nil {
+			return err
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error {
+	if rec.Offset+uint64(rec.Length) > uint64(v.st.Size()) {
+		return fmt.Errorf("mirror: %v [%d, +%d) beyond the end of the volume: %w", rec.Op, rec.Offset, rec.Length, syscall.ENOSPC)
+	}
+	v.mu.Lock()
+	rec.Epoch = v.epoch
+	if v.readOnly != nil {
+		err := v.readOnly
+		v.mu.Unlock()
+		return err
+	}
+	v.nextID++
+	id := v.nextID
+	if v.repl != nil {
+		seq, err := v.repl.Admit(id, fua)
+		if err != nil {
+			v.mu.Unlock()
+			return err
+		}
+		rec.Seq = seq
+	} else {
+		rec.Seq = v.lastSeq + 1
+	}
+	if err := v.j.Submit(ctx, rec); err != nil {
+		v.mu.Unlock()
+		return fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
+	}
+	v.lastSeq = rec.Seq
+	var waits []chan struct{}
+	end := rec.Offset + uint64(rec.Length)
+	for _, e := range v.inflight {
+		if e.off < end && rec.Offset < e.end {
+			waits = append(waits, e.done)
+		}
+	}
+	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
+	v.inflight[rec.Seq] = me
+	v.sinceCP += int64(rec.Length)
+	kick := v.sinceCP >= v.opts.CheckpointBytes
+	v.mu.Unlock()
+	if kick {
+		select {
+		case v.cpKick <- struct{}{}:
+		default:
+		}
+	}
+
+	err := v.j.Wait(ctx, rec.Seq, journal.Written)
+	for _, w := range waits {
+		<-w // earlier overlapping writes reach the store first
+	}
+	if err == nil {
+		err = ApplyRecord(v.st, rec)
+	}
+	v.mu.Lock()
+	delete(v.inflight, rec.Seq)
+	v.mu.Unlock()
+	close(me.done)
+	if err != nil {
+		return err
+	}
+	if fua {
+		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
+			return err
+		}
+	}
+	if v.repl != nil {
+		return v.repl.LocalDone(ctx, id)
+	}
+	return nil
+}
+
+// Flush implements nbd.Device: every write completed before it is durable
+// in the journal (and, with replication, on the mirrors the mode asks for).
+func (v *Volume) Flush(ctx context.Context) error {
+	var id uint64
+	if v.repl != nil {
+		v.mu.Lock()
+		v.nextID++
+		id = v.nextID
+		err := v.repl.AdmitFlush(id)
+		v.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if err := v.j.Sync(ctx); err != nil {
+		return err
+	}
+	if v.repl != nil {
+		return v.repl.LocalDone(ctx, id)
+	}
+	return nil
+}
+
+// SetReadOnly makes every later write fail with err (nil allows writes
+// again). Used when the volume is fenced or demoted.
+func (v *Volume) SetReadOnly(err error) {
+	v.mu.Lock()
+	v.readOnly = err
+	v.mu.Unlock()
+}
+
+// appliedThrough is the highest seq such that every record ≤ it is in the
+// store.
+func (v *Volume) appliedThrough() uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	through := v.lastSeq
+	for seq := range v.inflight {
+		if seq <= through {
+			through = seq - 1
+		}
+	}
+	v.sinceCP = 0
+	return through
+}
+
+func (v *Volume) checkpointLoop(ctx context.Context) {
+	defer close(v.done)
+	t := time.NewTicker(v.opts.CheckpointInterval)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-v.cpKick:
+		}
+		seq := v.appliedThrough()
+		if seq == last {
+			continue
+		}
+		if err := v.node.Checkpoint(seq); err != nil {
+			v.log.Error("checkpoint failed; the journal keeps the records until it succeeds", "seq", seq, "err", err)
+			continue
+		}
+		last = seq
+	}
+}
+
+// Close stops the checkpoint loop and takes a final checkpoint. It does
+// not close the node.
+func (v *Volume) Close() error {
+	v.stop()
+	<-v.done
+	if err := v.j.Sync(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return v.node.Checkpoint(v.appliedThrough())
+}
