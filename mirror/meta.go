@@ -100,11 +100,11 @@ type PeerMeta struct {
 // Meta is a node's durable state for one volume. It is small and replaced
 // atomically on every change (temp file, fsync, rename, fsync directory).
 type Meta struct {
-	Format  int    `json:"format"`
-	Volume  UUID   `json:"volume"`
-	Size    int64  `json:"size"`
-	Role    Role   `json:"role"`
-	Epoch   uint64 `json:"epoch"`
+	Format  int          `json:"format"`
+	Volume  UUID         `json:"volume"`
+	Size    int64        `json:"size"`
+	Role    Role         `json:"role"`
+	Epoch   uint64       `json:"epoch"`
 	History []EpochStart `json:"history"`
 	// CheckpointSeq: the store holds the effect of every record ≤ it
 	// (synced); recovery replays the journal from CheckpointSeq+1.
