@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# bench.sh — fio (nbd ioengine) against blockmirror and reference NBD
+# servers in the same run, on the same kind of backing file, with one
+# comparison table at the end.
+#
+#   sudo bash scripts/bench.sh
+#   RUNTIME=20 TARGETS="blockmirror nbdkit qsd-mirror" bash scripts/bench.sh
+#
+# Environment (all optional):
+#   TARGETS    space-separated targets (default "blockmirror nbdkit");
+#              available: blockmirror nbdkit qsd-mirror
+#   JOBS       space-separated job names to run (default: all, see JOB LIST)
+#   RUNTIME    seconds per job (default 7)      RAMP  ramp seconds (default 1)
+#   REGION     bytes of the export the jobs touch, prefilled first (default 512M)
+#   DISK_SIZE  size of every backing file (default 1G)
+#   BENCH_DIR  where the backing files go (default: a new dir in /var/tmp;
+#              must be a real disk, not tmpfs)
+#   BASELINE   target the ratio column divides by (default nbdkit)
+#   OUT        also write the raw results (TSV) to this file
+#   SKIP_SETUP 1 = do not run scripts/setup.sh first
+#
+# Adding a target NAME: write target_NAME_start (starts it in the
+# background, sets URI, appends pids to PIDS) — target_stop_all stops
+# everything started — and add NAME to TARGETS.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+TARGETS=${TARGETS:-"blockmirror nbdkit"}
+RUNTIME=${RUNTIME:-7}
+RAMP=${RAMP:-1}
+REGION=${REGION:-512M}
+DISK_SIZE=${DISK_SIZE:-1G}
+BASELINE=${BASELINE:-nbdkit}
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+if [ "${SKIP_SETUP:-0}" != 1 ]; then
+	bash scripts/setup.sh </dev/null >&2
+fi
+command -v go >/dev/null 2>&1 || export PATH=/usr/local/go/bin:$PATH
+export PATH=/usr/bin:/usr/sbin:$PATH
+for t in fio nbdinfo nbdkit; do
+	command -v "$t" >/dev/null || die "$t not installed (scripts/setup.sh installs it)"
+done
+
+if [ -z "${BENCH_DIR:-}" ]; then
+	BENCH_DIR=$(mktemp -d /var/tmp/blockmirror-bench.XXXXXX)
+	CLEAN_DIR=1
+else
+	mkdir -p "$BENCH_DIR"
+	CLEAN_DIR=0
+fi
+fstype=$(stat -f -c %T "$BENCH_DIR")
+[ "$fstype" != tmpfs ] || die "BENCH_DIR $BENCH_DIR is on tmpfs; use a real disk"
+say "backing files in $BENCH_DIR ($fstype); runtime ${RUNTIME}s + ramp ${RAMP}s per job; region $REGION"
+
+RESULTS=$BENCH_DIR/results.tsv
+: >"$RESULTS"
+PIDS=()
+URI=
+
+target_stop_all() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		# wait up to 10 s, then SIGKILL
+		for _ in $(seq 100); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	PIDS=()
+}
+
+cleanup() {
+	target_stop_all
+	if [ "$CLEAN_DIR" = 1 ]; then rm -rf "$BENCH_DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# free_port prints a TCP port that is free on 127.0.0.1.
+free_port() {
+	"$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_nbd URI LOG: wait until URI answers, or die showing LOG.
+wait_nbd() {
+	for _ in $(seq 150); do
+		if nbdinfo --size "$1" >/dev/null 2>&1; then return 0; fi
+		sleep 0.1
+	done
+	tail -20 "$2" >&2 || true
+	die "no NBD server at $1"
+}
+
+# ---- targets ---------------------------------------------------------------
+
+# blockmirror serve, backing file DIR/disk.img created by blockmirror.
+target_blockmirror_start() {
+	local dir=$1 port
+	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	port=$(free_port)
+	"$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
+		--nbd "127.0.0.1:$port" >"$dir/server.log" 2>&1 &
+	PIDS+=($!)
+	URI="nbd://127.0.0.1:$port/disk"
+	wait_nbd "$URI" "$dir/server.log"
+}
+
+# nbdkit's file plugin on a sparse file of the same size.
+target_nbdkit_start() {
+	local dir=$1 port
+	port=$(free_port)
+	truncate -s "$DISK_SIZE" "$dir/disk.img"
+	nbdkit -f -i 127.0.0.1 -p "$port" file file="$dir/disk.img" >"$dir/server.log" 2>&1 &
+	PIDS+=($!)
+	URI="nbd://127.0.0.1:$port/"
+	wait_nbd "$URI" "$dir/server.log"
+}
+
+# qemu-storage-daemon exporting a raw file over NBD, with a blockdev-mirror
+# job in write-blocking mode to an nbdkit file target (synchronous
+# replication done by QEMU), started through QMP and waited for
+# BLOCK_JOB_READY before the benchmark starts.
+target_qsd-mirror_start() {
+	local dir=$1 port tport
+	command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not installed (qemu-system-common)"
+	port=$(free_port)
+	tport=$(free_port)
+	truncate -s "$DISK_SIZE" "$dir/disk.img" "$dir/mirror.img"
+	nbdkit -f -i 127.0.0.1 -p "$tport" file file="$dir/mirror.img" >"$dir/mirror.log" 2>&1 &
+	PIDS+=($!)
+	wait_nbd "nbd://127.0.0.1:$tport/" "$dir/mirror.log"
+	qemu-storage-daemon \
+		--blockdev driver=file,node-name=file0,filename="$dir/disk.img",cache.direct=off,aio=threads \
+		--blockdev driver=raw,node-name=src,file=file0 \
+		--nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port="$port" \
+		--export type=nbd,id=exp0,node-name=src,name=disk,writable=on \
+		--chardev socket,id=qmp0,path="$dir/qmp.sock",server=on,wait=off \
+		--monitor chardev=qmp0 >"$dir/server.log" 2>&1 &
+	PIDS+=($!)
+	URI="nbd://127.0.0.1:$port/disk"
+	wait_nbd "$URI" "$dir/server.log"
+	"$PY" - "$dir/qmp.sock" "$tport" <<'PYEOF' >&2
+import json, socket, sys, time
+path, tport = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rw")
+def recv():
+    line = f.readline()
+    if not line:
+        sys.exit("qmp: connection closed")
+    return json.loads(line)
+def cmd(name, **args):
+    f.write(json.dumps({"execute": name, "arguments": args}) + "\n"); f.flush()
+    while True:
+        m = recv()
+        if "return" in m: return m["return"]
+        if "error" in m: sys.exit("qmp %s: %s" % (name, m["error"]))
+        events.append(m)
+events = []
+recv()  # greeting
+cmd("qmp_capabilities")
+cmd("blockdev-add", **{"driver": "nbd", "node-name": "tgt",
+    "server": {"type": "inet", "host": "127.0.0.1", "port": str(tport)}})
+cmd("blockdev-mirror", **{"job-id": "m0", "device": "src", "target": "tgt",
+    "sync": "full", "copy-mode": "write-blocking"})
+deadline = time.time() + 300
+while time.time() < deadline:
+    for m in events:
+        if m.get("event") == "BLOCK_JOB_READY":
+            print("qmp: mirror job ready")
+            sys.exit(0)
+        if m.get("event") in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_ERROR"):
+            sys.exit("qmp: mirror job failed: %s" % m)
+    events.clear()
+    events.append(recv())
+sys.exit("qmp: no BLOCK_JOB_READY in 300 s")
+PYEOF
+}
+
+# ---- jobs ------------------------------------------------------------------
+# name|fio options (size, runtime, ramp and engine are added)
+JOB_LIST='
+randwrite-4k-qd1|--rw=randwrite --bs=4k --iodepth=1
+randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32
+randread-4k-qd32|--rw=randread --bs=4k --iodepth=32
+seqwrite-1M-qd8|--rw=write --bs=1M --iodepth=8
+randwrite-4k-qd32-fsync32|--rw=randwrite --bs=4k --iodepth=32 --fsync=32
+randwrite-4k-qd1-fsync1|--rw=randwrite --bs=4k --iodepth=1 --fsync=1
+'
+JOBS=${JOBS:-$(echo "$JOB_LIST" | sed -n 's/|.*//p' | tr '\n' ' ')}
+
+# run_job TARGET NAME OPTS...: one fio run, one TSV line in $RESULTS.
+run_job() {
+	local target=$1 name=$2 json
+	shift 2
+	json=$BENCH_DIR/$target-$name.json
+	# shellcheck disable=SC2068
+	fio --name="$name" --ioengine=nbd --uri="$URI" --size="$REGION" \
+		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+		--lat_percentiles=1 --randrepeat=0 --norandommap \
+		--output-format=json --output="$json" $@ >/dev/null ||
+		die "fio $name on $target failed (see $json)"
+	"$PY" - "$json" "$target" "$name" >>"$RESULTS" <<'PYEOF'
+import json, sys
+path, target, name = sys.argv[1:4]
+j = json.load(open(path))["jobs"][0]
+if j["error"]:
+    sys.exit("fio error %d" % j["error"])
+d = j["write"] if j["write"]["io_bytes"] else j["read"]
+lat = d["lat_ns"]
+p99 = lat.get("percentile", {}).get("99.000000", 0)
+print("\t".join([target, name, "%.0f" % d["iops"], "%.1f" % (d["bw_bytes"] / 1e6),
+                 "%.1f" % (lat["mean"] / 1e3), "%.1f" % (p99 / 1e3)]))
+PYEOF
+	say "$(tail -1 "$RESULTS" | tr '\t' ' ')"
+}
+
+# ---- main ------------------------------------------------------------------
+if [[ " $TARGETS " == *" blockmirror "* ]]; then
+	say "go build -o bin/blockmirror ./cmd/blockmirror"
+	mkdir -p bin
+	go build -o bin/blockmirror ./cmd/blockmirror
+fi
+
+for target in $TARGETS; do
+	declare -F "target_${target}_start" >/dev/null || die "unknown target $target"
+	dir=$BENCH_DIR/$target
+	mkdir -p "$dir"
+	say "== $target: starting"
+	"target_${target}_start" "$dir"
+	say "$target: $URI; prefilling $REGION"
+	fio --name=prefill --ioengine=nbd --uri="$URI" --size="$REGION" --rw=write \
+		--bs=1M --iodepth=8 --output="$dir/prefill.txt" >/dev/null ||
+		die "prefill of $target failed"
+	for job in $JOBS; do
+		opts=$(echo "$JOB_LIST" | sed -n "s/^$job|//p")
+		[ -n "$opts" ] || die "unknown job $job"
+		# shellcheck disable=SC2086
+		run_job "$target" "$job" $opts
+	done
+	target_stop_all
+done
+
+[ -z "${OUT:-}" ] || cp "$RESULTS" "$OUT"
+
+"$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" <<'PYEOF'
+import sys
+path, base, targets, jobs = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+res = {}
+for line in open(path):
+    t, j, iops, mbs, mean, p99 = line.rstrip("\n").split("\t")
+    res[(t, j)] = (float(iops), float(mbs), float(mean), float(p99))
+hdr = "%-26s %-12s %9s %9s %11s %11s" % ("job", "target", "IOPS", "MB/s", "mean us", "p99 us")
+if base in targets:
+    hdr += "  %10s %9s" % ("IOPS/" + base, "p99/" + base)
+print()
+print(hdr)
+print("-" * len(hdr))
+for j in jobs:
+    for t in targets:
+        r = res.get((t, j))
+        if r is None:
+            continue
+        row = "%-26s %-12s %9.0f %9.1f %11.1f %11.1f" % ((j, t) + r)
+        b = res.get((base, j))
+        if b and t != base:
+            row += "  %10.2f %9.2f" % (r[0] / b[0] if b[0] else 0, r[3] / b[3] if b[3] else 0)
+        print(row)
+PYEOF
