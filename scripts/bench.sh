@@ -191,7 +191,9 @@ PYEOF
 }
 
 # ---- jobs ------------------------------------------------------------------
-# name|fio options (size, runtime, ramp and engine are added)
+# name|fio options (size, runtime, ramp and engine are added). Latency
+# columns are per write/read (fio's lat_ns); with fsync=N fio's nbd engine
+# sends NBD_CMD_FLUSH every N writes and its latency is in "flush mean/p99".
 JOB_LIST='
 randwrite-4k-qd1|--rw=randwrite --bs=4k --iodepth=1
 randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32
@@ -222,8 +224,12 @@ if j["error"]:
 d = j["write"] if j["write"]["io_bytes"] else j["read"]
 lat = d["lat_ns"]
 p99 = lat.get("percentile", {}).get("99.000000", 0)
+# fsync=N jobs: NBD_CMD_FLUSH latency is reported apart from write latency
+sync = j.get("sync", {}).get("lat_ns", {})
 print("\t".join([target, name, "%.0f" % d["iops"], "%.1f" % (d["bw_bytes"] / 1e6),
-                 "%.1f" % (lat["mean"] / 1e3), "%.1f" % (p99 / 1e3)]))
+                 "%.1f" % (lat["mean"] / 1e3), "%.1f" % (p99 / 1e3),
+                 "%.1f" % (sync.get("mean", 0) / 1e3),
+                 "%.1f" % (sync.get("percentile", {}).get("99.000000", 0) / 1e3)]))
 PYEOF
 	say "$(tail -1 "$RESULTS" | tr '\t' ' ')"
 }
@@ -261,9 +267,10 @@ import sys
 path, base, targets, jobs = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
 res = {}
 for line in open(path):
-    t, j, iops, mbs, mean, p99 = line.rstrip("\n").split("\t")
-    res[(t, j)] = (float(iops), float(mbs), float(mean), float(p99))
-hdr = "%-26s %-12s %9s %9s %11s %11s" % ("job", "target", "IOPS", "MB/s", "mean us", "p99 us")
+    t, j, *v = line.rstrip("\n").split("\t")
+    res[(t, j)] = tuple(float(x) for x in v)
+hdr = "%-26s %-12s %9s %9s %10s %10s %17s" % ("job", "target", "IOPS", "MB/s", "mean us", "p99 us",
+                                               "flush mean/p99 us")
 if base in targets:
     hdr += "  %10s %9s" % ("IOPS/" + base, "p99/" + base)
 print()
@@ -274,7 +281,8 @@ for j in jobs:
         r = res.get((t, j))
         if r is None:
             continue
-        row = "%-26s %-12s %9.0f %9.1f %11.1f %11.1f" % ((j, t) + r)
+        flush = "%.0f/%.0f" % r[4:6] if r[4] else "-"
+        row = "%-26s %-12s %9.0f %9.1f %10.1f %10.1f %17s" % ((j, t) + r[:4] + (flush,))
         b = res.get((base, j))
         if b and t != base:
             row += "  %10.2f %9.2f" % (r[0] / b[0] if b[0] else 0, r[3] / b[3] if b[3] else 0)
