@@ -247,16 +247,31 @@ func (j *Journal) retention() error {
 				return nil
 			}
 		}
+		// From here on AddConsumer refuses positions in this segment, so
+		// the decision above stays valid while the lock is released.
+		j.removing = last
 		j.mu.Unlock()
 
 		var regs map[string][]Region
 		if len(drops) > 0 {
 			var err error
 			if regs, err = j.dropRegions(s, drops); err != nil {
+				j.mu.Lock()
+				j.removing = 0
+				j.mu.Unlock()
 				return err
 			}
 		}
+		// Consumers hear about a drop before the records disappear.
+		for _, d := range drops {
+			j.log.Warn("journal: size bound drops records a consumer has not released",
+				"consumer", d.name, "from", d.from, "through", last, "regions", len(regs[d.name]))
+			if j.opts.OnDrop != nil {
+				j.opts.OnDrop(d.name, last, regs[d.name])
+			}
+		}
 		j.mu.Lock()
+		j.removing = 0
 		j.segs = j.segs[1:]
 		j.total -= s.size
 		if len(drops) > 0 {
@@ -271,13 +286,6 @@ func (j *Journal) retention() error {
 		}
 		j.broadcastLocked()
 		j.mu.Unlock()
-		for _, d := range drops {
-			j.log.Warn("journal: size bound dropped records a consumer had not released",
-				"consumer", d.name, "from", d.from, "through", last, "regions", len(regs[d.name]))
-			if j.opts.OnDrop != nil {
-				j.opts.OnDrop(d.name, last, regs[d.name])
-			}
-		}
 		if err := j.fs.Remove(s.path); err != nil {
 			return fmt.Errorf("remove %s: %w", s.path, err)
 		}

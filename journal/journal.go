@@ -92,7 +92,8 @@ type Options struct {
 	// OnDrop is called when the size bound drops records a droppable
 	// consumer had not released: regions are the coalesced disk ranges
 	// those records touched (sorted by offset), through the highest seq
-	// dropped; the consumer's position then moves past through. It runs
+	// dropped. It is called before the records disappear; the consumer's
+	// position then moves past through. It runs
 	// on the journal's flush goroutine and must not call Wait, Append,
 	// Sync, TruncateAfter, SetStart or Close (Release and the accessors are
 	// fine).
@@ -243,6 +244,7 @@ type Journal struct {
 	tailBytes int64
 	queued    int64 // bytes of records > written
 	gen       uint64
+	removing  uint64 // retention is removing records <= removing (0: none)
 	consumers map[string]*consumer
 	readers   map[*Reader]struct{}
 	st        Stats
@@ -535,8 +537,8 @@ func (j *Journal) AddConsumer(name string, from uint64, droppable bool) error {
 	if _, ok := j.consumers[name]; ok {
 		return fmt.Errorf("%w: %q already exists", ErrConsumer, name)
 	}
-	if from < j.firstLocked() {
-		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d)", name, from, ErrGone, j.firstLocked())
+	if from < j.firstLocked() || from <= j.removing {
+		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d, removing through %d)", name, from, ErrGone, j.firstLocked(), j.removing)
 	}
 	if from == 0 {
 		from = 1
@@ -678,7 +680,8 @@ func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error)
 // TruncateAfter removes every record > seq, written or only queued, and
 // makes the result durable before returning. Records <= seq are kept.
 // seq must be >= FirstSeq()-1 (ErrGone otherwise). Readers positioned past
-// seq+1 get ErrTruncated; waiters for removed seqs get ErrTruncated. The
+// seq+1 get ErrTruncated; waiters for removed seqs get ErrTruncated;
+// consumers' release points are lowered to seq. The
 // caller must not Submit concurrently. A crash during TruncateAfter leaves
 // a gapless prefix at least as long as the requested one.
 func (j *Journal) TruncateAfter(seq uint64) error {
@@ -717,6 +720,9 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 	j.durable = min(j.durable, seq)
 	j.syncReq = min(j.syncReq, seq)
 	j.gen++
+	for _, c := range j.consumers {
+		c.released = min(c.released, seq) // the new records are unseen
+	}
 	for r := range j.readers {
 		if r.next > seq+1 {
 			r.broken = true
@@ -780,14 +786,19 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 	j.mu.Lock()
 	j.total -= target.size - end
 	target.size = end
-	target.count = seq + 1 - target.first
+	target.count = min(target.count, seq+1-target.first) // records <= seq may still be queued
 	for len(target.idx) > 0 && target.idx[len(target.idx)-1].seq > seq {
 		target.idx = target.idx[:len(target.idx)-1]
 	}
-	j.written, j.durable = seq, seq
+	// Records <= seq still queued (not yet written) stay queued.
+	j.durable = j.written
 	j.st.Syncs++
 	j.broadcastLocked()
+	pending := j.written < j.next-1
 	j.mu.Unlock()
+	if pending {
+		j.poke()
+	}
 	j.log.Info("journal truncated", "after", seq)
 	return nil
 }
