@@ -698,6 +698,12 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	return s
 }
 
+// LastSeq returns the last assigned seq (cheaper than Status).
+func (p *PrimaryCore) LastSeq() uint64 { return p.lastSeq() }
+
+// Fenced reports whether the core is fenced (cheaper than Status).
+func (p *PrimaryCore) Fenced() bool { return p.fenced }
+
 // ---- internals ----
 
 func (p *PrimaryCore) setState(ps *peerState, s PeerState) {

@@ -207,7 +207,7 @@ func TestPrimaryFencing(t *testing.T) {
 	wantDone(t, p, map[uint64]error{4: mirror.ErrFenced})
 	p.LocalDone(2)
 	wantDone(t, p, nil)
-	if !p.Status().Fenced {
+	if !p.Status().Fenced || !p.Fenced() || p.LastSeq() != 2 {
 		t.Fatal("status not fenced")
 	}
 	q := newPrimary(t, mirror.PrimaryConfig{Peers: []string{"a"}, Epoch: 3})
