@@ -45,6 +45,9 @@ type NodeOptions struct {
 	Logger *slog.Logger
 }
 
+// errNoVolume: the data directory holds no volume and none was asked for.
+var errNoVolume = errors.New("holds no volume")
+
 // Node is one volume's local state: metadata, store and journal, opened
 // and recovered. Its methods are safe for concurrent use.
 type Node struct {
@@ -55,6 +58,26 @@ type Node struct {
 
 	mu   sync.Mutex
 	meta *Meta
+
+	dropMu sync.Mutex
+	dropFn func(consumer string, through uint64, regions []journal.Region)
+}
+
+// setDropHandler routes the journal's OnDrop reports to fn (nil: drop
+// them).
+func (n *Node) setDropHandler(fn func(consumer string, through uint64, regions []journal.Region)) {
+	n.dropMu.Lock()
+	n.dropFn = fn
+	n.dropMu.Unlock()
+}
+
+func (n *Node) onDrop(consumer string, through uint64, regions []journal.Region) {
+	n.dropMu.Lock()
+	fn := n.dropFn
+	n.dropMu.Unlock()
+	if fn != nil {
+		fn(consumer, through, regions)
+	}
 }
 
 // OpenNode opens (or, with opts.Size, creates) the volume in opts.Dir and
@@ -88,7 +111,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 				}
 				break
 			}
-			return nil, fmt.Errorf("mirror: %s holds no volume: give --size to create one", opts.Dir)
+			return nil, fmt.Errorf("mirror: %s: %w: give --size to create one", opts.Dir, errNoVolume)
 		}
 		if opts.Disk != "" {
 			if _, serr := os.Stat(disk); serr == nil {
@@ -135,19 +158,20 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
+	n := &Node{Dir: opts.Dir, Store: st, meta: meta, log: log, dropFn: opts.OnDrop}
 	j, err := journal.Open(journal.Options{
 		Dir:          filepath.Join(opts.Dir, JournalDir),
 		Volume:       meta.Volume,
 		MaxBytes:     opts.JournalMax,
 		SegmentBytes: opts.JournalSegment,
 		Logger:       log,
-		OnDrop:       opts.OnDrop,
+		OnDrop:       n.onDrop,
 	})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("mirror: open journal: %w", err)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, Journal: j, meta: meta, log: log}
+	n.Journal = j
 	if err := n.recover(ctx); err != nil {
 		n.Close()
 		return nil, err

@@ -45,7 +45,8 @@ func (o VolumeOptions) withDefaults() VolumeOptions {
 type Replicator interface {
 	// Admit assigns the seq of a new write-like request (id is unique per
 	// request), or fails (fenced).
-	Admit(id uint64, fua bool) (seq uint64, err error)
+	// bytes is the request's length, for lag accounting.
+	Admit(id uint64, bytes int, fua bool) (seq uint64, err error)
 	// AdmitFlush registers a flush covering every seq admitted so far.
 	AdmitFlush(id uint64) error
 	// LocalDone reports that the local part of request id is done and
@@ -187,7 +188,7 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	v.nextID++
 	id := v.nextID
 	if v.repl != nil {
-		seq, err := v.repl.Admit(id, fua)
+		seq, err := v.repl.Admit(id, int(rec.Length), fua)
 		if err != nil {
 			v.mu.Unlock()
 			return err

@@ -19,6 +19,7 @@ type serveFlags struct {
 	size                        sizeFlag
 	journalMax                  sizeFlag
 	readOnly                    bool
+	admin                       string
 	repl                        replFlags
 	log                         logFlags
 }
@@ -33,6 +34,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.export, "export", "disk", "NBD export name")
 	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk, e.g. 8G (default 8G); a mirror that falls further behind is resynced")
 	fs.BoolVar(&f.readOnly, "read-only", false, "serve the export read-only")
+	fs.StringVar(&f.admin, "admin", defaultAdmin, "local HTTP endpoint for status and control ('' disables)")
 	f.repl.register(fs)
 	f.log.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -101,6 +103,19 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		return err
 	}
 	uri := nbdURI(ln.Addr(), f.export)
+	a := newAdminServer(log, func() any {
+		m := node.Meta()
+		ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
+			NBD: uri, Checkpoint: m.CheckpointSeq}
+		if repl != nil {
+			ps.Replication = ptr(repl.Status())
+		}
+		return nodeStatus{Primary: ps}
+	})
+	if err := a.run(ctx, f.admin); err != nil {
+		ln.Close()
+		return err
+	}
 	log.Info("serving NBD", "uri", uri, "size", m.Size, "epoch", m.Epoch, "example", "nbdinfo "+uri)
 	err = srv.Serve(ctx, ln)
 	log.Info("stopped serving NBD")

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// mirrorList is the repeatable --mirror NAME=HOST:PORT flag.
+type mirrorList []mirror.PeerAddr
+
+func (m *mirrorList) String() string {
+	var s []string
+	for _, p := range *m {
+		s = append(s, p.Name+"="+p.Addr)
+	}
+	return strings.Join(s, ",")
+}
+
+func (m *mirrorList) Set(v string) error {
+	name, addr, ok := strings.Cut(v, "=")
+	if !ok || name == "" || addr == "" {
+		return fmt.Errorf("want NAME=HOST:PORT, got %q", v)
+	}
+	if err := transport.ValidateNodeName(name); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("mirror %s: address %q: %v", name, addr, err)
+	}
+	for _, p := range *m {
+		if p.Name == name {
+			return fmt.Errorf("mirror %s given twice", name)
+		}
+	}
+	*m = append(*m, mirror.PeerAddr{Name: name, Addr: addr})
+	return nil
+}
+
+// identityFlags locate this node's certificates.
+type identityFlags struct {
+	certs, node string
+}
+
+func (f *identityFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.certs, "certs", "", "directory with ca.crt and this node's NAME.crt/NAME.key (made by `blockmirror certs init`)")
+	fs.StringVar(&f.node, "node", "", "this node's name, as in its certificate")
+}
+
+func (f *identityFlags) transport(log *slog.Logger) (transport.Config, error) {
+	if f.certs == "" || f.node == "" {
+		return transport.Config{}, errors.New("--certs DIR and --node NAME are required for replication (create them with `blockmirror certs init --out DIR NAME...`)")
+	}
+	id, err := transport.LoadNode(f.certs, f.node)
+	if err != nil {
+		return transport.Config{}, err
+	}
+	return transport.Config{Identity: id, Logger: log}, nil
+}
+
+// replFlags are serve's replication flags.
+type replFlags struct {
+	mirrors       mirrorList
+	mode          string
+	syncAcks      int
+	ackLevel      string
+	maxLag        time.Duration
+	ackTimeout    time.Duration
+	allowDegraded bool
+	id            identityFlags
+}
+
+func (r *replFlags) register(fs *flag.FlagSet) {
+	fs.Var(&r.mirrors, "mirror", "a mirror to replicate to, NAME=HOST:PORT (repeatable); NAME is the node name in its certificate")
+	fs.StringVar(&r.mode, "mode", "sync", "replication mode: sync (reply after --sync-acks mirrors acked) or async (reply after the local journal; mirrors trail within --max-lag)")
+	fs.IntVar(&r.syncAcks, "sync-acks", 1, "K: acks needed from any K of the mirrors (sync), or the mirror whose lag --max-lag bounds (async)")
+	fs.StringVar(&r.ackLevel, "ack-level", "written", "what a mirror ack means: received (in its memory), written (in its journal), durable (fdatasync'd)")
+	fs.DurationVar(&r.maxLag, "max-lag", 5*time.Second, "async: writes are throttled while the K-th best mirror trails by more than this (0: no bound)")
+	fs.DurationVar(&r.ackTimeout, "ack-timeout", 5*time.Second, "sync: how long a write waits for K mirror acks before it fails with EIO")
+	fs.BoolVar(&r.allowDegraded, "allow-degraded", false, "sync: with fewer than K mirrors in sync, complete writes with the acks available instead of failing them (shown in status)")
+	r.id.register(fs)
+}
+
+type replication interface {
+	mirror.Replicator
+	Status() mirror.ReplicationStatus
+	Close() error
+}
+
+// start begins replication to the configured mirrors (nil without any).
+func (r *replFlags) start(ctx context.Context, node *mirror.Node, log *slog.Logger) (replication, error) {
+	if len(r.mirrors) == 0 {
+		return nil, nil
+	}
+	var mode mirror.Mode
+	switch r.mode {
+	case "sync":
+		mode = mirror.ModeSync
+	case "async":
+		mode = mirror.ModeAsync
+	default:
+		return nil, fmt.Errorf("--mode %q: want sync or async", r.mode)
+	}
+	level, err := parseAckLevel(r.ackLevel)
+	if err != nil {
+		return nil, err
+	}
+	if r.syncAcks < 1 || r.syncAcks > len(r.mirrors) {
+		return nil, fmt.Errorf("--sync-acks %d: want 1..%d (the number of --mirror flags)", r.syncAcks, len(r.mirrors))
+	}
+	tc, err := r.id.transport(log)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := mirror.StartReplication(node, mirror.ReplicationOptions{
+		Peers: r.mirrors, Mode: mode, SyncAcks: r.syncAcks, AckLevel: level,
+		AllowDegraded: r.allowDegraded, AckTimeout: r.ackTimeout, MaxLag: r.maxLag,
+		Node: r.id.node, Transport: tc, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start replication: %w", err)
+	}
+	log.Info("replicating", "mirrors", r.mirrors.String(), "mode", r.mode, "sync_acks", r.syncAcks,
+		"ack_level", r.ackLevel, "allow_degraded", r.allowDegraded)
+	return rep, nil
+}
+
+func parseAckLevel(s string) (mirror.AckLevel, error) {
+	switch s {
+	case "received":
+		return mirror.AckReceived, nil
+	case "written":
+		return mirror.AckWritten, nil
+	case "durable":
+		return mirror.AckDurable, nil
+	}
+	return 0, fmt.Errorf("--ack-level %q: want received, written or durable", s)
+}
+
+func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("mirror", "mirror --data DIR --listen HOST:PORT --certs DIR --node NAME [--admin ADDR] [flags]", stderr)
+	data := fs.String("data", "", "data directory of this mirror (the volume is created on the first primary's connection)")
+	disk := fs.String("disk", "", "disk image file or block device (default DIR/disk.img)")
+	listen := fs.String("listen", "", "QUIC address to accept primaries on, HOST:PORT (required)")
+	admin := fs.String("admin", "127.0.0.1:7481", "local HTTP endpoint for status ('' disables)")
+	var allow string
+	fs.StringVar(&allow, "allow", "", "comma-separated node names of primaries allowed to connect (default: any node the CA signed)")
+	var journalMax sizeFlag
+	fs.Var(&journalMax, "journal-max", "journal size bound on disk (default 8G)")
+	var id identityFlags
+	id.register(fs)
+	var lf logFlags
+	lf.register(fs)
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if *data == "" || *listen == "" {
+		fmt.Fprintln(stderr, "--data and --listen are required")
+		fs.Usage()
+		return errUsage
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	tc, err := id.transport(log)
+	if err != nil {
+		return err
+	}
+	if allow != "" {
+		tc.AllowPeers = strings.Split(allow, ",")
+	}
+	d, err := mirror.NewMirror(ctx, mirror.MirrorOptions{
+		Listen: *listen, Name: id.node, Transport: tc, Logger: log,
+		Node: mirror.NodeOptions{Dir: *data, Disk: *disk, JournalMax: journalMax.v},
+	})
+	if err != nil {
+		return err
+	}
+	a := newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
+	if err := a.run(ctx, *admin); err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func runCerts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "init" {
+		fmt.Fprintln(stderr, "Usage: blockmirror certs init --out DIR NAME...")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return errUsage
+	}
+	fs := newFlagSet("certs init", "certs init --out DIR NAME...", stderr)
+	out := fs.String("out", "", "directory for ca.crt, ca.key and NAME.crt/NAME.key (created; an existing CA there is reused)")
+	if err := parseFlags(fs, args[1:], true); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "--out and at least one node NAME are required")
+		fs.Usage()
+		return errUsage
+	}
+	issued, err := transport.InitCertsWith(*out, fs.Args(), transport.CertOptions{})
+	if err != nil {
+		return err
+	}
+	for _, n := range fs.Args() {
+		state := "exists"
+		for _, i := range issued {
+			if i == n {
+				state = "issued"
+			}
+		}
+		fmt.Fprintf(stdout, "%s: %s (%s/%s.crt)\n", n, state, *out, n)
+	}
+	return nil
+}

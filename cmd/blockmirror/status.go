@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/blockmirror/blockmirror/mirror"
+)
+
+// nodeStatus is what GET /v1/status returns: one of the two is set.
+type nodeStatus struct {
+	Primary *primaryStatus       `json:"primary,omitempty"`
+	Mirror  *mirror.MirrorStatus `json:"mirror,omitempty"`
+}
+
+type primaryStatus struct {
+	Role        string                    `json:"role"`
+	Volume      string                    `json:"volume"`
+	Size        int64                     `json:"size"`
+	Epoch       uint64                    `json:"epoch"`
+	NBD         string                    `json:"nbd"`
+	Checkpoint  uint64                    `json:"checkpoint_seq"`
+	Replication *mirror.ReplicationStatus `json:"replication,omitempty"`
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", "status [--admin ADDR] [--json] [--watch]", stderr)
+	admin := fs.String("admin", defaultAdmin, "admin endpoint of the node (a mirror's default is 127.0.0.1:7481)")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
+	interval := fs.Duration("interval", time.Second, "refresh period for --watch")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	for {
+		st, raw, err := fetchStatus(ctx, client, *admin)
+		if err != nil {
+			return err
+		}
+		if *watch {
+			fmt.Fprint(stdout, "\033[H\033[2J")
+			fmt.Fprintf(stdout, "%s  (every %v; Ctrl-C to stop)\n\n", time.Now().Format(time.TimeOnly), *interval)
+		}
+		if *asJSON {
+			stdout.Write(raw)
+		} else {
+			printStatus(stdout, st)
+		}
+		if !*watch {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(*interval):
+		}
+	}
+}
+
+func fetchStatus(ctx context.Context, c *http.Client, admin string) (*nodeStatus, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+admin+"/v1/status", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, nil, err
+	}
+	var st nodeStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, nil, fmt.Errorf("bad status from %s: %w", admin, err)
+	}
+	return &st, raw, nil
+}
+
+func printStatus(w io.Writer, st *nodeStatus) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	if m := st.Mirror; m != nil {
+		fmt.Fprintf(tw, "role:\tmirror\n")
+		if m.Volume == "" {
+			fmt.Fprintf(tw, "volume:\tnone yet (waiting for a primary)\n")
+			return
+		}
+		conn := "no primary connected"
+		if m.Connected {
+			conn = "connected to " + m.Primary
+		}
+		fmt.Fprintf(tw, "volume:\t%s (%d bytes)\nepoch:\t%d\nprimary:\t%s\n", m.Volume, m.Size, m.Epoch, conn)
+		disk := "consistent (write-order prefix of the primary)"
+		if m.NeedsResync {
+			disk = "needs resync"
+		}
+		fmt.Fprintf(tw, "disk:\t%s\n", disk)
+		fmt.Fprintf(tw, "seqs:\treceived %d, written %d, durable %d, applied %d\n", m.Received, m.Written, m.Durable, m.Applied)
+		return
+	}
+	p := st.Primary
+	if p == nil {
+		fmt.Fprintln(tw, "unknown status")
+		return
+	}
+	fmt.Fprintf(tw, "role:\tprimary\nvolume:\t%s (%d bytes)\nepoch:\t%d\nnbd:\t%s\n", p.Volume, p.Size, p.Epoch, p.NBD)
+	r := p.Replication
+	if r == nil {
+		fmt.Fprintf(tw, "replication:\tnone (no --mirror)\n")
+		return
+	}
+	var flags []string
+	if r.Degraded {
+		flags = append(flags, "DEGRADED")
+	}
+	if r.Throttled {
+		flags = append(flags, "THROTTLED")
+	}
+	if r.Fenced {
+		flags = append(flags, "FENCED (writes fail)")
+	}
+	state := "ok"
+	if len(flags) > 0 {
+		state = strings.Join(flags, ", ")
+	}
+	fmt.Fprintf(tw, "replication:\t%s, %d of %d mirrors at ack level %s (allow degraded: %v)\nstate:\t%s\n",
+		r.Mode, r.SyncAcks, len(r.Peers), r.AckLevel, r.AllowDegraded, state)
+	fmt.Fprintf(tw, "seqs:\tlast %d, local durable %d, quorum %d, journal from %d\n\n", r.LastSeq, r.LocalDurable, r.QuorumSeq, r.JournalFirst)
+	fmt.Fprintf(tw, "MIRROR\tADDRESS\tSTATE\tACKED\tLAG RECORDS\tLAG BYTES\tLAG SECONDS\tRTT\tLAST ERROR\n")
+	for _, m := range r.Peers {
+		acked := m.Written
+		switch r.AckLevel {
+		case "received":
+			acked = m.Received
+		case "durable":
+			acked = m.Durable
+		}
+		state := m.State
+		if !m.Connected && state != "disconnected" {
+			state += " (disconnected)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.2f\t%dµs\t%s\n", m.Name, m.Addr, state, acked,
+			m.LagRecords, m.LagBytes, m.LagSeconds, m.RTTMicros, m.LastError)
+	}
+}

@@ -1,0 +1,359 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// handshakeTimeout bounds the wait for a HelloReply.
+const handshakeTimeout = 10 * time.Second
+
+// heartbeatEvery is the period of heartbeats on a session.
+const heartbeatEvery = time.Second
+
+// peerLink keeps one mirror connected: it dials with backoff, handshakes,
+// and runs sessions. Fields below mu-comment are guarded by r.mu.
+type peerLink struct {
+	r    *Replication
+	addr PeerAddr
+	log  *slog.Logger
+
+	// guarded by r.mu
+	sess        *session
+	connected   bool
+	lastErr     string
+	rtt         time.Duration
+	durable     uint64
+	needsResync bool
+}
+
+// session is one connected stream to the mirror.
+type session struct {
+	st      *transport.Stream
+	writeMu sync.Mutex
+	startCh chan uint64 // capacity 1: the seq to stream from
+	flushCh chan uint64 // capacity 1: the highest flush to send
+	start   time.Time   // heartbeat times are measured from here
+}
+
+func (l *peerLink) run(ctx context.Context) {
+	defer l.r.wg.Done()
+	bo := transport.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	var lastLogged string
+	for ctx.Err() == nil {
+		up, err := l.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		msg := "session ended"
+		if err != nil {
+			msg = err.Error()
+		}
+		l.r.mu.Lock()
+		l.lastErr = msg
+		l.r.mu.Unlock()
+		// Log a repeated failure once, not at every retry.
+		if msg != lastLogged {
+			l.log.Warn("mirror connection lost or refused; retrying with backoff", "err", msg)
+			lastLogged = msg
+		}
+		if up {
+			bo.Reset()
+		}
+		if bo.Wait(ctx) != nil {
+			return
+		}
+	}
+}
+
+// session dials, handshakes and replicates until the connection fails. It
+// reports whether the handshake succeeded.
+func (l *peerLink) session(ctx context.Context) (bool, error) {
+	r := l.r
+	conn, err := transport.Dial(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
+	if err != nil {
+		return false, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
+	}
+	defer conn.Close(0, "session ended")
+	st, err := conn.OpenStream(ctx)
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+	defer st.Cancel(0)
+	m := r.node.Meta()
+	r.mu.Lock()
+	last := r.core.Status().LastSeq
+	r.mu.Unlock()
+	hello := Hello{
+		Version: ProtoVersion, Role: PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
+		Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, LastSeq: last,
+		Node: r.opts.Node, History: m.History,
+	}
+	buf, err := AppendHello(nil, &hello)
+	if err != nil {
+		return false, err
+	}
+	if err := st.WriteFrame(uint8(MsgHello), buf); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	if err := st.Flush(); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	typ, p, err := st.ReadFrame(nil)
+	if err != nil {
+		return false, fmt.Errorf("read hello reply: %w", err)
+	}
+	st.SetReadDeadline(time.Time{})
+	switch MsgType(typ) {
+	case MsgHelloReply:
+	case MsgError:
+		e, derr := DecodeError(p)
+		if derr != nil {
+			return false, fmt.Errorf("mirror sent a malformed error: %w", derr)
+		}
+		l.fenceIf(e.Code)
+		return false, e
+	default:
+		return false, fmt.Errorf("mirror answered the hello with %v", MsgType(typ))
+	}
+	reply, err := DecodeHelloReply(p)
+	if err != nil {
+		return false, fmt.Errorf("bad hello reply: %w", err)
+	}
+	if reply.Code != CodeOK {
+		l.fenceIf(reply.Code)
+		if reply.Epoch > m.Epoch {
+			r.mu.Lock()
+			r.core.PeerEpoch(l.addr.Name, reply.Epoch)
+			r.processLocked()
+			r.mu.Unlock()
+		}
+		return false, fmt.Errorf("mirror %s refused the session (%v): %s", l.addr.Name, reply.Code, reply.Reason)
+	}
+	if reply.Volume != m.Volume || reply.Size != uint64(m.Size) {
+		return false, fmt.Errorf("mirror %s holds volume %v of %d bytes, we serve %v of %d bytes",
+			l.addr.Name, reply.Volume, reply.Size, m.Volume, m.Size)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &session{st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
+	r.mu.Lock()
+	l.sess = s
+	l.connected = true
+	l.lastErr = ""
+	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
+		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
+		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
+	})
+	r.processLocked()
+	r.mu.Unlock()
+	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags)
+	defer func() {
+		r.mu.Lock()
+		l.sess = nil
+		l.connected = false
+		r.core.PeerDown(l.addr.Name)
+		r.processLocked()
+		r.mu.Unlock()
+	}()
+	if perr != nil {
+		return true, perr
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(2)
+	go func() { defer wg.Done(); errc <- l.sendRecords(sctx, s) }()
+	go func() { defer wg.Done(); errc <- l.sendControl(sctx, s) }()
+	rerr := l.receive(sctx, s)
+	cancel()
+	st.Cancel(0)
+	wg.Wait()
+	close(errc)
+	for e := range errc {
+		if e != nil && !errors.Is(e, context.Canceled) && rerr == nil {
+			rerr = e
+		}
+	}
+	return true, rerr
+}
+
+func (l *peerLink) fenceIf(code ErrCode) {
+	if code != CodeFenced {
+		return
+	}
+	r := l.r
+	r.mu.Lock()
+	r.core.PeerEpoch(l.addr.Name, r.core.Status().Epoch+1)
+	r.processLocked()
+	r.mu.Unlock()
+}
+
+// startStream is called under r.mu by processLocked.
+func (l *peerLink) startStream(from uint64) {
+	if l.sess == nil {
+		return
+	}
+	select {
+	case l.sess.startCh <- from:
+	default:
+	}
+}
+
+// queueFlush is called under r.mu by processLocked; flushes coalesce to
+// the highest seq asked.
+func (l *peerLink) queueFlush(through uint64) {
+	s := l.sess
+	if s == nil {
+		return
+	}
+	for {
+		select {
+		case s.flushCh <- through:
+			return
+		case old := <-s.flushCh:
+			through = max(through, old)
+		}
+	}
+}
+
+// sendRecords streams journal records from the seq the core names.
+func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
+	var from uint64
+	select {
+	case from = <-s.startCh:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	rd, err := l.r.j.NewReader(from)
+	if err != nil {
+		if errors.Is(err, journal.ErrGone) {
+			l.markNeedsResync()
+		}
+		return fmt.Errorf("read journal from %d: %w", from, err)
+	}
+	defer rd.Close()
+	var buf []byte
+	for {
+		recs, err := rd.Next(ctx, MaxRecordsPerFrame, l.r.opts.BatchBytes)
+		if err != nil {
+			if errors.Is(err, journal.ErrGone) {
+				l.markNeedsResync()
+			}
+			return fmt.Errorf("read journal: %w", err)
+		}
+		buf, err = AppendRecords(buf[:0], recs)
+		if err != nil {
+			return err
+		}
+		s.writeMu.Lock()
+		err = s.st.WriteFrame(uint8(MsgRecords), buf)
+		if err == nil {
+			err = s.st.Flush()
+		}
+		s.writeMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("send records: %w", err)
+		}
+	}
+}
+
+func (l *peerLink) markNeedsResync() {
+	l.r.mu.Lock()
+	l.needsResync = true
+	l.r.mu.Unlock()
+	l.log.Warn("records this mirror needs were dropped from the journal; it needs a resync")
+}
+
+// sendControl sends flushes and heartbeats.
+func (l *peerLink) sendControl(ctx context.Context, s *session) error {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	var buf []byte
+	for {
+		var typ MsgType
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case through := <-s.flushCh:
+			typ, buf = MsgFlush, AppendFlush(buf[:0], Flush{Through: through})
+		case <-t.C:
+			l.r.mu.Lock()
+			last := l.r.core.Status().LastSeq
+			l.r.mu.Unlock()
+			typ, buf = MsgHeartbeat, AppendHeartbeat(buf[:0], Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
+		}
+		s.writeMu.Lock()
+		err := s.st.WriteFrame(uint8(typ), buf)
+		if err == nil {
+			err = s.st.Flush()
+		}
+		s.writeMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("send %v: %w", typ, err)
+		}
+	}
+}
+
+// receive handles acks, heartbeat echoes and errors from the mirror.
+func (l *peerLink) receive(ctx context.Context, s *session) error {
+	r := l.r
+	buf := make([]byte, 4096)
+	for {
+		typ, p, err := s.st.ReadFrame(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read from mirror: %w", err)
+		}
+		switch MsgType(typ) {
+		case MsgAck:
+			a, err := DecodeAck(p)
+			if err != nil {
+				return fmt.Errorf("bad ack: %w", err)
+			}
+			r.mu.Lock()
+			err = r.core.PeerAck(l.addr.Name, a)
+			r.processLocked()
+			r.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		case MsgHeartbeatEcho:
+			h, err := DecodeHeartbeat(p)
+			if err != nil {
+				return fmt.Errorf("bad heartbeat echo: %w", err)
+			}
+			rtt := time.Since(s.start) - time.Duration(h.Time)
+			r.mu.Lock()
+			l.rtt = rtt
+			r.mu.Unlock()
+		case MsgHeartbeat:
+			// Mirrors do not send heartbeats of their own; ignore.
+		case MsgError:
+			e, err := DecodeError(p)
+			if err != nil {
+				return fmt.Errorf("mirror sent a malformed error: %w", err)
+			}
+			l.fenceIf(e.Code)
+			return e
+		default:
+			return fmt.Errorf("unexpected %v from mirror", MsgType(typ))
+		}
+	}
+}
+
+// lagBytes is the record data between the mirror's ack and the last seq.
+func (l *peerLink) lagBytes(acked, last uint64) uint64 {
+	return l.r.bytesBetween(acked, last)
+}

@@ -1,0 +1,458 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// PeerAddr names a mirror and where its daemon listens.
+type PeerAddr struct {
+	// Name is the node name the mirror's certificate must carry.
+	Name string
+	// Addr is its QUIC address, HOST:PORT.
+	Addr string
+}
+
+// ReplicationOptions configure a primary's replication to its mirrors.
+type ReplicationOptions struct {
+	Peers         []PeerAddr
+	Mode          Mode
+	SyncAcks      int
+	AckLevel      AckLevel
+	AllowDegraded bool
+	// AckTimeout bounds how long a sync write waits for mirror acks before
+	// it fails with EIO (default 5 s).
+	AckTimeout time.Duration
+	// MaxLag bounds (async mode) how far behind the K-th best mirror may
+	// be in time before writes are throttled; 0 disables the bound.
+	MaxLag time.Duration
+	// Tick is the core's clock period (default 10 ms).
+	Tick time.Duration
+	// BatchBytes caps the record data per Records frame (default 1 MiB).
+	BatchBytes int
+	// Node is this primary's node name, sent in the handshake.
+	Node string
+	// Transport is the QUIC configuration (identity and timeouts).
+	Transport transport.Config
+	Logger    *slog.Logger
+}
+
+func (o ReplicationOptions) withDefaults() ReplicationOptions {
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 5 * time.Second
+	}
+	if o.Tick <= 0 {
+		o.Tick = 10 * time.Millisecond
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 1 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	o.Peers = append([]PeerAddr(nil), o.Peers...)
+	return o
+}
+
+func peerConsumer(name string) string { return "peer:" + name }
+
+// Replication is the I/O shell around a PrimaryCore: it dials every
+// mirror, streams journal records to it, feeds acks, ticks and local
+// durability into the core, and completes NBD requests as the core says.
+// It implements Replicator for a Volume.
+//
+// Goroutines (all stopped by Close): one ticker, one local syncer, and per
+// mirror one link that dials, handshakes and, per session, one receiver
+// and one sender.
+type Replication struct {
+	node *Node
+	j    *journal.Journal
+	opts ReplicationOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex // guards core, waiters, links' session state
+	core    *PrimaryCore
+	waiters map[uint64]chan error
+	links   map[string]*peerLink
+	fenced  error
+
+	syncReq chan uint64
+
+	// cumBytes[seq%cumRing] is the total record data admitted through seq,
+	// for the lag in bytes that status shows.
+	cumBytes   []uint64
+	totalBytes uint64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// StartReplication starts replicating node (a primary) to opts.Peers.
+func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error) {
+	opts = opts.withDefaults()
+	if len(opts.Peers) == 0 {
+		return nil, errors.New("mirror: replication needs at least one mirror")
+	}
+	m := node.Meta()
+	j := node.Journal
+	names := make([]string, len(opts.Peers))
+	for i, p := range opts.Peers {
+		names[i] = p.Name
+	}
+	ticks := func(d time.Duration) int {
+		if d <= 0 {
+			return 0
+		}
+		return max(1, int(d/opts.Tick))
+	}
+	_, durable := j.Watermarks()
+	next := j.LastSeq() + 1
+	core, err := NewPrimaryCore(PrimaryConfig{
+		Peers: names, Mode: opts.Mode, SyncAcks: opts.SyncAcks, AckLevel: opts.AckLevel,
+		AllowDegraded: opts.AllowDegraded, AckTimeoutTicks: ticks(opts.AckTimeout),
+		MaxLagTicks: ticks(opts.MaxLag), Epoch: m.Epoch, NextSeq: next,
+		JournalFirst: min(j.FirstSeq(), next), LocalDurable: min(durable, next-1),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Replication{
+		node: node, j: j, opts: opts, log: opts.Logger, core: core,
+		waiters: make(map[uint64]chan error), links: make(map[string]*peerLink),
+		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing),
+	}
+	for _, p := range opts.Peers {
+		from := j.FirstSeq()
+		if pm, ok := m.Peers[p.Name]; ok && pm.DurableSeq+1 > from {
+			from = pm.DurableSeq + 1
+		}
+		if err := j.AddConsumer(peerConsumer(p.Name), from, true); err != nil {
+			cancel()
+			return nil, fmt.Errorf("mirror: register mirror %s with the journal: %w", p.Name, err)
+		}
+		r.links[p.Name] = &peerLink{r: r, addr: p, log: r.log.With("peer", p.Name, "addr", p.Addr)}
+	}
+	node.setDropHandler(r.onDrop)
+	r.wg.Add(2)
+	go r.tickLoop()
+	go r.syncLoop()
+	for _, l := range r.links {
+		r.wg.Add(1)
+		go l.run(ctx)
+	}
+	return r, nil
+}
+
+// Admit implements Replicator.
+func (r *Replication) Admit(id uint64, bytes int, fua bool) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	seq, err := r.core.ProposeWrite(id, fua)
+	if err != nil {
+		return 0, err
+	}
+	r.totalBytes += uint64(bytes)
+	r.cumBytes[seq%cumRing] = r.totalBytes
+	r.waiters[id] = make(chan error, 1)
+	r.processLocked()
+	return seq, nil
+}
+
+// AdmitFlush implements Replicator.
+func (r *Replication) AdmitFlush(id uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waiters[id] = make(chan error, 1)
+	if err := r.core.ProposeFlush(id); err != nil {
+		delete(r.waiters, id)
+		return err
+	}
+	r.processLocked()
+	return nil
+}
+
+// LocalDone implements Replicator.
+func (r *Replication) LocalDone(ctx context.Context, id uint64) error {
+	r.mu.Lock()
+	ch := r.waiters[id]
+	r.core.LocalDone(id)
+	r.processLocked()
+	r.mu.Unlock()
+	if ch == nil {
+		return fmt.Errorf("mirror: request %d was never admitted", id)
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.ctx.Done():
+		return errors.New("mirror: replication stopped")
+	}
+}
+
+// processLocked takes the core's outputs and acts on them without
+// blocking. r.mu must be held.
+func (r *Replication) processLocked() {
+	rd := r.core.Ready()
+	for _, c := range rd.Completions {
+		if ch, ok := r.waiters[c.ID]; ok {
+			ch <- c.Err
+			delete(r.waiters, c.ID)
+		}
+	}
+	for _, s := range rd.StartStreams {
+		if l := r.links[s.Peer]; l != nil {
+			l.startStream(s.From)
+		}
+	}
+	for _, f := range rd.PeerFlushes {
+		if l := r.links[f.Peer]; l != nil {
+			l.queueFlush(f.Through)
+		}
+	}
+	if rd.SyncLocal > 0 {
+		select {
+		case r.syncReq <- rd.SyncLocal:
+		default:
+			// A sync is already queued; the syncer syncs everything
+			// submitted when it runs, which covers this request too.
+			select {
+			case old := <-r.syncReq:
+				r.syncReq <- max(old, rd.SyncLocal)
+			default:
+				r.syncReq <- rd.SyncLocal
+			}
+		}
+	}
+	for _, rel := range rd.Releases {
+		r.j.Release(peerConsumer(rel.Peer), rel.Through)
+		if l := r.links[rel.Peer]; l != nil {
+			l.durable = rel.Through
+		}
+	}
+	for _, p := range rd.NeedResync {
+		r.log.Warn("mirror cannot catch up from the journal and needs a resync", "peer", p)
+		if l := r.links[p]; l != nil {
+			l.needsResync = true
+		}
+	}
+	if st := r.core.Status(); st.Fenced && r.fenced == nil {
+		r.fenced = ErrFenced
+		r.log.Error("fenced: a mirror reports a higher epoch (another node was promoted); writes now fail")
+	}
+}
+
+// tickLoop advances the core's clock and persists peer progress.
+func (r *Replication) tickLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.opts.Tick)
+	defer t.Stop()
+	persist := time.NewTicker(time.Second)
+	defer persist.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			r.persistPeers()
+			return
+		case <-t.C:
+			first := r.j.FirstSeq()
+			r.mu.Lock()
+			r.core.JournalFirst(first)
+			r.core.Tick()
+			r.processLocked()
+			r.mu.Unlock()
+		case <-persist.C:
+			r.persistPeers()
+		}
+	}
+}
+
+// persistPeers saves each mirror's durable ack point in the metadata, so
+// a restarted primary keeps the journal records its mirrors still need.
+func (r *Replication) persistPeers() {
+	r.mu.Lock()
+	type pm struct {
+		durable     uint64
+		needsResync bool
+	}
+	cur := make(map[string]pm, len(r.links))
+	for name, l := range r.links {
+		cur[name] = pm{l.durable, l.needsResync}
+	}
+	r.mu.Unlock()
+	old := r.node.Meta()
+	changed := false
+	for name, c := range cur {
+		o := old.Peers[name]
+		if c.durable > o.DurableSeq || (c.needsResync && !o.NeedsResync) {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	err := r.node.UpdateMeta(func(m *Meta) error {
+		if m.Peers == nil {
+			m.Peers = make(map[string]PeerMeta)
+		}
+		for name, c := range cur {
+			p := m.Peers[name]
+			p.DurableSeq = max(p.DurableSeq, c.durable)
+			p.NeedsResync = p.NeedsResync || c.needsResync
+			m.Peers[name] = p
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Error("saving mirror progress failed", "err", err)
+	}
+}
+
+// onDrop is called by the journal when the size bound dropped records a
+// mirror had not acknowledged: the mirror will need a resync of those
+// regions, which are recorded in its dirty list.
+func (r *Replication) onDrop(consumer string, through uint64, regions []journal.Region) {
+	const prefix = "peer:"
+	if len(consumer) <= len(prefix) || consumer[:len(prefix)] != prefix {
+		return
+	}
+	name := consumer[len(prefix):]
+	r.log.Warn("journal size bound dropped records a mirror had not acknowledged; it will need a resync of the regions they touched",
+		"peer", name, "through", through, "regions", len(regions))
+	err := r.node.UpdateMeta(func(m *Meta) error {
+		if m.Peers == nil {
+			m.Peers = make(map[string]PeerMeta)
+		}
+		p := m.Peers[name]
+		p.NeedsResync = true
+		p.Dirty = journal.CoalesceRegions(append(p.Dirty, regions...))
+		m.Peers[name] = p
+		return nil
+	})
+	if err != nil {
+		r.log.Error("recording dirty regions failed; the mirror will need a full resync", "peer", name, "err", err)
+	}
+}
+
+// syncLoop makes the local journal durable when the core asks.
+func (r *Replication) syncLoop() {
+	defer r.wg.Done()
+	for {
+		var seq uint64
+		select {
+		case <-r.ctx.Done():
+			return
+		case seq = <-r.syncReq:
+		}
+		if err := r.j.Wait(r.ctx, seq, journal.Durable); err != nil {
+			if r.ctx.Err() == nil {
+				r.log.Error("local journal sync failed", "seq", seq, "err", err)
+			}
+			continue
+		}
+		_, durable := r.j.Watermarks()
+		r.mu.Lock()
+		r.core.LocalDurable(durable)
+		r.processLocked()
+		r.mu.Unlock()
+	}
+}
+
+// cumRing is how many recent seqs the byte lag is exact for.
+const cumRing = 1 << 18
+
+// bytesBetween is the record data admitted after acked through last (r.mu
+// held); for a mirror further behind than cumRing seqs it is a lower
+// bound.
+func (r *Replication) bytesBetween(acked, last uint64) uint64 {
+	if acked >= last {
+		return 0
+	}
+	if last-acked >= cumRing {
+		acked = last - cumRing + 1
+	}
+	return r.cumBytes[last%cumRing] - r.cumBytes[acked%cumRing]
+}
+
+// Status returns a snapshot for `blockmirror status`.
+func (r *Replication) Status() ReplicationStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cs := r.core.Status()
+	st := ReplicationStatus{
+		Mode: r.opts.Mode.String(), SyncAcks: r.opts.SyncAcks, AckLevel: r.opts.AckLevel.String(),
+		AllowDegraded: r.opts.AllowDegraded, Epoch: cs.Epoch, LastSeq: cs.LastSeq,
+		LocalDurable: cs.LocalDurable, JournalFirst: cs.JournalFirst, QuorumSeq: cs.QuorumSeq,
+		Degraded: cs.Degraded, Throttled: cs.Throttled, Fenced: cs.Fenced, Pending: cs.Pending,
+	}
+	for _, p := range cs.Peers {
+		l := r.links[p.Name]
+		ps := PeerReport{
+			Name: p.Name, State: p.State.String(), Received: p.Acks.Received, Written: p.Acks.Written,
+			Durable: p.Acks.Durable, Applied: p.Acks.Applied, LagRecords: p.LagRecords,
+			LagSeconds: (time.Duration(p.LagTicks) * r.opts.Tick).Seconds(),
+		}
+		if l != nil {
+			ps.Addr = l.addr.Addr
+			ps.Connected = l.connected
+			ps.LastError = l.lastErr
+			ps.RTTMicros = l.rtt.Microseconds()
+			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
+
+// ReplicationStatus is the primary's replication state, as JSON for status.
+type ReplicationStatus struct {
+	Mode          string       `json:"mode"`
+	SyncAcks      int          `json:"sync_acks"`
+	AckLevel      string       `json:"ack_level"`
+	AllowDegraded bool         `json:"allow_degraded"`
+	Epoch         uint64       `json:"epoch"`
+	LastSeq       uint64       `json:"last_seq"`
+	LocalDurable  uint64       `json:"local_durable_seq"`
+	JournalFirst  uint64       `json:"journal_first_seq"`
+	QuorumSeq     uint64       `json:"quorum_seq"`
+	Degraded      bool         `json:"degraded"`
+	Throttled     bool         `json:"throttled"`
+	Fenced        bool         `json:"fenced"`
+	Pending       int          `json:"pending_requests"`
+	Peers         []PeerReport `json:"peers"`
+}
+
+// PeerReport is one mirror's state in ReplicationStatus.
+type PeerReport struct {
+	Name       string  `json:"name"`
+	Addr       string  `json:"addr"`
+	State      string  `json:"state"`
+	Connected  bool    `json:"connected"`
+	Received   uint64  `json:"received_seq"`
+	Written    uint64  `json:"written_seq"`
+	Durable    uint64  `json:"durable_seq"`
+	Applied    uint64  `json:"applied_seq"`
+	LagRecords uint64  `json:"lag_records"`
+	LagBytes   uint64  `json:"lag_bytes"`
+	LagSeconds float64 `json:"lag_seconds"`
+	RTTMicros  int64   `json:"rtt_us"`
+	LastError  string  `json:"last_error,omitempty"`
+}
+
+// Close stops replication. Requests still waiting fail.
+func (r *Replication) Close() error {
+	r.cancel()
+	r.wg.Wait()
+	r.node.setDropHandler(nil)
+	return nil
+}

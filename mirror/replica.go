@@ -1,0 +1,669 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// MirrorOptions configure the mirror daemon.
+type MirrorOptions struct {
+	// Listen is the QUIC address to accept primaries on, HOST:PORT.
+	Listen string
+	// Name is this node's name (sent in HelloReply).
+	Name string
+	// Node says where the volume lives. A data directory without a volume
+	// adopts the UUID and size of the first primary that connects.
+	Node NodeOptions
+	// Transport is the QUIC configuration (identity, allowed primaries).
+	Transport transport.Config
+	// Tick is the core's clock period (default 10 ms).
+	Tick time.Duration
+	// CheckpointInterval bounds the time between store checkpoints
+	// (default 2 s).
+	CheckpointInterval time.Duration
+	Logger             *slog.Logger
+}
+
+func (o MirrorOptions) withDefaults() MirrorOptions {
+	if o.Tick <= 0 {
+		o.Tick = 10 * time.Millisecond
+	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = 2 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Mirror is the mirror daemon for one volume: it accepts a primary's
+// session, journals the records it receives, acknowledges them, and
+// applies them to the store in seq order (only durable ones, so the store
+// is a write-order prefix of the primary's history even after a power
+// loss).
+//
+// Goroutines: the accept loop, one per connection (one session at a time
+// is active; a new primary session replaces the old one), a journal
+// watcher, a syncer and an applier; all end when Run's ctx ends.
+type Mirror struct {
+	opts MirrorOptions
+	log  *slog.Logger
+	ln   *transport.Listener
+
+	mu      sync.Mutex
+	node    *Node
+	core    *ReplicaCore
+	active  *mirrorSession
+	started bool
+	applyTo uint64
+	cpHint  uint64
+
+	wake    chan struct{} // applier
+	syncReq chan uint64
+	wg      sync.WaitGroup
+}
+
+type mirrorSession struct {
+	conn    *transport.Conn
+	st      *transport.Stream
+	writeMu sync.Mutex
+	cancel  context.CancelFunc
+	done    chan struct{}
+	peer    string
+}
+
+// NewMirror opens the volume (if the data directory has one) and listens.
+func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
+	opts = opts.withDefaults()
+	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1)}
+	nopts := opts.Node
+	nopts.Size = 0
+	nopts.Logger = opts.Logger
+	node, err := OpenNode(ctx, nopts)
+	switch {
+	case err == nil:
+		if node.Meta().Role != RoleMirror {
+			node.Close()
+			return nil, fmt.Errorf("mirror: volume in %s is a primary; demote it before running it as a mirror", opts.Node.Dir)
+		}
+		if err := d.adopt(node); err != nil {
+			node.Close()
+			return nil, err
+		}
+	case errors.Is(err, ErrNoMeta) || isNoVolume(err):
+		d.log.Info("no volume yet; the first primary that connects defines it", "dir", opts.Node.Dir)
+	default:
+		return nil, err
+	}
+	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	if err != nil {
+		if node != nil {
+			node.Close()
+		}
+		return nil, fmt.Errorf("mirror: listen %s: %w", opts.Listen, err)
+	}
+	d.ln = ln
+	return d, nil
+}
+
+func isNoVolume(err error) bool {
+	return err != nil && errors.Is(err, errNoVolume)
+}
+
+// adopt installs node and a core for it. d.mu must not be held.
+func (d *Mirror) adopt(node *Node) error {
+	m := node.Meta()
+	written, durable := node.Journal.Watermarks()
+	var flags uint32
+	if m.Inconsistent {
+		flags |= FlagInconsistent
+	}
+	core, err := NewReplicaCore(ReplicaConfig{
+		Identity: VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
+		Node:     d.opts.Name, LastSeq: written, DurableSeq: durable, AppliedSeq: written, Flags: flags,
+	})
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.node, d.core = node, core
+	d.applyTo = written
+	d.mu.Unlock()
+	return nil
+}
+
+// Addr is the address the daemon listens on.
+func (d *Mirror) Addr() string { return d.ln.Addr().String() }
+
+// Run serves until ctx ends, then stops every goroutine, checkpoints and
+// closes the volume.
+func (d *Mirror) Run(ctx context.Context) error {
+	d.log.Info("mirror listening", "addr", d.Addr())
+	d.wg.Add(1)
+	go d.tickLoop(ctx)
+	d.mu.Lock()
+	if d.node != nil {
+		d.startWorkersLocked(ctx)
+	}
+	d.mu.Unlock()
+	var err error
+	for {
+		conn, aerr := d.ln.Accept(ctx)
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = fmt.Errorf("mirror: accept: %w", aerr)
+			}
+			break
+		}
+		d.wg.Add(1)
+		go d.serveConn(ctx, conn)
+	}
+	d.ln.Close()
+	d.wg.Wait()
+	d.mu.Lock()
+	node := d.node
+	applied := d.applyTo
+	d.mu.Unlock()
+	if node != nil {
+		if cerr := node.Checkpoint(min(applied, d.appliedSeq())); cerr != nil {
+			d.log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", cerr)
+		}
+		node.Close()
+	}
+	return err
+}
+
+func (d *Mirror) appliedSeq() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.core == nil {
+		return 0
+	}
+	return d.core.Status().Applied
+}
+
+func (d *Mirror) startWorkersLocked(ctx context.Context) {
+	if d.started {
+		return
+	}
+	d.started = true
+	d.wg.Add(3)
+	go d.watchJournal(ctx)
+	go d.syncLoop(ctx)
+	go d.applyLoop(ctx)
+}
+
+func (d *Mirror) tickLoop(ctx context.Context) {
+	defer d.wg.Done()
+	t := time.NewTicker(d.opts.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		if d.core != nil {
+			d.core.Tick()
+			d.processLocked()
+		}
+		d.mu.Unlock()
+	}
+}
+
+// processLocked acts on the core's outputs without blocking (d.mu held).
+// Persist is handled by the session that received the records.
+func (d *Mirror) processLocked() (persist SeqRange) {
+	rd := d.core.Ready()
+	if rd.SyncLocal > 0 {
+		for {
+			select {
+			case d.syncReq <- rd.SyncLocal:
+			case old := <-d.syncReq:
+				rd.SyncLocal = max(rd.SyncLocal, old)
+				continue
+			}
+			break
+		}
+	}
+	if rd.SendAck && d.active != nil {
+		s := d.active
+		a := rd.Ack
+		go d.sendAck(s, a)
+	}
+	if rd.ApplyThrough > d.applyTo {
+		d.applyTo = rd.ApplyThrough
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+	if rd.Checkpoint > d.cpHint {
+		d.cpHint = rd.Checkpoint
+	}
+	return rd.Persist
+}
+
+// sendAck writes an ack; acks are cumulative, so one that overtakes
+// another is harmless.
+func (d *Mirror) sendAck(s *mirrorSession, a Ack) {
+	buf := AppendAck(nil, a)
+	s.writeMu.Lock()
+	err := s.st.WriteFrame(uint8(MsgAck), buf)
+	if err == nil {
+		err = s.st.Flush()
+	}
+	s.writeMu.Unlock()
+	if err != nil {
+		s.cancel()
+	}
+}
+
+// watchJournal feeds the journal's watermarks into the core.
+func (d *Mirror) watchJournal(ctx context.Context) {
+	defer d.wg.Done()
+	j := d.node.Journal
+	var lw, ld uint64
+	for {
+		ch := j.Changed()
+		w, du := j.Watermarks()
+		if w != lw || du != ld {
+			lw, ld = w, du
+			d.mu.Lock()
+			d.core.LocalProgress(w, du)
+			d.processLocked()
+			d.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
+}
+
+func (d *Mirror) syncLoop(ctx context.Context) {
+	defer d.wg.Done()
+	j := d.node.Journal
+	for {
+		var seq uint64
+		select {
+		case <-ctx.Done():
+			return
+		case seq = <-d.syncReq:
+		}
+		if err := j.Wait(ctx, seq, journal.Durable); err != nil && ctx.Err() == nil {
+			d.log.Error("journal sync failed", "seq", seq, "err", err)
+		}
+		// watchJournal reports the new durable watermark.
+	}
+}
+
+// applyLoop applies durable journal records to the store in seq order and
+// checkpoints the store.
+func (d *Mirror) applyLoop(ctx context.Context) {
+	defer d.wg.Done()
+	n := d.node
+	applied := d.appliedSeq()
+	lastCP := applied
+	cpTimer := time.NewTicker(d.opts.CheckpointInterval)
+	defer cpTimer.Stop()
+	var rd *journal.Reader
+	defer func() {
+		if rd != nil {
+			rd.Close()
+		}
+	}()
+	for {
+		d.mu.Lock()
+		target := d.applyTo
+		hint := d.cpHint
+		d.mu.Unlock()
+		if target <= applied {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.wake:
+			case <-cpTimer.C:
+				if applied > lastCP {
+					if err := n.Checkpoint(applied); err != nil {
+						d.log.Error("checkpoint failed", "err", err)
+					} else {
+						lastCP = applied
+					}
+				}
+			}
+			continue
+		}
+		if rd == nil || rd.Position() != applied+1 {
+			if rd != nil {
+				rd.Close()
+			}
+			var err error
+			rd, err = n.Journal.NewReader(applied + 1)
+			if err != nil {
+				d.log.Error("cannot read the journal to apply records", "from", applied+1, "err", err)
+				rd = nil
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+		}
+		recs, err := rd.Next(ctx, int(min(target-applied, 4096)), 8<<20)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.log.Error("reading the journal to apply records failed", "err", err)
+			rd.Close()
+			rd = nil
+			continue
+		}
+		for _, rec := range recs {
+			if rec.Seq > target {
+				break
+			}
+			if err := ApplyRecord(n.Store, rec); err != nil {
+				d.log.Error("applying a record to the store failed; stopping the applier (the journal keeps it)", "seq", rec.Seq, "err", err)
+				return
+			}
+			applied = rec.Seq
+		}
+		if rd.Position() != applied+1 {
+			rd.Close() // read past target; reposition next time
+			rd = nil
+		}
+		d.mu.Lock()
+		d.core.Applied(applied)
+		d.processLocked()
+		d.mu.Unlock()
+		if hint > lastCP && applied >= hint {
+			if err := n.Checkpoint(applied); err != nil {
+				d.log.Error("checkpoint failed", "err", err)
+			} else {
+				lastCP = applied
+			}
+		}
+	}
+}
+
+// serveConn runs one primary's connection.
+func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
+	defer d.wg.Done()
+	defer conn.Close(0, "")
+	log := d.log.With("peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
+	st, err := conn.AcceptStream(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("primary opened no stream", "err", err)
+		}
+		return
+	}
+	defer st.Cancel(0)
+	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	typ, p, err := st.ReadFrame(nil)
+	if err != nil {
+		log.Warn("no hello from primary", "err", err)
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	if MsgType(typ) != MsgHello {
+		d.refuse(st, CodeProtocol, fmt.Sprintf("expected hello, got %v", MsgType(typ)), log)
+		return
+	}
+	h, err := DecodeHello(p)
+	if err != nil {
+		d.refuse(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+		return
+	}
+	if err := d.ensureVolume(ctx, h, log); err != nil {
+		d.refuse(st, CodeInternal, err.Error(), log)
+		return
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &mirrorSession{conn: conn, st: st, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName()}
+	defer close(s.done)
+	// One session at a time: a new one (e.g. a restarted primary) ends
+	// the old one first.
+	d.mu.Lock()
+	old := d.active
+	d.mu.Unlock()
+	if old != nil {
+		old.cancel()
+		old.conn.Close(0, "replaced by a new session")
+		<-old.done
+	}
+	d.mu.Lock()
+	if d.active != nil && d.active != old {
+		d.mu.Unlock()
+		d.refuse(st, CodeRefused, "another session is being set up", log)
+		return
+	}
+	reply := d.core.Hello(h)
+	rd := d.core.Ready()
+	if rd.NewEpoch > 0 {
+		hist := append([]EpochStart(nil), rd.NewHistory...)
+		err := d.node.UpdateMeta(func(m *Meta) error {
+			m.Epoch, m.History = rd.NewEpoch, hist
+			return nil
+		})
+		if err != nil {
+			d.core.Disconnect()
+			d.mu.Unlock()
+			d.refuse(st, CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
+			return
+		}
+		log.Info("adopted the primary's epoch", "epoch", rd.NewEpoch)
+	}
+	if reply.Code == CodeOK {
+		d.active = s
+	}
+	d.mu.Unlock()
+	buf, err := AppendHelloReply(nil, &reply)
+	if err == nil {
+		err = st.WriteFrame(uint8(MsgHelloReply), buf)
+	}
+	if err == nil {
+		err = st.Flush()
+	}
+	if reply.Code != CodeOK {
+		log.Warn("refused primary", "code", reply.Code, "reason", reply.Reason)
+		return
+	}
+	defer func() {
+		d.mu.Lock()
+		if d.active == s {
+			d.active = nil
+			d.core.Disconnect()
+		}
+		d.mu.Unlock()
+	}()
+	if err != nil {
+		log.Warn("sending hello reply failed", "err", err)
+		return
+	}
+	log.Info("primary session started", "primary", h.Node, "epoch", h.Epoch, "ack_level", h.AckLevel,
+		"our_last_seq", reply.LastSeq, "flags", reply.Flags)
+	if err := d.session(sctx, s); err != nil && sctx.Err() == nil {
+		log.Warn("primary session ended", "err", err)
+	} else {
+		log.Info("primary session ended")
+	}
+}
+
+// session reads records, flushes and heartbeats until the stream ends.
+func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
+	j := d.node.Journal
+	var recs []journal.Record
+	for {
+		// A fresh buffer per frame: the records' data aliases it and the
+		// journal takes ownership.
+		typ, p, err := s.st.ReadFrame(nil)
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		switch MsgType(typ) {
+		case MsgRecords:
+			recs, err = DecodeRecords(recs[:0], p)
+			if err != nil {
+				d.sendError(s, CodeProtocol, err.Error())
+				return fmt.Errorf("bad records frame: %w", err)
+			}
+			d.mu.Lock()
+			if d.active != s {
+				d.mu.Unlock()
+				return errors.New("session replaced")
+			}
+			err = d.core.Receive(recs)
+			var persist SeqRange
+			if err == nil {
+				persist = d.processLocked()
+			}
+			d.mu.Unlock()
+			if err != nil {
+				d.sendError(s, CodeProtocol, err.Error())
+				return err
+			}
+			for _, rec := range recs {
+				if rec.Seq < persist.From || rec.Seq > persist.Through {
+					continue
+				}
+				if err := j.Submit(ctx, rec); err != nil {
+					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
+				}
+			}
+		case MsgFlush:
+			f, err := DecodeFlush(p)
+			if err != nil {
+				d.sendError(s, CodeProtocol, err.Error())
+				return err
+			}
+			d.mu.Lock()
+			d.core.Flush(f.Through)
+			d.processLocked()
+			d.mu.Unlock()
+		case MsgHeartbeat:
+			s.writeMu.Lock()
+			err := s.st.WriteFrame(uint8(MsgHeartbeatEcho), p)
+			if err == nil {
+				err = s.st.Flush()
+			}
+			s.writeMu.Unlock()
+			if err != nil {
+				return err
+			}
+		case MsgError:
+			e, err := DecodeError(p)
+			if err != nil {
+				return fmt.Errorf("primary sent a malformed error: %w", err)
+			}
+			return e
+		default:
+			d.sendError(s, CodeProtocol, fmt.Sprintf("unexpected %v", MsgType(typ)))
+			return fmt.Errorf("unexpected %v from primary", MsgType(typ))
+		}
+	}
+}
+
+func (d *Mirror) sendError(s *mirrorSession, code ErrCode, msg string) {
+	buf := AppendError(nil, ErrorMsg{Code: code, Message: msg})
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.st.WriteFrame(uint8(MsgError), buf) == nil {
+		s.st.Flush()
+	}
+}
+
+func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+	log.Warn("refusing primary", "code", code, "reason", reason)
+	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(MsgError), buf) == nil {
+		st.Flush()
+	}
+}
+
+// ensureVolume creates the volume from the first primary's hello when the
+// data directory holds none.
+func (d *Mirror) ensureVolume(ctx context.Context, h Hello, log *slog.Logger) error {
+	d.mu.Lock()
+	have := d.node != nil
+	d.mu.Unlock()
+	if have {
+		return nil
+	}
+	if h.Role != PeerRolePrimary || h.Size == 0 || h.Size%512 != 0 || h.Volume == (UUID{}) {
+		return fmt.Errorf("hello does not describe a volume this mirror can create (size %d)", h.Size)
+	}
+	nopts := d.opts.Node
+	nopts.Size = int64(h.Size)
+	nopts.Volume = h.Volume
+	nopts.Role = RoleMirror
+	nopts.Logger = d.log
+	node, err := OpenNode(ctx, nopts)
+	if err != nil {
+		return fmt.Errorf("create the volume: %w", err)
+	}
+	// A new mirror starts at seq 0 with a zeroed disk: it can catch up
+	// from the journal only if the primary still has seq 1 and its disk
+	// started zeroed; otherwise the primary sees a mirror that needs a
+	// resync.
+	if err := d.adopt(node); err != nil {
+		node.Close()
+		return err
+	}
+	log.Info("created the volume from the primary's description", "volume", h.Volume, "size", h.Size)
+	d.mu.Lock()
+	d.startWorkersLocked(ctx)
+	d.mu.Unlock()
+	return nil
+}
+
+// MirrorStatus is the mirror's state, as JSON for status.
+type MirrorStatus struct {
+	Role        string `json:"role"`
+	Volume      string `json:"volume,omitempty"`
+	Size        int64  `json:"size,omitempty"`
+	Epoch       uint64 `json:"epoch"`
+	Connected   bool   `json:"connected"`
+	Primary     string `json:"primary,omitempty"`
+	NeedsResync bool   `json:"needs_resync"`
+	Received    uint64 `json:"received_seq"`
+	Written     uint64 `json:"written_seq"`
+	Durable     uint64 `json:"durable_seq"`
+	Applied     uint64 `json:"applied_seq"`
+	AckLevel    string `json:"ack_level"`
+}
+
+// Status returns a snapshot for `blockmirror status`.
+func (d *Mirror) Status() MirrorStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := MirrorStatus{Role: string(RoleMirror)}
+	if d.core == nil {
+		return st
+	}
+	m := d.node.Meta()
+	cs := d.core.Status()
+	st.Volume, st.Size, st.Epoch = m.Volume.String(), m.Size, cs.Epoch
+	st.Connected, st.NeedsResync = cs.Connected, cs.NeedsResync
+	st.Received, st.Written, st.Durable, st.Applied = cs.Received, cs.Written, cs.Durable, cs.Applied
+	st.AckLevel = cs.AckLevel.String()
+	if d.active != nil {
+		st.Primary = d.active.peer
+	}
+	return st
+}
