@@ -164,12 +164,12 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 				return nil, false, err // an I/O error, not damage
 			}
 			if !last {
-				return nil, false, err
+				return nil, false, asCorrupt(err)
 			}
 			if later, lerr := j.validAfter(f, path, off, size, want); lerr != nil {
 				return nil, false, lerr
 			} else if later >= 0 {
-				return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", err, want+1, later)
+				return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, later)
 			}
 			j.log.Warn("journal: truncating torn tail of the last segment", "file", path,
 				"offset", off, "bytes", size-off, "reason", err)
@@ -241,4 +241,12 @@ func (j *Journal) zeroFile(f File, size int64) bool {
 		off += n
 	}
 	return true
+}
+
+// asCorrupt makes damage reported as a short record wrap ErrCorrupt too.
+func asCorrupt(err error) error {
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrCorrupt, err)
 }

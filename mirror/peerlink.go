@@ -89,7 +89,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	defer st.Cancel(0)
 	m := r.node.Meta()
 	r.mu.Lock()
-	last := r.core.Status().LastSeq
+	last := r.core.LastSeq()
 	r.mu.Unlock()
 	hello := Hello{
 		Version: ProtoVersion, Role: PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
@@ -288,7 +288,7 @@ func (l *peerLink) sendControl(ctx context.Context, s *session) error {
 			typ, buf = MsgFlush, AppendFlush(buf[:0], Flush{Through: through})
 		case <-t.C:
 			l.r.mu.Lock()
-			last := l.r.core.Status().LastSeq
+			last := l.r.core.LastSeq()
 			l.r.mu.Unlock()
 			typ, buf = MsgHeartbeat, AppendHeartbeat(buf[:0], Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
 		}

@@ -246,7 +246,7 @@ func (r *Replication) processLocked() {
 			l.needsResync = true
 		}
 	}
-	if st := r.core.Status(); st.Fenced && r.fenced == nil {
+	if r.fenced == nil && r.core.Fenced() {
 		r.fenced = ErrFenced
 		r.log.Error("fenced: a mirror reports a higher epoch (another node was promoted); writes now fail")
 	}

@@ -78,6 +78,9 @@ type mirrorSession struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	peer    string
+	// ackCh (capacity 1) holds the newest ack to send; acks are
+	// cumulative, so a newer one replaces an unsent older one.
+	ackCh chan Ack
 }
 
 // NewMirror opens the volume (if the data directory has one) and listens.
@@ -223,7 +226,11 @@ func (d *Mirror) tickLoop(ctx context.Context) {
 // processLocked acts on the core's outputs without blocking (d.mu held).
 // Persist is handled by the session that received the records.
 func (d *Mirror) processLocked() (persist SeqRange) {
-	rd := d.core.Ready()
+	return d.actLocked(d.core.Ready())
+}
+
+// actLocked acts on rd (d.mu held) and returns its Persist range.
+func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
 	if rd.SyncLocal > 0 {
 		for {
 			select {
@@ -238,7 +245,14 @@ func (d *Mirror) processLocked() (persist SeqRange) {
 	if rd.SendAck && d.active != nil {
 		s := d.active
 		a := rd.Ack
-		go d.sendAck(s, a)
+		for {
+			select {
+			case s.ackCh <- a:
+			case <-s.ackCh:
+				continue
+			}
+			break
+		}
 	}
 	if rd.ApplyThrough > d.applyTo {
 		d.applyTo = rd.ApplyThrough
@@ -253,18 +267,27 @@ func (d *Mirror) processLocked() (persist SeqRange) {
 	return rd.Persist
 }
 
-// sendAck writes an ack; acks are cumulative, so one that overtakes
-// another is harmless.
-func (d *Mirror) sendAck(s *mirrorSession, a Ack) {
-	buf := AppendAck(nil, a)
-	s.writeMu.Lock()
-	err := s.st.WriteFrame(uint8(MsgAck), buf)
-	if err == nil {
-		err = s.st.Flush()
-	}
-	s.writeMu.Unlock()
-	if err != nil {
-		s.cancel()
+// sendAcks writes the session's acks as they come.
+func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
+	var buf []byte
+	for {
+		var a Ack
+		select {
+		case <-ctx.Done():
+			return
+		case a = <-s.ackCh:
+		}
+		buf = AppendAck(buf[:0], a)
+		s.writeMu.Lock()
+		err := s.st.WriteFrame(uint8(MsgAck), buf)
+		if err == nil {
+			err = s.st.Flush()
+		}
+		s.writeMu.Unlock()
+		if err != nil {
+			s.cancel()
+			return
+		}
 	}
 }
 
@@ -435,7 +458,7 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &mirrorSession{conn: conn, st: st, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName()}
+	s := &mirrorSession{conn: conn, st: st, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
 	defer close(s.done)
 	// One session at a time: a new one (e.g. a restarted primary) ends
 	// the old one first.
@@ -472,6 +495,7 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	if reply.Code == CodeOK {
 		d.active = s
 	}
+	d.actLocked(rd)
 	d.mu.Unlock()
 	buf, err := AppendHelloReply(nil, &reply)
 	if err == nil {
@@ -498,6 +522,9 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	}
 	log.Info("primary session started", "primary", h.Node, "epoch", h.Epoch, "ack_level", h.AckLevel,
 		"our_last_seq", reply.LastSeq, "flags", reply.Flags)
+	ackDone := make(chan struct{})
+	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
+	defer func() { cancel(); <-ackDone }()
 	if err := d.session(sctx, s); err != nil && sctx.Err() == nil {
 		log.Warn("primary session ended", "err", err)
 	} else {

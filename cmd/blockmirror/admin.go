@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -28,6 +29,16 @@ func newAdminServer(log *slog.Logger, status func() any) *adminServer {
 		writeJSON(w, http.StatusOK, status())
 	})
 	return a
+}
+
+// enablePprof serves Go's profiler under /debug/pprof/ (only with --pprof:
+// profiles reveal internals and cost CPU).
+func (a *adminServer) enablePprof() {
+	a.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	a.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	a.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	a.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	a.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
 // handle adds a POST control endpoint; fn's error becomes a 409 with the

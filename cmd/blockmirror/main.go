@@ -121,11 +121,13 @@ func parseFlags(fs *flag.FlagSet, args []string, positional bool) error {
 type logFlags struct {
 	level  string
 	format string
+	pprof  bool
 }
 
 func (l *logFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&l.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the admin endpoint")
 }
 
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {

@@ -187,6 +187,9 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	a := newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
+	if lf.pprof {
+		a.enablePprof()
+	}
 	if err := a.run(ctx, *admin); err != nil {
 		return err
 	}

@@ -112,6 +112,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		}
 		return nodeStatus{Primary: ps}
 	})
+	if f.log.pprof {
+		a.enablePprof()
+	}
 	if err := a.run(ctx, f.admin); err != nil {
 		ln.Close()
 		return err

@@ -131,7 +131,7 @@ func tryStart(t testing.TB, o serverOpts, addr string) (*server, error) {
 		}
 		args = append(args, o.Args...)
 		po.Name, po.Path, po.Args = "blockmirror", binPath, args
-		po.ReadyLog = "uri=nbd"
+		po.ReadyLog = " uri="
 	case kindNbdkit:
 		nbdkit := needTool(t, "nbdkit")
 		img := filepath.Join(o.DataDir, "disk.img")
@@ -161,7 +161,7 @@ func tryStart(t testing.TB, o serverOpts, addr string) (*server, error) {
 		return nil, err
 	}
 	s.Proc = p
-	if line := p.LogLine("uri=nbd"); line != "" {
+	if line := p.LogLine(" uri="); line != "" {
 		s.LoggedURI = logValue(line, "uri")
 	}
 	return s, nil
