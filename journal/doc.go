@@ -7,10 +7,13 @@
 //
 // Records carry a gapless seq chosen by the caller (Submit: LastSeq()+1) or
 // by the journal (SubmitNext). Submit only queues: one flush goroutine takes
-// every queued record, encodes them into one buffer, issues one write per
-// segment touched and, if any waiter asked for Durable (Wait, Append, Sync),
-// one fdatasync for the whole batch (group commit). A Durable request for a
-// record already written triggers a sync-only pass. Two watermarks
+// every queued record, encodes them into one buffer and issues one write
+// per segment touched. A sync goroutine, whenever a waiter asked for
+// Durable (Wait, Append, Sync), issues one fdatasync covering everything
+// written so far (group commit); the next batch is written while it runs.
+// A Durable request for a record already written causes a sync only.
+// Segment rotation (fsync the old segment, create the new one, fsync the
+// directory) happens on the flush goroutine. Two watermarks
 // (Watermarks) report how far records are Written (handed to the kernel,
 // survives a process crash) and Durable (fdatasync'd, survives power loss).
 //
@@ -21,8 +24,9 @@
 //
 // # Concurrency, goroutines and buffers
 //
-// All Journal methods are safe for concurrent use. The journal owns one
-// goroutine (the flusher), started by Open and stopped by Close. A Reader
+// All Journal methods are safe for concurrent use. The journal owns two
+// goroutines (flusher and syncer), started by Open and stopped by Close.
+// Waiters are woken individually when their condition holds. A Reader
 // is used by one goroutine at a time; many Readers may run at once.
 // Submit takes ownership of Record.Data: the caller must not modify it
 // afterwards. Records returned by Reader.Next and Scan share the journal's

@@ -44,7 +44,6 @@ func (j *Journal) flusher() {
 
 func (j *Journal) workLocked() bool {
 	return j.written < j.next-1 ||
-		(j.syncReq > j.durable && j.written > j.durable) ||
 		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.warned != j.segs[0].first)
 }
 
@@ -68,22 +67,11 @@ func (j *Journal) pass(closing bool) {
 		clear(j.batch)
 	}
 
-	j.mu.Lock()
-	needSync := (j.syncReq > j.durable || closing) && j.written > j.durable
-	target := j.written
-	j.mu.Unlock()
-	if needSync {
-		if !j.opts.NoSync {
-			if err := j.active.Sync(); err != nil {
-				j.fail(fmt.Errorf("sync %s: %w", j.segs[len(j.segs)-1].path, err))
-				return
-			}
+	if closing {
+		if err := j.syncActive(); err != nil {
+			j.fail(err)
+			return
 		}
-		j.mu.Lock()
-		j.st.Syncs++
-		j.durable = max(j.durable, target)
-		j.broadcastLocked()
-		j.mu.Unlock()
 	}
 	if err := j.retention(); err != nil {
 		j.fail(err)
@@ -137,7 +125,11 @@ func (j *Journal) writeBatch(batch []Record) error {
 			}
 			j.evictLocked()
 			j.broadcastLocked()
+			wantSync := j.syncReq > j.durable
 			j.mu.Unlock()
+			if wantSync {
+				j.pokeSync()
+			}
 		}
 		if cap(j.buf) > 4*DefaultQueueBytes {
 			j.buf = nil // do not pin a buffer grown by a burst of huge records
@@ -151,9 +143,60 @@ func (j *Journal) writeBatch(batch []Record) error {
 	return nil
 }
 
+// syncer is the goroutine that makes written records durable: while the
+// flusher writes the next batch, it runs fdatasync for everything written
+// so far whenever a waiter wants durability. Owned by the Journal, stopped
+// by Close after the flusher.
+func (j *Journal) syncer() {
+	defer close(j.syncDone)
+	for {
+		j.mu.Lock()
+		for !j.stopped && (j.err != nil || !(j.syncReq > j.durable && j.written > j.durable)) {
+			j.mu.Unlock()
+			<-j.syncKick
+			j.mu.Lock()
+		}
+		stop := j.stopped
+		j.mu.Unlock()
+		if stop {
+			return
+		}
+		if err := j.syncActive(); err != nil {
+			j.fail(err)
+		}
+	}
+}
+
+// syncActive makes every written record durable with one fdatasync of the
+// active segment (earlier segments were synced when they were closed).
+func (j *Journal) syncActive() error {
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
+	j.mu.Lock()
+	target, durable := j.written, j.durable
+	path := j.segs[len(j.segs)-1].path
+	j.mu.Unlock()
+	if target <= durable {
+		return nil
+	}
+	if !j.opts.NoSync {
+		if err := j.active.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", path, err)
+		}
+	}
+	j.mu.Lock()
+	j.st.Syncs++
+	j.durable = max(j.durable, target)
+	j.broadcastLocked()
+	j.mu.Unlock()
+	return nil
+}
+
 // rotate syncs and closes the active segment and starts a new one whose
 // first record is first.
 func (j *Journal) rotate(first uint64) error {
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
 	old := j.segs[len(j.segs)-1]
 	if !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {

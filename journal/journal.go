@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 )
 
@@ -219,9 +220,13 @@ type Journal struct {
 	kick chan struct{} // wakes the flusher; capacity 1
 
 	// ioMu serialises everything that changes files: the flusher's passes,
-	// TruncateAfter and SetStart. Holders may take mu; never the reverse.
-	ioMu   sync.Mutex
-	active File   // handle of the last segment (ioMu)
+	// TruncateAfter and SetStart. syncMu is held while the syncer uses the
+	// active file and by whoever replaces it. Lock order: ioMu, syncMu, mu.
+	ioMu     sync.Mutex
+	syncMu   sync.Mutex
+	syncKick chan struct{} // wakes the syncer; capacity 1
+	syncDone chan struct{} // closed when the syncer exits
+	active   File          // handle of the last segment (ioMu+syncMu to replace)
 	buf    []byte // encode buffer (ioMu)
 	batch  []Record
 	warned uint64 // first seq of the segment last warned about (ioMu)
@@ -247,6 +252,7 @@ type Journal struct {
 	removing  uint64 // retention is removing records <= removing (0: none)
 	consumers map[string]*consumer
 	readers   map[*Reader]struct{}
+	waiters   []*waiter
 	st        Stats
 }
 
@@ -265,6 +271,8 @@ func Open(opts Options) (*Journal, error) {
 		log:       opts.Logger,
 		done:      make(chan struct{}),
 		kick:      make(chan struct{}, 1),
+		syncKick:  make(chan struct{}, 1),
+		syncDone:  make(chan struct{}),
 		sig:       make(chan struct{}),
 		consumers: map[string]*consumer{},
 		readers:   map[*Reader]struct{}{},
@@ -276,6 +284,7 @@ func Open(opts Options) (*Journal, error) {
 		return nil, err
 	}
 	go j.flusher()
+	go j.syncer()
 	return j, nil
 }
 
@@ -294,6 +303,8 @@ func (j *Journal) Close() error {
 	j.mu.Unlock()
 	j.poke()
 	<-j.done
+	j.pokeSync()
+	<-j.syncDone
 	j.ioMu.Lock()
 	var cerr error
 	if j.active != nil {
@@ -355,7 +366,8 @@ func (j *Journal) sigLocked() chan struct{} {
 	return j.sig
 }
 
-func (j *Journal) broadcastLocked() {
+// notifyLocked fires the Changed channel (readers, blocked submitters).
+func (j *Journal) notifyLocked() {
 	if j.sigUsed {
 		close(j.sig)
 		j.sig = make(chan struct{})
@@ -363,9 +375,47 @@ func (j *Journal) broadcastLocked() {
 	}
 }
 
+// broadcastLocked fires the Changed channel and wakes the waiters whose
+// condition now holds (or that must see a failure, close or truncation).
+// Waking only those keeps group commit free of thundering herds.
+func (j *Journal) broadcastLocked() {
+	j.notifyLocked()
+	kept := j.waiters[:0]
+	for _, w := range j.waiters {
+		if j.durable >= w.seq || (w.level == Written && j.written >= w.seq) ||
+			j.err != nil || j.stopped || w.seq >= j.next {
+			close(w.ch)
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(j.waiters[len(kept):])
+	j.waiters = kept
+}
+
+// waiter is a Wait call blocked until seq reaches level.
+type waiter struct {
+	seq   uint64
+	level Level
+	ch    chan struct{} // closed when woken
+}
+
+func (j *Journal) removeWaiterLocked(w *waiter) {
+	if i := slices.Index(j.waiters, w); i >= 0 {
+		j.waiters = slices.Delete(j.waiters, i, i+1)
+	}
+}
+
 func (j *Journal) poke() {
 	select {
 	case j.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (j *Journal) pokeSync() {
+	select {
+	case j.syncKick <- struct{}{}:
 	default:
 	}
 }
@@ -435,7 +485,7 @@ func (j *Journal) submit(ctx context.Context, rec Record, assign bool) (uint64, 
 	j.tailBytes += size
 	j.queued += size
 	j.next++
-	j.broadcastLocked()
+	j.notifyLocked()
 	j.poke()
 	return rec.Seq, nil
 }
@@ -479,15 +529,17 @@ func (j *Journal) Wait(ctx context.Context, seq uint64, level Level) error {
 		}
 		if level == Durable && j.syncReq < seq {
 			j.syncReq = seq
-			j.poke()
+			j.pokeSync()
 		}
-		ch := j.sigLocked()
+		w := &waiter{seq: seq, level: level, ch: make(chan struct{})}
+		j.waiters = append(j.waiters, w)
 		j.mu.Unlock()
 		select {
-		case <-ch:
+		case <-w.ch:
 			j.mu.Lock()
 		case <-ctx.Done():
 			j.mu.Lock()
+			j.removeWaiterLocked(w)
 			return fmt.Errorf("journal: wait for %d: %w", seq, ctx.Err())
 		}
 	}
@@ -525,6 +577,8 @@ func (j *Journal) fail(err error) {
 		j.log.Error("journal failed; every later call will fail", "err", err)
 	}
 	j.broadcastLocked()
+	j.poke()
+	j.pokeSync()
 }
 
 // AddConsumer registers a named consumer that still needs every record >=
@@ -605,6 +659,8 @@ func (j *Journal) SetStart(seq uint64) error {
 	}
 	j.ioMu.Lock()
 	defer j.ioMu.Unlock()
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	if err := j.usableLocked(); err != nil {
 		j.mu.Unlock()
@@ -687,6 +743,8 @@ func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error)
 func (j *Journal) TruncateAfter(seq uint64) error {
 	j.ioMu.Lock()
 	defer j.ioMu.Unlock()
+	j.syncMu.Lock()
+	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	if err := j.usableLocked(); err != nil {
 		j.mu.Unlock()
