@@ -227,9 +227,9 @@ type Journal struct {
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
 	active   File          // handle of the last segment (ioMu+syncMu to replace)
-	buf    []byte // encode buffer (ioMu)
-	batch  []Record
-	warned uint64 // first seq of the segment last warned about (ioMu)
+	buf      []byte        // encode buffer (ioMu)
+	batch    []Record
+	warned   uint64 // first seq of the segment last warned about (ioMu)
 
 	mu        sync.Mutex
 	sig       chan struct{} // closed and replaced when anything changes
