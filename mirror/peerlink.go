@@ -32,6 +32,8 @@ type peerLink struct {
 	rtt         time.Duration
 	durable     uint64
 	needsResync bool
+	resync      *resyncer
+	lastResync  ResyncProgress
 }
 
 // session is one connected stream to the mirror.
@@ -41,6 +43,8 @@ type session struct {
 	startCh chan uint64 // capacity 1: the seq to stream from
 	flushCh chan uint64 // capacity 1: the highest flush to send
 	start   time.Time   // heartbeat times are measured from here
+	// begin, when set, is sent on the log stream before the first record.
+	begin *ResyncBegin
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -154,6 +158,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
 		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
 	})
+	needResync := perr == nil && r.core.PeerState(l.addr.Name) == PeerNeedsResync
 	r.processLocked()
 	r.mu.Unlock()
 	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags)
@@ -170,7 +175,31 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
+	if needResync {
+		begin, bm, err := l.prepareResync(reply)
+		if err != nil {
+			return true, fmt.Errorf("prepare resync: %w", err)
+		}
+		s.begin = &begin
+		r.mu.Lock()
+		err = r.core.StartResync(l.addr.Name, begin.From)
+		r.processLocked()
+		r.mu.Unlock()
+		if err != nil {
+			return true, err
+		}
+		l.log.Info("resyncing mirror", "from_seq", begin.From, "reset_journal", begin.Reset, "chunks", bm.Count())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.runResync(sctx, conn, bm); err != nil && sctx.Err() == nil {
+				errc <- fmt.Errorf("resync: %w", err)
+				cancel()
+				st.Cancel(0)
+			}
+		}()
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); errc <- l.sendRecords(sctx, s) }()
 	go func() { defer wg.Done(); errc <- l.sendControl(sctx, s) }()
@@ -243,6 +272,17 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	}
 	defer rd.Close()
 	var buf []byte
+	if s.begin != nil {
+		s.writeMu.Lock()
+		err := s.st.WriteFrame(uint8(MsgResyncBegin), AppendResyncBegin(nil, *s.begin))
+		if err == nil {
+			err = s.st.Flush()
+		}
+		s.writeMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("send resync begin: %w", err)
+		}
+	}
 	for {
 		recs, err := rd.Next(ctx, MaxRecordsPerFrame, l.r.opts.BatchBytes)
 		if err != nil {

@@ -41,7 +41,9 @@ type ReplicationOptions struct {
 	Node string
 	// Transport is the QUIC configuration (identity and timeouts).
 	Transport transport.Config
-	Logger    *slog.Logger
+	// Resync tunes the resync of mirrors that cannot catch up.
+	Resync ResyncOptions
+	Logger *slog.Logger
 }
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
@@ -84,6 +86,11 @@ type Replication struct {
 	fenced  error
 
 	syncReq chan uint64
+
+	bmMu       sync.Mutex // serialises dirty bitmap files
+	resyncOpts ResyncOptions
+	srcMu      sync.Mutex
+	src        stableReader
 
 	// cumBytes[seq%cumRing] is the total record data admitted through seq,
 	// for the lag in bytes that status shows.
@@ -129,6 +136,7 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 		node: node, j: j, opts: opts, log: opts.Logger, core: core,
 		waiters: make(map[uint64]chan error), links: make(map[string]*peerLink),
 		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing),
+		resyncOpts: opts.Resync.withDefaults(),
 	}
 	for _, p := range opts.Peers {
 		from := j.FirstSeq()
@@ -150,6 +158,19 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 		go l.run(ctx)
 	}
 	return r, nil
+}
+
+// setSource gives the replication the volume that resync reads from.
+func (r *Replication) setSource(v stableReader) {
+	r.srcMu.Lock()
+	r.src = v
+	r.srcMu.Unlock()
+}
+
+func (r *Replication) source() stableReader {
+	r.srcMu.Lock()
+	defer r.srcMu.Unlock()
+	return r.src
 }
 
 // Admit implements Replicator.
@@ -329,16 +350,22 @@ func (r *Replication) onDrop(consumer string, through uint64, regions []journal.
 	name := consumer[len(prefix):]
 	r.log.Warn("journal size bound dropped records a mirror had not acknowledged; it will need a resync of the regions they touched",
 		"peer", name, "through", through, "regions", len(regions))
-	err := r.node.UpdateMeta(func(m *Meta) error {
-		if m.Peers == nil {
-			m.Peers = make(map[string]PeerMeta)
+	err := r.markDirty(name, func(b *Bitmap) {
+		for _, g := range regions {
+			b.SetRange(int64(g.Offset), int64(g.Length))
 		}
-		p := m.Peers[name]
-		p.NeedsResync = true
-		p.Dirty = journal.CoalesceRegions(append(p.Dirty, regions...))
-		m.Peers[name] = p
-		return nil
 	})
+	if err == nil {
+		err = r.node.UpdateMeta(func(m *Meta) error {
+			if m.Peers == nil {
+				m.Peers = make(map[string]PeerMeta)
+			}
+			p := m.Peers[name]
+			p.NeedsResync = true
+			m.Peers[name] = p
+			return nil
+		})
+	}
 	if err != nil {
 		r.log.Error("recording dirty regions failed; the mirror will need a full resync", "peer", name, "err", err)
 	}
@@ -408,6 +435,11 @@ func (r *Replication) Status() ReplicationStatus {
 			ps.LastError = l.lastErr
 			ps.RTTMicros = l.rtt.Microseconds()
 			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
+			if l.resync != nil {
+				ps.Resync = ptrTo(l.resync.progress())
+			} else if l.lastResync.TotalBytes > 0 {
+				ps.Resync = ptrTo(l.lastResync)
+			}
 		}
 		st.Peers = append(st.Peers, ps)
 	}
@@ -447,7 +479,11 @@ type PeerReport struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	RTTMicros  int64   `json:"rtt_us"`
 	LastError  string  `json:"last_error,omitempty"`
+	// Resync is the current (or last) resync's progress.
+	Resync *ResyncProgress `json:"resync,omitempty"`
 }
+
+func ptrTo[T any](v T) *T { return &v }
 
 // Close stops replication. Requests still waiting fail.
 func (r *Replication) Close() error {

@@ -152,6 +152,11 @@ const (
 	// PeerNeedsResync: the mirror cannot be served from the journal (the
 	// records it needs were dropped, it is ahead of us, or it says so).
 	PeerNeedsResync
+	// PeerResyncing: connected, receiving live records from the resync's
+	// start seq while a resync copies the chunks it lacks. Its acks count
+	// toward the quorum (it holds every write since the start), but its
+	// store is inconsistent: it is not in sync and must not be promoted.
+	PeerResyncing
 )
 
 func (s PeerState) String() string {
@@ -164,6 +169,8 @@ func (s PeerState) String() string {
 		return "in-sync"
 	case PeerNeedsResync:
 		return "needs-resync"
+	case PeerResyncing:
+		return "resyncing"
 	}
 	return fmt.Sprintf("peerstate(%d)", uint8(s))
 }
@@ -617,7 +624,7 @@ func (p *PrimaryCore) PeerAck(peer string, a Ack) error {
 	if ps == nil {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
 	}
-	if ps.state != PeerCatchingUp && ps.state != PeerInSync {
+	if ps.state != PeerCatchingUp && ps.state != PeerInSync && ps.state != PeerResyncing {
 		return nil
 	}
 	if a.Received > p.lastSeq() {
@@ -637,6 +644,67 @@ func (p *PrimaryCore) PeerAck(peer string, a Ack) error {
 	p.recompute()
 	p.drain()
 	return nil
+}
+
+// StartResync starts streaming live records to a connected peer that
+// needs a resync, from seq from (its next seq if still in the journal,
+// else the journal's first): the peer becomes PeerResyncing and its acks
+// count from from-1 on. The driver copies the rest (chunks) itself and
+// calls ResyncDone when the peer's store is consistent.
+func (p *PrimaryCore) StartResync(peer string, from uint64) error {
+	ps := p.byName[peer]
+	if ps == nil {
+		return fmt.Errorf("mirror: unknown peer %q", peer)
+	}
+	if ps.state != PeerNeedsResync {
+		return fmt.Errorf("mirror: peer %s is %v, not needing a resync", peer, ps.state)
+	}
+	if from < p.journalFirst || from > p.lastSeq()+1 {
+		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
+	}
+	ps.ack = Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
+	ps.flushSent = 0
+	if ps.released > ps.ack.Durable {
+		ps.released = ps.ack.Durable
+	}
+	p.setState(ps, PeerResyncing)
+	p.rd().StartStreams = append(p.rd().StartStreams, StreamStart{Peer: peer, From: from})
+	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+		p.sendFlush(ps)
+	}
+	p.recompute()
+	p.drain()
+	return nil
+}
+
+// ResyncDone reports that a resyncing peer's store is consistent again: it
+// catches up like any other peer and is in sync once it acked the last seq.
+func (p *PrimaryCore) ResyncDone(peer string) error {
+	ps := p.byName[peer]
+	if ps == nil {
+		return fmt.Errorf("mirror: unknown peer %q", peer)
+	}
+	if ps.state != PeerResyncing {
+		return fmt.Errorf("mirror: peer %s is %v, not resyncing", peer, ps.state)
+	}
+	last := p.lastSeq()
+	if ps.ack.Level(p.cfg.AckLevel) >= last {
+		p.setState(ps, PeerInSync)
+	} else {
+		ps.target = last
+		p.setState(ps, PeerCatchingUp)
+	}
+	p.recompute()
+	p.drain()
+	return nil
+}
+
+// PeerState returns peer's state.
+func (p *PrimaryCore) PeerState(peer string) PeerState {
+	if ps := p.byName[peer]; ps != nil {
+		return ps.state
+	}
+	return PeerDisconnected
 }
 
 // PeerEpoch reports an epoch seen from peer (in a reply or error). A
@@ -918,7 +986,7 @@ func (p *PrimaryCore) tickOf(seq uint64) int64 {
 func (p *PrimaryCore) pruneLag() {
 	keep := p.lastSeq()
 	for _, ps := range p.peers {
-		if ps.state == PeerInSync || ps.state == PeerCatchingUp {
+		if ps.state == PeerInSync || ps.state == PeerCatchingUp || ps.state == PeerResyncing {
 			keep = min(keep, ps.ack.Level(p.cfg.AckLevel))
 		}
 	}

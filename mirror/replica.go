@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
@@ -67,8 +68,16 @@ type Mirror struct {
 	cpHint  uint64
 
 	wake    chan struct{} // applier
+
+	// applyMu serialises store changes by the applier and by resync, and
+	// guards appliedSeq and recent.
+	applyMu    sync.Mutex
+	appliedSeq uint64
+	recent     recentExtents
 	syncReq chan uint64
 	wg      sync.WaitGroup
+
+	resyncChunks atomic.Int64
 }
 
 type mirrorSession struct {
@@ -140,6 +149,9 @@ func (d *Mirror) adopt(node *Node) error {
 	d.node, d.core = node, core
 	d.applyTo = written
 	d.mu.Unlock()
+	d.applyMu.Lock()
+	d.appliedSeq = written
+	d.applyMu.Unlock()
 	return nil
 }
 
@@ -173,24 +185,14 @@ func (d *Mirror) Run(ctx context.Context) error {
 	d.wg.Wait()
 	d.mu.Lock()
 	node := d.node
-	applied := d.applyTo
 	d.mu.Unlock()
 	if node != nil {
-		if cerr := node.Checkpoint(min(applied, d.appliedSeq())); cerr != nil {
+		if cerr := node.Checkpoint(d.applied()); cerr != nil {
 			d.log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", cerr)
 		}
 		node.Close()
 	}
 	return err
-}
-
-func (d *Mirror) appliedSeq() uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.core == nil {
-		return 0
-	}
-	return d.core.Status().Applied
 }
 
 func (d *Mirror) startWorkersLocked(ctx context.Context) {
@@ -336,8 +338,7 @@ func (d *Mirror) syncLoop(ctx context.Context) {
 func (d *Mirror) applyLoop(ctx context.Context) {
 	defer d.wg.Done()
 	n := d.node
-	applied := d.appliedSeq()
-	lastCP := applied
+	lastCP := d.applied()
 	cpTimer := time.NewTicker(d.opts.CheckpointInterval)
 	defer cpTimer.Stop()
 	var rd *journal.Reader
@@ -346,24 +347,33 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			rd.Close()
 		}
 	}()
+	checkpoint := func() {
+		a := d.applied()
+		if a <= lastCP {
+			return
+		}
+		if err := n.Checkpoint(a); err != nil {
+			d.log.Error("checkpoint failed", "err", err)
+			return
+		}
+		lastCP = a
+	}
 	for {
 		d.mu.Lock()
 		target := d.applyTo
 		hint := d.cpHint
 		d.mu.Unlock()
+		applied := d.applied()
+		if lastCP > applied {
+			lastCP = applied // the journal was reset for a resync
+		}
 		if target <= applied {
 			select {
 			case <-ctx.Done():
 				return
 			case <-d.wake:
 			case <-cpTimer.C:
-				if applied > lastCP {
-					if err := n.Checkpoint(applied); err != nil {
-						d.log.Error("checkpoint failed", "err", err)
-					} else {
-						lastCP = applied
-					}
-				}
+				checkpoint()
 			}
 			continue
 		}
@@ -389,21 +399,28 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			d.log.Error("reading the journal to apply records failed", "err", err)
+			if !errors.Is(err, journal.ErrTruncated) {
+				d.log.Error("reading the journal to apply records failed", "err", err)
+			}
 			rd.Close()
 			rd = nil
 			continue
 		}
+		d.applyMu.Lock()
 		for _, rec := range recs {
-			if rec.Seq > target {
-				break
+			if rec.Seq != d.appliedSeq+1 || rec.Seq > target {
+				break // reset meanwhile, or past what may be applied
 			}
 			if err := ApplyRecord(n.Store, rec); err != nil {
+				d.applyMu.Unlock()
 				d.log.Error("applying a record to the store failed; stopping the applier (the journal keeps it)", "seq", rec.Seq, "err", err)
 				return
 			}
-			applied = rec.Seq
+			d.appliedSeq = rec.Seq
+			d.recent.add(rec)
 		}
+		applied = d.appliedSeq
+		d.applyMu.Unlock()
 		if rd.Position() != applied+1 {
 			rd.Close() // read past target; reposition next time
 			rd = nil
@@ -413,13 +430,16 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 		d.processLocked()
 		d.mu.Unlock()
 		if hint > lastCP && applied >= hint {
-			if err := n.Checkpoint(applied); err != nil {
-				d.log.Error("checkpoint failed", "err", err)
-			} else {
-				lastCP = applied
-			}
+			checkpoint()
 		}
 	}
+}
+
+// applied returns the seq through which the store holds every record.
+func (d *Mirror) applied() uint64 {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	return d.appliedSeq
 }
 
 // serveConn runs one primary's connection.
@@ -525,6 +545,26 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
 	defer func() { cancel(); <-ackDone }()
+	var rwg sync.WaitGroup
+	defer rwg.Wait()
+	rwg.Add(1)
+	go func() {
+		defer rwg.Done()
+		for {
+			rst, err := conn.AcceptStream(sctx)
+			if err != nil {
+				return
+			}
+			rwg.Add(1)
+			go func() {
+				defer rwg.Done()
+				if err := d.serveResync(sctx, rst); err != nil && sctx.Err() == nil {
+					log.Warn("resync stream ended", "err", err)
+					cancel()
+				}
+			}()
+		}
+	}()
 	if err := d.session(sctx, s); err != nil && sctx.Err() == nil {
 		log.Warn("primary session ended", "err", err)
 	} else {
@@ -572,6 +612,15 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				if err := j.Submit(ctx, rec); err != nil {
 					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
 				}
+			}
+		case MsgResyncBegin:
+			m, err := DecodeResyncBegin(p)
+			if err == nil {
+				err = d.beginResync(ctx, m)
+			}
+			if err != nil {
+				d.sendError(s, CodeInternal, "resync begin: "+err.Error())
+				return fmt.Errorf("resync begin: %w", err)
 			}
 		case MsgFlush:
 			f, err := DecodeFlush(p)
@@ -673,6 +722,11 @@ type MirrorStatus struct {
 	Durable     uint64 `json:"durable_seq"`
 	Applied     uint64 `json:"applied_seq"`
 	AckLevel    string `json:"ack_level"`
+	// Inconsistent: a resync is in progress (or was interrupted); the
+	// store is not a write-order prefix and the node must not be promoted.
+	Inconsistent bool `json:"inconsistent"`
+	// ResyncChunks counts chunks written by resync in this run.
+	ResyncChunks int64 `json:"resync_chunks"`
 }
 
 // Status returns a snapshot for `blockmirror status`.
@@ -689,6 +743,8 @@ func (d *Mirror) Status() MirrorStatus {
 	st.Connected, st.NeedsResync = cs.Connected, cs.NeedsResync
 	st.Received, st.Written, st.Durable, st.Applied = cs.Received, cs.Written, cs.Durable, cs.Applied
 	st.AckLevel = cs.AckLevel.String()
+	st.Inconsistent = m.Inconsistent
+	st.ResyncChunks = d.resyncChunks.Load()
 	if d.active != nil {
 		st.Primary = d.active.peer
 	}

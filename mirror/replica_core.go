@@ -226,6 +226,29 @@ func (r *ReplicaCore) Hello(h Hello) HelloReply {
 	return fill()
 }
 
+// Restart continues the node at seq from after its journal was reset for a
+// resync (the driver applied what the journal held, emptied it and set its
+// start to from): every watermark moves to from-1, the needs-resync flag
+// clears and the inconsistent flag is set until SetConsistent.
+func (r *ReplicaCore) Restart(from uint64) {
+	s := from - 1
+	r.received, r.written, r.durable, r.applied = s, s, s, s
+	r.applyAsked, r.checkpointAt, r.syncAsked, r.flushWant = s, s, s, 0
+	r.lastEpoch, _ = epochOfSeq(r.history, s)
+	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent
+}
+
+// SetInconsistent marks the store inconsistent (a resync resumed).
+func (r *ReplicaCore) SetInconsistent() {
+	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent
+}
+
+// SetConsistent clears the inconsistent flag after a completed resync.
+func (r *ReplicaCore) SetConsistent() { r.cfg.Flags &^= FlagInconsistent }
+
+// Flags returns the flags the node reports.
+func (r *ReplicaCore) Flags() uint32 { return r.cfg.Flags }
+
 // Disconnect ends the session: records received but not handed out for
 // persisting are forgotten (the primary resends them after the next
 // handshake).

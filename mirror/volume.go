@@ -77,6 +77,7 @@ type Volume struct {
 	nextID   uint64
 	lastSeq  uint64
 	inflight map[uint64]*extent // by seq
+	readers  map[*extent]struct{} // stable reads in progress
 	sinceCP  int64
 	cpKick   chan struct{}
 	readOnly error // non-nil: writes fail with it (fenced, demoted)
@@ -102,6 +103,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 	v := &Volume{
 		node: node, st: node.Store, j: node.Journal, repl: repl, opts: opts, log: opts.Logger,
 		inflight: make(map[uint64]*extent),
+		readers:  make(map[*extent]struct{}),
 		lastSeq:  node.Journal.LastSeq(),
 		epoch:    m.Epoch,
 		cpKick:   make(chan struct{}, 1),
@@ -109,6 +111,9 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		done:     make(chan struct{}),
 	}
 	v.fastZero = probeFastZero(node.Dir)
+	if s, ok := repl.(interface{ setSource(stableReader) }); ok {
+		s.setSource(v)
+	}
 	go v.checkpointLoop(ctx)
 	return v, nil
 }
@@ -209,6 +214,11 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 			waits = append(waits, e.done)
 		}
 	}
+	for e := range v.readers {
+		if e.off < end && rec.Offset < e.end {
+			waits = append(waits, e.done)
+		}
+	}
 	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
 	v.inflight[rec.Seq] = me
 	v.sinceCP += int64(rec.Length)
@@ -267,6 +277,40 @@ func (v *Volume) Flush(ctx context.Context) error {
 		return v.repl.LocalDone(ctx, id)
 	}
 	return nil
+}
+
+// ReadStable reads [off, off+len(p)) as it is after every record ≤ tag
+// that touches it and before any later one: overlapping writes in flight
+// finish first, and overlapping writes admitted meanwhile wait for the
+// read. Resync and verify use it to tag the chunks they read.
+func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint64, err error) {
+	end := uint64(off) + uint64(len(p))
+	me := &extent{off: uint64(off), end: end, done: make(chan struct{})}
+	v.mu.Lock()
+	tag = v.lastSeq
+	var waits []chan struct{}
+	for _, e := range v.inflight {
+		if e.off < end && uint64(off) < e.end {
+			waits = append(waits, e.done)
+		}
+	}
+	v.readers[me] = struct{}{}
+	v.mu.Unlock()
+	defer func() {
+		v.mu.Lock()
+		delete(v.readers, me)
+		v.mu.Unlock()
+		close(me.done)
+	}()
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	_, err = v.st.ReadAt(p, off)
+	return tag, err
 }
 
 // SetReadOnly makes every later write fail with err (nil allows writes

@@ -1,0 +1,307 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"io"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// Resync, mirror side (see resync_primary.go for the protocol and the race
+// rule).
+
+// recentExtents remembers the extents of the last applied records, so a
+// resync chunk tagged T can be checked against records > T applied since.
+type recentExtents struct {
+	buf  [8192]appliedExtent
+	n    int // entries written in total
+	base uint64
+}
+
+type appliedExtent struct {
+	seq      uint64
+	off, end uint64
+}
+
+func (r *recentExtents) add(rec journal.Record) {
+	r.buf[r.n%len(r.buf)] = appliedExtent{seq: rec.Seq, off: rec.Offset, end: rec.Offset + uint64(rec.Length)}
+	r.n++
+}
+
+func (r *recentExtents) reset() { r.n = 0 }
+
+// overlaps reports whether a record with seq in (after, through] that
+// touches [off, end) may have been applied; true when the ring no longer
+// reaches back to after+1.
+func (r *recentExtents) overlaps(after, through, off, end uint64) bool {
+	if after >= through {
+		return false
+	}
+	kept := min(r.n, len(r.buf))
+	if kept == 0 {
+		return true
+	}
+	oldest := r.buf[(r.n-kept)%len(r.buf)].seq
+	if oldest > after+1 {
+		return true
+	}
+	for i := r.n - 1; i >= r.n-kept; i-- {
+		e := r.buf[i%len(r.buf)]
+		if e.seq <= after {
+			break
+		}
+		if e.seq <= through && e.off < end && off < e.end {
+			return true
+		}
+	}
+	return false
+}
+
+// beginResync handles ResyncBegin from the log stream.
+func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
+	n := d.node
+	j := n.Journal
+	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
+		return err
+	}
+	if !m.Reset {
+		d.mu.Lock()
+		next := d.core.Status().Received + 1
+		if m.From != next {
+			d.mu.Unlock()
+			return fmt.Errorf("resumed resync starts at seq %d but our next seq is %d", m.From, next)
+		}
+		d.core.SetInconsistent()
+		d.mu.Unlock()
+		d.log.Info("resync resumed", "from_seq", m.From)
+		return nil
+	}
+	// Apply what the journal holds (harmless: resync rewrites whatever
+	// differs), then empty it and continue at From.
+	if err := j.Sync(ctx); err != nil {
+		return err
+	}
+	d.applyMu.Lock()
+	last := j.LastSeq()
+	if first := d.appliedSeq + 1; first <= last {
+		err := j.Scan(first, func(r journal.Record) error { return ApplyRecord(n.Store, r) })
+		if err != nil {
+			d.applyMu.Unlock()
+			return fmt.Errorf("apply journal before reset: %w", err)
+		}
+	}
+	if err := n.Store.Sync(); err != nil {
+		d.applyMu.Unlock()
+		return err
+	}
+	if first := j.FirstSeq(); first <= j.LastSeq() {
+		if err := j.TruncateAfter(first - 1); err != nil {
+			d.applyMu.Unlock()
+			return fmt.Errorf("empty journal: %w", err)
+		}
+	}
+	if err := j.SetStart(m.From); err != nil {
+		d.applyMu.Unlock()
+		return fmt.Errorf("journal start at %d: %w", m.From, err)
+	}
+	d.appliedSeq = m.From - 1
+	d.recent.reset()
+	d.applyMu.Unlock()
+	if err := n.UpdateMeta(func(meta *Meta) error { meta.CheckpointSeq = m.From - 1; return nil }); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.core.Restart(m.From)
+	d.applyTo = m.From - 1
+	d.cpHint = 0
+	d.processLocked()
+	d.mu.Unlock()
+	d.log.Info("resync started: journal reset, store inconsistent until the resync completes", "from_seq", m.From)
+	return nil
+}
+
+// serveResync answers a primary's resync stream.
+func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
+	defer st.Cancel(0)
+	h := newHasher(d.node.Store, DefaultSyncChunk)
+	var cacheOff, cacheLen uint64
+	var leaves []chunkHash
+	var out []byte
+	results := make(chan SyncChunkResult, 4096)
+	ackErr := make(chan error, 1)
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sw := &streamWriter{st: st}
+	go func() { ackErr <- d.ackChunks(actx, sw, results) }()
+	for {
+		typ, p, err := st.ReadFrame(nil)
+		if errors.Is(err, io.EOF) {
+			return nil // the primary finished the resync
+		}
+		if err != nil {
+			return err
+		}
+		switch MsgType(typ) {
+		case MsgSyncHashReq:
+			q, err := DecodeSyncHashReq(p)
+			if err != nil {
+				return err
+			}
+			if q.Off != cacheOff || q.Len != cacheLen || leaves == nil {
+				leaves, err = h.hashRange(int64(q.Off), int64(q.Len), leaves[:0])
+				if err != nil {
+					return err
+				}
+				cacheOff, cacheLen = q.Off, q.Len
+			}
+			ans := SyncHashes{Off: q.Off, Len: q.Len, Leaves: q.Leaves, Hashes: leaves}
+			if !q.Leaves {
+				ans.Hashes = []chunkHash{summary(leaves)}
+			} else {
+				cacheOff, cacheLen = 0, 0 // answered in full; do not reuse
+			}
+			if out, err = AppendSyncHashes(out[:0], &ans); err != nil {
+				return err
+			}
+			if err := sw.send(MsgSyncHashes, out); err != nil {
+				return err
+			}
+		case MsgSyncChunk:
+			m, err := DecodeSyncChunk(p)
+			if err != nil {
+				return err
+			}
+			ok, err := d.writeChunk(m)
+			if err != nil {
+				return err
+			}
+			select {
+			case results <- SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
+			case err := <-ackErr:
+				return err
+			}
+		case MsgSyncComplete:
+			m, err := DecodeSyncComplete(p)
+			if err != nil {
+				return err
+			}
+			if err := d.completeResync(ctx, m.Tag); err != nil {
+				return err
+			}
+			if err := sw.send(MsgSyncCompleteAck, AppendSyncComplete(nil, SyncComplete{Tag: m.Tag})); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unexpected %v on the resync stream", MsgType(typ))
+		}
+	}
+}
+
+// streamWriter serialises frames on a resync stream (hash answers from
+// the reader, chunk acks from the acker).
+type streamWriter struct {
+	mu sync.Mutex
+	st *transport.Stream
+}
+
+func (w *streamWriter) send(typ MsgType, p []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.st.WriteFrame(uint8(typ), p); err != nil {
+		return err
+	}
+	return w.st.Flush()
+}
+
+// writeChunk writes a resync chunk unless a later overlapping record was
+// applied already (then it reports false).
+func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	end := m.Off + uint64(m.Len)
+	if m.Tag < d.appliedSeq && d.recent.overlaps(m.Tag, d.appliedSeq, m.Off, end) {
+		return false, nil
+	}
+	var err error
+	if m.Zero {
+		err = d.node.Store.Zero(int64(m.Off), int64(m.Len), false)
+	} else {
+		_, err = d.node.Store.WriteAt(m.Data, int64(m.Off))
+	}
+	if err != nil {
+		return false, fmt.Errorf("write resync chunk at %d: %w", m.Off, err)
+	}
+	d.resyncChunks.Add(1)
+	return true, nil
+}
+
+// ackChunks batches chunk results: the store is synced before a batch of
+// OK results is confirmed.
+func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan SyncChunkResult) error {
+	var batch []SyncChunkResult
+	var out []byte
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := d.node.Store.Sync(); err != nil {
+			return err
+		}
+		var err error
+		if out, err = AppendSyncChunkAck(out[:0], &SyncChunkAck{Results: batch}); err != nil {
+			return err
+		}
+		batch = batch[:0]
+		return w.send(MsgSyncChunkAck, out)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case r := <-results:
+			if len(batch) == 0 {
+				timer.Reset(5 * time.Millisecond)
+			}
+			batch = append(batch, r)
+			if len(batch) >= 256 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		case <-timer.C:
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// completeResync waits until every record ≤ tag is applied, then marks the
+// store consistent.
+func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
+	for d.applied() < tag {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := d.node.Store.Sync(); err != nil {
+		return err
+	}
+	if err := d.node.UpdateMeta(func(m *Meta) error { m.Inconsistent = false; return nil }); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.core.SetConsistent()
+	d.mu.Unlock()
+	d.log.Info("resync complete: store consistent", "through_seq", tag)
+	return nil
+}

@@ -1,0 +1,588 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// Resync, primary side.
+//
+// A mirror that cannot be caught up from the journal (new, too far behind,
+// diverged, or interrupted in an earlier resync) is resynced while live
+// writes go on:
+//
+//  1. The chunks to compare are the peer's dirty bitmap (DIR/peers/NAME.dirty:
+//     regions whose records were dropped before the peer had them, or the
+//     rest of an interrupted resync), or the whole disk when there is none.
+//     The bitmap is made durable first.
+//  2. ResyncBegin on the log stream tells the mirror where live records
+//     restart (its own next seq when the journal still has it, else the
+//     journal's first seq, and then the mirror resets its journal) and
+//     that its store is inconsistent until the resync completes.
+//  3. On a separate stream, the primary compares chunk hashes (a two-level
+//     tree: a summary per 1024-chunk segment, then per-chunk hashes) and
+//     sends each differing chunk, read with Volume.ReadStable and tagged
+//     with the seq it reflects.
+//
+// The race rule, on the mirror: a chunk tagged T reflects every record ≤ T
+// that touches it and none after. The mirror writes it unless a record
+// > T that overlaps it was already applied there (then it answers not-OK
+// and the primary sends the chunk again, read anew). Records ≤ T applied
+// after the chunk rewrite bytes the chunk already holds, in order, so
+// the result is the same. Hence no write that races with the copy of its
+// chunk leaves the mirror stale.
+//
+// The mirror confirms chunks only after syncing its store; the primary
+// then clears them in the bitmap, which it saves at least every second,
+// so a restart of either side resumes where the resync stopped and never
+// re-sends a confirmed chunk (at most the last second's confirmations).
+// Once the bitmap is empty the primary sends SyncComplete{max tag}; the
+// mirror marks itself consistent once it applied every record ≤ that tag.
+
+// ResyncOptions tune resync.
+type ResyncOptions struct {
+	// Rate caps the chunk data sent per second (0: as fast as the link
+	// allows; the window below keeps live records flowing).
+	Rate int64
+	// Window bounds the chunk bytes sent and not yet confirmed (default
+	// 16 MiB).
+	Window int64
+}
+
+func (o ResyncOptions) withDefaults() ResyncOptions {
+	if o.Window <= 0 {
+		o.Window = 16 << 20
+	}
+	return o
+}
+
+// ResyncProgress is a peer's resync state for status.
+type ResyncProgress struct {
+	Active     bool    `json:"active"`
+	TotalBytes int64   `json:"total_bytes"`
+	DoneBytes  int64   `json:"done_bytes"`
+	SentBytes  int64   `json:"sent_bytes"`
+	Rate       float64 `json:"rate_bytes_per_second"`
+	ETASeconds float64 `json:"eta_seconds"`
+	Pass       int     `json:"pass"`
+}
+
+func (r *Replication) bitmapPath(peer string) string {
+	return filepath.Join(r.node.Dir, "peers", peer+".dirty")
+}
+
+// loadBitmap returns the peer's saved dirty bitmap, or nil.
+func (r *Replication) loadBitmap(peer string) (*Bitmap, error) {
+	return LoadBitmap(r.bitmapPath(peer), r.node.Store.Size(), DefaultSyncChunk)
+}
+
+func (r *Replication) saveBitmap(peer string, b *Bitmap) error {
+	if err := os.MkdirAll(filepath.Dir(r.bitmapPath(peer)), 0o700); err != nil {
+		return fmt.Errorf("mirror: save bitmap: %w", err)
+	}
+	return b.Save(r.bitmapPath(peer))
+}
+
+// markDirty adds regions to the peer's saved bitmap.
+func (r *Replication) markDirty(peer string, mark func(b *Bitmap)) error {
+	r.bmMu.Lock()
+	defer r.bmMu.Unlock()
+	b, err := r.loadBitmap(peer)
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		b = NewBitmap(r.node.Store.Size(), DefaultSyncChunk)
+	}
+	mark(b)
+	return r.saveBitmap(peer, b)
+}
+
+// resyncer runs one resync session with a peer.
+type resyncer struct {
+	l    *peerLink
+	st   *transport.Stream
+	vol  stableReader
+	opts ResyncOptions
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	bm       *Bitmap
+	inflight int64
+	maxTag   uint64
+	err      error
+	dirty    bool // bitmap changed since the last save
+	prog     ResyncProgress
+	start    time.Time
+
+	hashes   chan SyncHashes
+	complete chan struct{}
+}
+
+type stableReader interface {
+	ReadStable(ctx context.Context, p []byte, off int64) (uint64, error)
+	Size() int64
+}
+
+// prepareResync decides where live records restart for a peer that needs
+// a resync and makes its bitmap durable. It returns the ResyncBegin to send.
+func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error) {
+	r := l.r
+	r.bmMu.Lock()
+	defer r.bmMu.Unlock()
+	b, err := r.loadBitmap(l.addr.Name)
+	if err != nil {
+		l.log.Warn("dirty bitmap unreadable; resyncing the whole disk", "err", err)
+		b = nil
+	}
+	first := r.j.FirstSeq()
+	r.mu.Lock()
+	last := r.core.LastSeq()
+	r.mu.Unlock()
+	begin := ResyncBegin{Chunk: DefaultSyncChunk}
+	resumable := reply.Flags&FlagNeedsResync == 0 && reply.LastSeq+1 >= first && reply.LastSeq <= last
+	if resumable && reply.Flags&FlagInconsistent != 0 && b != nil {
+		// An interrupted resync: go on from the mirror's own next seq.
+		begin.From = reply.LastSeq + 1
+	} else {
+		begin.From, begin.Reset = first, true
+		if b == nil {
+			b = NewBitmap(r.node.Store.Size(), DefaultSyncChunk)
+			b.SetAll()
+		}
+	}
+	if err := r.saveBitmap(l.addr.Name, b); err != nil {
+		return begin, nil, err
+	}
+	err = r.node.UpdateMeta(func(m *Meta) error {
+		if m.Peers == nil {
+			m.Peers = make(map[string]PeerMeta)
+		}
+		p := m.Peers[l.addr.Name]
+		p.NeedsResync = true
+		m.Peers[l.addr.Name] = p
+		return nil
+	})
+	return begin, b, err
+}
+
+// runResync opens the resync stream and copies until the bitmap is empty.
+func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitmap) error {
+	r := l.r
+	if r.source() == nil {
+		return errors.New("resync: no volume to read from")
+	}
+	st, err := conn.OpenStream(ctx)
+	if err != nil {
+		return fmt.Errorf("resync: open stream: %w", err)
+	}
+	defer st.Cancel(0)
+	rs := &resyncer{
+		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm,
+		hashes: make(chan SyncHashes, 4), complete: make(chan struct{}), start: time.Now(),
+	}
+	rs.cond = sync.NewCond(&rs.mu)
+	rs.prog = ResyncProgress{Active: true, TotalBytes: bm.Bytes()}
+	r.mu.Lock()
+	l.resync = rs
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		l.lastResync = rs.progress()
+		l.lastResync.Active = false
+		l.resync = nil
+		r.mu.Unlock()
+	}()
+	l.log.Info("resync started", "bytes_to_compare", bm.Bytes(), "chunks", bm.Count())
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	readErr := make(chan error, 1)
+	go func() { readErr <- rs.readLoop(rctx) }()
+	saveDone := make(chan struct{})
+	go func() { defer close(saveDone); rs.saveLoop(rctx) }()
+	err = rs.copy(rctx)
+	if err == nil {
+		err = rs.finish(rctx)
+	}
+	if err == nil {
+		st.CloseWrite() // a clean end: the mirror reads EOF
+	}
+	cancel()
+	st.Cancel(0)
+	<-readErr
+	<-saveDone
+	rs.save()
+	if err != nil {
+		return err
+	}
+	l.log.Info("resync complete", "compared_bytes", rs.prog.TotalBytes, "sent_bytes", rs.prog.SentBytes,
+		"seconds", time.Since(rs.start).Seconds())
+	// The bitmap is empty: drop it and the needs-resync mark.
+	r.bmMu.Lock()
+	os.Remove(r.bitmapPath(l.addr.Name))
+	r.bmMu.Unlock()
+	err = r.node.UpdateMeta(func(m *Meta) error {
+		p := m.Peers[l.addr.Name]
+		p.NeedsResync = false
+		p.Dirty = nil
+		if m.Peers == nil {
+			m.Peers = make(map[string]PeerMeta)
+		}
+		m.Peers[l.addr.Name] = p
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	l.needsResync = false
+	err = r.core.ResyncDone(l.addr.Name)
+	r.processLocked()
+	r.mu.Unlock()
+	return err
+}
+
+func (rs *resyncer) fail(err error) {
+	rs.mu.Lock()
+	if rs.err == nil {
+		rs.err = err
+	}
+	rs.cond.Broadcast()
+	rs.mu.Unlock()
+}
+
+func (rs *resyncer) progress() ResyncProgress {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	p := rs.prog
+	if el := time.Since(rs.start).Seconds(); el > 0 {
+		p.Rate = float64(p.DoneBytes) / el
+		if p.Rate > 0 {
+			p.ETASeconds = float64(p.TotalBytes-p.DoneBytes) / p.Rate
+		}
+	}
+	return p
+}
+
+// readLoop handles the mirror's answers.
+func (rs *resyncer) readLoop(ctx context.Context) error {
+	buf := make([]byte, 64<<10)
+	for {
+		typ, p, err := rs.st.ReadFrame(buf)
+		if err != nil {
+			if ctx.Err() == nil {
+				rs.fail(fmt.Errorf("resync: read: %w", err))
+			}
+			return err
+		}
+		switch MsgType(typ) {
+		case MsgSyncHashes:
+			m, err := DecodeSyncHashes(p)
+			if err != nil {
+				rs.fail(err)
+				return err
+			}
+			select {
+			case rs.hashes <- m:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		case MsgSyncChunkAck:
+			m, err := DecodeSyncChunkAck(p)
+			if err != nil {
+				rs.fail(err)
+				return err
+			}
+			rs.mu.Lock()
+			for _, x := range m.Results {
+				c := int64(x.Off) / rs.bm.ChunkSize()
+				rs.inflight -= int64(x.Len)
+				if x.OK {
+					if rs.bm.Test(c) {
+						rs.bm.ClearChunk(c)
+						rs.prog.DoneBytes += int64(x.Len)
+						rs.dirty = true
+					}
+				}
+			}
+			rs.cond.Broadcast()
+			rs.mu.Unlock()
+		case MsgSyncCompleteAck:
+			close(rs.complete)
+		case MsgError:
+			e, derr := DecodeError(p)
+			if derr != nil {
+				e = ErrorMsg{Code: CodeProtocol, Message: derr.Error()}
+			}
+			rs.fail(e)
+			return e
+		default:
+			err := fmt.Errorf("resync: unexpected %v from mirror", MsgType(typ))
+			rs.fail(err)
+			return err
+		}
+	}
+}
+
+// saveLoop persists the bitmap every second while it changes.
+func (rs *resyncer) saveLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rs.save()
+		}
+	}
+}
+
+func (rs *resyncer) save() {
+	rs.mu.Lock()
+	if !rs.dirty {
+		rs.mu.Unlock()
+		return
+	}
+	snap := NewBitmap(rs.bm.size, rs.bm.chunk)
+	copy(snap.words, rs.bm.words)
+	snap.count = rs.bm.count
+	rs.dirty = false
+	rs.mu.Unlock()
+	r := rs.l.r
+	r.bmMu.Lock()
+	err := r.saveBitmap(rs.l.addr.Name, snap)
+	r.bmMu.Unlock()
+	if err != nil {
+		rs.l.log.Error("saving resync progress failed", "err", err)
+	}
+}
+
+func (rs *resyncer) send(typ MsgType, payload []byte) error {
+	if err := rs.st.WriteFrame(uint8(typ), payload); err != nil {
+		return fmt.Errorf("resync: send %v: %w", typ, err)
+	}
+	return rs.st.Flush()
+}
+
+// copy runs passes over the bitmap until it is empty.
+func (rs *resyncer) copy(ctx context.Context) error {
+	chunk := rs.bm.ChunkSize()
+	size := rs.vol.Size()
+	seg := chunk * chunksPerSegment
+	mine := newHasher(rs.l.r.node.Store, chunk)
+	data := make([]byte, chunk)
+	var out []byte
+	var leaves []chunkHash
+	bucket := newTokenBucket(rs.opts.Rate)
+	for pass := 1; ; pass++ {
+		rs.mu.Lock()
+		rs.prog.Pass = pass
+		remaining := rs.bm.Count()
+		rs.mu.Unlock()
+		if remaining == 0 {
+			break
+		}
+		for segOff := int64(0); segOff < size; segOff += seg {
+			segLen := min(seg, size-segOff)
+			first, lastChunk := segOff/chunk, (segOff+segLen-1)/chunk
+			rs.mu.Lock()
+			next := rs.bm.Next(first)
+			marked := 0
+			for c := next; c >= 0 && c <= lastChunk; c = rs.bm.Next(c + 1) {
+				marked++
+			}
+			rs.mu.Unlock()
+			if next < 0 || next > lastChunk {
+				continue
+			}
+			// Upper level: one summary when the whole segment is marked.
+			// The mirror hashes while we do.
+			whole := int64(marked) == lastChunk-first+1
+			q := SyncHashReq{Off: uint64(segOff), Len: uint64(segLen), Leaves: !whole}
+			if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
+				return err
+			}
+			var err error
+			leaves, err = mine.hashRange(segOff, segLen, leaves[:0])
+			if err != nil {
+				return err
+			}
+			theirs, err := rs.wait(ctx, q)
+			if err != nil {
+				return err
+			}
+			if whole {
+				if len(theirs.Hashes) == 1 && theirs.Hashes[0] == summary(leaves) {
+					rs.clearRange(first, lastChunk)
+					continue
+				}
+				q.Leaves = true
+				if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
+					return err
+				}
+				if theirs, err = rs.wait(ctx, q); err != nil {
+					return err
+				}
+			}
+			if len(theirs.Hashes) != len(leaves) {
+				return fmt.Errorf("resync: mirror sent %d hashes for %d chunks", len(theirs.Hashes), len(leaves))
+			}
+			for i := range leaves {
+				c := first + int64(i)
+				rs.mu.Lock()
+				m := rs.bm.Test(c)
+				rs.mu.Unlock()
+				if !m {
+					continue
+				}
+				if leaves[i] == theirs.Hashes[i] {
+					rs.clearRange(c, c)
+					continue
+				}
+				off := c * chunk
+				n := min(chunk, size-off)
+				if err := rs.waitWindow(ctx, n); err != nil {
+					return err
+				}
+				bucket.take(ctx, n)
+				p := data[:n]
+				tag, err := rs.vol.ReadStable(ctx, p, off)
+				if err != nil {
+					return fmt.Errorf("resync: read chunk at %d: %w", off, err)
+				}
+				msg := SyncChunk{Off: uint64(off), Len: uint32(n), Tag: tag}
+				if isZero(p) {
+					msg.Zero = true
+				} else {
+					msg.Data = p
+				}
+				if out, err = AppendSyncChunk(out[:0], &msg); err != nil {
+					return err
+				}
+				rs.mu.Lock()
+				rs.inflight += n
+				rs.maxTag = max(rs.maxTag, tag)
+				rs.prog.SentBytes += int64(len(msg.Data))
+				rs.mu.Unlock()
+				if err := rs.send(MsgSyncChunk, out); err != nil {
+					return err
+				}
+			}
+		}
+		// Wait for every answer of this pass; chunks answered not-OK stay
+		// marked for the next pass.
+		if err := rs.waitWindow(ctx, -1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (rs *resyncer) clearRange(from, to int64) {
+	rs.mu.Lock()
+	for c := from; c <= to; c++ {
+		if rs.bm.Test(c) {
+			rs.bm.ClearChunk(c)
+			n := min(rs.bm.ChunkSize(), rs.bm.size-c*rs.bm.ChunkSize())
+			rs.prog.DoneBytes += n
+			rs.dirty = true
+		}
+	}
+	rs.mu.Unlock()
+}
+
+// waitWindow waits until n more bytes fit the window (n < 0: until
+// nothing is in flight).
+func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
+	stop := context.AfterFunc(ctx, func() { rs.fail(ctx.Err()) })
+	defer stop()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for rs.err == nil && ((n < 0 && rs.inflight > 0) || (n >= 0 && rs.inflight > 0 && rs.inflight+n > rs.opts.Window)) {
+		rs.cond.Wait()
+	}
+	return rs.err
+}
+
+// wait returns the mirror's answer to hash request q.
+func (rs *resyncer) wait(ctx context.Context, q SyncHashReq) (SyncHashes, error) {
+	select {
+	case m := <-rs.hashes:
+		if m.Off != q.Off || m.Len != q.Len || m.Leaves != q.Leaves {
+			return m, fmt.Errorf("resync: mirror answered hashes for [%d,+%d) leaves=%v, asked [%d,+%d) leaves=%v",
+				m.Off, m.Len, m.Leaves, q.Off, q.Len, q.Leaves)
+		}
+		return m, nil
+	case <-ctx.Done():
+		rs.mu.Lock()
+		err := rs.err
+		rs.mu.Unlock()
+		if err != nil {
+			return SyncHashes{}, err
+		}
+		return SyncHashes{}, ctx.Err()
+	}
+}
+
+// finish tells the mirror the copy is complete and waits for it to be
+// consistent.
+func (rs *resyncer) finish(ctx context.Context) error {
+	rs.mu.Lock()
+	tag := rs.maxTag
+	rs.mu.Unlock()
+	if err := rs.send(MsgSyncComplete, AppendSyncComplete(nil, SyncComplete{Tag: tag})); err != nil {
+		return err
+	}
+	select {
+	case <-rs.complete:
+		return nil
+	case <-ctx.Done():
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		if rs.err != nil {
+			return rs.err
+		}
+		return ctx.Err()
+	}
+}
+
+// tokenBucket limits a byte rate (rate 0: unlimited).
+type tokenBucket struct {
+	rate   int64
+	tokens float64
+	last   time.Time
+}
+
+func newTokenBucket(rate int64) *tokenBucket {
+	return &tokenBucket{rate: rate, tokens: float64(rate) / 10, last: time.Now()}
+}
+
+func (b *tokenBucket) take(ctx context.Context, n int64) {
+	if b.rate <= 0 {
+		return
+	}
+	for {
+		now := time.Now()
+		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*float64(b.rate), float64(b.rate)/4+float64(n))
+		b.last = now
+		if b.tokens >= float64(n) {
+			b.tokens -= float64(n)
+			return
+		}
+		wait := time.Duration((float64(n) - b.tokens) / float64(b.rate) * float64(time.Second))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
