@@ -1,0 +1,106 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// The test binary doubles as a peer process: with BM_TRANSPORT_CHILD set it
+// dials the listener, sends one frame and waits to be killed.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("BM_TRANSPORT_CHILD"); dir != "" {
+		os.Exit(childMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
+	}
+	os.Exit(m.Run())
+}
+
+func childMain(dir, addr string) int {
+	id, err := transport.LoadNode(dir, "m2")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, addr, "m1", transport.Config{Identity: id, KeepAlive: 200 * time.Millisecond, IdleTimeout: time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	s, err := c.OpenStream(ctx)
+	if err == nil {
+		err = s.WriteFrame(1, []byte("ready"))
+	}
+	if err == nil {
+		err = s.Flush()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	<-ctx.Done() // killed long before
+	return 0
+}
+
+func TestDoneFiresWhenPeerProcessDies(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	if err := transport.InitCerts(dir, []string{"m1", "m2"}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := transport.LoadNode(dir, "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := transport.Config{Identity: id, KeepAlive: 200 * time.Millisecond, IdleTimeout: time.Second}
+	l := listen(t, cfg)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "BM_TRANSPORT_CHILD="+dir, "BM_TRANSPORT_ADDR="+l.Addr().String())
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ctx := ctxT(t, 20*time.Second)
+	c, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := s.ReadFrame(nil); err != nil || string(p) != "ready" {
+		t.Fatalf("child frame %q %v", p, err)
+	}
+	// Alive while the child lives, despite no application traffic.
+	select {
+	case <-c.Done():
+		t.Fatalf("connection died while the peer was alive: %v", c.Err())
+	case <-time.After(1500 * time.Millisecond):
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	killed := time.Now()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done did not fire after the peer was killed")
+	}
+	el := time.Since(killed)
+	t.Logf("peer death detected after %v (idle timeout 1s)", el)
+	if !errors.Is(c.Err(), transport.ErrIdleTimeout) {
+		t.Errorf("Err = %v, want ErrIdleTimeout", c.Err())
+	}
+	// A blocked reader is woken as well.
+	if _, _, err := s.ReadFrame(nil); !errors.Is(err, transport.ErrIdleTimeout) {
+		t.Errorf("ReadFrame after peer death: %v", err)
+	}
+}
