@@ -30,15 +30,6 @@ func (s *source) line(key string) int {
 	return 0
 }
 
-// has reports whether the file set key.
-func (s *source) has(key string) bool {
-	if s == nil {
-		return false
-	}
-	_, ok := s.lines[key]
-	return ok
-}
-
 // parentKey strips the last component of a key path: "a[1].b" → "a[1]",
 // "a[1]" → "a", "a" → "".
 func parentKey(key string) string {

@@ -266,8 +266,8 @@ func (v *validator) mirror(vol *VolumeConfig, who string, at func(string) string
 		{"mode", vol.Mode != ""},
 		{"sync_acks", vol.SyncAcks != 0},
 		{"ack_level", vol.AckLevel != ""},
-		{"max_lag", vol.MaxLag != 0 || v.src.has(at("max_lag"))},
-		{"ack_timeout", vol.AckTimeout != 0 || v.src.has(at("ack_timeout"))},
+		{"max_lag", vol.MaxLag != 0},
+		{"ack_timeout", vol.AckTimeout != 0},
 		{"allow_degraded", vol.AllowDegraded},
 		{"resync_rate", vol.ResyncRate != 0},
 	}
