@@ -139,6 +139,11 @@ func (c Config) quicConfig(server bool) *quic.Config {
 	return q
 }
 
+// acceptBacklog is how many admitted connections may wait for Accept
+// before the accept loop stops admitting more (and so stops confirming
+// handshakes).
+const acceptBacklog = 64
+
 // welcome is the whole content of the unidirectional stream a Listener
 // opens on every connection it accepts (format constant). The dialer waits
 // for it: in TLS 1.3 the client finishes its handshake before the server
@@ -189,7 +194,7 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
 		cfg: cfg, tr: tr, ql: ql, log: cfg.Logger,
-		conns: make(chan *Conn), live: make(map[*Conn]struct{}), ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		conns: make(chan *Conn, acceptBacklog), live: make(map[*Conn]struct{}), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 	go l.acceptLoop()
 	cfg.Logger.Info("transport: listening", "addr", udp.LocalAddr().String(), "node", cfg.Identity.Name)

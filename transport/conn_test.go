@@ -364,3 +364,41 @@ func TestDialNobodyListening(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 }
+
+func TestIPv6Loopback(t *testing.T) {
+	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
+	l, err := transport.Listen("[::1]:0", testConfig(ids["m1"], nil))
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer l.Close()
+	ctx := ctxT(t, 10*time.Second)
+	c, err := transport.Dial(ctx, l.Addr().String(), "m1", testConfig(ids["m2"], nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(0, "")
+	sc, err := l.Accept(ctx)
+	if err != nil || sc.PeerName() != "m2" {
+		t.Fatalf("accept: %v", err)
+	}
+}
+
+func TestDialsCompleteBeforeAccept(t *testing.T) {
+	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
+	l := listen(t, testConfig(ids["m1"], nil))
+	ctx := ctxT(t, 10*time.Second)
+	const n = 5
+	for i := 0; i < n; i++ {
+		c, err := transport.Dial(ctx, l.Addr().String(), "m1", testConfig(ids["m2"], nil))
+		if err != nil {
+			t.Fatalf("dial %d with nobody calling Accept: %v", i, err)
+		}
+		defer c.Close(0, "")
+	}
+	for i := 0; i < n; i++ {
+		if _, err := l.Accept(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
