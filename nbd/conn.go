@@ -72,7 +72,6 @@ type conn struct {
 	inflight sync.WaitGroup // dispatched requests not yet finished
 	workers  sync.WaitGroup // worker goroutines
 	mem      budget
-	latency  atomic.Int64 // EWMA of device call duration, ns
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -257,10 +256,6 @@ func (c *conn) readLoop() error {
 			}
 		}
 		c.inflight.Add(1)
-		if c.inlineOK(r) {
-			c.do(r)
-			continue
-		}
 		select {
 		case c.work <- r:
 		default:
@@ -349,8 +344,6 @@ func (c *conn) worker(r *request) {
 
 // do performs r on the device, replies, and releases r.
 func (c *conn) do(r *request) {
-	start := time.Now()
-	defer c.noteLatency(start)
 	dev := c.exp.Device
 	off := int64(r.off)
 	fua := r.flags&cmdFlagFUA != 0
@@ -381,36 +374,6 @@ func (c *conn) do(r *request) {
 	}
 	c.release(r)
 	c.inflight.Done()
-}
-
-// Inline serving: when the reader has no further request buffered (so it
-// would block on the socket next) and the device has recently been fast,
-// the reader performs a small request itself instead of handing it to a
-// worker. This saves a goroutine wake-up per request for fast devices
-// (page cache, memory) and is switched off automatically when the
-// device's average latency exceeds inlineMaxLatency, so a slow device
-// never stalls request intake for long.
-const (
-	inlineMaxLen     = 128 << 10
-	inlineMaxLatency = 20 * time.Microsecond
-)
-
-func (c *conn) inlineOK(r *request) bool {
-	if r.length > inlineMaxLen || r.cmd == cmdFlush || r.flags&cmdFlagFUA != 0 {
-		return false
-	}
-	if c.br.Buffered() >= requestLen {
-		return false
-	}
-	return time.Duration(c.latency.Load()) < inlineMaxLatency
-}
-
-// noteLatency updates the device latency average (EWMA, weight 1/8).
-// Concurrent updates may lose one another; it is only a heuristic.
-func (c *conn) noteLatency(start time.Time) {
-	d := int64(time.Since(start))
-	old := c.latency.Load()
-	c.latency.Store(old + (d-old)/8)
 }
 
 // release returns r's buffer and budget and puts r back on the free list.
