@@ -42,7 +42,7 @@ k = 1
 		"volumes[0].mirrors[1]": 14, "volumes[0].mirrors[1].name": 15,
 		"volumes[0].allow": 17, "volumes[0].allow[0]": 17, "volumes[0].allow[1]": 18,
 		"volumes[0].dotted.key": 19,
-		"volumes[1]": 21, "volumes[1].name": 22,
+		"volumes[1]":            21, "volumes[1].name": 22,
 		"volumes[1].mirrors": 23, "volumes[1].mirrors[0]": 23, "volumes[1].mirrors[0].name": 24,
 		"volumes[1].mirrors[1]": 25, "volumes[1].mirrors[1].address": 26,
 		"volumes[1].sub": 27, "volumes[1].sub.k": 28,
