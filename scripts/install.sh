@@ -146,7 +146,9 @@ if [ -n "$root" ]; then
 	echo "skip: sysctl (installing into --root $root)"
 elif [ "$changed" = 1 ] || [ "$dry" = 1 ]; then
 	say "sysctl -p /etc/sysctl.d/60-blockmirror.conf"
-	run sysctl -q -p /etc/sysctl.d/60-blockmirror.conf
+	if [ "$dry" = 0 ] && ! sysctl -q -p /etc/sysctl.d/60-blockmirror.conf; then
+		echo "warning: sysctl -p failed (read-only /proc/sys in a container?); the settings apply at next boot" >&2
+	fi
 else
 	echo "unchanged: sysctl settings"
 fi

@@ -276,3 +276,17 @@ func TestSizeString(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkParse(b *testing.B) {
+	data, err := os.ReadFile("../../dist/blockmirror.example.toml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := config.Parse(data, "example.toml"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

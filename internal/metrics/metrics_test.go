@@ -256,3 +256,27 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 		t.Errorf("hooks allocate %v times per round, want 0", allocs)
 	}
 }
+
+func TestHandlerOpenMetrics(t *testing.T) {
+	r := metrics.NewWith(metrics.Options{NoRuntimeMetrics: true})
+	r.NBD("db").Observe(metrics.OpWrite, 1, time.Millisecond, nil)
+	srv := httptest.NewServer(r.Handler())
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/openmetrics-text") {
+		t.Errorf("Content-Type %q", ct)
+	}
+	if !strings.Contains(string(body), `blockmirror_nbd_requests_total{op="write",volume="db"} 1.0`) || !strings.HasSuffix(string(body), "# EOF\n") {
+		t.Errorf("OpenMetrics body:\n%s", body)
+	}
+	// The handler counts its own scrapes.
+	got := scrape(t, r.Handler())
+	want(t, got, `promhttp_metric_handler_requests_total{code="200"}`, 1)
+}
