@@ -153,6 +153,8 @@ func (v *validator) volumes(c *Config) {
 			v.add(at("nbd"), "%s: nbd %q is also the node's admin address", who, vol.NBD)
 		}
 		switch {
+		case vol.Export == "" && vol.Name == "":
+			// Defaults to the name, whose absence is already reported.
 		case vol.Export == "":
 			v.add(at("export"), "%s: export must not be empty", who)
 		case len(vol.Export) > 4096:

@@ -80,7 +80,7 @@ func TestProblems(t *testing.T) {
 
 		{"no volumes", node, []string{"t.toml: no volumes: add at least one [[volumes]] table"}},
 		{"name missing", node + "[[volumes]] #!1\nrole = \"primary\"\ndata = \"/d\"\n",
-			[]string{`!1: volumes[0]: name is required`, `!1: volumes[0]: export must not be empty`}},
+			[]string{`!1: volumes[0]: name is required`}},
 		{"bad volume name", node + "[[volumes]]\nname = \"a b\" #!1\nrole = \"primary\"\ndata = \"/d\"\n",
 			[]string{`!1: volume "a b": name: "a b": only letters, digits, '-', '.' and '_' allowed, starting with a letter or digit`}},
 		{"long volume name", node + "[[volumes]]\nname = \"" + strings.Repeat("v", 64) + "\" #!1\nrole = \"primary\"\ndata = \"/d\"\n",
