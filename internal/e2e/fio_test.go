@@ -31,7 +31,7 @@ func TestFioVerify(t *testing.T) {
 				"--rw=randwrite", "--bs="+bs, "--iodepth=32",
 				fmt.Sprintf("--offset=%d", offset), fmt.Sprintf("--size=%d", size),
 				"--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-				"--verify_backlog=0", "--randrepeat=0",
+				"--verify_state_save=0", "--randrepeat=0",
 				"--output-format=json", "--output="+out)
 			b, err := os.ReadFile(out)
 			if err != nil {
