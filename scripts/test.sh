@@ -7,10 +7,10 @@
 # 2. gofmt check, go vet ./...
 # 3. go test ./...  (unit tests, fuzz seed corpora, end-to-end tests in
 #    internal/e2e against the real binary and real NBD clients)
-# 4. a short fuzz smoke run of every Fuzz target (FUZZTIME each, default 3s;
+# 4. a short fuzz smoke run of every Fuzz target (FUZZTIME each, default 2s;
 #    FUZZTIME=0 skips it)
 #
-# Environment: TEST_TIMEOUT (go test -timeout, default 15m), FUZZTIME,
+# Environment: TEST_TIMEOUT (go test -timeout, default 12m), FUZZTIME,
 # GOTESTFLAGS (extra flags for step 3, e.g. "-short" or "-run TestNBDInfo").
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -26,8 +26,8 @@ fi
 # shell out to "python3" (nbdsh) find the system one first.
 export PATH=/usr/bin:/usr/sbin:$PATH:/usr/local/go/bin
 
-TEST_TIMEOUT=${TEST_TIMEOUT:-15m}
-FUZZTIME=${FUZZTIME:-3s}
+TEST_TIMEOUT=${TEST_TIMEOUT:-12m}
+FUZZTIME=${FUZZTIME:-2s}
 status=0
 
 step() { printf '\n=== test.sh: %s\n' "$*"; }
