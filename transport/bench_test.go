@@ -109,6 +109,9 @@ func BenchmarkBulk1MiB(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.StopTimer()
+			st := cc.Stats()
+			b.ReportMetric(float64(st.PacketsLost)/float64(b.N), "lost/op")
+			b.ReportMetric(float64(st.SmoothedRTT)/1e3, "srtt-µs")
 		})
 	}
 }

@@ -268,16 +268,16 @@ func TestIdleTimeoutAndKeepAlive(t *testing.T) {
 	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
 	t.Run("keepalive", func(t *testing.T) {
 		c := testConfig(ids["m2"], nil)
-		c.KeepAlive, c.IdleTimeout = 100*time.Millisecond, 500*time.Millisecond
+		c.KeepAlive, c.IdleTimeout = 100*time.Millisecond, time.Second
 		s := testConfig(ids["m1"], nil)
-		s.KeepAlive, s.IdleTimeout = -1, 500*time.Millisecond
+		s.KeepAlive, s.IdleTimeout = -1, time.Second
 		cc, sc := pair(t, c, s)
 		select {
 		case <-cc.Done():
 			t.Fatalf("connection died despite keep-alives: %v", cc.Err())
 		case <-sc.Done():
 			t.Fatalf("connection died despite keep-alives: %v", sc.Err())
-		case <-time.After(1500 * time.Millisecond):
+		case <-time.After(2500 * time.Millisecond):
 		}
 	})
 	t.Run("idle", func(t *testing.T) {

@@ -128,7 +128,7 @@ func TestDropDuplicatePartitionHeal(t *testing.T) {
 	if err := p.SetFaults(faultproxy.Up, faultproxy.Faults{Drop: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if got := exchange(t, c, 20, 100*time.Millisecond); len(got) != 0 || served.get() != 0 {
+	if got := exchange(t, c, 20, 250*time.Millisecond); len(got) != 0 || served.get() != 0 {
 		t.Fatalf("drop=1: %d replies, %d served", len(got), served.get())
 	}
 	if st := p.Stats(); st.Up.Dropped != 20 {
@@ -136,7 +136,7 @@ func TestDropDuplicatePartitionHeal(t *testing.T) {
 	}
 
 	p.SetFaults(faultproxy.Up, faultproxy.Faults{Duplicate: 1})
-	if got := exchange(t, c, 20, 100*time.Millisecond); len(got) != 40 || served.get() != 40 {
+	if got := exchange(t, c, 20, 250*time.Millisecond); len(got) != 40 || served.get() != 40 {
 		t.Fatalf("dup=1: %d replies, %d served", len(got), served.get())
 	}
 	if st := p.Stats(); st.Up.Duplicated != 20 {
@@ -145,14 +145,14 @@ func TestDropDuplicatePartitionHeal(t *testing.T) {
 
 	p.Heal()
 	p.Partition(faultproxy.Down)
-	if got := exchange(t, c, 10, 100*time.Millisecond); len(got) != 0 || served.get() != 50 {
+	if got := exchange(t, c, 10, 250*time.Millisecond); len(got) != 0 || served.get() != 50 {
 		t.Fatalf("partition down: %d replies, %d served", len(got), served.get())
 	}
 	if st := p.Stats(); !st.DownState.Partitioned || st.UpState.Partitioned || st.Down.Dropped != 10 {
 		t.Fatalf("stats after partition: %+v", st)
 	}
 	p.Heal()
-	if got := exchange(t, c, 10, 100*time.Millisecond); len(got) != 10 {
+	if got := exchange(t, c, 10, 250*time.Millisecond); len(got) != 10 {
 		t.Fatalf("after heal: %d replies", len(got))
 	}
 }
