@@ -826,3 +826,49 @@ func TestMultipleConnectionsShareDevice(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestHandshakeTimeout(t *testing.T) {
+	ts := startServer(t, nbd.Options{HandshakeTimeout: 100 * time.Millisecond}, nbd.Export{Name: "disk", Device: newMemDev(4096)})
+	nc, err := net.Dial("tcp", ts.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := io.Copy(io.Discard, nc); err != nil {
+		t.Fatalf("want clean close, got %v", err)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("idle handshake closed after %v", el)
+	}
+}
+
+// TestBufferBudget: payload bytes in flight are capped by MaxBufferBytes.
+func TestBufferBudget(t *testing.T) {
+	d := newMemDev(64 << 20)
+	d.gate = make(chan struct{})
+	ts := startServer(t, nbd.Options{MaxBufferBytes: 32 << 20}, nbd.Export{Name: "disk", Device: d})
+	c := negotiate(t, ts.addr, "disk", false)
+	payload := make([]byte, 20<<20)
+	var calls []*call
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 3 {
+			calls = append(calls, c.send(cCmdWrite, 0, uint64(i)*(20<<20), 20<<20, payload))
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if got := d.cur.Load(); got != 1 {
+		t.Fatalf("%d 20 MiB writes in the device with a 32 MiB budget, want 1", got)
+	}
+	close(d.gate)
+	<-done
+	for _, cl := range calls {
+		if e, err := c.wait(cl); e != 0 || err != nil {
+			t.Fatal(e, err)
+		}
+	}
+	c.disconnect()
+}
