@@ -116,4 +116,3 @@ func BenchmarkWrite4KQD32(b *testing.B) { benchRun(b, cCmdWrite, 4096, 32) }
 func BenchmarkRead4KQD1(b *testing.B)   { benchRun(b, cCmdRead, 4096, 1) }
 func BenchmarkRead1MQD8(b *testing.B)   { benchRun(b, cCmdRead, 1<<20, 8) }
 func BenchmarkWrite1MQD8(b *testing.B)  { benchRun(b, cCmdWrite, 1<<20, 8) }
-
