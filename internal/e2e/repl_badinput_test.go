@@ -325,7 +325,7 @@ func TestReplVolumeMismatch(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	w.Stop()
 	c.WaitApplied(15*time.Second, "m1")
-	stopProc(t, c.Primary.Proc)
+	c.StopPrimary()
 	before, err := c.MirrorStatus("m1")
 	if err != nil {
 		t.Fatal(err)

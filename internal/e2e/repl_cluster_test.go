@@ -200,6 +200,13 @@ func (c *replCluster) StartPrimary(o primaryOpts) *replPrimary {
 		})
 		if err == nil {
 			p.Proc = pr
+			testutil.WaitFor(t, 10*time.Second, "the primary's admin endpoint answers", func() (bool, string) {
+				if pr.Exited() {
+					t.Fatalf("primary exited: %v\n%s", pr.ExitErr(), pr.Tail(20))
+				}
+				_, err := replGetStatus(t.Context(), p.Admin)
+				return err == nil, fmt.Sprint(err)
+			})
 			return p
 		}
 		if attempt < 3 && strings.Contains(err.Error(), "address already in use") {
@@ -327,10 +334,25 @@ func stopProc(t testing.TB, p *testutil.Proc) {
 	}
 }
 
+// StopPrimary stops the primary with SIGTERM. A primary that does not
+// exit in time is killed and only logged here: TestReplPrimarySIGTERM is
+// the test that fails for it, so that other tests report their own
+// findings.
+func (c *replCluster) StopPrimary() {
+	c.t.Helper()
+	p := c.Primary.Proc
+	if p == nil || p.Exited() {
+		return
+	}
+	if err := p.Stop(syscall.SIGTERM); err != nil {
+		c.t.Logf("primary did not stop cleanly (see TestReplPrimarySIGTERM): %v", err)
+	}
+}
+
 // StopAll stops the primary, then the mirrors, with SIGTERM.
 func (c *replCluster) StopAll() {
 	c.t.Helper()
-	stopProc(c.t, c.Primary.Proc)
+	c.StopPrimary()
 	for _, m := range c.Mirrors {
 		stopProc(c.t, m.Proc)
 	}

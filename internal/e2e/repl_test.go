@@ -153,7 +153,7 @@ func TestReplQuorumLoss(t *testing.T) {
 	c.StartMirror("m2")
 	c.StartMirror("m3")
 	c.WaitPeerState(20*time.Second, "in-sync", "m1", "m2", "m3")
-	stopProc(t, c.Primary.Proc)
+	c.StopPrimary()
 	c.StartPrimary(primaryOpts{Args: append(args, "--allow-degraded")})
 	c.WaitPeerState(15*time.Second, "in-sync", "m1", "m2", "m3")
 	w = startLoad(t, c.Primary.NBD, seed+1, 1024)
@@ -192,4 +192,25 @@ func TestReplQuorumLoss(t *testing.T) {
 	conn.disconnect()
 	c.StopAll()
 	c.RequireIdentical("m1", "m2", "m3")
+}
+
+// TestReplPrimarySIGTERM: a primary replicating to a connected mirror
+// exits promptly and cleanly on SIGTERM, and its mirror stays up.
+func TestReplPrimarySIGTERM(t *testing.T) {
+	c := newReplCluster(t, "64M", "m1")
+	c.StartMirror("m1")
+	c.StartPrimary(primaryOpts{Args: []string{"--mode", "sync", "--sync-acks", "1"}})
+	c.WaitPeerState(15*time.Second, "in-sync", "m1")
+	w := startLoad(t, c.Primary.NBD, 1, 16)
+	time.Sleep(200 * time.Millisecond)
+	w.Stop()
+	start := time.Now()
+	if err := c.Primary.Proc.Stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("primary with a connected mirror: %v", err)
+	}
+	t.Logf("primary exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	if c.M("m1").Proc.Exited() {
+		t.Fatal("mirror exited with its primary")
+	}
+	stopProc(t, c.M("m1").Proc)
 }
