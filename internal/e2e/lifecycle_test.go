@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -206,4 +208,108 @@ func TestKillAfterFlush(t *testing.T) {
 	checkExtents(t, c2, ex)
 	c2.disconnect()
 	s2.stop(t)
+}
+
+// TestUnknownExport: a client asking for another export name is refused in
+// the handshake, and the server goes on serving the right one.
+func TestUnknownExport(t *testing.T) {
+	requireServer(t)
+	if serverKind == kindNbdkit {
+		t.Skip("nbdkit's file plugin serves any export name")
+	}
+	s := startServer(t, serverOpts{Size: "16M", Export: "vol0"})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if c, err := rawDial(ctx, s.Addr, "disk"); err == nil {
+		c.c.Close()
+		t.Fatal("handshake for export \"disk\" succeeded on a server exporting \"vol0\"")
+	} else {
+		t.Logf("refused as expected: %v", err)
+	}
+	c := dialT(t, s)
+	if c.size != 16*MiB {
+		t.Fatalf("size %d", c.size)
+	}
+	if nbdinfo, err := lookTool("nbdinfo"); err == nil {
+		if out, err := runCmdErr(t, 30*time.Second, nbdinfo, "--size", "nbd://"+s.Addr+"/nope"); err == nil {
+			t.Fatalf("nbdinfo accepted export \"nope\": %s", out)
+		}
+		out := runCmd(t, 30*time.Second, nbdinfo, "--size", s.URI)
+		if strings.TrimSpace(out) != "16777216" {
+			t.Fatalf("nbdinfo --size %s = %q", s.URI, out)
+		}
+	}
+	c.disconnect()
+}
+
+// TestAbuseWhileServing: while clients keep vanishing mid-request on other
+// connections, a well-behaved client's verified I/O goes on undisturbed.
+func TestAbuseWhileServing(t *testing.T) {
+	requireServer(t)
+	if serverKind == kindNbdkit {
+		t.Skip("nbdkit 1.32 crashes when a client resets with replies pending")
+	}
+	s := startServer(t, serverOpts{Size: "64M"})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	abuseDone := make(chan error, 2)
+	var dropped atomic.Int64
+	for w := range 2 {
+		go func() {
+			payload := randBytes(uint64(w), 128*1024)
+			for i := 0; ctx.Err() == nil; i++ {
+				dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+				c, err := rawDial(dctx, s.Addr, s.Export)
+				dcancel()
+				if err != nil {
+					if ctx.Err() != nil {
+						break
+					}
+					abuseDone <- err
+					return
+				}
+				// scribble only in the upper half; the good client uses the lower
+				for j := range 16 {
+					off := uint64(32*MiB + ((i*16+j)%200)*128*1024)
+					c.send(cmdWrite, 0, off, uint32(len(payload)), payload)
+					c.send(cmdRead, 0, off, 128*1024, nil)
+				}
+				if i%2 == 0 {
+					c.c.(interface{ SetLinger(int) error }).SetLinger(0)
+				}
+				c.c.Close()
+				dropped.Add(1)
+			}
+			abuseDone <- nil
+		}()
+	}
+	good := dialT(t, s)
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		p := randBytes(uint64(1000+i), 4096+i%3*61440)
+		off := uint64(i%400) * 65536
+		if err := good.pwrite(p, off, 0); err != nil {
+			t.Fatalf("op %d: write: %v", i, err)
+		}
+		got, err := good.pread(len(p), off)
+		if err != nil {
+			t.Fatalf("op %d: read: %v", i, err)
+		}
+		if !bytes.Equal(got, p) {
+			t.Fatalf("op %d: read back differs", i)
+		}
+	}
+	cancel()
+	for range 2 {
+		if err := <-abuseDone; err != nil {
+			t.Errorf("abusive client could not connect: %v", err)
+		}
+	}
+	t.Logf("%d connections dropped with 32 requests each in flight", dropped.Load())
+	if dropped.Load() < 10 {
+		t.Errorf("only %d abusive connections ran", dropped.Load())
+	}
+	s.requireAlive(t)
+	good.disconnect()
+	s.stop(t)
 }
