@@ -4,12 +4,125 @@ package e2e
 // in-process UDP proxy (testutil.UDPProxy) between them.
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/blockmirror/blockmirror/internal/testutil"
 )
+
+// partitioner is a UDP proxy between the primary and a mirror.
+type partitioner interface {
+	Addr() string
+	// Partition cuts "both", "up" (to the mirror) or "down" (to the
+	// primary); Heal restores everything.
+	Partition(t testing.TB, dir string)
+	Heal(t testing.TB)
+	// Faults sets random faults (faultproxy query syntax) or reports that
+	// the proxy has none.
+	Faults(t testing.TB, query string) bool
+	Stats() string
+}
+
+// inprocProxy adapts testutil.UDPProxy.
+type inprocProxy struct{ *testutil.UDPProxy }
+
+func (p inprocProxy) Partition(_ testing.TB, dir string) {
+	d := map[string]testutil.Direction{"both": testutil.Both, "up": testutil.ToTarget, "down": testutil.ToClient}[dir]
+	p.UDPProxy.Partition(d)
+}
+func (p inprocProxy) Heal(testing.TB)                { p.UDPProxy.Heal() }
+func (p inprocProxy) Faults(testing.TB, string) bool { return false }
+func (p inprocProxy) Stats() string {
+	return fmt.Sprintf("forwarded %d, dropped %d datagrams", p.Forwarded.Load(), p.Dropped.Load())
+}
+
+// faultProxy is a cmd/faultproxy process.
+type faultProxy struct {
+	proc          *testutil.Proc
+	addr, control string
+}
+
+var (
+	faultProxyOnce sync.Once
+	faultProxyBin  string
+	faultProxyErr  error
+)
+
+// startFaultProxy builds cmd/faultproxy (once per test binary) and runs it
+// in front of target.
+func startFaultProxy(t *testing.T, target string) (*faultProxy, error) {
+	faultProxyOnce.Do(func() {
+		root, err := testutil.ModuleRoot()
+		if err != nil {
+			faultProxyErr = err
+			return
+		}
+		if _, err := os.Stat(filepath.Join(root, "cmd", "faultproxy", "main.go")); err != nil {
+			faultProxyErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "faultproxy-bin-")
+		if err != nil {
+			faultProxyErr = err
+			return
+		}
+		faultProxyBin = filepath.Join(dir, "faultproxy")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		faultProxyErr = testutil.BuildBinary(ctx, "./cmd/faultproxy", faultProxyBin)
+	})
+	if faultProxyErr != nil {
+		return nil, faultProxyErr
+	}
+	fp := &faultProxy{addr: testutil.FreeUDPAddr(t), control: testutil.FreeTCPAddr(t)}
+	p, err := testutil.StartE(t, testutil.ProcOptions{
+		Name: "faultproxy", Path: faultProxyBin,
+		Args:     []string{"--listen", fp.addr, "--target", target, "--control", fp.control, "--seed", fmt.Sprint(rand.Uint64())},
+		ReadyLog: "faultproxy: ready", ReadyAddr: fp.control,
+	})
+	if err != nil {
+		return nil, err
+	}
+	fp.proc = p
+	return fp, nil
+}
+
+func (f *faultProxy) Addr() string { return f.addr }
+
+func (f *faultProxy) post(t testing.TB, path string) {
+	t.Helper()
+	resp, err := http.Post("http://"+f.control+path, "", nil)
+	if err != nil {
+		t.Fatalf("faultproxy %s: %v", path, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("faultproxy %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+	}
+}
+
+func (f *faultProxy) Partition(t testing.TB, dir string) { f.post(t, "/partition?dir="+dir) }
+func (f *faultProxy) Heal(t testing.TB)                  { f.post(t, "/heal") }
+func (f *faultProxy) Faults(t testing.TB, q string) bool { f.post(t, "/faults?"+q); return true }
+func (f *faultProxy) Stats() string {
+	resp, err := http.Get("http://" + f.control + "/stats")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return strings.Join(strings.Fields(string(b)), " ")
+}
 
 // TestReplPartition: sync 2-of-2, m2 behind a proxy. While m2 is
 // partitioned away, writes stall (none started during the partition
@@ -25,7 +138,13 @@ func TestReplPartition(t *testing.T) {
 	c := newReplCluster(t, "64M", "m1", "m2")
 	c.StartMirror("m1")
 	c.StartMirror("m2")
-	proxy := testutil.StartUDPProxy(t, testutil.FreeUDPAddr(t), c.M("m2").Listen)
+	var proxy partitioner
+	if fp, err := startFaultProxy(t, c.M("m2").Listen); err == nil {
+		proxy = fp
+	} else {
+		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
+		proxy = inprocProxy{testutil.StartUDPProxy(t, testutil.FreeUDPAddr(t), c.M("m2").Listen)}
+	}
 	c.StartPrimary(primaryOpts{
 		Via:  map[string]string{"m2": proxy.Addr()},
 		Args: []string{"--mode", "sync", "--sync-acks", "2", "--ack-timeout", "60s"},
@@ -40,21 +159,21 @@ func TestReplPartition(t *testing.T) {
 	for i, d := range partitions {
 		time.Sleep(700 * time.Millisecond)
 		before := len(w.Results())
-		dir := testutil.Both
+		dir := "both"
 		if i == 1 {
-			dir = testutil.ToClient // acks lost, records still arrive
+			dir = "down" // acks lost, records still arrive
 		}
 		tp := time.Now()
-		proxy.Partition(dir)
+		proxy.Partition(t, dir)
 		time.Sleep(d)
 		rs := w.Results()
 		// Writes in flight when the partition began may still complete;
 		// none that started later may.
 		late := countStarted(rs, tp.Add(50*time.Millisecond), true)
 		pend, stuck := w.Pending()
-		proxy.Heal()
+		proxy.Heal(t)
 		th := time.Now()
-		t.Logf("partition %d (%v, directions %b): %d writes before, %d completed after it began (%d started after), write pending: %v",
+		t.Logf("partition %d (%v, %s): %d writes before, %d completed after it began (%d started after), write pending: %v",
 			i, d, dir, before, len(rs)-before, late, stuck)
 		if late > 0 {
 			t.Errorf("partition %d: %d writes that started during the partition completed without m2's ack", i, late)
@@ -86,6 +205,19 @@ func TestReplPartition(t *testing.T) {
 			t.Errorf("partition %d: only %d writes succeeded after the heal", i, n)
 		}
 	}
+	// A lossy, reordering, duplicating link: writes go on.
+	if proxy.Faults(t, "dir=both&drop=0.05&delay=2ms&jitter=1ms&dup=0.02&reorder=0.05&reorder_delay=3ms") {
+		tf := time.Now()
+		time.Sleep(2 * time.Second)
+		proxy.Heal(t)
+		proxy.Faults(t, "dir=both")
+		n := countStarted(w.Results(), tf, true)
+		t.Logf("2 s of 5%% loss, 2%% duplicates, 5%% reordering: %d writes", n)
+		if n < 20 {
+			t.Errorf("only %d writes in 2 s on a lossy link", n)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 	w.Stop()
 	if err := w.ConnErr(); err != nil {
 		t.Errorf("load connection failed: %v", err)
@@ -96,7 +228,7 @@ func TestReplPartition(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%d writes, proxy forwarded %d and dropped %d datagrams", len(w.Results()), proxy.Forwarded.Load(), proxy.Dropped.Load())
+	t.Logf("%d writes; proxy: %s", len(w.Results()), proxy.Stats())
 	c.WaitPeerState(30*time.Second, "in-sync", "m1", "m2")
 	c.WaitApplied(30*time.Second, "m1", "m2")
 	conn, err := rawDial(t.Context(), c.Primary.NBD, defaultExport)
