@@ -25,6 +25,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -193,42 +194,14 @@ func durIteration(t *testing.T, m durMode, seed uint64, level string, writers in
 			t.Errorf("%s: %v", mm.Name, err)
 			continue
 		}
-		missing, firstMissing := 0, uint64(0)
-		if m.sync {
-			for tag, a := range log.ackAt {
-				if a != 0 && !present[tag] {
-					if missing == 0 {
-						firstMissing = uint64(tag)
-					}
-					missing++
-				}
-			}
-			if missing > 0 {
-				t.Errorf("%s: %d of %d acknowledged writes missing (first: tag %d) — sync mode lost acknowledged data",
-					mm.Name, missing, nAcked, firstMissing)
-			}
-		} else {
-			// The latest send among present tags bounds what must be there.
-			var maxSend uint64
-			nPresent := 0
-			for tag, ok := range present {
-				if ok {
-					nPresent++
-					maxSend = max(maxSend, log.sendAt[tag])
-				}
-			}
-			for tag, a := range log.ackAt {
-				if a != 0 && a < maxSend && !present[tag] {
-					if missing == 0 {
-						firstMissing = uint64(tag)
-					}
-					missing++
-				}
-			}
-			if missing > 0 {
-				t.Errorf("%s: not a write-order prefix: %d writes acknowledged before a present write was sent are missing (first: tag %d)",
-					mm.Name, missing, firstMissing)
-			}
+		missing, firstMissing := durMissing(present, log.sendAt, log.ackAt, m.sync)
+		if missing > 0 && m.sync {
+			t.Errorf("%s: %d of %d acknowledged writes missing (first: tag %d) — sync mode lost acknowledged data",
+				mm.Name, missing, nAcked, firstMissing)
+		}
+		if missing > 0 && !m.sync {
+			t.Errorf("%s: not a write-order prefix: %d writes acknowledged before a present write was sent are missing (first: tag %d)",
+				mm.Name, missing, firstMissing)
 		}
 		n := 0
 		for _, ok := range present {
@@ -239,6 +212,30 @@ func durIteration(t *testing.T, m durMode, seed uint64, level string, writers in
 		t.Logf("%s: %d sent, %d acknowledged, %d on the mirror (received %d, applied %d)", mm.Name, sent, nAcked, n, st.Received, st.Applied)
 	}
 	return !t.Failed()
+}
+
+// durMissing counts the tags that must be present but are not: in sync
+// mode every acknowledged tag; otherwise every tag acknowledged before the
+// latest-sent present tag was sent.
+func durMissing(present []bool, sendAt, ackAt []uint64, sync bool) (missing int, first uint64) {
+	bound := ^uint64(0)
+	if !sync {
+		bound = 0
+		for tag, ok := range present {
+			if ok {
+				bound = max(bound, sendAt[tag])
+			}
+		}
+	}
+	for tag, a := range ackAt {
+		if a != 0 && a < bound && (tag >= len(present) || !present[tag]) {
+			if missing == 0 {
+				first = uint64(tag)
+			}
+			missing++
+		}
+	}
+	return missing, first
 }
 
 // durCheckImage reads tags [0, sent) from an image and reports which are
@@ -281,4 +278,50 @@ func describeDur(p []byte, seed uint64) string {
 	tag := binary.BigEndian.Uint64(p[8:])
 	ok := crc32.Checksum(p[:replBlock-4], crc32.MakeTable(crc32.Castagnoli)) == binary.BigEndian.Uint32(p[replBlock-4:])
 	return fmt.Sprintf("tag %d of run %d, checksum ok %v (this run %d)", tag, binary.BigEndian.Uint64(p[16:]), ok, seed)
+}
+
+// TestReplDurabilityChecker checks the durability verdicts themselves on
+// hand-made histories (no processes).
+func TestReplDurabilityChecker(t *testing.T) {
+	// Two writers: tag 0 sent@1 acked@3, tag 1 sent@2 acked@5,
+	// tag 2 sent@4 acked@6, tag 3 sent@7 never acked.
+	sendAt := []uint64{1, 2, 4, 7}
+	ackAt := []uint64{3, 5, 6, 0}
+	for _, tc := range []struct {
+		name    string
+		present []bool
+		sync    bool
+		missing int
+	}{
+		{"sync-all", []bool{true, true, true, false}, true, 0},
+		{"sync-unacked-extra", []bool{true, true, true, true}, true, 0},
+		{"sync-lost-ack", []bool{true, false, true, false}, true, 1},
+		{"async-empty", []bool{false, false, false, false}, false, 0},
+		{"async-prefix", []bool{true, true, false, false}, false, 0},
+		// tag 1 was sent before tag 0's ack: either order is a prefix.
+		{"async-concurrent", []bool{false, true, false, false}, false, 0},
+		// tag 2 was sent after tag 0's ack (3 < 4): tag 0 must be there.
+		{"async-gap", []bool{false, true, true, false}, false, 1},
+		{"async-unacked-needs-all", []bool{true, false, true, true}, false, 1},
+	} {
+		got, _ := durMissing(tc.present, sendAt, ackAt, tc.sync)
+		if got != tc.missing {
+			t.Errorf("%s: %d missing, want %d", tc.name, got, tc.missing)
+		}
+	}
+	// The image check: a misplaced block is an error.
+	dir := t.TempDir()
+	img := filepath.Join(dir, "img")
+	b := append(durBlock(9, 0), durBlock(9, 0)...)
+	if err := os.WriteFile(img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := durCheckImage(img, 9, 2); err == nil {
+		t.Error("durCheckImage accepted tag 0 in block 1")
+	}
+	b = append(durBlock(9, 0), make([]byte, replBlock)...)
+	os.WriteFile(img, b, 0o600)
+	if p, err := durCheckImage(img, 9, 2); err != nil || !p[0] || p[1] {
+		t.Errorf("durCheckImage = %v, %v; want [true false]", p, err)
+	}
 }
