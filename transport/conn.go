@@ -7,6 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,6 +201,7 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	}
 	go l.acceptLoop()
 	cfg.Logger.Info("transport: listening", "addr", udp.LocalAddr().String(), "node", cfg.Identity.Name)
+	warnSmallUDPBuffers(cfg.Logger)
 	return l, nil
 }
 
@@ -481,5 +485,24 @@ func (c *Conn) Stats() ConnStats {
 		BytesSent:        s.BytesSent, BytesReceived: s.BytesReceived,
 		PacketsSent: s.PacketsSent, PacketsReceived: s.PacketsReceived,
 		PacketsLost: s.PacketsLost, BytesLost: s.BytesLost,
+	}
+}
+
+// wantUDPBuffer is the socket buffer size quic-go tries to set (7 MiB).
+const wantUDPBuffer = 7 << 20
+
+// warnSmallUDPBuffers logs once per Listen if the kernel caps UDP socket
+// buffers below what quic-go asks for (it then prints its own warning to
+// stderr and throughput suffers from drops).
+func warnSmallUDPBuffers(log *slog.Logger) {
+	for _, f := range []string{"/proc/sys/net/core/rmem_max", "/proc/sys/net/core/wmem_max"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return // not Linux, or no /proc: nothing to say
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n < wantUDPBuffer {
+			log.Warn("transport: UDP socket buffers capped below 7 MiB; raise them with "+
+				"`sysctl -w net.core.rmem_max=8388608 net.core.wmem_max=8388608`", "sysctl", f, "value", n)
+		}
 	}
 }

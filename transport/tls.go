@@ -105,8 +105,8 @@ func serverTLS(id *Identity, allow []string, log *slog.Logger) *tls.Config {
 		// The handshake context ends when the handshake does, either way.
 		context.AfterFunc(ctx, func() {
 			if !checked.Load() {
-				log.Warn("transport: handshake aborted by client before it sent a certificate; "+
-					"it most likely refused ours (different cluster CA, or it expected another node name)",
+				log.Warn("transport: handshake ended before the client presented a certificate; "+
+					"most likely it refused ours (different cluster CA, or it expected another node name), or it went away",
 					"remote", remote, "after", time.Since(start).Round(time.Microsecond))
 			}
 		})

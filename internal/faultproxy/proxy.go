@@ -223,6 +223,7 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen %s: %w", cfg.Listen, err)
 	}
+	setBuffers(ln)
 	p := &Proxy{cfg: cfg, log: cfg.Logger, ln: ln, target: ta, sessions: make(map[string]*session)}
 	for i := range p.dirs {
 		p.dirs[i] = &direction{rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i+1)))}
@@ -418,6 +419,7 @@ func (p *Proxy) session(client *net.UDPAddr) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	setBuffers(up)
 	s := &session{client: client, up: up}
 	s.last.Store(time.Now().UnixNano())
 	p.sessions[key] = s
@@ -425,6 +427,16 @@ func (p *Proxy) session(client *net.UDPAddr) (*session, error) {
 	go p.readTarget(s)
 	p.log.Debug("faultproxy: new session", "client", key, "upstream", up.LocalAddr().String())
 	return s, nil
+}
+
+// socketBuffer is the UDP socket buffer size the proxy asks for, so that
+// its own sockets do not add loss to bursts (the kernel caps it at
+// net.core.rmem_max / wmem_max).
+const socketBuffer = 8 << 20
+
+func setBuffers(c *net.UDPConn) {
+	c.SetReadBuffer(socketBuffer)
+	c.SetWriteBuffer(socketBuffer)
 }
 
 // readTarget forwards the target's replies for one session until its
