@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,6 +73,7 @@ type conn struct {
 	inflight sync.WaitGroup // dispatched requests not yet finished
 	workers  sync.WaitGroup // worker goroutines
 	mem      budget
+	busy     atomic.Int32 // requests dispatched to workers and not yet replied
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -256,6 +258,7 @@ func (c *conn) readLoop() error {
 			}
 		}
 		c.inflight.Add(1)
+		c.busy.Add(1)
 		select {
 		case c.work <- r:
 		default:
@@ -372,6 +375,7 @@ func (c *conn) do(r *request) {
 	if err != nil && c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("nbd: request failed", "cmd", r.cmd, "off", r.off, "len", r.length, "err", err)
 	}
+	c.busy.Add(-1)
 	c.release(r)
 	c.inflight.Done()
 }
@@ -397,14 +401,37 @@ func (c *conn) beginReply() {
 }
 
 func (c *conn) endReply() {
-	if c.wq.Add(-1) == 0 {
-		if err := c.bw.Flush(); err != nil && !c.wfail.Swap(true) {
-			c.log.Debug("nbd: write reply", "err", err)
-			c.cancel()
-			c.nc.Close() // unblocks the reader
+	if c.wq.Add(-1) != 0 {
+		// A later reply is waiting for the lock; it will flush.
+		c.wmu.Unlock()
+		return
+	}
+	if c.busy.Load() > 1 && c.bw.Available() > 64<<10 {
+		// Other requests are executing and may finish within
+		// microseconds: give them a chance to queue their replies so one
+		// write carries several. Whoever finds the queue empty afterwards
+		// flushes, so no reply is left behind.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		if c.wq.Load() != 0 {
+			return
+		}
+		c.wmu.Lock()
+		if c.wq.Load() != 0 || c.bw.Buffered() == 0 {
+			c.wmu.Unlock()
+			return
 		}
 	}
+	c.flushLocked()
 	c.wmu.Unlock()
+}
+
+func (c *conn) flushLocked() {
+	if err := c.bw.Flush(); err != nil && !c.wfail.Swap(true) {
+		c.log.Debug("nbd: write reply", "err", err)
+		c.cancel()
+		c.nc.Close() // unblocks the reader
+	}
 }
 
 func (c *conn) writeSimple(errno uint32, cookie uint64) {
