@@ -267,6 +267,9 @@ func TestCloseAndCancelReachPeer(t *testing.T) {
 func TestIdleTimeoutAndKeepAlive(t *testing.T) {
 	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
 	t.Run("keepalive", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("takes 2.5 s")
+		}
 		c := testConfig(ids["m2"], nil)
 		c.KeepAlive, c.IdleTimeout = 100*time.Millisecond, time.Second
 		s := testConfig(ids["m1"], nil)

@@ -51,6 +51,9 @@ func childMain(dir, addr string) int {
 }
 
 func TestDoneFiresWhenPeerProcessDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes ~3 s")
+	}
 	dir := filepath.Join(t.TempDir(), "certs")
 	if err := transport.InitCerts(dir, []string{"m1", "m2"}); err != nil {
 		t.Fatal(err)
