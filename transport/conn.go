@@ -266,6 +266,11 @@ func (l *Listener) track(c *Conn) {
 // ErrClosed after Close, or with ctx's error.
 func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	select {
+	case <-l.done: // closed: do not hand out connections Close has ended
+		return nil, fmt.Errorf("transport: accept: %w", ErrClosed)
+	default:
+	}
+	select {
 	case c := <-l.conns:
 		return c, nil
 	case <-l.done:
