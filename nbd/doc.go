@@ -78,7 +78,15 @@
 // reach Options.MaxBufferBytes, the reader stops reading until one
 // completes. Replies go out in completion order (not request order)
 // through one bufio.Writer guarded by a mutex; the last reply waiting for
-// the mutex flushes it, so replies completed together share a syscall.
+// the mutex flushes it. If other requests are still executing, that last
+// writer first yields the processor once (runtime.Gosched) so replies
+// finishing at the same moment join the same write; whoever then finds no
+// reply queued flushes, so a reply is never left unsent. With qd32 4 KiB
+// reads this cuts write syscalls from ~0.8 to ~0.2 per request.
+//
+// Requests are never served on the reader goroutine itself: a Device call
+// that waits for another request of the same connection (or is merely
+// slow) must not stop the server from reading requests.
 //
 // NBD_CMD_DISC stops reading; every in-flight request is still completed
 // and answered before the connection is closed. A client that drops the
