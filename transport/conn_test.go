@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -403,5 +404,58 @@ func TestDialsCompleteBeforeAccept(t *testing.T) {
 		if _, err := l.Accept(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestWriteFrameDoesNotRetainParts(t *testing.T) {
+	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
+	cc, sc := pair(t, testConfig(ids["m2"], nil), testConfig(ids["m1"], nil))
+	ctx := ctxT(t, 10*time.Second)
+	s, err := cc.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, big := bytes.Repeat([]byte{1}, 100), bytes.Repeat([]byte{2}, 1<<20)
+	go func() {
+		for i := 0; i < 3; i++ {
+			s.WriteFrame(1, small, big)
+			// Scribble over the parts at once: the peer must still see 1s and 2s.
+			for j := range small {
+				small[j] = 0xEE
+			}
+			for j := range big {
+				big[j] = 0xEE
+			}
+			small, big = bytes.Repeat([]byte{1}, 100), bytes.Repeat([]byte{2}, 1<<20)
+		}
+		s.CloseWrite()
+	}()
+	ss, err := sc.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(bytes.Repeat([]byte{1}, 100), bytes.Repeat([]byte{2}, 1<<20)...)
+	for i := 0; i < 3; i++ {
+		_, p, err := ss.ReadFrame(nil)
+		if err != nil || !bytes.Equal(p, want) {
+			t.Fatalf("frame %d corrupted (err %v)", i, err)
+		}
+	}
+}
+
+func TestStreamDeadline(t *testing.T) {
+	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2")
+	cc, _ := pair(t, testConfig(ids["m2"], nil), testConfig(ids["m1"], nil))
+	s, err := cc.OpenStream(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	if _, _, err := s.ReadFrame(nil); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("ReadFrame past deadline: %v", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("deadline honoured after %v", el)
 	}
 }

@@ -128,13 +128,18 @@ func (fr *FrameReader) SetMaxFrame(n int) {
 // allocated — but only after the length was checked against the limit.
 //
 // Errors: io.EOF if the stream ended cleanly between frames;
-// io.ErrUnexpectedEOF if it ended inside a frame; ErrFrameTooLarge (sticky:
-// the stream is out of sync afterwards); otherwise the underlying error.
+// io.ErrUnexpectedEOF if it ended inside a frame; ErrFrameTooLarge;
+// otherwise the underlying error. An error that happens before any byte of
+// a frame was consumed (e.g. a read deadline while idle) may be retried;
+// any other error is sticky, because the stream is out of sync.
 func (fr *FrameReader) ReadFrame(buf []byte) (typ uint8, payload []byte, err error) {
 	if fr.broken != nil {
 		return 0, nil, fr.broken
 	}
-	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+	if n, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		if n > 0 { // part of a header consumed: the stream is out of sync
+			fr.broken = err
+		}
 		return 0, nil, err // io.EOF at a boundary, io.ErrUnexpectedEOF inside
 	}
 	typ, n, _ := ParseFrameHeader(fr.hdr[:])

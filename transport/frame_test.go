@@ -120,3 +120,58 @@ func FuzzFrames(f *testing.F) {
 		}
 	})
 }
+
+// stutter returns data in the given chunk sizes, failing with errTimeout
+// between chunks once.
+type stutter struct {
+	chunks [][]byte
+	failed bool
+}
+
+var errTimeout = errors.New("timeout")
+
+func (s *stutter) Read(p []byte) (int, error) {
+	if len(s.chunks) == 0 {
+		return 0, io.EOF
+	}
+	if !s.failed {
+		s.failed = true
+		return 0, errTimeout
+	}
+	s.failed = false
+	n := copy(p, s.chunks[0])
+	s.chunks[0] = s.chunks[0][n:]
+	if len(s.chunks[0]) == 0 {
+		s.chunks = s.chunks[1:]
+	}
+	return n, nil
+}
+
+func TestFrameReaderErrorsBetweenAndInsideFrames(t *testing.T) {
+	f1, _ := transport.AppendFrame(nil, 1, []byte("abc"))
+	f2, _ := transport.AppendFrame(nil, 2, []byte("defg"))
+	// An error before a frame starts is retryable.
+	fr := transport.NewFrameReader(&stutter{chunks: [][]byte{f1, f2}}, 16, 0)
+	var got []string
+	for len(got) < 2 {
+		_, p, err := fr.ReadFrame(nil)
+		if errors.Is(err, errTimeout) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(p))
+	}
+	if got[0] != "abc" || got[1] != "defg" {
+		t.Fatalf("got %q", got)
+	}
+	// An error after part of a header is sticky.
+	fr = transport.NewFrameReader(&stutter{chunks: [][]byte{f1[:2], f1[2:]}, failed: true}, 16, 0)
+	if _, _, err := fr.ReadFrame(nil); !errors.Is(err, errTimeout) {
+		t.Fatalf("first error %v", err)
+	}
+	if _, _, err := fr.ReadFrame(nil); !errors.Is(err, errTimeout) {
+		t.Fatalf("error after a torn header is not sticky: %v", err)
+	}
+}

@@ -59,7 +59,9 @@ func (s *Stream) Flush() error { return mapErr(s.fw.Flush()) }
 // against the limit before any allocation (ErrFrameTooLarge). io.EOF means
 // the peer called CloseWrite after a whole frame; io.ErrUnexpectedEOF that
 // it did so inside one. A cancelled stream yields *StreamError; a dead
-// connection its *CloseError / ErrIdleTimeout.
+// connection its *CloseError / ErrIdleTimeout. A read deadline that expires
+// before any byte of the next frame arrived may be retried; one that
+// expires inside a frame leaves the stream unusable (the error repeats).
 func (s *Stream) ReadFrame(buf []byte) (typ uint8, payload []byte, err error) {
 	typ, payload, err = s.fr.ReadFrame(buf)
 	if err != nil && err != io.EOF {
