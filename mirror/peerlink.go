@@ -38,6 +38,7 @@ type peerLink struct {
 
 // session is one connected stream to the mirror.
 type session struct {
+	conn    *transport.Conn
 	st      *transport.Stream
 	writeMu sync.Mutex
 	startCh chan uint64 // capacity 1: the seq to stream from
@@ -149,7 +150,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s := &session{st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
+	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
 	r.mu.Lock()
 	l.sess = s
 	l.connected = true
@@ -161,6 +162,20 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	needResync := perr == nil && r.core.PeerState(l.addr.Name) == PeerNeedsResync
 	r.processLocked()
 	r.mu.Unlock()
+	if perr == nil && !needResync {
+		// Dirty regions pending (verify found differences, or records were
+		// dropped while the mirror was away and it still caught up)?
+		r.bmMu.Lock()
+		b, _ := r.loadBitmap(l.addr.Name)
+		r.bmMu.Unlock()
+		if b != nil && b.Count() > 0 {
+			r.mu.Lock()
+			perr = r.core.RequireResync(l.addr.Name)
+			needResync = perr == nil
+			r.processLocked()
+			r.mu.Unlock()
+		}
+	}
 	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags)
 	defer func() {
 		r.mu.Lock()

@@ -677,6 +677,28 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	return nil
 }
 
+// RequireResync marks a connected peer as needing a resync (e.g. verify
+// found differences, or a dirty bitmap is pending): it stops counting as in
+// sync until StartResync and ResyncDone.
+func (p *PrimaryCore) RequireResync(peer string) error {
+	ps := p.byName[peer]
+	if ps == nil {
+		return fmt.Errorf("mirror: unknown peer %q", peer)
+	}
+	switch ps.state {
+	case PeerCatchingUp, PeerInSync:
+	case PeerNeedsResync:
+		return nil
+	default:
+		return fmt.Errorf("mirror: peer %s is %v", peer, ps.state)
+	}
+	p.setState(ps, PeerNeedsResync)
+	p.rd().NeedResync = append(p.rd().NeedResync, peer)
+	p.recompute()
+	p.drain()
+	return nil
+}
+
 // ResyncDone reports that a resyncing peer's store is consistent again: it
 // catches up like any other peer and is in sync once it acked the last seq.
 func (p *PrimaryCore) ResyncDone(peer string) error {

@@ -67,15 +67,15 @@ type Mirror struct {
 	applyTo uint64
 	cpHint  uint64
 
-	wake    chan struct{} // applier
+	wake chan struct{} // applier
 
 	// applyMu serialises store changes by the applier and by resync, and
 	// guards appliedSeq and recent.
 	applyMu    sync.Mutex
 	appliedSeq uint64
 	recent     recentExtents
-	syncReq chan uint64
-	wg      sync.WaitGroup
+	syncReq    chan uint64
+	wg         sync.WaitGroup
 
 	resyncChunks atomic.Int64
 }
@@ -478,6 +478,9 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Ending the session closes the connection, so reads blocked on its
+	// streams return.
+	defer context.AfterFunc(sctx, func() { conn.Close(0, "session ended") })()
 	s := &mirrorSession{conn: conn, st: st, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
 	defer close(s.done)
 	// One session at a time: a new one (e.g. a restarted primary) ends

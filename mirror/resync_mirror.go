@@ -3,8 +3,8 @@ package mirror
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -140,8 +140,9 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 	go func() { ackErr <- d.ackChunks(actx, sw, results) }()
 	for {
 		typ, p, err := st.ReadFrame(nil)
-		if errors.Is(err, io.EOF) {
-			return nil // the primary finished the resync
+		var se *transport.StreamError
+		if errors.Is(err, io.EOF) || (errors.As(err, &se) && se.Remote) {
+			return nil // the primary finished or abandoned this stream
 		}
 		if err != nil {
 			return err

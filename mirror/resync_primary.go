@@ -148,8 +148,9 @@ func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error)
 	r.mu.Unlock()
 	begin := ResyncBegin{Chunk: DefaultSyncChunk}
 	resumable := reply.Flags&FlagNeedsResync == 0 && reply.LastSeq+1 >= first && reply.LastSeq <= last
-	if resumable && reply.Flags&FlagInconsistent != 0 && b != nil {
-		// An interrupted resync: go on from the mirror's own next seq.
+	if resumable && b != nil {
+		// An interrupted resync, or dirty regions of a mirror that is
+		// otherwise current: go on from the mirror's own next seq.
 		begin.From = reply.LastSeq + 1
 	} else {
 		begin.From, begin.Reset = first, true
@@ -205,7 +206,7 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	readErr := make(chan error, 1)
-	go func() { readErr <- rs.readLoop(rctx) }()
+	go func() { readErr <- rs.readLoop(rctx); cancel() }()
 	saveDone := make(chan struct{})
 	go func() { defer close(saveDone); rs.saveLoop(rctx) }()
 	err = rs.copy(rctx)
@@ -513,9 +514,17 @@ func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
 	return rs.err
 }
 
+// hashAnswerTimeout bounds the wait for one hash answer (hashing a 64 MiB
+// segment takes well under a second even from disk).
+const hashAnswerTimeout = time.Minute
+
 // wait returns the mirror's answer to hash request q.
 func (rs *resyncer) wait(ctx context.Context, q SyncHashReq) (SyncHashes, error) {
+	t := time.NewTimer(hashAnswerTimeout)
+	defer t.Stop()
 	select {
+	case <-t.C:
+		return SyncHashes{}, fmt.Errorf("resync: no hashes for [%d,+%d) from the mirror in %v", q.Off, q.Len, hashAnswerTimeout)
 	case m := <-rs.hashes:
 		if m.Off != q.Off || m.Len != q.Len || m.Leaves != q.Leaves {
 			return m, fmt.Errorf("resync: mirror answered hashes for [%d,+%d) leaves=%v, asked [%d,+%d) leaves=%v",

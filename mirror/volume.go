@@ -76,7 +76,7 @@ type Volume struct {
 	mu       sync.Mutex
 	nextID   uint64
 	lastSeq  uint64
-	inflight map[uint64]*extent // by seq
+	inflight map[uint64]*extent   // by seq
 	readers  map[*extent]struct{} // stable reads in progress
 	sinceCP  int64
 	cpKick   chan struct{}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"time"
 )
 
@@ -19,8 +20,32 @@ const defaultAdmin = "127.0.0.1:7480"
 // adminServer serves the local HTTP endpoint: GET /v1/status (JSON) and
 // whatever control handlers the daemon adds.
 type adminServer struct {
-	mux *http.ServeMux
-	log *slog.Logger
+	mux  *http.ServeMux
+	log  *slog.Logger
+	addr string
+}
+
+// post calls a control endpoint of a running node and decodes its answer
+// into out; a refusal comes back as an error with the node's message.
+func post(ctx context.Context, admin, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://"+admin+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		json.NewDecoder(resp.Body).Decode(&e)
+		if e.Error == "" {
+			e.Error = resp.Status
+		}
+		return errors.New(e.Error)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 func newAdminServer(log *slog.Logger, status func() any) *adminServer {
@@ -43,9 +68,9 @@ func (a *adminServer) enablePprof() {
 
 // handle adds a POST control endpoint; fn's error becomes a 409 with the
 // message, so the CLI can show it.
-func (a *adminServer) handle(path string, fn func(ctx context.Context) (any, error)) {
+func (a *adminServer) handle(path string, fn func(ctx context.Context, q url.Values) (any, error)) {
 	a.mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
-		res, err := fn(r.Context())
+		res, err := fn(r.Context(), r.URL.Query())
 		if err != nil {
 			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 			return
@@ -72,6 +97,7 @@ func (a *adminServer) run(ctx context.Context, addr string) error {
 		return fmt.Errorf("admin endpoint: listen %s: %w (choose another with --admin, or --admin '' to disable)", addr, err)
 	}
 	srv := &http.Server{Handler: a.mux, ReadHeaderTimeout: 5 * time.Second}
+	a.addr = ln.Addr().String()
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

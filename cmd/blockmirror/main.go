@@ -36,6 +36,7 @@ func commands() []command {
 		{"status", "show the role, epoch and peers of a running node", runStatus},
 		{"promote", "make a mirror the primary (epoch + 1)", runPromote},
 		{"demote", "turn a primary into a mirror", runDemote},
+		{"verify", "compare the primary with its mirrors online (and optionally resync differences)", runVerify},
 		{"attach", "attach an NBD export to a kernel /dev/nbdX device", runAttach},
 		{"version", "print the version", runVersion},
 	}
@@ -66,6 +67,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 				return 0
 			case errors.Is(err, errUsage):
 				return 2
+			case errors.Is(err, errVerifyFailed):
+				return 3
 			}
 			fmt.Fprintf(stderr, "blockmirror %s: %v\n", c.name, err)
 			return 1
@@ -78,6 +81,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 
 // errUsage marks an error the flag package already reported.
 var errUsage = errors.New("usage")
+
+// errVerifyFailed: verify found differences or could not compare (exit 3).
+var errVerifyFailed = errors.New("verify found differences")
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "blockmirror %s — block-device mirroring over NBD and QUIC\n\nUsage: blockmirror COMMAND [flags]\n\nCommands:\n", version)

@@ -76,6 +76,7 @@ type replFlags struct {
 	maxLag        time.Duration
 	ackTimeout    time.Duration
 	allowDegraded bool
+	resyncRate    sizeFlag
 	id            identityFlags
 }
 
@@ -87,12 +88,14 @@ func (r *replFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.maxLag, "max-lag", 5*time.Second, "async: writes are throttled while the K-th best mirror trails by more than this (0: no bound)")
 	fs.DurationVar(&r.ackTimeout, "ack-timeout", 5*time.Second, "sync: how long a write waits for K mirror acks before it fails with EIO")
 	fs.BoolVar(&r.allowDegraded, "allow-degraded", false, "sync: with fewer than K mirrors in sync, complete writes with the acks available instead of failing them (shown in status)")
+	fs.Var(&r.resyncRate, "resync-rate", "cap on resync data per second, e.g. 200M (default: as fast as the link allows; a window keeps live writes flowing)")
 	r.id.register(fs)
 }
 
 type replication interface {
 	mirror.Replicator
 	Status() mirror.ReplicationStatus
+	Verify(ctx context.Context, resync bool) mirror.VerifyReport
 	Close() error
 }
 
@@ -125,6 +128,7 @@ func (r *replFlags) start(ctx context.Context, node *mirror.Node, log *slog.Logg
 		Peers: r.mirrors, Mode: mode, SyncAcks: r.syncAcks, AckLevel: level,
 		AllowDegraded: r.allowDegraded, AckTimeout: r.ackTimeout, MaxLag: r.maxLag,
 		Node: r.id.node, Transport: tc, Logger: log,
+		Resync: mirror.ResyncOptions{Rate: r.resyncRate.v},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start replication: %w", err)

@@ -115,6 +115,12 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	if f.log.pprof {
 		a.enablePprof()
 	}
+	a.handle("/v1/verify", func(ctx context.Context, q url.Values) (any, error) {
+		if repl == nil {
+			return nil, errors.New("this primary has no mirrors to verify")
+		}
+		return repl.Verify(ctx, q.Get("resync") == "1"), nil
+	})
 	if err := a.run(ctx, f.admin); err != nil {
 		ln.Close()
 		return err

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/blockmirror/blockmirror/mirror"
+)
+
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("verify", "verify [--admin ADDR] [--resync] [--json]", stderr)
+	admin := fs.String("admin", defaultAdmin, "admin endpoint of the primary")
+	resync := fs.Bool("resync", false, "resync the differing ranges (by default verify changes nothing)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	path := "/v1/verify"
+	if *resync {
+		path += "?resync=1"
+	}
+	var rep mirror.VerifyReport
+	if err := post(ctx, *admin, path, &rep); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	bad := false
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "MIRROR\tCOMPARED\tDIFFERING\tSECONDS\tRESULT\n")
+	for _, p := range rep.Peers {
+		result := "identical"
+		switch {
+		case p.Error != "":
+			result, bad = "error: "+p.Error, true
+		case len(p.Differing) > 0:
+			result, bad = fmt.Sprintf("%d ranges differ", len(p.Differing)), true
+			if p.Resync {
+				result += "; resync started"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%s\n", p.Name, p.ComparedBytes, p.DifferingBytes, p.Seconds, result)
+	}
+	tw.Flush()
+	for _, p := range rep.Peers {
+		for _, g := range p.Differing {
+			fmt.Fprintf(stdout, "%s differs at [%d, %d) (%d bytes)\n", p.Name, g.Offset, g.Offset+g.Length, g.Length)
+		}
+	}
+	if bad {
+		return errVerifyFailed
+	}
+	return nil
+}
