@@ -372,7 +372,9 @@ func awaitWelcome(ctx context.Context, qc *quic.Conn) error {
 		if ctx.Err() != nil && qc.Context().Err() == nil {
 			return fmt.Errorf("%w: listener did not confirm the connection: %w", ErrHandshakeTimeout, ctx.Err())
 		}
-		return mapErr(context.Cause(qc.Context()))
+		// err itself carries the close reason; the connection's context may
+		// not be cancelled yet at this point.
+		return mapErr(err)
 	}
 	var b [len(welcome)]byte
 	if dl, ok := ctx.Deadline(); ok {
