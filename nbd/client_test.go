@@ -98,6 +98,7 @@ type client struct {
 	pending map[uint64]*call
 	cookie  atomic.Uint64
 	rerr    error
+	nreply  uint64 // replies received (reader goroutine only)
 	rdone   chan struct{}
 	strict  error // protocol violation seen by the reader
 }
@@ -112,7 +113,8 @@ type call struct {
 	simple  bool
 	got     uint64 // bytes of data received
 	done    chan struct{}
-	replied bool // set by the reader before done is closed
+	replied bool   // set by the reader before done is closed
+	seq     uint64 // arrival order of the final reply
 }
 
 // dialRaw connects and performs the greeting, sending clientFlags.
@@ -342,7 +344,8 @@ func (c *client) readLoop() {
 					cl.got = uint64(len(cl.buf))
 				}
 			}
-			cl.replied = true
+			c.nreply++
+			cl.replied, cl.seq = true, c.nreply
 			close(cl.done)
 		case cStructMagic:
 			if _, err := io.ReadFull(c.br, hdr[4:20]); err != nil {
@@ -406,7 +409,8 @@ func (c *client) readLoop() {
 			}
 			if flags&1 != 0 {
 				c.take(cookie)
-				cl.replied = true
+				c.nreply++
+				cl.replied, cl.seq = true, c.nreply
 				close(cl.done)
 			}
 		default:

@@ -530,6 +530,16 @@ func TestManyInFlight(t *testing.T) {
 			t.Fatalf("read %d: wrong data", i)
 		}
 	}
+	inversions := 0
+	for i := 1; i < n; i++ {
+		if calls[i].seq < calls[i-1].seq {
+			inversions++
+		}
+	}
+	t.Logf("%d of %d replies arrived before their predecessor", inversions, n)
+	if inversions < n/8 {
+		t.Fatalf("only %d of %d replies out of request order; completion order should follow device delays", inversions, n)
+	}
 	c.disconnect()
 }
 
