@@ -34,7 +34,7 @@
 // length, provided by the transport; this package defines the payloads.
 // Integers are big endian. Strings are a u16 length + bytes (≤ MaxString).
 // A history is a u32 count (≤ MaxHistory) + count × (u64 epoch, u64 first
-// seq). Every payload except Records ends with a CRC32C (Castagnoli) of all
+// seq, u64 epoch id). Every payload except Records ends with a CRC32C (Castagnoli) of all
 // its preceding bytes; in Records every record carries its own CRC32C
 // (covering its header and data) so that no byte of a frame is unchecked
 // without hashing large data twice. All constants named in these layouts

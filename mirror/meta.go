@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -82,9 +83,14 @@ func (u *UUID) UnmarshalText(b []byte) error {
 
 // EpochStart records that Epoch began at FirstSeq: records with seq ≥
 // FirstSeq (up to the next entry's FirstSeq) were written in Epoch.
+//
+// ID is a random number chosen by the node that started the epoch, so two
+// nodes promoted to the same epoch number while partitioned (split brain)
+// have different histories and notice it on contact.
 type EpochStart struct {
 	Epoch    uint64 `json:"epoch"`
 	FirstSeq uint64 `json:"first_seq"`
+	ID       uint64 `json:"id"`
 }
 
 // PeerMeta is what a primary remembers durably about one mirror.
@@ -186,6 +192,17 @@ func (m *Meta) Clone() *Meta {
 		}
 	}
 	return &c
+}
+
+// randomID returns a random non-zero epoch ID.
+func randomID() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
+			return v
+		}
+	}
 }
 
 // EpochOf returns the epoch in which seq was written according to the

@@ -151,7 +151,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 			role = RolePrimary
 		}
 		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
-			History: []EpochStart{{Epoch: 1, FirstSeq: 1}}}
+			History: []EpochStart{{Epoch: 1, FirstSeq: 1, ID: randomID()}}}
 		if err := meta.Save(opts.Dir); err != nil {
 			st.Close()
 			return nil, err

@@ -43,10 +43,12 @@ func recs(epoch, from, through uint64) []journal.Record {
 
 func TestReplicaConfigValidation(t *testing.T) {
 	for name, mut := range map[string]func(*mirror.ReplicaConfig){
-		"durable > last":  func(c *mirror.ReplicaConfig) { c.DurableSeq = 101 },
-		"applied > dur":   func(c *mirror.ReplicaConfig) { c.DurableSeq = 90 },
-		"no epoch":        func(c *mirror.ReplicaConfig) { c.Identity.Epoch = 0 },
-		"bad history":     func(c *mirror.ReplicaConfig) { c.Identity.History = []mirror.EpochStart{{5, 1}, {2, 3}} },
+		"durable > last": func(c *mirror.ReplicaConfig) { c.DurableSeq = 101 },
+		"applied > dur":  func(c *mirror.ReplicaConfig) { c.DurableSeq = 90 },
+		"no epoch":       func(c *mirror.ReplicaConfig) { c.Identity.Epoch = 0 },
+		"bad history": func(c *mirror.ReplicaConfig) {
+			c.Identity.History = []mirror.EpochStart{{Epoch: 5, FirstSeq: 1}, {Epoch: 2, FirstSeq: 3}}
+		},
 		"negative ticks:": func(c *mirror.ReplicaConfig) { c.SyncEveryTicks = -1 },
 	} {
 		c := replicaConfig()
@@ -117,7 +119,7 @@ func TestReplicaDivergedNeedsResync(t *testing.T) {
 	r = newReplica(t, replicaConfig())
 	h = primaryHello(mirror.AckWritten)
 	h.Epoch = 6
-	h.History = []mirror.EpochStart{{1, 1}, {5, 100}, {6, 100}}
+	h.History = []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}, {Epoch: 6, FirstSeq: 100}}
 	if reply := r.Hello(h); reply.Flags&mirror.FlagNeedsResync == 0 {
 		t.Fatalf("diverged epoch of last record not flagged: %+v", reply)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 
 	"github.com/blockmirror/blockmirror/journal"
 )
@@ -286,6 +287,7 @@ func appendHistory(b []byte, h []EpochStart) ([]byte, error) {
 	for _, e := range h {
 		b = appendU64(b, e.Epoch)
 		b = appendU64(b, e.FirstSeq)
+		b = appendU64(b, e.ID)
 	}
 	return b, nil
 }
@@ -389,7 +391,7 @@ func (r *reader) history() []EpochStart {
 		r.fail("epoch history has %d entries, more than %d", n, MaxHistory)
 		return nil
 	}
-	if !r.need(int(n)*16, "history") {
+	if !r.need(int(n)*24, "history") {
 		return nil
 	}
 	if n == 0 {
@@ -399,6 +401,7 @@ func (r *reader) history() []EpochStart {
 	for i := range h {
 		h[i].Epoch = r.u64("history epoch")
 		h[i].FirstSeq = r.u64("history first seq")
+		h[i].ID = r.u64("history epoch id")
 	}
 	return h
 }
@@ -821,6 +824,10 @@ func CheckHello(local VolumeIdentity, remote Hello) error {
 			return fmt.Errorf("%w: epoch %d starts at seq %d here but at seq %d at the peer",
 				ErrHistoryDiverged, l.Epoch, l.FirstSeq, remote.History[j].FirstSeq)
 		}
+		if remote.History[j].ID != l.ID {
+			return fmt.Errorf("%w: epoch %d was started by another promotion here (id %x) than at the peer (id %x): split brain",
+				ErrHistoryDiverged, l.Epoch, l.ID, remote.History[j].ID)
+		}
 	}
 	return nil
 }
@@ -843,6 +850,43 @@ func validHistory(h []EpochStart, epoch uint64) error {
 
 // epochOfSeq returns the epoch the history assigns to seq, and false if
 // the history is empty or seq precedes it.
+// entryOfSeq returns the history entry of the epoch seq was written in.
+func entryOfSeq(h []EpochStart, seq uint64) (EpochStart, bool) {
+	for i := len(h) - 1; i >= 0; i-- {
+		if h[i].FirstSeq <= seq {
+			return h[i], true
+		}
+	}
+	return EpochStart{}, false
+}
+
+// ForkPoint returns the highest seq through which two histories agree:
+// every seq ≤ it was written in the same epoch (number and ID) by both,
+// so two journals holding records ≤ it hold the same records. Seqs after
+// min(lastA, lastB) are not compared.
+func ForkPoint(a, b []EpochStart, lastA, lastB uint64) uint64 {
+	limit := min(lastA, lastB)
+	var bounds []uint64
+	for _, e := range a {
+		bounds = append(bounds, e.FirstSeq)
+	}
+	for _, e := range b {
+		bounds = append(bounds, e.FirstSeq)
+	}
+	slices.Sort(bounds)
+	for _, s := range bounds {
+		if s == 0 || s > limit {
+			continue
+		}
+		ea, oka := entryOfSeq(a, s)
+		eb, okb := entryOfSeq(b, s)
+		if oka != okb || ea.Epoch != eb.Epoch || ea.ID != eb.ID {
+			return s - 1
+		}
+	}
+	return limit
+}
+
 func epochOfSeq(h []EpochStart, seq uint64) (uint64, bool) {
 	var e uint64
 	ok := false

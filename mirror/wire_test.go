@@ -324,12 +324,19 @@ func TestCheckHello(t *testing.T) {
 			"size differs: local 1073741824 remote 2147483648"},
 		{"epoch", nil, func(h *mirror.Hello) { h.Epoch = 3; h.History = h.History[:1] }, mirror.ErrStaleEpoch,
 			"peer epoch 3 is lower than ours 5: refusing records"},
-		{"first seq", nil, func(h *mirror.Hello) { h.History = []mirror.EpochStart{{1, 1}, {5, 120}} }, mirror.ErrHistoryDiverged,
+		{"first seq", nil, func(h *mirror.Hello) {
+			h.History = []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 120}}
+		}, mirror.ErrHistoryDiverged,
 			"epoch 5 starts at seq 100 here but at seq 120 at the peer"},
-		{"missing epoch", nil, func(h *mirror.Hello) { h.Epoch = 6; h.History = []mirror.EpochStart{{1, 1}, {6, 100}} }, mirror.ErrHistoryDiverged,
+		{"missing epoch", nil, func(h *mirror.Hello) {
+			h.Epoch = 6
+			h.History = []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 6, FirstSeq: 100}}
+		}, mirror.ErrHistoryDiverged,
 			"our epoch 5 (from seq 100) is not in the peer's history"},
-		{"bad history", nil, func(h *mirror.Hello) { h.History = []mirror.EpochStart{{5, 1}, {1, 100}} }, mirror.ErrBadHistory, "does not follow"},
-		{"history past epoch", nil, func(h *mirror.Hello) { h.History = append(h.History, mirror.EpochStart{9, 200}) }, mirror.ErrBadHistory, "after the current epoch"},
+		{"bad history", nil, func(h *mirror.Hello) {
+			h.History = []mirror.EpochStart{{Epoch: 5, FirstSeq: 1}, {Epoch: 1, FirstSeq: 100}}
+		}, mirror.ErrBadHistory, "does not follow"},
+		{"history past epoch", nil, func(h *mirror.Hello) { h.History = append(h.History, mirror.EpochStart{Epoch: 9, FirstSeq: 200}) }, mirror.ErrBadHistory, "after the current epoch"},
 	}
 	for _, c := range cases {
 		l, r := ident(), sampleHello()
@@ -346,7 +353,7 @@ func TestCheckHello(t *testing.T) {
 	// A higher remote epoch extending our history is fine.
 	r := sampleHello()
 	r.Epoch = 8
-	r.History = []mirror.EpochStart{{1, 1}, {5, 100}, {8, 300}}
+	r.History = []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}, {Epoch: 8, FirstSeq: 300}}
 	if err := mirror.CheckHello(ident(), r); err != nil {
 		t.Fatalf("newer epoch: %v", err)
 	}
