@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -17,8 +18,11 @@ import (
 )
 
 const (
-	readBufSize  = 256 << 10
-	writeBufSize = 256 << 10
+	// Handshake buffers are small so that connections stuck in
+	// negotiation cost little; transmission gets big ones.
+	handshakeBufSize = 4 << 10
+	readBufSize      = 256 << 10
+	writeBufSize     = 256 << 10
 )
 
 // errDisc ends transmission after NBD_CMD_DISC; errStopped after a
@@ -81,8 +85,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		s:      s,
 		nc:     nc,
-		br:     bufio.NewReaderSize(nc, readBufSize),
-		bw:     bufio.NewWriterSize(nc, writeBufSize),
+		br:     bufio.NewReaderSize(nc, handshakeBufSize),
+		bw:     bufio.NewWriterSize(nc, handshakeBufSize),
 		log:    s.log,
 		ctx:    ctx,
 		cancel: cancel,
@@ -118,8 +122,22 @@ func (c *conn) serve(ctx context.Context) error {
 	if c.stopping.Load() {
 		return nil
 	}
+	c.growBuffers()
 	c.log.Debug("nbd: transmission", "remote", c.nc.RemoteAddr().String(), "export", c.exp.Name, "structured", c.structured)
 	return c.transmit()
+}
+
+// growBuffers switches to transmission-sized buffers. The handshake
+// writer is always flushed here; bytes the client sent ahead (requests
+// pipelined behind NBD_OPT_EXPORT_NAME) are kept in front of the socket.
+func (c *conn) growBuffers() {
+	c.bw = bufio.NewWriterSize(c.nc, writeBufSize)
+	if n := c.br.Buffered(); n > 0 {
+		ahead, _ := c.br.Peek(n)
+		c.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), c.nc), readBufSize)
+		return
+	}
+	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 }
 
 // watch turns cancellation of ctx into a graceful stop: reading stops at

@@ -882,3 +882,37 @@ func TestBufferBudget(t *testing.T) {
 	}
 	c.disconnect()
 }
+
+// TestPipelinedAfterExportName: requests sent in the same packet as
+// NBD_OPT_EXPORT_NAME (before its reply) are served.
+func TestPipelinedAfterExportName(t *testing.T) {
+	d := newMemDev(devSize)
+	copy(d.data[4096:], "pipelined")
+	ts := oneExport(t, d)
+	c := dialRaw(t, ts.addr, 3)
+	b := binary.BigEndian.AppendUint64(nil, cIHAVEOPT)
+	b = binary.BigEndian.AppendUint32(b, cOptExportName)
+	b = binary.BigEndian.AppendUint32(b, 4)
+	b = append(b, "disk"...)
+	for i := range 3 {
+		b = binary.BigEndian.AppendUint32(b, cReqMagic)
+		b = binary.BigEndian.AppendUint32(b, cCmdRead)
+		b = binary.BigEndian.AppendUint64(b, uint64(100+i))
+		b = binary.BigEndian.AppendUint64(b, 4096)
+		b = binary.BigEndian.AppendUint32(b, 9)
+	}
+	c.raw(b)
+	if _, err := io.ReadFull(c.br, make([]byte, 10)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		r := make([]byte, 16+9)
+		if _, err := io.ReadFull(c.br, r); err != nil {
+			t.Fatal(err)
+		}
+		if binary.BigEndian.Uint32(r) != cSimpleMagic || binary.BigEndian.Uint32(r[4:]) != 0 || string(r[16:]) != "pipelined" {
+			t.Fatalf("reply % x", r)
+		}
+	}
+	c.nc.Close()
+}
