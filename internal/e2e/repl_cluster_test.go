@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -370,5 +371,30 @@ func (c *replCluster) RequireIdentical(names ...string) {
 		if off >= 0 {
 			c.t.Errorf("image of %s differs from the primary's at offset %d (block %d)", n, off, off/4096)
 		}
+	}
+}
+
+// Diagnose logs the primary's raw status and a goroutine dump (SIGQUIT,
+// which also ends it), copying its log to a file that outlives the test
+// directory. For failures that leave a request stuck.
+func (c *replCluster) Diagnose() {
+	c.t.Helper()
+	var raw map[string]any
+	if err := testutil.GetJSON(c.t.Context(), "http://"+c.Primary.Admin+"/v1/status", &raw); err == nil {
+		b, _ := json.Marshal(raw)
+		c.t.Logf("primary status: %s", b)
+	}
+	p := c.Primary.Proc
+	if p == nil || p.Exited() {
+		return
+	}
+	syscall.Kill(p.Pid(), syscall.SIGQUIT)
+	select {
+	case <-p.Done():
+	case <-time.After(3 * time.Second):
+	}
+	keep := filepath.Join(os.TempDir(), fmt.Sprintf("repl-diag-%s-%d.log", strings.ReplaceAll(c.t.Name(), "/", "_"), p.Pid()))
+	if err := os.WriteFile(keep, []byte(p.Log()), 0o644); err == nil {
+		c.t.Logf("primary log with goroutine dump: %s", keep)
 	}
 }

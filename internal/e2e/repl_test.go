@@ -117,6 +117,11 @@ func TestReplQuorumLoss(t *testing.T) {
 	c.M("m2").Proc.Kill()
 	r, err := w.waitResult(ackTimeout+5*time.Second, t2)
 	if err != nil {
+		if pend, ok := w.Pending(); ok {
+			t.Errorf("write of block %d pending since %v (%v before the second kill)", pend.Block,
+				time.Since(pend.Start).Round(time.Millisecond), t2.Sub(pend.Start).Round(time.Millisecond))
+		}
+		c.Diagnose()
 		t.Fatalf("after losing quorum: %v", err)
 	}
 	took := r.End.Sub(r.Start)
