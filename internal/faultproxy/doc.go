@@ -24,6 +24,9 @@
 // Randomness comes from one PCG generator per direction seeded from
 // Config.Seed, so a single-flow test sees the same decisions on every run.
 //
+// The proxy asks for 8 MiB socket buffers so that it does not add loss of
+// its own to bursts (effective only when net.core.rmem_max / wmem_max allow).
+//
 // Safety: by default both the listen and the target address must be
 // loopback addresses (Config.AllowNonLoopback overrides).
 //
