@@ -120,6 +120,11 @@ type Meta struct {
 	// without force.
 	Inconsistent bool                `json:"inconsistent,omitempty"`
 	Peers        map[string]PeerMeta `json:"peers,omitempty"`
+	// AcceptDivergence: an operator chose this node as the losing side of
+	// a split brain; on contact with a primary of the same epoch it
+	// quarantines its own records after the fork and resyncs instead of
+	// refusing. Cleared once done.
+	AcceptDivergence bool `json:"accept_divergence,omitempty"`
 }
 
 // ErrNoMeta is returned by LoadMeta when the directory holds no volume yet.

@@ -34,6 +34,7 @@ type peerLink struct {
 	needsResync bool
 	resync      *resyncer
 	lastResync  ResyncProgress
+	splitBrain  string
 }
 
 // session is one connected stream to the mirror.
@@ -133,6 +134,16 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("bad hello reply: %w", err)
 	}
+	if reply.Code == CodeSplitBrain || (reply.Code == CodeNotMirror && reply.Epoch == m.Epoch) {
+		reason := reply.Reason
+		if reply.Code == CodeNotMirror {
+			reason = splitBrainAdvice(r.opts.Node, l.addr.Name, m.Epoch)
+		}
+		r.mu.Lock()
+		l.splitBrain = reason
+		r.mu.Unlock()
+		return false, fmt.Errorf("mirror %s: %s", l.addr.Name, reason)
+	}
 	if reply.Code != CodeOK {
 		l.fenceIf(reply.Code)
 		if reply.Epoch > m.Epoch {
@@ -155,6 +166,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	l.sess = s
 	l.connected = true
 	l.lastErr = ""
+	l.splitBrain = ""
 	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
 		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
 		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,

@@ -435,6 +435,10 @@ func (r *Replication) Status() ReplicationStatus {
 			ps.LastError = l.lastErr
 			ps.RTTMicros = l.rtt.Microseconds()
 			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
+			if l.splitBrain != "" {
+				ps.SplitBrain = l.splitBrain
+				st.SplitBrain = l.splitBrain
+			}
 			if l.resync != nil {
 				ps.Resync = ptrTo(l.resync.progress())
 			} else if l.lastResync.TotalBytes > 0 {
@@ -461,6 +465,9 @@ type ReplicationStatus struct {
 	Throttled     bool         `json:"throttled"`
 	Fenced        bool         `json:"fenced"`
 	Pending       int          `json:"pending_requests"`
+	// SplitBrain, when set, describes a split brain seen on contact with a
+	// peer and names the command that resolves it.
+	SplitBrain string `json:"split_brain,omitempty"`
 	Peers         []PeerReport `json:"peers"`
 }
 
@@ -479,11 +486,21 @@ type PeerReport struct {
 	LagSeconds float64 `json:"lag_seconds"`
 	RTTMicros  int64   `json:"rtt_us"`
 	LastError  string  `json:"last_error,omitempty"`
+	SplitBrain string  `json:"split_brain,omitempty"`
 	// Resync is the current (or last) resync's progress.
 	Resync *ResyncProgress `json:"resync,omitempty"`
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// Fence stops the primary from completing writes: a node of a higher
+// epoch exists. Every pending and later write fails with ErrFenced.
+func (r *Replication) Fence(epoch uint64) {
+	r.mu.Lock()
+	r.core.PeerEpoch("", epoch)
+	r.processLocked()
+	r.mu.Unlock()
+}
 
 // Close stops replication. Requests still waiting fail.
 func (r *Replication) Close() error {

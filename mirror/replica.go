@@ -78,6 +78,13 @@ type Mirror struct {
 	wg         sync.WaitGroup
 
 	resyncChunks atomic.Int64
+
+	// failover state, guarded by mu
+	promoted    bool
+	splitBrain  string
+	quarantined []QuarantineReport
+	onStale     func(epoch uint64)
+	stopRun     context.CancelFunc
 }
 
 type mirrorSession struct {
@@ -159,8 +166,14 @@ func (d *Mirror) adopt(node *Node) error {
 func (d *Mirror) Addr() string { return d.ln.Addr().String() }
 
 // Run serves until ctx ends, then stops every goroutine, checkpoints and
-// closes the volume.
+// closes the volume. After an online promotion it returns ErrPromoted and
+// leaves the volume open for the caller (see Node).
 func (d *Mirror) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	d.mu.Lock()
+	d.stopRun = stop
+	d.mu.Unlock()
 	d.log.Info("mirror listening", "addr", d.Addr())
 	d.wg.Add(1)
 	go d.tickLoop(ctx)
@@ -184,8 +197,11 @@ func (d *Mirror) Run(ctx context.Context) error {
 	d.ln.Close()
 	d.wg.Wait()
 	d.mu.Lock()
-	node := d.node
+	node, promoted := d.node, d.promoted
 	d.mu.Unlock()
+	if promoted {
+		return ErrPromoted
+	}
 	if node != nil {
 		if cerr := node.Checkpoint(d.applied()); cerr != nil {
 			d.log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", cerr)
@@ -193,6 +209,13 @@ func (d *Mirror) Run(ctx context.Context) error {
 		node.Close()
 	}
 	return err
+}
+
+// Node returns the volume (nil before the first primary defined it).
+func (d *Mirror) Node() *Node {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.node
 }
 
 func (d *Mirror) startWorkersLocked(ctx context.Context) {
@@ -493,6 +516,18 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 		old.conn.Close(0, "replaced by a new session")
 		<-old.done
 	}
+	if d.isPromoted() {
+		d.answerAsPrimary(st, h, log)
+		return
+	}
+	if refusal, err := d.checkDivergence(h, log); err != nil {
+		d.refuse(st, CodeInternal, err.Error(), log)
+		return
+	} else if refusal != nil {
+		d.sendReply(st, refusal)
+		log.Warn("refused primary", "code", refusal.Code, "reason", refusal.Reason)
+		return
+	}
 	d.mu.Lock()
 	if d.active != nil && d.active != old {
 		d.mu.Unlock()
@@ -696,6 +731,19 @@ func (d *Mirror) ensureVolume(ctx context.Context, h Hello, log *slog.Logger) er
 	if err != nil {
 		return fmt.Errorf("create the volume: %w", err)
 	}
+	// A new, empty mirror takes the primary's history: it holds no record
+	// of its own that could differ.
+	hist := append([]EpochStart(nil), h.History...)
+	if len(hist) > 0 {
+		err = node.UpdateMeta(func(m *Meta) error {
+			m.History, m.Epoch = hist, hist[len(hist)-1].Epoch
+			return nil
+		})
+		if err != nil {
+			node.Close()
+			return err
+		}
+	}
 	// A new mirror starts at seq 0 with a zeroed disk: it can catch up
 	// from the journal only if the primary still has seq 1 and its disk
 	// started zeroed; otherwise the primary sees a mirror that needs a
@@ -730,13 +778,18 @@ type MirrorStatus struct {
 	Inconsistent bool `json:"inconsistent"`
 	// ResyncChunks counts chunks written by resync in this run.
 	ResyncChunks int64 `json:"resync_chunks"`
+	// SplitBrain, when set, says a primary of our epoch with another
+	// history contacted us, and how to resolve it.
+	SplitBrain string `json:"split_brain,omitempty"`
+	// Quarantined lists records set aside in this run (see failover.go).
+	Quarantined []QuarantineReport `json:"quarantined,omitempty"`
 }
 
 // Status returns a snapshot for `blockmirror status`.
 func (d *Mirror) Status() MirrorStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := MirrorStatus{Role: string(RoleMirror)}
+	st := MirrorStatus{Role: string(RoleMirror), SplitBrain: d.splitBrain, Quarantined: d.quarantined}
 	if d.core == nil {
 		return st
 	}

@@ -238,6 +238,21 @@ func (r *ReplicaCore) Restart(from uint64) {
 	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent
 }
 
+// SetNeedsResync makes the next HelloReply ask for a resync (the driver
+// found records of its own after the fork point).
+func (r *ReplicaCore) SetNeedsResync() { r.cfg.Flags |= FlagNeedsResync }
+
+// AdoptHistory replaces the node's history and epoch with the common
+// prefix of a diverged history (an operator chose to give up this node's
+// side of a split brain; its records after the fork are quarantined).
+func (r *ReplicaCore) AdoptHistory(h []EpochStart) {
+	r.id.History = append([]EpochStart(nil), h...)
+	if n := len(h); n > 0 {
+		r.id.Epoch = h[n-1].Epoch
+	}
+	r.cfg.Flags |= FlagNeedsResync
+}
+
 // SetInconsistent marks the store inconsistent (a resync resumed).
 func (r *ReplicaCore) SetInconsistent() {
 	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent

@@ -143,6 +143,13 @@ const (
 	CodeProtocol ErrCode = 3
 	// CodeInternal: the sender failed locally (I/O error, shutdown).
 	CodeInternal ErrCode = 4
+	// CodeSplitBrain: both sides act in the same epoch with different
+	// histories (two promotions while partitioned). Neither side discards
+	// anything; an operator resolves it (see the README).
+	CodeSplitBrain ErrCode = 5
+	// CodeNotMirror: the receiver is a primary (a promoted node answering
+	// an old primary with the same or a higher epoch).
+	CodeNotMirror ErrCode = 6
 )
 
 func (c ErrCode) String() string {
@@ -157,6 +164,10 @@ func (c ErrCode) String() string {
 		return "protocol"
 	case CodeInternal:
 		return "internal"
+	case CodeSplitBrain:
+		return "split-brain"
+	case CodeNotMirror:
+		return "not-a-mirror"
 	}
 	return fmt.Sprintf("code(%d)", uint16(c))
 }

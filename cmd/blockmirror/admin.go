@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"sync"
 	"time"
 )
 
@@ -23,6 +24,10 @@ type adminServer struct {
 	mux  *http.ServeMux
 	log  *slog.Logger
 	addr string
+
+	mu       sync.Mutex
+	status   func() any
+	controls map[string]func(ctx context.Context, q url.Values) (any, error)
 }
 
 // post calls a control endpoint of a running node and decodes its answer
@@ -49,11 +54,37 @@ func post(ctx context.Context, admin, path string, out any) error {
 }
 
 func newAdminServer(log *slog.Logger, status func() any) *adminServer {
-	a := &adminServer{mux: http.NewServeMux(), log: log}
+	a := &adminServer{mux: http.NewServeMux(), log: log, status: status,
+		controls: make(map[string]func(context.Context, url.Values) (any, error))}
 	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, status())
+		a.mu.Lock()
+		fn := a.status
+		a.mu.Unlock()
+		writeJSON(w, http.StatusOK, fn())
+	})
+	a.mux.HandleFunc("POST /v1/{op}", func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		fn := a.controls[r.PathValue("op")]
+		a.mu.Unlock()
+		if fn == nil {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "this node does not offer " + r.PathValue("op") + " in its current role"})
+			return
+		}
+		res, err := fn(r.Context(), r.URL.Query())
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
 	})
 	return a
+}
+
+// setStatus replaces what GET /v1/status reports (after a role change).
+func (a *adminServer) setStatus(fn func() any) {
+	a.mu.Lock()
+	a.status = fn
+	a.mu.Unlock()
 }
 
 // enablePprof serves Go's profiler under /debug/pprof/ (only with --pprof:
@@ -66,17 +97,16 @@ func (a *adminServer) enablePprof() {
 	a.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }
 
-// handle adds a POST control endpoint; fn's error becomes a 409 with the
-// message, so the CLI can show it.
-func (a *adminServer) handle(path string, fn func(ctx context.Context, q url.Values) (any, error)) {
-	a.mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
-		res, err := fn(r.Context(), r.URL.Query())
-		if err != nil {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
-	})
+// handle sets the POST /v1/OP control endpoint (nil removes it); fn's
+// error becomes a 409 with the message, so the CLI can show it.
+func (a *adminServer) handle(op string, fn func(ctx context.Context, q url.Values) (any, error)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if fn == nil {
+		delete(a.controls, op)
+		return
+	}
+	a.controls[op] = fn
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -96,6 +97,7 @@ type replication interface {
 	mirror.Replicator
 	Status() mirror.ReplicationStatus
 	Verify(ctx context.Context, resync bool) mirror.VerifyReport
+	Fence(epoch uint64)
 	Close() error
 }
 
@@ -152,31 +154,34 @@ func parseAckLevel(s string) (mirror.AckLevel, error) {
 
 func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("mirror", "mirror --data DIR --listen HOST:PORT --certs DIR --node NAME [--admin ADDR] [flags]", stderr)
-	data := fs.String("data", "", "data directory of this mirror (the volume is created on the first primary's connection)")
-	disk := fs.String("disk", "", "disk image file or block device (default DIR/disk.img)")
-	listen := fs.String("listen", "", "QUIC address to accept primaries on, HOST:PORT (required)")
-	admin := fs.String("admin", "127.0.0.1:7481", "local HTTP endpoint for status ('' disables)")
+	// The serve flags apply after an online promotion (blockmirror promote
+	// --admin): the node then serves NBD at --nbd and replicates to the
+	// --mirror peers, and keeps answering at --listen (fencing old primaries).
+	var f serveFlags
+	fs.StringVar(&f.data, "data", "", "data directory of this mirror (the volume is created on the first primary's connection)")
+	fs.StringVar(&f.disk, "disk", "", "disk image file or block device (default DIR/disk.img)")
+	fs.StringVar(&f.listen, "listen", "", "QUIC address to accept primaries on, HOST:PORT (required)")
+	fs.StringVar(&f.admin, "admin", "127.0.0.1:7481", "local HTTP endpoint for status and control ('' disables)")
+	fs.StringVar(&f.nbdAddr, "nbd", "127.0.0.1:10809", "after promotion: NBD listen address, HOST:PORT or unix:PATH")
+	fs.StringVar(&f.export, "export", "disk", "after promotion: NBD export name")
 	var allow string
 	fs.StringVar(&allow, "allow", "", "comma-separated node names of primaries allowed to connect (default: any node the CA signed)")
-	var journalMax sizeFlag
-	fs.Var(&journalMax, "journal-max", "journal size bound on disk (default 8G)")
-	var id identityFlags
-	id.register(fs)
-	var lf logFlags
-	lf.register(fs)
+	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk (default 8G)")
+	f.repl.register(fs)
+	f.log.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	if *data == "" || *listen == "" {
+	if f.data == "" || f.listen == "" {
 		fmt.Fprintln(stderr, "--data and --listen are required")
 		fs.Usage()
 		return errUsage
 	}
-	log, err := lf.logger(stderr)
+	log, err := f.log.logger(stderr)
 	if err != nil {
 		return err
 	}
-	tc, err := id.transport(log)
+	tc, err := f.repl.id.transport(log)
 	if err != nil {
 		return err
 	}
@@ -184,20 +189,40 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		tc.AllowPeers = strings.Split(allow, ",")
 	}
 	d, err := mirror.NewMirror(ctx, mirror.MirrorOptions{
-		Listen: *listen, Name: id.node, Transport: tc, Logger: log,
-		Node: mirror.NodeOptions{Dir: *data, Disk: *disk, JournalMax: journalMax.v},
+		Listen: f.listen, Name: f.repl.id.node, Transport: tc, Logger: log,
+		Node: mirror.NodeOptions{Dir: f.data, Disk: f.disk, JournalMax: f.journalMax.v},
 	})
 	if err != nil {
 		return err
 	}
-	a := newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
-	if lf.pprof {
-		a.enablePprof()
+	var a *adminServer
+	if f.admin != "" {
+		a = newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
+		if f.log.pprof {
+			a.enablePprof()
+		}
+		a.handle("promote", func(ctx context.Context, q url.Values) (any, error) {
+			m, err := d.Promote(ctx, q.Get("force") == "1")
+			if err != nil {
+				return nil, err
+			}
+			return map[string]any{"promoted": true, "epoch": m.Epoch, "nbd": f.nbdAddr}, nil
+		})
+		if err := a.run(ctx, f.admin); err != nil {
+			return err
+		}
 	}
-	if err := a.run(ctx, *admin); err != nil {
+	err = d.Run(ctx)
+	if !errors.Is(err, mirror.ErrPromoted) {
 		return err
 	}
-	return d.Run(ctx)
+	node := d.Node()
+	defer node.Close()
+	log.Info("serving as primary after promotion", "nbd", f.nbdAddr, "listen", f.listen)
+	if a != nil {
+		a.handle("promote", nil)
+	}
+	return serveNode(ctx, node, &f, a, log)
 }
 
 func ptr[T any](v T) *T { return &v }

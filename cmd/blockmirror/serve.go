@@ -20,6 +20,7 @@ type serveFlags struct {
 	journalMax                  sizeFlag
 	readOnly                    bool
 	admin                       string
+	listen                      string
 	repl                        replFlags
 	log                         logFlags
 }
@@ -35,6 +36,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk, e.g. 8G (default 8G); a mirror that falls further behind is resynced")
 	fs.BoolVar(&f.readOnly, "read-only", false, "serve the export read-only")
 	fs.StringVar(&f.admin, "admin", defaultAdmin, "local HTTP endpoint for status and control ('' disables)")
+	fs.StringVar(&f.listen, "listen", "", "QUIC address where this primary answers other primaries (an old primary learns it is fenced; a split brain is detected); usually the address it had as a mirror")
 	f.repl.register(fs)
 	f.log.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -61,6 +63,32 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		return fmt.Errorf("open volume: %w", err)
 	}
 	defer node.Close()
+	if m := node.Meta(); m.Role != mirror.RolePrimary {
+		return fmt.Errorf("the volume in %s is a %s (epoch %d): run `blockmirror mirror` on it, or `blockmirror promote --data %s` to make it primary",
+			f.data, m.Role, m.Epoch, f.data)
+	}
+	var a *adminServer
+	if f.admin != "" {
+		a = newAdminServer(log, func() any { return nil })
+		if f.log.pprof {
+			a.enablePprof()
+		}
+		if err := a.run(ctx, f.admin); err != nil {
+			return err
+		}
+	}
+	return serveNode(ctx, node, f, a, log)
+}
+
+// errDemoted fails writes on a primary that is being demoted.
+var errDemoted = errors.New("this node was demoted to mirror; it no longer accepts writes")
+
+// serveNode serves an opened primary node over NBD (with replication and
+// the responder at --listen) until ctx ends or the node is demoted. a,
+// when not nil, is the admin endpoint to report to.
+func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, log *slog.Logger) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	m := node.Meta()
 	log = log.With("volume", m.Volume.String())
 
@@ -84,6 +112,25 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 			log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", err)
 		}
 	}()
+	fence := func(epoch uint64) {
+		log.Error("a node of a higher epoch exists: this primary is fenced and fails every write", "their_epoch", epoch)
+		vol.SetReadOnly(fmt.Errorf("%w (a node is primary in epoch %d)", mirror.ErrFenced, epoch))
+		if repl != nil {
+			repl.Fence(epoch)
+		}
+	}
+	var resp *mirror.Responder
+	if f.listen != "" {
+		tc, err := f.repl.id.transport(log)
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		resp, err = mirror.NewResponder(f.listen, f.repl.id.node, node, tc, fence, log)
+		if err != nil {
+			return err
+		}
+		go resp.Run(ctx)
+	}
 
 	srv, err := nbd.NewServerChecked(nbd.Options{Logger: log})
 	if err != nil {
@@ -103,31 +150,52 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		return err
 	}
 	uri := nbdURI(ln.Addr(), f.export)
-	a := newAdminServer(log, func() any {
-		m := node.Meta()
-		ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
-			NBD: uri, Checkpoint: m.CheckpointSeq}
-		if repl != nil {
-			ps.Replication = ptr(repl.Status())
-		}
-		return nodeStatus{Primary: ps}
-	})
-	if f.log.pprof {
-		a.enablePprof()
-	}
-	a.handle("/v1/verify", func(ctx context.Context, q url.Values) (any, error) {
-		if repl == nil {
-			return nil, errors.New("this primary has no mirrors to verify")
-		}
-		return repl.Verify(ctx, q.Get("resync") == "1"), nil
-	})
-	if err := a.run(ctx, f.admin); err != nil {
-		ln.Close()
-		return err
+	demoted := false
+	if a != nil {
+		a.setStatus(func() any {
+			m := node.Meta()
+			ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
+				NBD: uri, Checkpoint: m.CheckpointSeq}
+			if repl != nil {
+				ps.Replication = ptr(repl.Status())
+			}
+			if resp != nil && resp.SplitBrain() != "" {
+				ps.SplitBrain = resp.SplitBrain()
+			} else if ps.Replication != nil {
+				ps.SplitBrain = ps.Replication.SplitBrain
+			}
+			return nodeStatus{Primary: ps}
+		})
+		a.handle("verify", func(ctx context.Context, q url.Values) (any, error) {
+			if repl == nil {
+				return nil, errors.New("this primary has no mirrors to verify")
+			}
+			return repl.Verify(ctx, q.Get("resync") == "1"), nil
+		})
+		a.handle("demote", func(ctx context.Context, q url.Values) (any, error) {
+			vol.SetReadOnly(errDemoted)
+			if err := vol.Flush(ctx); err != nil && !errors.Is(err, errDemoted) && !errors.Is(err, mirror.ErrFenced) {
+				log.Warn("flush before demotion failed", "err", err)
+			}
+			if err := mirror.Demote(node, q.Get("split_brain_loser") == "1"); err != nil {
+				vol.SetReadOnly(nil)
+				return nil, err
+			}
+			demoted = true
+			log.Warn("demoted to mirror; this process stops serving. Start the node again with `blockmirror mirror --data " + node.Dir + " --listen ...`")
+			stop()
+			return map[string]any{"demoted": true, "data": node.Dir}, nil
+		})
+		a.handle("promote", nil)
+		defer a.handle("demote", nil)
+		defer a.handle("verify", nil)
 	}
 	log.Info("serving NBD", "uri", uri, "size", m.Size, "epoch", m.Epoch, "example", "nbdinfo "+uri)
 	err = srv.Serve(ctx, ln)
 	log.Info("stopped serving NBD")
+	if demoted {
+		return nil
+	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("serve NBD: %w", err)
 	}

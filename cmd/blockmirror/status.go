@@ -26,6 +26,7 @@ type primaryStatus struct {
 	Epoch       uint64                    `json:"epoch"`
 	NBD         string                    `json:"nbd"`
 	Checkpoint  uint64                    `json:"checkpoint_seq"`
+	SplitBrain  string                    `json:"split_brain,omitempty"`
 	Replication *mirror.ReplicationStatus `json:"replication,omitempty"`
 }
 
@@ -103,7 +104,16 @@ func printStatus(w io.Writer, st *nodeStatus) {
 		if m.NeedsResync {
 			disk = "needs resync"
 		}
+		if m.Inconsistent {
+			disk = "INCONSISTENT (resync in progress; not promotable without --force)"
+		}
 		fmt.Fprintf(tw, "disk:\t%s\n", disk)
+		if m.SplitBrain != "" {
+			fmt.Fprintf(tw, "SPLIT BRAIN:\t%s\n", m.SplitBrain)
+		}
+		for _, q := range m.Quarantined {
+			fmt.Fprintf(tw, "quarantined:\t%d records (seq %d..%d, %d bytes) in %s\n", q.Records, q.FirstSeq, q.LastSeq, q.DataBytes, q.File)
+		}
 		fmt.Fprintf(tw, "seqs:\treceived %d, written %d, durable %d, applied %d\n", m.Received, m.Written, m.Durable, m.Applied)
 		return
 	}
@@ -113,6 +123,9 @@ func printStatus(w io.Writer, st *nodeStatus) {
 		return
 	}
 	fmt.Fprintf(tw, "role:\tprimary\nvolume:\t%s (%d bytes)\nepoch:\t%d\nnbd:\t%s\n", p.Volume, p.Size, p.Epoch, p.NBD)
+	if p.SplitBrain != "" {
+		fmt.Fprintf(tw, "SPLIT BRAIN:\t%s\n", p.SplitBrain)
+	}
 	r := p.Replication
 	if r == nil {
 		fmt.Fprintf(tw, "replication:\tnone (no --mirror)\n")

@@ -1,0 +1,101 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// Responder answers other primaries' handshakes at a primary's QUIC
+// address (e.g. the address it listened on as a mirror before it was
+// promoted): an old primary learns it is fenced, a primary of the same
+// epoch learns of the split brain (and so does this node), and a primary
+// of a higher epoch makes this node stale (OnStale fences its volume).
+type Responder struct {
+	ln      *transport.Listener
+	node    *Node
+	name    string
+	log     *slog.Logger
+	onStale func(epoch uint64)
+
+	mu         sync.Mutex
+	splitBrain string
+}
+
+// NewResponder listens on addr.
+func NewResponder(addr, name string, node *Node, tc transport.Config, onStale func(uint64), log *slog.Logger) (*Responder, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ln, err := transport.Listen(addr, tc)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: responder listen %s: %w", addr, err)
+	}
+	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}, nil
+}
+
+// SplitBrain returns the split-brain report, if a contact showed one.
+func (r *Responder) SplitBrain() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.splitBrain
+}
+
+// Run answers until ctx ends.
+func (r *Responder) Run(ctx context.Context) {
+	defer r.ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := r.ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.answer(ctx, conn)
+		}()
+	}
+}
+
+func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
+	defer conn.Close(0, "answered")
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	st, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return
+	}
+	defer st.Cancel(0)
+	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	typ, p, err := st.ReadFrame(nil)
+	if err != nil || MsgType(typ) != MsgHello {
+		return
+	}
+	h, err := DecodeHello(p)
+	if err != nil {
+		return
+	}
+	m := r.node.Meta()
+	reply, stale := primaryAnswer(m, r.name, r.node.Journal.LastSeq(), h)
+	if buf, err := AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
+		st.Flush()
+	}
+	// Give the reply a moment to leave before the connection closes.
+	time.Sleep(50 * time.Millisecond)
+	r.log.Warn("another primary contacted this primary", "peer", conn.PeerName(), "their_epoch", h.Epoch,
+		"our_epoch", m.Epoch, "answer", reply.Code, "reason", reply.Reason)
+	if reply.Code == CodeSplitBrain {
+		r.mu.Lock()
+		r.splitBrain = reply.Reason
+		r.mu.Unlock()
+	}
+	if stale && r.onStale != nil {
+		r.onStale(h.Epoch)
+	}
+}
