@@ -8,7 +8,10 @@
 #
 # Environment (all optional):
 #   TARGETS    space-separated targets (default "blockmirror nbdkit");
-#              available: blockmirror nbdkit qsd-mirror
+#              available: blockmirror nbdkit qsd-mirror, and blockmirror
+#              replicating to mirror processes on this machine: bm-async1
+#              (async, 1 mirror), bm-sync1 (sync, 1 mirror), bm-sync2 (sync,
+#              2 mirrors, both must ack)
 #   JOBS       space-separated job names to run (default: all, see JOB LIST)
 #   RUNTIME    seconds per job (default 7)      RAMP  ramp seconds (default 1)
 #   REGION     bytes of the export the jobs touch, prefilled first (default 512M)
@@ -88,9 +91,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port prints a TCP port that is free on 127.0.0.1.
+# free_port [udp] prints a TCP (or UDP) port that is free on 127.0.0.1.
 free_port() {
-	"$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+	"$PY" -c 'import socket, sys
+s = socket.socket(type=socket.SOCK_DGRAM if sys.argv[1:] == ["udp"] else socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$@"
 }
 
 # wait_nbd URI LOG: wait until URI answers, or die showing LOG.
@@ -116,6 +121,39 @@ target_blockmirror_start() {
 	URI="nbd://127.0.0.1:$port/disk"
 	wait_nbd "$URI" "$dir/server.log"
 }
+
+# blockmirror serve replicating over QUIC (loopback) to N mirror processes on
+# this machine: bm_repl_start DIR MODE N ACKS.
+bm_repl_start() {
+	local dir=$1 mode=$2 n=$3 acks=$4 port i mport names=() margs=()
+	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	for i in $(seq "$n"); do names+=("m$i"); done
+	"$ROOT/bin/blockmirror" certs init --out "$dir/certs" p1 "${names[@]}" >"$dir/certs.log" 2>&1 ||
+		die "certs init failed: $(cat "$dir/certs.log")"
+	for name in "${names[@]}"; do
+		mport=$(free_port udp)
+		"$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
+			--certs "$dir/certs" --node "$name" --admin "" >"$dir/$name.log" 2>&1 &
+		PIDS+=($!)
+		margs+=(--mirror "$name=127.0.0.1:$mport")
+	done
+	port=$(free_port)
+	"$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
+		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
+		--mode "$mode" --sync-acks "$acks" "${margs[@]}" >"$dir/server.log" 2>&1 &
+	PIDS+=($!)
+	URI="nbd://127.0.0.1:$port/disk"
+	wait_nbd "$URI" "$dir/server.log"
+	for _ in $(seq 150); do
+		[ "$(grep -c 'mirror connected' "$dir/server.log")" -ge "$n" ] && return 0
+		sleep 0.1
+	done
+	tail -20 "$dir/server.log" >&2
+	die "only $(grep -c 'mirror connected' "$dir/server.log") of $n mirrors connected"
+}
+target_bm-async1_start() { bm_repl_start "$1" async 1 1; }
+target_bm-sync1_start() { bm_repl_start "$1" sync 1 1; }
+target_bm-sync2_start() { bm_repl_start "$1" sync 2 2; }
 
 # nbdkit's file plugin on a sparse file of the same size.
 target_nbdkit_start() {
@@ -213,8 +251,15 @@ run_job() {
 	fio --name="$name" --ioengine=nbd --uri="$URI" --size="$REGION" \
 		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
 		--lat_percentiles=1 --randrepeat=0 --norandommap \
-		--output-format=json --output="$json" $@ >/dev/null ||
-		die "fio $name on $target failed (see $json)"
+		--output-format=json --output="$json" $@ >"$json.out" 2>&1 || {
+		CLEAN_DIR=0 # keep the evidence
+		tail -5 "$json.out" >&2
+		for f in "$BENCH_DIR/$target"/*.log; do
+			say "--- tail of $f"
+			tail -5 "$f" >&2
+		done
+		die "fio $name on $target failed; files kept in $BENCH_DIR"
+	}
 	"$PY" - "$json" "$target" "$name" >>"$RESULTS" <<'PYEOF'
 import json, sys
 path, target, name = sys.argv[1:4]
@@ -235,7 +280,7 @@ PYEOF
 }
 
 # ---- main ------------------------------------------------------------------
-if [[ " $TARGETS " == *" blockmirror "* ]]; then
+if [[ " $TARGETS " == *" blockmirror "* || " $TARGETS " == *" bm-"* ]]; then
 	say "go build -o bin/blockmirror ./cmd/blockmirror"
 	mkdir -p bin
 	go build -o bin/blockmirror ./cmd/blockmirror
