@@ -161,6 +161,8 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Ending the session (or replication) unblocks reads on the stream.
+	defer context.AfterFunc(sctx, func() { conn.Close(0, "session ended") })()
 	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
 	r.mu.Lock()
 	l.sess = s
