@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // flusher is the journal's single writer goroutine, owned by the Journal
@@ -180,8 +181,12 @@ func (j *Journal) syncActive() error {
 		return nil
 	}
 	if !j.opts.NoSync {
+		start := time.Now()
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", path, err)
+		}
+		if j.opts.OnSync != nil {
+			j.opts.OnSync(time.Since(start))
 		}
 	}
 	j.mu.Lock()

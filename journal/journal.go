@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -99,6 +100,9 @@ type Options struct {
 	// Sync, TruncateAfter, SetStart or Close (Release and the accessors are
 	// fine).
 	OnDrop func(consumer string, through uint64, regions []Region)
+	// OnSync, when set, is called from the sync goroutine with the duration
+	// of each fdatasync of group commit (for metrics); it must not block.
+	OnSync func(d time.Duration)
 	// FS is the file system to use; nil means the operating system's.
 	FS FS
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
@@ -42,6 +43,8 @@ type NodeOptions struct {
 	JournalSegment int64
 	// OnDrop is passed to the journal (see journal.Options.OnDrop).
 	OnDrop func(consumer string, through uint64, regions []journal.Region)
+	// OnSync is passed to the journal (fdatasync durations, for metrics).
+	OnSync func(d time.Duration)
 	Logger *slog.Logger
 }
 
@@ -166,6 +169,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		SegmentBytes: opts.JournalSegment,
 		Logger:       log,
 		OnDrop:       n.onDrop,
+		OnSync:       opts.OnSync,
 	})
 	if err != nil {
 		st.Close()

@@ -35,6 +35,7 @@ type peerLink struct {
 	resync      *resyncer
 	lastResync  ResyncProgress
 	splitBrain  string
+	acked       uint64 // last ack at the ack level seen in this session
 }
 
 // session is one connected stream to the mirror.
@@ -169,6 +170,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	l.connected = true
 	l.lastErr = ""
 	l.splitBrain = ""
+	l.acked = reply.LastSeq
 	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
 		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
 		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
@@ -392,7 +394,12 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 				return fmt.Errorf("bad ack: %w", err)
 			}
 			r.mu.Lock()
+			prev := l.acked
 			err = r.core.PeerAck(l.addr.Name, a)
+			if lv := a.Level(r.opts.AckLevel); lv > prev {
+				l.acked = lv
+				r.observeAck(l.addr.Name, prev, lv)
+			}
 			r.processLocked()
 			r.mu.Unlock()
 			if err != nil {

@@ -43,6 +43,9 @@ type ReplicationOptions struct {
 	Transport transport.Config
 	// Resync tunes the resync of mirrors that cannot catch up.
 	Resync ResyncOptions
+	// OnAck, when set, gets the time from a write's admission to a mirror's
+	// acknowledgement of it at the ack level (for metrics; must not block).
+	OnAck  func(peer string, d time.Duration)
 	Logger *slog.Logger
 }
 
@@ -96,6 +99,7 @@ type Replication struct {
 	// for the lag in bytes that status shows.
 	cumBytes   []uint64
 	totalBytes uint64
+	admitTime  []int64 // unix ns of admission by seq%cumRing (with OnAck)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -135,7 +139,7 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	r := &Replication{
 		node: node, j: j, opts: opts, log: opts.Logger, core: core,
 		waiters: make(map[uint64]chan error), links: make(map[string]*peerLink),
-		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing),
+		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing), admitTime: make([]int64, cumRing),
 		resyncOpts: opts.Resync.withDefaults(),
 	}
 	for _, p := range opts.Peers {
@@ -183,6 +187,9 @@ func (r *Replication) Admit(id uint64, bytes int, fua bool) (uint64, error) {
 	}
 	r.totalBytes += uint64(bytes)
 	r.cumBytes[seq%cumRing] = r.totalBytes
+	if r.opts.OnAck != nil {
+		r.admitTime[seq%cumRing] = time.Now().UnixNano()
+	}
 	r.waiters[id] = make(chan error, 1)
 	r.processLocked()
 	return seq, nil
@@ -395,6 +402,17 @@ func (r *Replication) syncLoop() {
 	}
 }
 
+// observeAck reports ack latency for a peer whose ack at the ack level
+// moved from old to now (r.mu held).
+func (r *Replication) observeAck(peer string, old, now uint64) {
+	if r.opts.OnAck == nil || now <= old || r.core.LastSeq()-now >= cumRing {
+		return
+	}
+	if t := r.admitTime[now%cumRing]; t != 0 {
+		r.opts.OnAck(peer, time.Duration(time.Now().UnixNano()-t))
+	}
+}
+
 // cumRing is how many recent seqs the byte lag is exact for.
 const cumRing = 1 << 18
 
@@ -452,23 +470,23 @@ func (r *Replication) Status() ReplicationStatus {
 
 // ReplicationStatus is the primary's replication state, as JSON for status.
 type ReplicationStatus struct {
-	Mode          string       `json:"mode"`
-	SyncAcks      int          `json:"sync_acks"`
-	AckLevel      string       `json:"ack_level"`
-	AllowDegraded bool         `json:"allow_degraded"`
-	Epoch         uint64       `json:"epoch"`
-	LastSeq       uint64       `json:"last_seq"`
-	LocalDurable  uint64       `json:"local_durable_seq"`
-	JournalFirst  uint64       `json:"journal_first_seq"`
-	QuorumSeq     uint64       `json:"quorum_seq"`
-	Degraded      bool         `json:"degraded"`
-	Throttled     bool         `json:"throttled"`
-	Fenced        bool         `json:"fenced"`
-	Pending       int          `json:"pending_requests"`
+	Mode          string `json:"mode"`
+	SyncAcks      int    `json:"sync_acks"`
+	AckLevel      string `json:"ack_level"`
+	AllowDegraded bool   `json:"allow_degraded"`
+	Epoch         uint64 `json:"epoch"`
+	LastSeq       uint64 `json:"last_seq"`
+	LocalDurable  uint64 `json:"local_durable_seq"`
+	JournalFirst  uint64 `json:"journal_first_seq"`
+	QuorumSeq     uint64 `json:"quorum_seq"`
+	Degraded      bool   `json:"degraded"`
+	Throttled     bool   `json:"throttled"`
+	Fenced        bool   `json:"fenced"`
+	Pending       int    `json:"pending_requests"`
 	// SplitBrain, when set, describes a split brain seen on contact with a
 	// peer and names the command that resolves it.
-	SplitBrain string `json:"split_brain,omitempty"`
-	Peers         []PeerReport `json:"peers"`
+	SplitBrain string       `json:"split_brain,omitempty"`
+	Peers      []PeerReport `json:"peers"`
 }
 
 // PeerReport is one mirror's state in ReplicationStatus.

@@ -23,7 +23,10 @@ type VolumeOptions struct {
 	// CheckpointBytes forces a checkpoint once this many bytes were
 	// journaled since the last one (default 256 MiB).
 	CheckpointBytes int64
-	Logger          *slog.Logger
+	// OnAppend, when set, gets how long each write waited for the local
+	// journal (durable: FUA writes waiting for fdatasync); for metrics.
+	OnAppend func(durable bool, d time.Duration)
+	Logger   *slog.Logger
 }
 
 func (o VolumeOptions) withDefaults() VolumeOptions {
@@ -231,7 +234,11 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		}
 	}
 
+	start := time.Now()
 	err := v.j.Wait(ctx, rec.Seq, journal.Written)
+	if v.opts.OnAppend != nil && err == nil {
+		v.opts.OnAppend(false, time.Since(start))
+	}
 	for _, w := range waits {
 		<-w // earlier overlapping writes reach the store first
 	}
@@ -248,6 +255,9 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	if fua {
 		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
 			return err
+		}
+		if v.opts.OnAppend != nil {
+			v.opts.OnAppend(true, time.Since(start))
 		}
 	}
 	if v.repl != nil {

@@ -369,6 +369,10 @@ func (c *conn) do(r *request) {
 	off := int64(r.off)
 	fua := r.flags&cmdFlagFUA != 0
 	var err error
+	var start time.Time
+	if c.exp.Observe != nil {
+		start = time.Now()
+	}
 	switch r.cmd {
 	case cmdRead:
 		err = dev.ReadAt(c.ctx, *r.buf, off)
@@ -393,9 +397,29 @@ func (c *conn) do(r *request) {
 	if err != nil && c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("nbd: request failed", "cmd", r.cmd, "off", r.off, "len", r.length, "err", err)
 	}
+	if c.exp.Observe != nil {
+		c.exp.Observe(cmdName(r.cmd), int(r.length), time.Since(start), err)
+	}
 	c.busy.Add(-1)
 	c.release(r)
 	c.inflight.Done()
+}
+
+// cmdName is the operation name Export.Observe receives.
+func cmdName(cmd uint16) string {
+	switch cmd {
+	case cmdRead:
+		return "read"
+	case cmdWrite:
+		return "write"
+	case cmdFlush:
+		return "flush"
+	case cmdTrim:
+		return "trim"
+	case cmdWriteZeroes:
+		return "zero"
+	}
+	return "other"
 }
 
 // release returns r's buffer and budget and puts r back on the free list.

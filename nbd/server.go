@@ -33,6 +33,10 @@ type Export struct {
 	// PreferredBlockSize is a power of two ≥ max(MinBlockSize, 512);
 	// default 4096.
 	PreferredBlockSize uint32
+	// Observe, when set, is called after each request the device served
+	// (op is read, write, flush, trim or zero) with its length, duration
+	// and error; it must be cheap and safe for concurrent use (metrics).
+	Observe func(op string, bytes int, d time.Duration, err error)
 	// MaxBlockSize is the largest request length accepted; a multiple of
 	// MinBlockSize, ≥ PreferredBlockSize, ≤ MaxRequestLen; default
 	// MaxRequestLen (32 MiB). Longer requests fail with EINVAL.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/metrics"
 	"github.com/blockmirror/blockmirror/mirror"
 	"github.com/blockmirror/blockmirror/transport"
 )
@@ -102,7 +103,7 @@ type replication interface {
 }
 
 // start begins replication to the configured mirrors (nil without any).
-func (r *replFlags) start(ctx context.Context, node *mirror.Node, log *slog.Logger) (replication, error) {
+func (r *replFlags) start(ctx context.Context, node *mirror.Node, hooks *volumeHooks, log *slog.Logger) (replication, error) {
 	if len(r.mirrors) == 0 {
 		return nil, nil
 	}
@@ -131,6 +132,7 @@ func (r *replFlags) start(ctx context.Context, node *mirror.Node, log *slog.Logg
 		AllowDegraded: r.allowDegraded, AckTimeout: r.ackTimeout, MaxLag: r.maxLag,
 		Node: r.id.node, Transport: tc, Logger: log,
 		Resync: mirror.ResyncOptions{Rate: r.resyncRate.v},
+		OnAck:  hooks.onAck,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start replication: %w", err)
@@ -188,9 +190,12 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if allow != "" {
 		tc.AllowPeers = strings.Split(allow, ",")
 	}
+	reg := metrics.New()
+	reg.SetBuildInfo(version)
+	hooks := newVolumeHooks(reg, f.export)
 	d, err := mirror.NewMirror(ctx, mirror.MirrorOptions{
 		Listen: f.listen, Name: f.repl.id.node, Transport: tc, Logger: log,
-		Node: mirror.NodeOptions{Dir: f.data, Disk: f.disk, JournalMax: f.journalMax.v},
+		Node: mirror.NodeOptions{Dir: f.data, Disk: f.disk, JournalMax: f.journalMax.v, OnSync: hooks.onSync},
 	})
 	if err != nil {
 		return err
@@ -198,6 +203,7 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var a *adminServer
 	if f.admin != "" {
 		a = newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
+		a.enableMetrics(reg)
 		if f.log.pprof {
 			a.enablePprof()
 		}
@@ -222,7 +228,7 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if a != nil {
 		a.handle("promote", nil)
 	}
-	return serveNode(ctx, node, &f, a, log)
+	return serveNode(ctx, node, &f, a, hooks, log)
 }
 
 func ptr[T any](v T) *T { return &v }

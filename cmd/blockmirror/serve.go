@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/blockmirror/blockmirror/internal/metrics"
 	"github.com/blockmirror/blockmirror/mirror"
 	"github.com/blockmirror/blockmirror/nbd"
 )
@@ -55,9 +56,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+	reg := metrics.New()
+	reg.SetBuildInfo(version)
+	hooks := newVolumeHooks(reg, f.export)
 	node, err := mirror.OpenNode(ctx, mirror.NodeOptions{
 		Dir: f.data, Disk: f.disk, Size: f.size.v, Role: mirror.RolePrimary,
-		JournalMax: f.journalMax.v, Logger: log,
+		JournalMax: f.journalMax.v, Logger: log, OnSync: hooks.onSync,
 	})
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
@@ -70,6 +74,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 	var a *adminServer
 	if f.admin != "" {
 		a = newAdminServer(log, func() any { return nil })
+		a.enableMetrics(reg)
 		if f.log.pprof {
 			a.enablePprof()
 		}
@@ -77,7 +82,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 			return err
 		}
 	}
-	return serveNode(ctx, node, f, a, log)
+	return serveNode(ctx, node, f, a, hooks, log)
 }
 
 // errDemoted fails writes on a primary that is being demoted.
@@ -86,13 +91,13 @@ var errDemoted = errors.New("this node was demoted to mirror; it no longer accep
 // serveNode serves an opened primary node over NBD (with replication and
 // the responder at --listen) until ctx ends or the node is demoted. a,
 // when not nil, is the admin endpoint to report to.
-func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, log *slog.Logger) error {
+func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, hooks *volumeHooks, log *slog.Logger) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	m := node.Meta()
 	log = log.With("volume", m.Volume.String())
 
-	repl, err := f.repl.start(ctx, node, log)
+	repl, err := f.repl.start(ctx, node, hooks, log)
 	if err != nil {
 		return err
 	}
@@ -103,7 +108,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	if repl != nil {
 		r = repl
 	}
-	vol, err := mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log})
+	vol, err := mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log, OnAppend: hooks.onAppend})
 	if err != nil {
 		return err
 	}
@@ -141,6 +146,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 		Description: fmt.Sprintf("blockmirror volume %s", m.Volume),
 		Device:      volumeDevice{vol},
 		ReadOnly:    f.readOnly,
+		Observe:     hooks.observeNBD,
 	}); err != nil {
 		return err
 	}
@@ -151,6 +157,12 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	}
 	uri := nbdURI(ln.Addr(), f.export)
 	demoted := false
+	go hooks.run(ctx, node.Journal, func() *mirror.ReplicationStatus {
+		if repl == nil {
+			return nil
+		}
+		return ptr(repl.Status())
+	})
 	if a != nil {
 		a.setStatus(func() any {
 			m := node.Meta()
