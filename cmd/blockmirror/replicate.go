@@ -171,7 +171,12 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk (default 8G)")
 	f.repl.register(fs)
 	f.log.register(fs)
+	var cf configFlags
+	cf.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := cf.apply(fs, "mirror", &f, &allow); err != nil {
 		return err
 	}
 	if f.data == "" || f.listen == "" {

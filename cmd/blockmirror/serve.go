@@ -40,7 +40,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.listen, "listen", "", "QUIC address where this primary answers other primaries (an old primary learns it is fenced; a split brain is detected); usually the address it had as a mirror")
 	f.repl.register(fs)
 	f.log.register(fs)
+	var cf configFlags
+	cf.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
+		return err
+	}
+	if err := cf.apply(fs, "primary", &f, nil); err != nil {
 		return err
 	}
 	if f.data == "" {
