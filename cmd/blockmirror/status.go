@@ -86,6 +86,32 @@ func fetchStatus(ctx context.Context, c *http.Client, admin string) (*nodeStatus
 	return &st, raw, nil
 }
 
+// progressLine renders a resync's progress as a bar with numbers.
+func progressLine(done, total, sent int64, rate, eta float64, active bool) string {
+	const width = 30
+	frac := float64(done) / float64(total)
+	n := min(width, int(frac*width))
+	bar := strings.Repeat("#", n) + strings.Repeat(".", width-n)
+	s := fmt.Sprintf("[%s] %5.1f%%  %s of %s compared, %s sent", bar, 100*frac, humanBytes(done), humanBytes(total), humanBytes(sent))
+	if active {
+		s += fmt.Sprintf(", %s/s, ETA %s", humanBytes(int64(rate)), (time.Duration(eta) * time.Second).String())
+	}
+	return s
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
 func printStatus(w io.Writer, st *nodeStatus) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
@@ -163,5 +189,14 @@ func printStatus(w io.Writer, st *nodeStatus) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.2f\t%dµs\t%s\n", m.Name, m.Addr, state, acked,
 			m.LagRecords, m.LagBytes, m.LagSeconds, m.RTTMicros, m.LastError)
+	}
+	for _, m := range r.Peers {
+		if rs := m.Resync; rs != nil && rs.TotalBytes > 0 {
+			what := "resync"
+			if !rs.Active {
+				what = "last resync"
+			}
+			fmt.Fprintf(tw, "\n%s %s:\t%s\n", m.Name, what, progressLine(rs.DoneBytes, rs.TotalBytes, rs.SentBytes, rs.Rate, rs.ETASeconds, rs.Active))
+		}
 	}
 }

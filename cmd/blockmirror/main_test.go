@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"4096": 4096, "512K": 512 << 10, "64M": 64 << 20, "10G": 10 << 30, "1T": 1 << 40, "2GiB": 2 << 30, "8gb": 8 << 30} {
+		got, err := parseSize(in)
+		if err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "G", "-1", "1X", "1.5G", "99999999999T"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestMirrorFlag(t *testing.T) {
+	var m mirrorList
+	if err := m.Set("m1=127.0.0.2:7001"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"m1=127.0.0.3:7001", "noequals", "=1.2.3.4:5", "m2=nohostport", "bad name=127.0.0.1:1"} {
+		if err := m.Set(bad); err == nil {
+			t.Errorf("--mirror %q accepted", bad)
+		}
+	}
+	if m.String() != "m1=127.0.0.2:7001" {
+		t.Fatalf("got %q", m.String())
+	}
+}
+
+func TestProgressLine(t *testing.T) {
+	s := progressLine(512<<20, 1<<30, 100<<20, 200<<20, 2.5, true)
+	if !strings.Contains(s, " 50.0%") || !strings.Contains(s, "512.0 MiB of 1.0 GiB") || !strings.Contains(s, "ETA 2s") {
+		t.Fatalf("progress line %q", s)
+	}
+	if strings.Count(s, "#") != 15 {
+		t.Fatalf("bar %q", s)
+	}
+}
+
+func TestUsageAndErrors(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := realMain(nil, &out, &errb); code != 0 || !strings.Contains(out.String(), "serve") {
+		t.Fatalf("usage: code %d out %q", code, out.String())
+	}
+	errb.Reset()
+	if code := realMain([]string{"nonsense"}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "unknown command") {
+		t.Fatalf("unknown command: code %d: %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := realMain([]string{"serve"}, io.Discard, &errb); code != 2 || !strings.Contains(errb.String(), "--data is required") {
+		t.Fatalf("serve without --data: code %d: %s", code, errb.String())
+	}
+	errb.Reset()
+	if code := realMain([]string{"promote"}, io.Discard, &errb); code != 2 {
+		t.Fatalf("promote without target: code %d", code)
+	}
+	// Every command answers -h with its usage and exit 0.
+	for _, c := range commands() {
+		errb.Reset()
+		if code := realMain([]string{c.name, "-h"}, io.Discard, &errb); code != 0 || !strings.Contains(errb.String(), "Usage: blockmirror "+strings.Fields(c.name)[0]) {
+			t.Errorf("%s -h: code %d: %s", c.name, code, errb.String())
+		}
+	}
+}
+
+func TestConfigApplyAndOverride(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "n.toml")
+	os.WriteFile(p, []byte(`
+[node]
+name = "p1"
+certs = "/c"
+[[volumes]]
+name = "v1"
+role = "primary"
+data = "/d1"
+mode = "async"
+sync_acks = 1
+mirrors = [{ name = "m1", address = "127.0.0.1:7001" }]
+[[volumes]]
+name = "v2"
+role = "primary"
+data = "/d2"
+nbd = "127.0.0.1:10810"
+`), 0o600)
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.data, "data", "", "")
+	f.repl.register(fs)
+	var cf configFlags
+	cf.register(fs)
+	if err := fs.Parse([]string{"--config", p}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), "choose one with --volume") {
+		t.Fatalf("two primaries without --volume: %v", err)
+	}
+	if err := fs.Parse([]string{"--config", p, "--volume", "v1", "--mode", "sync"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.apply(fs, "primary", &f, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.data != "/d1" || f.repl.mode != "sync" || len(f.repl.mirrors) != 1 || f.repl.id.node != "p1" {
+		t.Fatalf("applied: data %q mode %q mirrors %v node %q", f.data, f.repl.mode, f.repl.mirrors, f.repl.id.node)
+	}
+	if err := fs.Parse([]string{"--config", p, "--volume", "nope"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), `no primary volume named "nope"`) {
+		t.Fatalf("unknown volume: %v", err)
+	}
+}
