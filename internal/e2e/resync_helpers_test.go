@@ -55,7 +55,7 @@ func newResyncSetup(t *testing.T, extents int) *resyncSetup {
 	t.Logf("seed %d (data: %d random 1 MiB extents)", s.seed, extents)
 	c := s.c
 	c.StartPrimary(primaryOpts{Mirrors: []string{}})
-	s.fill(t, 0, extents)
+	s.fill(t, 0, extents, true)
 	// More extents until the journal starts a new segment, so that what a
 	// new mirror gets from the journal is at most a record or two and the
 	// rest goes through the resync stream.
@@ -68,7 +68,7 @@ func newResyncSetup(t *testing.T, extents int) *resyncSetup {
 		if written > extents+80 {
 			t.Fatalf("after %d records of 1 MiB the journal segments start at %v", written, segs)
 		}
-		s.fill(t, written, 1)
+		s.fill(t, written, 1, true)
 	}
 	if written > extents {
 		t.Logf("wrote %d more extents until the journal started a new segment", written-extents)
@@ -102,8 +102,8 @@ func journalSegments(t *testing.T, dataDir string) []uint64 {
 }
 
 // fill writes n random extents through the primary (the i-th from
-// random stream first+i) and records them.
-func (s *resyncSetup) fill(t *testing.T, first, n int) {
+// random stream first+i) and records them; flush adds an NBD flush.
+func (s *resyncSetup) fill(t *testing.T, first, n int, flush bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	conn, err := rawDial(ctx, s.c.Primary.NBD, defaultExport)
@@ -121,6 +121,9 @@ func (s *resyncSetup) fill(t *testing.T, first, n int) {
 			t.Fatalf("fill: write %d bytes at %d: %v", len(buf), off, err)
 		}
 		s.data.Add(off, resyncExtent)
+	}
+	if !flush {
+		return
 	}
 	if err := conn.flush(); err != nil {
 		t.Fatalf("fill: flush: %v", err)
