@@ -229,6 +229,9 @@ func replGetStatus(ctx context.Context, admin string) (*replStatus, error) {
 
 // PrimaryStatus returns the primary's replication status.
 func (c *replCluster) PrimaryStatus() (*mirror.ReplicationStatus, error) {
+	if p := c.Primary.Proc; p != nil && p.Exited() {
+		return nil, fmt.Errorf("the primary exited (%v); its log ends:\n%s", p.ExitErr(), p.Tail(5))
+	}
 	st, err := replGetStatus(c.t.Context(), c.Primary.Admin)
 	if err != nil {
 		return nil, err
