@@ -104,9 +104,9 @@ func TestResyncUnderFio(t *testing.T) {
 	s := newResyncSetup(t, 103)
 	c := s.c
 	c.StartMirror("m1")
-	c.StartPrimary(primaryOpts{Args: []string{"--resync-rate", "40M"}})
+	c.StartPrimary(primaryOpts{Args: []string{"--resync-rate", "30M"}})
 
-	size := 24 * MiB
+	size := 48 * MiB
 	out := filepath.Join(t.TempDir(), "fio.json")
 	var (
 		mu       sync.Mutex
