@@ -20,6 +20,8 @@
 #              must be a real disk, not tmpfs)
 #   BASELINE   target the ratio column divides by (default nbdkit)
 #   OUT        also write the raw results (TSV) to this file
+#   BM_ARGS    extra arguments for every blockmirror process (e.g.
+#              "--log-level debug")
 #   SKIP_SETUP 1 = do not run scripts/setup.sh first
 #
 # Adding a target NAME: write target_NAME_start (starts it in the
@@ -63,6 +65,7 @@ fstype=$(stat -f -c %T "$BENCH_DIR")
 say "backing files in $BENCH_DIR ($fstype); runtime ${RUNTIME}s + ramp ${RAMP}s per job; region $REGION"
 
 RESULTS=$BENCH_DIR/results.tsv
+FAILED=0
 : >"$RESULTS"
 PIDS=()
 URI=
@@ -116,7 +119,7 @@ target_blockmirror_start() {
 	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
 	port=$(free_port)
 	"$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
-		--nbd "127.0.0.1:$port" >"$dir/server.log" 2>&1 &
+		--nbd "127.0.0.1:$port" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
 	wait_nbd "$URI" "$dir/server.log"
@@ -133,14 +136,14 @@ bm_repl_start() {
 	for name in "${names[@]}"; do
 		mport=$(free_port udp)
 		"$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
-			--certs "$dir/certs" --node "$name" --admin "" >"$dir/$name.log" 2>&1 &
+			--certs "$dir/certs" --node "$name" --admin "" ${BM_ARGS:-} >"$dir/$name.log" 2>&1 &
 		PIDS+=($!)
 		margs+=(--mirror "$name=127.0.0.1:$mport")
 	done
 	port=$(free_port)
 	"$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
-		--mode "$mode" --sync-acks "$acks" "${margs[@]}" >"$dir/server.log" 2>&1 &
+		--mode "$mode" --sync-acks "$acks" "${margs[@]}" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
 	wait_nbd "$URI" "$dir/server.log"
@@ -258,7 +261,10 @@ run_job() {
 			say "--- tail of $f"
 			tail -5 "$f" >&2
 		done
-		die "fio $name on $target failed; files kept in $BENCH_DIR"
+		say "error: fio $name on $target failed; files kept in $BENCH_DIR"
+		FAILED=1
+		printf '%s\t%s\tFAILED\n' "$target" "$name" >>"$RESULTS"
+		return 0
 	}
 	"$PY" - "$json" "$target" "$name" >>"$RESULTS" <<'PYEOF'
 import json, sys
@@ -313,7 +319,7 @@ path, base, targets, jobs = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.a
 res = {}
 for line in open(path):
     t, j, *v = line.rstrip("\n").split("\t")
-    res[(t, j)] = tuple(float(x) for x in v)
+    res[(t, j)] = None if v == ["FAILED"] else tuple(float(x) for x in v)
 hdr = "%-26s %-12s %9s %9s %10s %10s %17s" % ("job", "target", "IOPS", "MB/s", "mean us", "p99 us",
                                                "flush mean/p99 us")
 if base in targets:
@@ -323,13 +329,17 @@ print(hdr)
 print("-" * len(hdr))
 for j in jobs:
     for t in targets:
-        r = res.get((t, j))
+        if (t, j) not in res:
+            continue
+        r = res[(t, j)]
         if r is None:
+            print("%-26s %-12s %9s" % (j, t, "FAILED"))
             continue
         flush = "%.0f/%.0f" % r[4:6] if r[4] else "-"
         row = "%-26s %-12s %9.0f %9.1f %10.1f %10.1f %17s" % ((j, t) + r[:4] + (flush,))
-        b = res.get((base, j))
+        b = res.get((base, j))  # None if the baseline failed
         if b and t != base:
             row += "  %10.2f %9.2f" % (r[0] / b[0] if b[0] else 0, r[3] / b[3] if b[3] else 0)
         print(row)
 PYEOF
+exit "$FAILED"
