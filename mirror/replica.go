@@ -97,6 +97,9 @@ type mirrorSession struct {
 	// ackCh (capacity 1) holds the newest ack to send; acks are
 	// cumulative, so a newer one replaces an unsent older one.
 	ackCh chan Ack
+	// replaced: a newer session ended this one; errorSent: we sent the
+	// peer an Error (give it time to arrive before closing).
+	replaced, errorSent atomic.Bool
 }
 
 // NewMirror opens the volume (if the data directory has one) and listens.
@@ -512,6 +515,7 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	old := d.active
 	d.mu.Unlock()
 	if old != nil {
+		old.replaced.Store(true)
 		old.cancel()
 		old.conn.Close(0, "replaced by a new session")
 		<-old.done
@@ -564,6 +568,7 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	}
 	if reply.Code != CodeOK {
 		log.Warn("refused primary", "code", reply.Code, "reason", reply.Reason)
+		linger(st)
 		return
 	}
 	defer func() {
@@ -603,10 +608,21 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 			}()
 		}
 	}()
-	if err := d.session(sctx, s); err != nil && sctx.Err() == nil {
+	err = d.session(sctx, s)
+	switch {
+	case s.replaced.Load():
+		log.Info("primary session replaced by a newer one", "err", err)
+	case err != nil && ctx.Err() == nil:
 		log.Warn("primary session ended", "err", err)
-	} else {
+	default:
 		log.Info("primary session ended")
+	}
+	if s.errorSent.Load() {
+		// Let the error reach the primary before the connection closes.
+		select {
+		case <-conn.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
 
@@ -700,6 +716,8 @@ func (d *Mirror) sendError(s *mirrorSession, code ErrCode, msg string) {
 	if s.st.WriteFrame(uint8(MsgError), buf) == nil {
 		s.st.Flush()
 	}
+	s.st.CloseWrite()
+	s.errorSent.Store(true)
 }
 
 func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
@@ -707,6 +725,20 @@ func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *
 	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
 	if st.WriteFrame(uint8(MsgError), buf) == nil {
 		st.Flush()
+	}
+	linger(st)
+}
+
+// linger ends our side of a stream after a last message and waits (up to
+// 2 s) for the peer to read it and hang up, so closing the connection does
+// not discard the message (a refusal's reason must reach the primary).
+func linger(st *transport.Stream) {
+	st.CloseWrite()
+	st.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, _, err := st.ReadFrame(nil); err != nil {
+			return
+		}
 	}
 }
 

@@ -80,6 +80,9 @@ func (d *Mirror) sendReply(st *transport.Stream, r *HelloReply) {
 	if err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
+	if r.Code != CodeOK {
+		linger(st)
+	}
 }
 
 func (d *Mirror) isPromoted() bool {

@@ -86,8 +86,8 @@ func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
 	if buf, err := AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
-	// Give the reply a moment to leave before the connection closes.
-	time.Sleep(50 * time.Millisecond)
+	// Let the reply reach the peer before the connection closes.
+	linger(st)
 	r.log.Warn("another primary contacted this primary", "peer", conn.PeerName(), "their_epoch", h.Epoch,
 		"our_epoch", m.Epoch, "answer", reply.Code, "reason", reply.Reason)
 	if reply.Code == CodeSplitBrain {
