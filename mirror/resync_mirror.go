@@ -271,7 +271,7 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 				timer.Reset(5 * time.Millisecond)
 			}
 			batch = append(batch, r)
-			if len(batch) >= 64 {
+			if len(batch) >= 256 {
 				if err := flush(); err != nil {
 					return err
 				}
