@@ -313,6 +313,7 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 		}
 		s.writeMu.Unlock()
 		if err != nil {
+			d.log.Warn("sending an ack failed; ending the session", "peer", s.peer, "err", err)
 			s.cancel()
 			return
 		}

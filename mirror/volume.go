@@ -18,10 +18,11 @@ import (
 // VolumeOptions tune a primary volume.
 type VolumeOptions struct {
 	// CheckpointInterval is how often the store is synced and the journal
-	// released up to the applied seq (default 2 s).
+	// released up to the applied seq (default 5 s).
 	CheckpointInterval time.Duration
 	// CheckpointBytes forces a checkpoint once this many bytes were
-	// journaled since the last one (default 256 MiB).
+	// journaled since the last one (default 1 GiB; it bounds the replay
+	// after a crash).
 	CheckpointBytes int64
 	// OnAppend, when set, gets how long each write waited for the local
 	// journal (durable: FUA writes waiting for fdatasync); for metrics.
@@ -31,10 +32,10 @@ type VolumeOptions struct {
 
 func (o VolumeOptions) withDefaults() VolumeOptions {
 	if o.CheckpointInterval <= 0 {
-		o.CheckpointInterval = 2 * time.Second
+		o.CheckpointInterval = 5 * time.Second
 	}
 	if o.CheckpointBytes <= 0 {
-		o.CheckpointBytes = 256 << 20
+		o.CheckpointBytes = 1 << 30
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
