@@ -218,6 +218,12 @@ func (r *Replication) LocalDone(ctx context.Context, id uint64) error {
 	if ch == nil {
 		return fmt.Errorf("mirror: request %d was never admitted", id)
 	}
+	forget := func() {
+		r.mu.Lock()
+		delete(r.waiters, id)
+		r.mu.Unlock()
+	}
+	defer forget()
 	select {
 	case err := <-ch:
 		return err
@@ -233,9 +239,10 @@ func (r *Replication) LocalDone(ctx context.Context, id uint64) error {
 func (r *Replication) processLocked() {
 	rd := r.core.Ready()
 	for _, c := range rd.Completions {
+		// LocalDone removes the waiter once it has its result (a flush can
+		// complete inside AdmitFlush, before LocalDone is called).
 		if ch, ok := r.waiters[c.ID]; ok {
 			ch <- c.Err
-			delete(r.waiters, c.ID)
 		}
 	}
 	for _, s := range rd.StartStreams {

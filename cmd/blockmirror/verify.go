@@ -26,21 +26,32 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := post(ctx, *admin, path, &rep); err != nil {
 		return err
 	}
+	bad := false
+	for _, p := range rep.Peers {
+		if p.Error != "" || len(p.Differing) > 0 {
+			bad = true
+		}
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+		if bad {
+			return errVerifyFailed
+		}
+		return nil
 	}
-	bad := false
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "MIRROR\tCOMPARED\tDIFFERING\tSECONDS\tRESULT\n")
 	for _, p := range rep.Peers {
 		result := "identical"
 		switch {
 		case p.Error != "":
-			result, bad = "error: "+p.Error, true
+			result = "error: " + p.Error
 		case len(p.Differing) > 0:
-			result, bad = fmt.Sprintf("%d ranges differ", len(p.Differing)), true
+			result = fmt.Sprintf("%d ranges differ", len(p.Differing))
 			if p.Resync {
 				result += "; resync started"
 			}
