@@ -1,62 +1,124 @@
 #!/usr/bin/env bash
-# run.sh — the main job: build bin/blockmirror and serve a local disk over
-# NBD on this machine. Runs in the foreground; Ctrl-C (SIGINT) stops it
-# gracefully.
+# run.sh — the main job on one machine: build blockmirror, create a CA and
+# node certificates, start a mirror daemon and a primary that replicates to
+# it synchronously, write to the disk with a real NBD client, show that both
+# copies are in sync, then keep serving until Ctrl-C (which stops both).
 #
 #   sudo bash scripts/run.sh
 #
 # Environment (all optional):
-#   DATA_DIR    node state directory            (default ./var/primary)
-#   SIZE        size when the volume is created (default 1G; ignored later)
-#   NBD_ADDR    HOST:PORT or unix:PATH          (default 127.0.0.1:10809)
-#   EXPORT      NBD export name                 (default disk)
+#   VAR_DIR     where certificates, data and logs go    (default ./var)
+#   SIZE        size of the volume when created         (default 1G)
+#   NBD_ADDR    the primary's NBD address                (default 127.0.0.1:10809)
+#   MIRROR_ADDR the mirror's QUIC address                (default 127.0.0.2:7001)
+#   MODE        sync or async                            (default sync)
+#   EXIT        1 = stop after the demonstration instead of serving on
 #   SKIP_SETUP  1 = do not run scripts/setup.sh first
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
 
-DATA_DIR=${DATA_DIR:-./var/primary}
+VAR_DIR=${VAR_DIR:-./var}
 SIZE=${SIZE:-1G}
 NBD_ADDR=${NBD_ADDR:-127.0.0.1:10809}
-EXPORT=${EXPORT:-disk}
+MIRROR_ADDR=${MIRROR_ADDR:-127.0.0.2:7001}
+MODE=${MODE:-sync}
+P_ADMIN=127.0.0.1:7480
+M_ADMIN=127.0.0.1:7481
+EXPORT=disk
 
 say() { printf 'run: %s\n' "$*"; }
+die() { say "error: $*"; exit 1; }
 
 if [ "${SKIP_SETUP:-0}" != 1 ]; then
 	bash scripts/setup.sh </dev/null
 fi
 command -v go >/dev/null 2>&1 || export PATH=/usr/local/go/bin:$PATH
+export PATH=/usr/bin:/usr/sbin:$PATH
 
 say "go build -o bin/blockmirror ./cmd/blockmirror"
-mkdir -p bin
+mkdir -p bin "$VAR_DIR"
 go build -o bin/blockmirror ./cmd/blockmirror
+B=$ROOT/bin/blockmirror
 
-mkdir -p "$DATA_DIR"
-args=(serve --data "$DATA_DIR" --nbd "$NBD_ADDR" --export "$EXPORT")
-if [ -z "$(ls -A "$DATA_DIR")" ]; then
-	args+=(--size "$SIZE") # a new volume
-	say "creating a $SIZE volume in $DATA_DIR"
-else
-	say "reopening the volume in $DATA_DIR"
-fi
+# Certificates: a cluster CA and one key pair per node (kept on re-runs).
+"$B" certs init --out "$VAR_DIR/certs" primary mirror1 >/dev/null
+say "certificates in $VAR_DIR/certs (CA + primary, mirror1)"
 
-case "$NBD_ADDR" in
-unix:*) uri="nbd+unix:///$EXPORT?socket=${NBD_ADDR#unix:}" ;;
-*) uri="nbd://$NBD_ADDR/$EXPORT" ;;
-esac
+pids=()
+cleanup() {
+	trap - INT TERM EXIT
+	if [ ${#pids[@]} -gt 0 ]; then
+		say "stopping (SIGTERM: each node checkpoints and exits)"
+		kill -TERM "${pids[@]}" 2>/dev/null || true
+		wait "${pids[@]}" 2>/dev/null || true
+	fi
+}
+trap cleanup INT TERM EXIT
 
-# --- primary -----------------------------------------------------------
-# (Mirrors on this machine will be started here: `blockmirror mirror ...`
-# processes in the background, and --mirror NAME=HOST:PORT flags added to
-# the primary's args below.)
+size_args=()
+[ -e "$VAR_DIR/primary/meta.json" ] || size_args=(--size "$SIZE")
+
+say "starting the mirror daemon: QUIC $MIRROR_ADDR, data $VAR_DIR/mirror1, log $VAR_DIR/mirror1.log"
+"$B" mirror --data "$VAR_DIR/mirror1" --listen "$MIRROR_ADDR" --certs "$VAR_DIR/certs" --node mirror1 \
+	--admin "$M_ADMIN" --nbd 127.0.0.2:10809 --mirror "primary=127.0.0.1:7001" --allow-degraded \
+	>"$VAR_DIR/mirror1.log" 2>&1 &
+pids+=($!)
+
+say "starting the primary: NBD $NBD_ADDR, $MODE replication to mirror1, data $VAR_DIR/primary, log $VAR_DIR/primary.log"
+"$B" serve --data "$VAR_DIR/primary" "${size_args[@]}" --nbd "$NBD_ADDR" --export "$EXPORT" \
+	--admin "$P_ADMIN" --mirror "mirror1=$MIRROR_ADDR" --mode "$MODE" --listen 127.0.0.1:7001 \
+	--certs "$VAR_DIR/certs" --node primary >"$VAR_DIR/primary.log" 2>&1 &
+pids+=($!)
+
+uri="nbd://$NBD_ADDR/$EXPORT"
+for _ in $(seq 100); do
+	nbdinfo "$uri" >/dev/null 2>&1 && break
+	kill -0 "${pids[1]}" 2>/dev/null || { tail -5 "$VAR_DIR/primary.log"; die "the primary exited"; }
+	sleep 0.1
+done
+nbdinfo "$uri" >/dev/null 2>&1 || die "no NBD server at $uri (see $VAR_DIR/primary.log)"
+say "serving $uri"
+
+say "a client writes: qemu-io writes 64 MiB of patterns, fio 5 s of verified random writes"
+qemu-io -f raw -c 'write -P 0x5a 0 32M' -c 'write -P 0xa5 32M 32M' -c flush "$uri" | grep -E '^wrote' | sed 's/^/run:   /'
+( cd "$VAR_DIR" && fio --name=demo --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=16 \
+	--offset=64M --size=64M --runtime=5 --time_based --verify=crc32c --verify_fatal=1 \
+	--output-format=terse --terse-version=3 >fio-demo.txt 2>&1 ) || die "fio failed (see $VAR_DIR/fio-demo.txt)"
+awk -F';' 'NF>80 {printf "run:   fio: %s write IOPS, mean latency %.0f µs, verify ok\n", $49, $81}' "$VAR_DIR/fio-demo.txt"
+qemu-io -f raw -c 'read -P 0x5a 0 32M' -c 'read -P 0xa5 32M 32M' "$uri" | grep -E '^read' | sed 's/^/run:   /'
+
+# Wait until the mirror has applied everything, then show both nodes.
+for _ in $(seq 100); do
+	st=$("$B" status --admin "$P_ADMIN" --json)
+	if printf '%s' "$st" | grep -q '"state": "in-sync"' &&
+		printf '%s' "$st" | grep -q '"lag_records": 0'; then
+		break
+	fi
+	sleep 0.1
+done
+echo
+"$B" status --admin "$P_ADMIN"
+echo
+"$B" status --admin "$M_ADMIN"
+echo
+"$B" verify --admin "$P_ADMIN" || die "verify found differences"
 
 cat <<EOM
-run: NBD URI: $uri
+
+run: the primary serves $uri; mirror1 holds a synchronous copy.
 run: try, from another shell:
 run:   nbdinfo '$uri'
-run:   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' '$uri'
-run:   fio --name=t --ioengine=nbd --uri='$uri' --rw=randwrite --bs=4k --iodepth=32 --size=256M --runtime=10 --time_based
-run: Ctrl-C stops the server.
+run:   bin/blockmirror status --admin $P_ADMIN --watch
+run:   bin/blockmirror verify --admin $P_ADMIN
+run:   curl -s http://$P_ADMIN/metrics | grep ^blockmirror_
+run: failover: kill the primary, then  scripts/failover.sh --admin $M_ADMIN --primary $NBD_ADDR
+run:   (the mirror then serves NBD at nbd://127.0.0.2:10809/$EXPORT)
+run: see README.md and docs/operations.md. Ctrl-C stops both nodes.
 EOM
-say "bin/blockmirror ${args[*]}"
-exec bin/blockmirror "${args[@]}"
+if [ "${EXIT:-0}" = 1 ]; then
+	exit 0
+fi
+wait -n "${pids[@]}" || true
+say "a node exited; see $VAR_DIR/*.log"
