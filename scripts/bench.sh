@@ -10,7 +10,8 @@
 #   TARGETS    space-separated targets (default "blockmirror nbdkit");
 #              available: blockmirror nbdkit qsd-mirror, and blockmirror
 #              replicating to mirror processes on this machine: bm-async1
-#              (async, 1 mirror), bm-sync1 (sync, 1 mirror), bm-sync2 (sync,
+#              (async, 1 mirror), bm-sync1 (sync, 1 mirror), bm-sync1of2 (sync,
+#              2 mirrors, the first of them to ack suffices), bm-sync2 (sync,
 #              2 mirrors, both must ack)
 #   JOBS       space-separated job names to run (default: all, see JOB LIST)
 #   RUNTIME    seconds per job (default 7)      RAMP  ramp seconds (default 1)
@@ -157,6 +158,7 @@ bm_repl_start() {
 target_bm-async1_start() { bm_repl_start "$1" async 1 1; }
 target_bm-sync1_start() { bm_repl_start "$1" sync 1 1; }
 target_bm-sync2_start() { bm_repl_start "$1" sync 2 2; }
+target_bm-sync1of2_start() { bm_repl_start "$1" sync 2 1; }
 
 # nbdkit's file plugin on a sparse file of the same size.
 target_nbdkit_start() {
