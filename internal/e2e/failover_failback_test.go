@@ -1,0 +1,160 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFailoverFailback: p1 replicates to m1 (sync, degraded allowed); m1
+// is lost and p1 takes writes B alone; p1 dies; m1 is restarted and
+// promoted by scripts/failover.sh and takes writes C (half of them on B's
+// blocks). p1 is demoted and rejoins as m1's mirror: B's records go to
+// p1's quarantine (the JSON report lists their regions), p1 is resynced by
+// hash compare, sending about the blocks that differ (not the 256 MiB
+// disk), and ends byte-identical to m1 with A and C readable and B gone
+// from the live image.
+func TestFailoverFailback(t *testing.T) {
+	const blk = 64 << 10
+	c := newFoCluster(t, 164, "p1", "m1")
+	p1, m1 := c.N("p1"), c.N("m1")
+	// After its promotion m1 replicates to p1's address asynchronously, so
+	// it serves while p1 is down.
+	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0"}
+	m1.StartMirror(m1Args...)
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--allow-degraded",
+		"--ack-timeout", "1s", "--listen", p1.Listen)
+
+	var aOffs, bOffs, cOffs []int64
+	for i := range 16 {
+		aOffs = append(aOffs, int64(i)*8<<20)
+	}
+	for i := range 32 {
+		bOffs = append(bOffs, int64(i)*4<<20+1<<20)
+	}
+	for i := range 32 {
+		if i%2 == 0 {
+			cOffs = append(cOffs, bOffs[i]) // overwrite B's block on the new primary
+		} else {
+			cOffs = append(cOffs, int64(i)*4<<20+2<<20)
+		}
+	}
+
+	conn := foDial(t, p1.NBD)
+	for i, off := range aOffs {
+		if err := conn.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write A %d: %v", i, err)
+		}
+	}
+	foWaitCaughtUp(t, p1, m1, 20*time.Second)
+
+	// m1 is lost; p1 goes on alone (degraded): B exists only on p1.
+	m1.Kill()
+	for i, off := range bOffs {
+		if err := conn.foWrite(foPattern("B", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write B %d on the degraded primary: %v", i, err)
+		}
+	}
+	p1.Kill()
+	t.Logf("p1 killed after %d writes B that m1 never saw", len(bOffs))
+
+	// Failover: m1 comes back and the script promotes it online.
+	m1.StartMirror(m1Args...)
+	r := runFailover(t, "--primary", p1.NBD, "--primary", p1.Admin, "--admin", m1.Admin)
+	if r.Code != 0 {
+		t.Fatalf("failover.sh exited %d", r.Code)
+	}
+	t.Logf("failover took %.2f s (script), %v wall", r.Reported, r.Wall.Round(time.Millisecond))
+	st := m1.WaitStatus(10*time.Second, "primary", func(s *foStatus) (bool, string) {
+		return s.Primary != nil, "not primary yet"
+	})
+	if st.Primary.Epoch != 2 {
+		t.Errorf("m1 is primary in epoch %d, want 2", st.Primary.Epoch)
+	}
+	conn = foDial(t, m1.NBD)
+	for i, off := range cOffs {
+		if err := conn.foWrite(foPattern("C", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write C %d on the new primary: %v", i, err)
+		}
+	}
+	foCheckBlocks(t, m1.NBD, "A", aOffs, blk)
+
+	// Failback: p1 demoted offline and started as m1's mirror.
+	out := runCmd(t, time.Minute, binPath, "demote", "--data", p1.Data)
+	t.Logf("demote: %s", strings.TrimSpace(out))
+	p1.StartMirror()
+	ps := p1.WaitStatus(30*time.Second, "quarantine reported", func(s *foStatus) (bool, string) {
+		if s.Mirror == nil {
+			return false, "not a mirror"
+		}
+		return len(s.Mirror.Quarantined) > 0, "nothing quarantined yet"
+	})
+	foWaitCaughtUp(t, m1, p1, 60*time.Second)
+	if ps.Mirror.SplitBrain != "" {
+		t.Errorf("failback reported a split brain: %s", ps.Mirror.SplitBrain)
+	}
+	if line := p1.Proc.LogLine("quarantined"); line == "" {
+		t.Errorf("p1's log has no quarantine line")
+	} else {
+		t.Logf("p1: %s", line)
+	}
+
+	// The quarantine report lists every B write (and nothing of A).
+	reps := foQuarantine(t, p1.Data)
+	if len(reps) == 0 {
+		t.Fatalf("no q-*.json in %s/quarantine", p1.Data)
+	}
+	records := 0
+	for _, q := range reps {
+		records += q.Records
+		t.Logf("quarantine: %s: seq %d..%d, %d records, %d bytes, %d regions (fork %d, missing before %d)",
+			q.File, q.FirstSeq, q.LastSeq, q.Records, q.DataBytes, len(q.Regions), q.ForkSeq, q.MissingBefore)
+	}
+	for i, off := range bOffs {
+		if !foCovered(reps, off, blk) {
+			t.Errorf("B write %d at offset %d is not in the quarantine report", i, off)
+		}
+	}
+	for i, off := range aOffs {
+		if foCovered(reps, off, blk) {
+			t.Errorf("A write %d at offset %d (replicated before the fork) is in the quarantine report", i, off)
+		}
+	}
+	if records < len(bOffs) {
+		t.Errorf("quarantine holds %d records, want at least the %d B writes", records, len(bOffs))
+	}
+
+	// The resync sent about the differing chunks, not the disk.
+	runs := resyncRuns(t, m1.Proc.Log(), "p1")
+	var sent int64 = -1
+	for _, r := range runs {
+		if r.Complete {
+			sent = r.Sent
+		}
+	}
+	if sent < 0 {
+		t.Fatalf("m1 logged no completed resync of p1:\n%s", resyncLines(m1.Proc, p1.Proc))
+	}
+	diff := int64(len(bOffs)+len(cOffs)/2) * blk // B's blocks plus C's blocks elsewhere
+	t.Logf("resync of p1 sent %s; blocks that differ %s (C also arrives as journal records); disk 256 MiB", mib(sent), mib(diff))
+	if sent < int64(len(bOffs))*blk {
+		t.Errorf("resync sent %s, less than B's %s which p1 must lose", mib(sent), mib(int64(len(bOffs))*blk))
+	}
+	if sent > 4*diff {
+		t.Errorf("resync sent %s, far more than the %s that differ", mib(sent), mib(diff))
+	}
+
+	// The new primary holds A and C; after the stop both images are equal.
+	foCheckBlocks(t, m1.NBD, "C", cOffs, blk)
+	m1.Stop()
+	p1.Stop()
+	foRequireIdentical(t, p1, m1)
+	// B's blocks not overwritten by C are zero again on both.
+	img, err := foReadImage(p1.Image(), bOffs[1], blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(img) == string(foPattern("B", 1, blk)) {
+		t.Errorf("p1 still holds quarantined write B 1 in its image")
+	}
+}
