@@ -9,7 +9,8 @@ import (
 // TestFailoverFailback: p1 replicates to m1 (sync, degraded allowed); m1
 // is lost and p1 takes writes B alone; p1 dies; m1 is restarted and
 // promoted by scripts/failover.sh and takes writes C (half of them on B's
-// blocks). p1 is demoted and rejoins as m1's mirror: B's records go to
+// blocks). p1 restarts as the old primary first and is fenced (its write
+// fails, m1 keeps A). Then p1 is demoted and rejoins as m1's mirror: B's records go to
 // p1's quarantine (the JSON report lists their regions), p1 is resynced by
 // hash compare, sending about the blocks that differ (not the 256 MiB
 // disk), and ends byte-identical to m1 with A and C readable and B gone
@@ -77,6 +78,25 @@ func TestFailoverFailback(t *testing.T) {
 			t.Fatalf("write C %d on the new primary: %v", i, err)
 		}
 	}
+	foCheckBlocks(t, m1.NBD, "A", aOffs, blk)
+
+	// p1 reboots as the primary it was before anyone demotes it: it dials
+	// m1, learns it is fenced and fails every write, and m1 takes none of
+	// its records.
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--allow-degraded",
+		"--ack-timeout", "1s", "--listen", p1.Listen)
+	p1.WaitStatus(30*time.Second, "fenced after its restart", func(s *foStatus) (bool, string) {
+		if s.Primary == nil || s.Primary.Replication == nil {
+			return false, "no replication status"
+		}
+		return s.Primary.Replication.Fenced, "not fenced"
+	})
+	stale := foDial(t, p1.NBD)
+	if err := stale.foWrite(foPattern("Z", 0, blk), aOffs[0], 10*time.Second); err == nil {
+		t.Errorf("the restarted old primary acknowledged a write although m1 is primary in epoch 2")
+	}
+	p1.Stop()
+	p1.Proc = nil
 	foCheckBlocks(t, m1.NBD, "A", aOffs, blk)
 
 	// Failback: p1 demoted offline and started as m1's mirror.
