@@ -165,7 +165,7 @@ nbd_uri() { # the URI of the export at ADDR
 # or, without nbdinfo, accepts a connection
 nbd_answers() {
 	if command -v nbdinfo >/dev/null 2>&1; then
-		timeout 3 nbdinfo --size "$(nbd_uri "$1")" >/dev/null 2>&1
+		timeout 1 nbdinfo --size "$(nbd_uri "$1")" >/dev/null 2>&1
 	else
 		case "$1" in
 		unix:*) [ -S "${1#unix:}" ] ;;
@@ -190,12 +190,13 @@ json_field() {
 # wait_nbd ADDR → waits until NBD answers at ADDR (bounded by --wait)
 wait_nbd() {
 	local deadline=$(($(date +%s) + wait_s))
-	until nbd_answers "$1"; do
-		if [ "$(date +%s)" -ge "$deadline" ]; then
-			return 1
-		fi
+	while :; do
 		if [ -n "${serve_pid:-}" ] && ! kill -0 "$serve_pid" 2>/dev/null; then
 			return 2
+		fi
+		nbd_answers "$1" && return 0
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			return 1
 		fi
 		sleep 0.05
 	done

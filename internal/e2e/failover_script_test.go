@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,11 +10,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/testutil"
 )
 
 // TestFailoverScriptOffline drives scripts/failover.sh when the mirror
-// daemon is not running: usage errors, a failing fence hook (exit 3), then
-// the offline promotion that starts `blockmirror serve` in the background
+// daemon is not running: usage errors, a failing fence hook (exit 3), a
+// serve that cannot listen (exit 5), then (run again) the offline promotion that starts `blockmirror serve` in the background
 // (serve.pid, serve.log), the data replicated before the primary died, and
 // a second run that finds the node serving and exits 0 without touching
 // it. --attach is skipped with a message where /dev/nbd* does not exist.
@@ -49,6 +53,24 @@ func TestFailoverScriptOffline(t *testing.T) {
 		t.Fatalf("a serve was started although the fence hook failed")
 	}
 
+	// The NBD address is taken: serve exits, the script says so (exit 5).
+	busy, err := net.Listen("tcp", "127.0.0.177:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]string(nil), base...)
+	for i := range bad {
+		if bad[i] == m1.NBD {
+			bad[i] = busy.Addr().String()
+		}
+	}
+	if r := runFailover(t, bad...); r.Code != 5 || !strings.Contains(r.Out, "exited") {
+		t.Errorf("serve cannot listen: exit %d, want 5 saying serve exited", r.Code)
+	}
+	busy.Close()
+
+	// Again with a free address: the data directory is already promoted;
+	// the script goes on and starts serve.
 	args := append([]string(nil), base...)
 	nodev := !foHasNBDDevices()
 	if nodev {
@@ -131,4 +153,56 @@ func foStopPid(t *testing.T, pid int) {
 	}
 	t.Logf("serve pid %d did not stop after SIGTERM; killing it", pid)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// TestFailoverScriptInconsistent: a mirror that is being resynced (a new
+// mirror of a primary whose journal no longer reaches back to seq 1,
+// resync rate-limited) is not a consistent image. When the primary dies
+// mid-resync, scripts/failover.sh refuses to promote it (exit 4, the
+// reason names the inconsistency) and leaves it a mirror; with --force it
+// promotes it.
+func TestFailoverScriptInconsistent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 80 MiB and waits for a journal segment to be dropped (skipped with -short)")
+	}
+	c := newFoCluster(t, 178, "p1", "m1")
+	p1, m1 := c.N("p1"), c.N("m1")
+	p1.StartPrimary("256M")
+	pc := foDial(t, p1.NBD)
+	buf := make([]byte, 1<<20)
+	for i := range 80 {
+		copy(buf, foPattern("X", i, 4096))
+		if err := pc.foWrite(buf, int64(i)<<20, 10*time.Second); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	testutil.WaitFor(t, 30*time.Second, "the primary's journal dropped its first segment", func() (bool, string) {
+		segs := journalSegments(t, p1.Data)
+		return len(segs) == 1 && segs[0] > 1, fmt.Sprintf("segments start at %v", segs)
+	})
+	p1.Stop()
+	p1.Proc = nil
+
+	m1.StartMirror()
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "async", "--resync-rate", "2M")
+	m1.WaitStatus(30*time.Second, "inconsistent (resyncing)", func(s *foStatus) (bool, string) {
+		if s.Mirror == nil {
+			return false, "not a mirror"
+		}
+		return s.Mirror.Inconsistent, "consistent"
+	})
+	p1.Kill()
+
+	r := runFailover(t, "--primary", p1.NBD, "--admin", m1.Admin)
+	if r.Code != 4 || !strings.Contains(r.Out, "inconsistent") {
+		t.Errorf("failover of an inconsistent mirror: exit %d, want 4 with a reason saying inconsistent", r.Code)
+	}
+	if st, err := m1.Status(); err != nil || st.Mirror == nil {
+		t.Fatalf("m1 should still be a mirror after the refusal: %v %s", err, m1.RawStatus())
+	}
+	r = runFailover(t, "--primary", p1.NBD, "--admin", m1.Admin, "--force")
+	if r.Code != 0 {
+		t.Fatalf("failover --force of an inconsistent mirror: exit %d, want 0", r.Code)
+	}
+	m1.WaitStatus(10*time.Second, "primary", func(s *foStatus) (bool, string) { return s.Primary != nil, "not primary" })
 }
