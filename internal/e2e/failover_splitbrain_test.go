@@ -164,3 +164,113 @@ func TestFailoverSplitBrain(t *testing.T) {
 		}
 	}
 }
+
+// TestFailoverSplitBrainUneven: the two promoted mirrors did not hold the
+// same prefix of the old primary's writes (async; m2 was cut off while
+// p1 wrote E, which only m1 received), so their epoch-2 histories start at
+// different seqs. The side that is behind (m2) wins; the loser m1 must
+// quarantine both E (epoch-1 records m2 never had) and its own S1, and end
+// identical to m2.
+func TestFailoverSplitBrainUneven(t *testing.T) {
+	const blk = 64 << 10
+	c := newFoCluster(t, 180, "p1", "m1", "m2")
+	p1, m1, m2 := c.N("p1"), c.N("m1"), c.N("m2")
+	toM2 := foStartProxy(t, "127.0.0.183", m2.Listen)   // m1 → m2
+	toM1 := foStartProxy(t, "127.0.0.184", m1.Listen)   // m2 → m1
+	p1ToM2 := foStartProxy(t, "127.0.0.185", m2.Listen) // p1 → m2
+	m1.StartMirror("--mirror", "m2="+toM2.Addr(), "--mode", "async", "--max-lag", "0")
+	m2.StartMirror("--mirror", "m1="+toM1.Addr(), "--mode", "async", "--max-lag", "0")
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mirror", "m2="+p1ToM2.Addr(), "--mode", "async", "--max-lag", "0")
+
+	aOffs := []int64{0, 40 << 20}
+	eOffs := []int64{20 << 20, 21 << 20, 22 << 20, 150 << 20}
+	pc := foDial(t, p1.NBD)
+	for i, off := range aOffs {
+		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write A %d: %v", i, err)
+		}
+	}
+	foWaitCaughtUp(t, p1, m1, 20*time.Second)
+	foWaitCaughtUp(t, p1, m2, 20*time.Second)
+	p1ToM2.Partition(t, "both")
+	for i, off := range eOffs {
+		if err := pc.foWrite(foPattern("E", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write E %d: %v", i, err)
+		}
+	}
+	foWaitCaughtUp(t, p1, m1, 20*time.Second)
+	toM1.Partition(t, "both")
+	toM2.Partition(t, "both")
+	p1.Kill()
+	for _, n := range []*foNode{m1, m2} {
+		if r := runFailover(t, "--primary", p1.NBD, "--admin", n.Admin); r.Code != 0 {
+			t.Fatalf("failover.sh on %s exited %d", n.Name, r.Code)
+		}
+		n.WaitStatus(10*time.Second, "primary", func(s *foStatus) (bool, string) { return s.Primary != nil, "not primary" })
+	}
+	foCheckBlocks(t, m1.NBD, "E", eOffs, blk)
+
+	s1 := []int64{60 << 20, 21 << 20} // the second lands on an E block
+	s2 := []int64{61 << 20, 62 << 20}
+	c1, c2 := foDial(t, m1.NBD), foDial(t, m2.NBD)
+	for i, off := range s1 {
+		if err := c1.foWrite(foPattern("S1", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write S1 %d: %v", i, err)
+		}
+	}
+	for i, off := range s2 {
+		if err := c2.foWrite(foPattern("S2", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write S2 %d: %v", i, err)
+		}
+	}
+	toM1.Heal(t)
+	toM2.Heal(t)
+	for _, n := range []*foNode{m1, m2} {
+		n.WaitStatus(45*time.Second, "split brain reported", func(s *foStatus) (bool, string) {
+			return s.Primary != nil && s.Primary.SplitBrain != "", "no split brain reported"
+		})
+	}
+
+	// m2 (the one behind) wins; m1 gives up E and S1.
+	runCmd(t, 30*time.Second, binPath, "demote", "--admin", m1.Admin, "--split-brain-loser")
+	select {
+	case <-m1.Proc.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("m1 still runs 15 s after `demote --admin`")
+	}
+	m1.StartMirror()
+	foWaitCaughtUp(t, m2, m1, 60*time.Second)
+	reps := foQuarantine(t, m1.Data)
+	for _, q := range reps {
+		t.Logf("m1 quarantine: seq %d..%d (fork %d), %d records, %d regions", q.FirstSeq, q.LastSeq, q.ForkSeq, q.Records, len(q.Regions))
+	}
+	for i, off := range eOffs {
+		if !foCovered(reps, off, blk) {
+			t.Errorf("E write %d (only m1 had it) is not in m1's quarantine", i)
+		}
+	}
+	for i, off := range s1 {
+		if !foCovered(reps, off, blk) {
+			t.Errorf("S1 write %d is not in m1's quarantine", i)
+		}
+	}
+	for i, off := range aOffs {
+		if foCovered(reps, off, blk) {
+			t.Errorf("A write %d (common to both) is in m1's quarantine", i)
+		}
+	}
+	foCheckBlocks(t, m2.NBD, "S2", s2, blk)
+	foCheckBlocks(t, m2.NBD, "A", aOffs, blk)
+	m2.Stop()
+	m1.Stop()
+	foRequireIdentical(t, m1, m2)
+	for i, off := range eOffs {
+		got, err := foReadImage(m1.Image(), off, blk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(got, foPattern("E", i, blk)) {
+			t.Errorf("m1's image still holds E write %d after resyncing from m2, which never had it", i)
+		}
+	}
+}
