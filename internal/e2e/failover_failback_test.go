@@ -178,3 +178,59 @@ func TestFailoverFailback(t *testing.T) {
 		t.Errorf("p1 still holds quarantined write B 1 in its image")
 	}
 }
+
+// TestFailoverFailbackClean: every write of p1 reached m1 before p1 died
+// (sync, all acknowledged), so when p1 rejoins as m1's mirror there is
+// nothing to quarantine and no reason to resync the disk: it catches up
+// from m1's journal and ends identical.
+func TestFailoverFailbackClean(t *testing.T) {
+	const blk = 64 << 10
+	c := newFoCluster(t, 186, "p1", "m1")
+	p1, m1 := c.N("p1"), c.N("m1")
+	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0"}
+	m1.StartMirror(m1Args...)
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen)
+	aOffs := []int64{0, 5 << 20, 99 << 20}
+	pc := foDial(t, p1.NBD)
+	for i, off := range aOffs {
+		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write A %d: %v", i, err)
+		}
+	}
+	foWaitCaughtUp(t, p1, m1, 20*time.Second)
+	p1.Kill()
+	if r := runFailover(t, "--primary", p1.NBD, "--admin", m1.Admin); r.Code != 0 {
+		t.Fatalf("failover.sh exited %d", r.Code)
+	}
+	cOffs := []int64{7 << 20, 8 << 20}
+	mc := foDial(t, m1.NBD)
+	for i, off := range cOffs {
+		if err := mc.foWrite(foPattern("C", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write C %d: %v", i, err)
+		}
+	}
+	runCmd(t, time.Minute, binPath, "demote", "--data", p1.Data)
+	p1.StartMirror()
+	foWaitCaughtUp(t, m1, p1, 30*time.Second)
+	st, err := p1.Status()
+	if err != nil || st.Mirror == nil {
+		t.Fatalf("p1: %v %s", err, p1.RawStatus())
+	}
+	if len(st.Mirror.Quarantined) > 0 || len(foQuarantine(t, p1.Data)) > 0 {
+		t.Errorf("a clean failback quarantined records: %+v", st.Mirror.Quarantined)
+	}
+	if st.Mirror.SplitBrain != "" {
+		t.Errorf("a clean failback reported a split brain: %s", st.Mirror.SplitBrain)
+	}
+	var sent int64
+	for _, r := range resyncRuns(t, m1.Proc.Log(), "p1") {
+		sent += r.Sent
+	}
+	t.Logf("resync sent %s to the clean old primary", mib(sent))
+	if sent > 1<<20 {
+		t.Errorf("a clean failback resynced %s; nothing differed but m1's journaled writes", mib(sent))
+	}
+	m1.Stop()
+	p1.Stop()
+	foRequireIdentical(t, p1, m1)
+}
