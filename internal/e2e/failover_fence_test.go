@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -113,4 +114,84 @@ func TestFailoverFencing(t *testing.T) {
 	if st, err := m1.Status(); err != nil || st.Primary == nil || st.Primary.SplitBrain != "" {
 		t.Errorf("m1 after the heal: %v %s", err, m1.RawStatus())
 	}
+}
+
+// TestFailoverFencingThirdMirror: p1 replicates synchronously (1 of 2) to
+// m1 and m2; only the link p1→m1 is cut. m1 is promoted and replicates to
+// m2. The old primary still reaches m2, but m2 now follows epoch 2: it
+// must not acknowledge (or apply) p1's writes, so none of p1's writes
+// completes and m2 stays identical to the new primary.
+func TestFailoverFencingThirdMirror(t *testing.T) {
+	const blk = 64 << 10
+	c := newFoCluster(t, 190, "p1", "m1", "m2")
+	p1, m1, m2 := c.N("p1"), c.N("m1"), c.N("m2")
+	toM1 := foStartProxy(t, "127.0.0.193", m1.Listen)
+	m1.StartMirror("--mirror", "m2="+m2.Listen, "--mode", "sync", "--allow-degraded", "--ack-timeout", "2s")
+	m2.StartMirror()
+	p1.StartPrimary("256M", "--mirror", "m1="+toM1.Addr(), "--mirror", "m2="+m2.Listen, "--mode", "sync",
+		"--sync-acks", "1", "--ack-timeout", "2s", "--listen", p1.Listen)
+	aOffs := []int64{0, 30 << 20}
+	pc := foDial(t, p1.NBD)
+	for i, off := range aOffs {
+		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
+			t.Fatalf("write A %d: %v", i, err)
+		}
+	}
+	foWaitCaughtUp(t, p1, m1, 20*time.Second)
+	foWaitCaughtUp(t, p1, m2, 20*time.Second)
+
+	toM1.Partition(t, "both")
+	if r := runFailover(t, "--primary", p1.NBD, "--admin", m1.Admin, "--force"); r.Code != 0 {
+		t.Fatalf("failover.sh --force exited %d", r.Code)
+	}
+	m1.WaitStatus(30*time.Second, "m2 following m1", func(s *foStatus) (bool, string) {
+		if s.Primary == nil || s.Primary.Replication == nil {
+			return false, "not a replicating primary"
+		}
+		p := replPeer(s.Primary.Replication, "m2")
+		return p != nil && p.State == "in-sync", fmt.Sprintf("m2: %+v", p)
+	})
+	if st, err := m2.Status(); err == nil && st.Mirror != nil {
+		t.Logf("m2 follows %s in epoch %d", st.Mirror.Primary, st.Mirror.Epoch)
+	}
+
+	var pOffs []int64
+	acked := 0
+	for i := range 4 {
+		off := int64(i)*blk + 70<<20
+		pOffs = append(pOffs, off)
+		start := time.Now()
+		err := pc.foWrite(foPattern("P", i, blk), off, 20*time.Second)
+		if err == nil {
+			acked++
+			t.Errorf("write %d on the old primary was acknowledged after %v although m1 is primary in epoch 2", i, time.Since(start))
+		} else {
+			t.Logf("write %d on the old primary failed after %v: %v", i, time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+	if st, err := p1.Status(); err == nil && st.Primary != nil && st.Primary.Replication != nil {
+		r := st.Primary.Replication
+		t.Logf("p1: fenced=%v degraded=%v; peers: %+v", r.Fenced, r.Degraded, r.Peers)
+	}
+	// m2 holds none of p1's writes and is identical to m1 once quiet.
+	mc := foDial(t, m1.NBD)
+	if err := mc.foWrite(foPattern("N", 0, blk), 90<<20, 10*time.Second); err != nil {
+		t.Fatalf("write on the new primary: %v", err)
+	}
+	foWaitCaughtUp(t, m1, m2, 20*time.Second)
+	p1.Kill()
+	m1.Stop()
+	m2.Stop()
+	for i, off := range pOffs {
+		for _, n := range []*foNode{m1, m2} {
+			got, err := foReadImage(n.Image(), off, blk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) == string(foPattern("P", i, blk)) {
+				t.Errorf("the old primary's write %d reached %s", i, n.Name)
+			}
+		}
+	}
+	foRequireIdentical(t, m1, m2)
 }
