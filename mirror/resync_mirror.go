@@ -241,43 +241,92 @@ func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
 	return true, nil
 }
 
-// ackChunks batches chunk results: the store is synced before a batch of
-// OK results is confirmed.
+// ackChunks answers chunk results in two steps: a non-durable ack per
+// batch (frees the primary's window at once), and, after a sync of the
+// store, a durable ack confirming the OK chunks written so far (at least
+// every 250 ms, after 64 MiB, or when the stream goes quiet), which is
+// what lets the primary clear them from its bitmap. Transfer and the
+// store's write-back overlap instead of alternating.
 func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan SyncChunkResult) error {
-	var batch []SyncChunkResult
+	var batch, unconfirmed []SyncChunkResult
+	var unconfirmedBytes int64
 	var out []byte
+	send := func(durable bool, rs []SyncChunkResult) error {
+		var err error
+		if out, err = AppendSyncChunkAck(out[:0], &SyncChunkAck{Durable: durable, Results: rs}); err != nil {
+			return err
+		}
+		return w.send(MsgSyncChunkAck, out)
+	}
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
+		if err := send(false, batch); err != nil {
+			return err
+		}
+		for _, r := range batch {
+			if r.OK {
+				unconfirmed = append(unconfirmed, r)
+				unconfirmedBytes += int64(r.Len)
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	confirm := func() error {
+		if err := flush(); err != nil || len(unconfirmed) == 0 {
+			return err
+		}
 		if err := d.node.Store.Sync(); err != nil {
 			return err
 		}
-		var err error
-		if out, err = AppendSyncChunkAck(out[:0], &SyncChunkAck{Results: batch}); err != nil {
-			return err
+		for len(unconfirmed) > 0 {
+			n := min(len(unconfirmed), MaxSyncAcks)
+			if err := send(true, unconfirmed[:n]); err != nil {
+				return err
+			}
+			unconfirmed = unconfirmed[n:]
 		}
-		batch = batch[:0]
-		return w.send(MsgSyncChunkAck, out)
+		unconfirmed, unconfirmedBytes = nil, 0
+		return nil
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	batchTimer := time.NewTimer(time.Hour)
+	defer batchTimer.Stop()
+	quiet := time.NewTimer(time.Hour)
+	defer quiet.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case r := <-results:
 			if len(batch) == 0 {
-				timer.Reset(5 * time.Millisecond)
+				batchTimer.Reset(2 * time.Millisecond)
 			}
+			quiet.Reset(20 * time.Millisecond)
 			batch = append(batch, r)
 			if len(batch) >= 256 {
 				if err := flush(); err != nil {
 					return err
 				}
 			}
-		case <-timer.C:
+			if unconfirmedBytes >= 64<<20 {
+				if err := confirm(); err != nil {
+					return err
+				}
+			}
+		case <-batchTimer.C:
 			if err := flush(); err != nil {
+				return err
+			}
+		case <-quiet.C:
+			if err := confirm(); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if err := confirm(); err != nil {
 				return err
 			}
 		}

@@ -39,8 +39,9 @@ import (
 // the result is the same. Hence no write that races with the copy of its
 // chunk leaves the mirror stale.
 //
-// The mirror confirms chunks only after syncing its store; the primary
-// then clears them in the bitmap, which it saves at least every second,
+// The mirror acks chunks twice: once written (freeing the window) and once
+// its store is synced (at least every 250 ms); only the second clears
+// them in the primary's bitmap, which it saves at least every second,
 // so a restart of either side resumes where the resync stopped and never
 // re-sends a confirmed chunk (at most the last second's confirmations).
 // Once the bitmap is empty the primary sends SyncComplete{max tag}; the
@@ -115,12 +116,14 @@ type resyncer struct {
 	mu       sync.Mutex
 	cond     *sync.Cond
 	bm       *Bitmap
-	inflight int64
-	maxTag   uint64
-	err      error
-	dirty    bool // bitmap changed since the last save
-	prog     ResyncProgress
-	start    time.Time
+	inflight int64 // chunk bytes sent, not yet written on the mirror
+	// unconfirmed: chunk bytes written on the mirror, not yet synced there
+	unconfirmed int64
+	maxTag      uint64
+	err         error
+	dirty       bool // bitmap changed since the last save
+	prog        ResyncProgress
+	start       time.Time
 
 	hashes   chan SyncHashes
 	complete chan struct{}
@@ -304,14 +307,20 @@ func (rs *resyncer) readLoop(ctx context.Context) error {
 			}
 			rs.mu.Lock()
 			for _, x := range m.Results {
-				c := int64(x.Off) / rs.bm.ChunkSize()
-				rs.inflight -= int64(x.Len)
-				if x.OK {
-					if rs.bm.Test(c) {
-						rs.bm.ClearChunk(c)
-						rs.prog.DoneBytes += int64(x.Len)
-						rs.dirty = true
+				if !m.Durable {
+					// Written (or stale, to be sent again): frees the window.
+					rs.inflight -= int64(x.Len)
+					if x.OK {
+						rs.unconfirmed += int64(x.Len)
 					}
+					continue
+				}
+				// Synced on the mirror: no longer dirty.
+				rs.unconfirmed -= int64(x.Len)
+				if c := int64(x.Off) / rs.bm.ChunkSize(); x.OK && rs.bm.Test(c) {
+					rs.bm.ClearChunk(c)
+					rs.prog.DoneBytes += int64(x.Len)
+					rs.dirty = true
 				}
 			}
 			rs.cond.Broadcast()
@@ -379,7 +388,15 @@ func (rs *resyncer) copy(ctx context.Context) error {
 	chunk := rs.bm.ChunkSize()
 	size := rs.vol.Size()
 	seg := chunk * chunksPerSegment
-	mine := newHasher(rs.l.r.node.Store, chunk)
+	// Two hashers: while one segment's chunks are sent, the next marked
+	// segment is hashed in the background (hash-ahead).
+	hashers := [2]*hasher{newHasher(rs.l.r.node.Store, chunk), newHasher(rs.l.r.node.Store, chunk)}
+	var ahead *hashJob
+	defer func() {
+		if ahead != nil {
+			<-ahead.done
+		}
+	}()
 	data := make([]byte, chunk)
 	var out []byte
 	var leaves []chunkHash
@@ -412,10 +429,32 @@ func (rs *resyncer) copy(ctx context.Context) error {
 			if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
 				return err
 			}
-			var err error
-			leaves, err = mine.hashRange(segOff, segLen, leaves[:0])
-			if err != nil {
-				return err
+			var job *hashJob
+			if ahead != nil && ahead.off == segOff {
+				job = ahead
+			} else {
+				if ahead != nil {
+					<-ahead.done
+				}
+				job = startHash(hashers[0], segOff, segLen)
+			}
+			ahead = nil
+			// Start hashing the next segment that has marked chunks.
+			rs.mu.Lock()
+			nc := rs.bm.Next(lastChunk + 1)
+			rs.mu.Unlock()
+			if nc >= 0 {
+				noff := nc / chunksPerSegment * seg
+				h := hashers[0]
+				if job.h == h {
+					h = hashers[1]
+				}
+				ahead = startHash(h, noff, min(seg, size-noff))
+			}
+			<-job.done
+			leaves = job.leaves
+			if job.err != nil {
+				return job.err
 			}
 			theirs, err := rs.wait(ctx, q)
 			if err != nil {
@@ -488,6 +527,24 @@ func (rs *resyncer) copy(ctx context.Context) error {
 	return nil
 }
 
+// hashJob hashes one segment in the background.
+type hashJob struct {
+	off    int64
+	h      *hasher
+	leaves []chunkHash
+	err    error
+	done   chan struct{}
+}
+
+func startHash(h *hasher, off, n int64) *hashJob {
+	j := &hashJob{off: off, h: h, done: make(chan struct{})}
+	go func() {
+		defer close(j.done)
+		j.leaves, j.err = h.hashRange(off, n, nil)
+	}()
+	return j
+}
+
 func (rs *resyncer) clearRange(from, to int64) {
 	rs.mu.Lock()
 	for c := from; c <= to; c++ {
@@ -502,13 +559,13 @@ func (rs *resyncer) clearRange(from, to int64) {
 }
 
 // waitWindow waits until n more bytes fit the window (n < 0: until
-// nothing is in flight).
+// nothing is in flight or unconfirmed).
 func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
 	stop := context.AfterFunc(ctx, func() { rs.fail(ctx.Err()) })
 	defer stop()
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for rs.err == nil && ((n < 0 && rs.inflight > 0) || (n >= 0 && rs.inflight > 0 && rs.inflight+n > rs.opts.Window)) {
+	for rs.err == nil && ((n < 0 && (rs.inflight > 0 || rs.unconfirmed > 0)) || (n >= 0 && rs.inflight > 0 && rs.inflight+n > rs.opts.Window)) {
 		rs.cond.Wait()
 	}
 	return rs.err

@@ -72,18 +72,22 @@ type SyncChunk struct {
 }
 
 // SyncChunkResult is the mirror's verdict on one chunk: OK once it is in
-// the mirror's store and synced; not OK when a later record already
-// applied there makes it stale (the primary sends it again).
+// the mirror's store; not OK when a later record already applied there
+// makes it stale (the primary sends it again).
 type SyncChunkResult struct {
 	Off uint64
 	Len uint32
 	OK  bool
 }
 
-// SyncChunkAck carries chunk results.
+// SyncChunkAck carries chunk results. A non-durable ack frees the
+// primary's window (the chunks are written, or stale); a durable one,
+// sent after the mirror synced its store, confirms OK chunks so the
+// primary may clear them from the dirty bitmap.
 //
-//	| count u32 | count × (off u64 | len u32 | ok u8) | crc32c u32 |
+//	| durable u8 | count u32 | count × (off u64 | len u32 | ok u8) | crc32c u32 |
 type SyncChunkAck struct {
+	Durable bool
 	Results []SyncChunkResult
 }
 
@@ -212,6 +216,7 @@ func AppendSyncChunkAck(b []byte, m *SyncChunkAck) ([]byte, error) {
 		return b, fmt.Errorf("mirror: encode: %d chunk results, more than %d", len(m.Results), MaxSyncAcks)
 	}
 	s := len(b)
+	b = appendBool(b, m.Durable)
 	b = appendU32(b, uint32(len(m.Results)))
 	for _, x := range m.Results {
 		b = appendU64(b, x.Off)
@@ -225,6 +230,7 @@ func AppendSyncChunkAck(b []byte, m *SyncChunkAck) ([]byte, error) {
 func DecodeSyncChunkAck(p []byte) (SyncChunkAck, error) {
 	r := checkCRC(p, "sync chunk ack")
 	var m SyncChunkAck
+	m.Durable = r.boolean("durable")
 	n := r.u32("count")
 	if r.err == nil && n > MaxSyncAcks {
 		r.fail("%d results, more than %d", n, MaxSyncAcks)
