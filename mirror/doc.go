@@ -43,7 +43,12 @@
 //
 //	Hello (1), primary → mirror:
 //	| version u16 | role u8 | mode u8 | ack level u8 | flags u8 (0) | volume 16 B | size u64 |
-//	| epoch u64 | lastSeq u64 | node str | history | crc32c u32 |
+//	| epoch u64 | lastSeq u64 | node str | volume name str | history | crc32c u32 |
+//
+//	StreamVolume (16), primary → mirror, first frame of every resync or
+//	verify stream (a log stream starts with Hello instead), naming the
+//	volume the stream belongs to on a connection shared by several volumes:
+//	| name str | crc32c u32 |
 //
 //	HelloReply (2), mirror → primary (code 0 = accepted):
 //	| version u16 | code u16 | flags u32 | role u8 | volume 16 B | size u64 | epoch u64 |

@@ -84,16 +84,22 @@ func (l *peerLink) run(ctx context.Context) {
 // reports whether the handshake succeeded.
 func (l *peerLink) session(ctx context.Context) (bool, error) {
 	r := l.r
-	conn, err := transport.Dial(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
+	conn, release, err := r.opts.Pool.Get(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
 	}
-	defer conn.Close(0, "session ended")
+	// The connection may be shared with other volumes: ending this session
+	// cancels only its own streams.
+	defer release()
 	st, err := conn.OpenStream(ctx)
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
 	defer st.Cancel(0)
+	// A dead connection or a cancelled ctx unblocks the handshake's reads.
+	hctx, hcancel := context.WithCancel(ctx)
+	stopH := context.AfterFunc(hctx, func() { st.Cancel(0) })
+	defer func() { stopH(); hcancel() }()
 	m := r.node.Meta()
 	r.mu.Lock()
 	last := r.core.LastSeq()
@@ -101,7 +107,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	hello := Hello{
 		Version: ProtoVersion, Role: PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
 		Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, LastSeq: last,
-		Node: r.opts.Node, History: m.History,
+		Node: r.opts.Node, VolumeName: r.opts.VolumeName, History: m.History,
 	}
 	buf, err := AppendHello(nil, &hello)
 	if err != nil {
@@ -162,8 +168,9 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Ending the session (or replication) unblocks reads on the stream.
-	defer context.AfterFunc(sctx, func() { conn.Close(0, "session ended") })()
+	// Ending the session (or replication) unblocks reads on the stream; the
+	// shared connection stays up for the other volumes.
+	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
 	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
 	r.mu.Lock()
 	l.sess = s
@@ -432,4 +439,29 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 // lagBytes is the record data between the mirror's ack and the last seq.
 func (l *peerLink) lagBytes(acked, last uint64) uint64 {
 	return l.r.bytesBetween(acked, last)
+}
+
+// openSideStream opens a resync or verify stream on conn and names the
+// volume in its first frame (StreamVolume), so a mirror host routes it to
+// the right volume. Ending ctx cancels the stream; done (call it once)
+// cancels it too and releases the context watcher.
+func (l *peerLink) openSideStream(ctx context.Context, conn *transport.Conn) (*transport.Stream, func(), error) {
+	st, err := conn.OpenStream(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
+	done := func() { stop(); st.Cancel(0) }
+	buf, err := AppendStreamVolume(nil, StreamVolume{Name: l.r.opts.VolumeName})
+	if err == nil {
+		err = st.WriteFrame(uint8(MsgStreamVolume), buf)
+	}
+	if err == nil {
+		err = st.Flush()
+	}
+	if err != nil {
+		done()
+		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+	}
+	return st, done, nil
 }

@@ -39,6 +39,13 @@ type ReplicationOptions struct {
 	BatchBytes int
 	// Node is this primary's node name, sent in the handshake.
 	Node string
+	// VolumeName is the volume's configured name, sent in the handshake so
+	// that a mirror host serving several volumes routes the session to it.
+	VolumeName string
+	// Pool shares QUIC connections with other volumes replicating to the
+	// same mirror hosts (one connection per host, streams per volume).
+	// nil: a private pool (one connection per mirror for this volume).
+	Pool *ConnPool
 	// Transport is the QUIC configuration (identity and timeouts).
 	Transport transport.Config
 	// Resync tunes the resync of mirrors that cannot catch up.
@@ -63,6 +70,9 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	o.Peers = append([]PeerAddr(nil), o.Peers...)
+	if o.Pool == nil {
+		o.Pool = NewConnPool()
+	}
 	return o
 }
 

@@ -57,7 +57,8 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 type Mirror struct {
 	opts MirrorOptions
 	log  *slog.Logger
-	ln   *transport.Listener
+	ln   *transport.Listener // NewMirror only; a MirrorHost's volume has none
+	addr string              // the listener's address (the host's for a host volume)
 
 	mu      sync.Mutex
 	node    *Node
@@ -85,12 +86,19 @@ type Mirror struct {
 	quarantined []QuarantineReport
 	onStale     func(epoch uint64)
 	stopRun     context.CancelFunc
+
+	// runCtx is the context of the running volume (set by start); stopping
+	// is set before finish waits for the volume's goroutines, after which
+	// no stream is admitted any more. Both guarded by mu.
+	runCtx   context.Context
+	stopping bool
 }
 
 type mirrorSession struct {
 	conn    *transport.Conn
 	st      *transport.Stream
 	writeMu sync.Mutex
+	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
 	peer    string
@@ -100,10 +108,36 @@ type mirrorSession struct {
 	// replaced: a newer session ended this one; errorSent: we sent the
 	// peer an Error (give it time to arrive before closing).
 	replaced, errorSent atomic.Bool
+
+	// side counts the session's resync and verify streams; sideEnded
+	// (guarded by sideMu) refuses new ones once the session ends.
+	sideMu    sync.Mutex
+	sideEnded bool
+	side      sync.WaitGroup
 }
 
-// NewMirror opens the volume (if the data directory has one) and listens.
+// NewMirror opens the volume (if the data directory has one) and listens
+// on opts.Listen for primaries of this one volume (a session's volume name
+// is not checked). See MirrorHost for several volumes on one listener.
 func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
+	d, err := newMirrorVolume(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := transport.Listen(d.opts.Listen, d.opts.Transport)
+	if err != nil {
+		if d.node != nil {
+			d.node.Close()
+		}
+		return nil, fmt.Errorf("mirror: listen %s: %w", d.opts.Listen, err)
+	}
+	d.ln = ln
+	d.addr = ln.Addr().String()
+	return d, nil
+}
+
+// newMirrorVolume opens the volume (if the data directory has one).
+func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	opts = opts.withDefaults()
 	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1)}
 	nopts := opts.Node
@@ -125,14 +159,6 @@ func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	default:
 		return nil, err
 	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
-	if err != nil {
-		if node != nil {
-			node.Close()
-		}
-		return nil, fmt.Errorf("mirror: listen %s: %w", opts.Listen, err)
-	}
-	d.ln = ln
 	return d, nil
 }
 
@@ -166,38 +192,56 @@ func (d *Mirror) adopt(node *Node) error {
 }
 
 // Addr is the address the daemon listens on.
-func (d *Mirror) Addr() string { return d.ln.Addr().String() }
+func (d *Mirror) Addr() string { return d.addr }
 
 // Run serves until ctx ends, then stops every goroutine, checkpoints and
 // closes the volume. After an online promotion it returns ErrPromoted and
-// leaves the volume open for the caller (see Node).
+// leaves the volume open for the caller (see Node). Only for a Mirror made
+// by NewMirror; a MirrorHost runs its volumes itself.
 func (d *Mirror) Run(ctx context.Context) error {
+	if d.ln == nil {
+		return errors.New("mirror: Run on a volume of a MirrorHost; run the host")
+	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	d.mu.Lock()
-	d.stopRun = stop
-	d.mu.Unlock()
 	d.log.Info("mirror listening", "addr", d.Addr())
+	d.start(ctx, stop)
+	acc := &acceptor{ln: d.ln, log: d.log, route: func(string) *Mirror { return d }}
+	aerr := make(chan error, 1)
+	go func() {
+		err := acc.run(ctx)
+		stop() // a failed listener ends the volume too
+		aerr <- err
+	}()
+	<-ctx.Done()
+	err := <-aerr
+	if ferr := d.finish(); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// start starts the volume's goroutines under ctx; stop ends ctx (an online
+// promotion calls it).
+func (d *Mirror) start(ctx context.Context, stop context.CancelFunc) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopRun = stop
+	d.runCtx = ctx
 	d.wg.Add(1)
 	go d.tickLoop(ctx)
-	d.mu.Lock()
 	if d.node != nil {
 		d.startWorkersLocked(ctx)
 	}
+}
+
+// finish waits (after the ctx given to start ended) for every goroutine of
+// the volume, then checkpoints and closes it; after a promotion it returns
+// ErrPromoted and leaves the volume open.
+func (d *Mirror) finish() error {
+	d.mu.Lock()
+	d.stopping = true
 	d.mu.Unlock()
-	var err error
-	for {
-		conn, aerr := d.ln.Accept(ctx)
-		if aerr != nil {
-			if ctx.Err() == nil {
-				err = fmt.Errorf("mirror: accept: %w", aerr)
-			}
-			break
-		}
-		d.wg.Add(1)
-		go d.serveConn(ctx, conn)
-	}
-	d.ln.Close()
 	d.wg.Wait()
 	d.mu.Lock()
 	node, promoted := d.node, d.promoted
@@ -211,7 +255,60 @@ func (d *Mirror) Run(ctx context.Context) error {
 		}
 		node.Close()
 	}
-	return err
+	return nil
+}
+
+// dispatch serves a stream the acceptor routed to this volume: a log
+// stream (first frame Hello, payload p) or a resync/verify stream (first
+// frame StreamVolume). It returns when the stream is done.
+func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgType, p []byte, log *slog.Logger) {
+	d.mu.Lock()
+	if d.runCtx == nil || d.stopping || d.runCtx.Err() != nil {
+		d.mu.Unlock()
+		if typ == MsgHello {
+			d.refuse(st, CodeRefused, "this volume is not running", log)
+		}
+		st.Cancel(0)
+		return
+	}
+	ctx := d.runCtx
+	d.wg.Add(1)
+	d.mu.Unlock()
+	defer d.wg.Done()
+	switch typ {
+	case MsgHello:
+		d.serveSession(ctx, conn, st, p, log)
+	case MsgStreamVolume:
+		d.serveSide(conn, st, log)
+	default:
+		st.Cancel(0)
+	}
+}
+
+// serveSide serves a resync or verify stream of the active session on the
+// same connection.
+func (d *Mirror) serveSide(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+	defer st.Cancel(0)
+	d.mu.Lock()
+	s := d.active
+	d.mu.Unlock()
+	if s == nil || s.conn != conn {
+		log.Warn("resync or verify stream without a session of its volume on its connection; refusing it")
+		return
+	}
+	s.sideMu.Lock()
+	if s.sideEnded {
+		s.sideMu.Unlock()
+		return
+	}
+	s.side.Add(1)
+	s.sideMu.Unlock()
+	defer s.side.Done()
+	defer context.AfterFunc(s.ctx, func() { st.Cancel(0) })()
+	if err := d.serveResync(s.ctx, st); err != nil && s.ctx.Err() == nil {
+		log.Warn("resync stream ended", "err", err)
+		s.cancel()
+	}
 }
 
 // Node returns the volume (nil before the first primary defined it).
@@ -469,30 +566,10 @@ func (d *Mirror) applied() uint64 {
 	return d.appliedSeq
 }
 
-// serveConn runs one primary's connection.
-func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
-	defer d.wg.Done()
-	defer conn.Close(0, "")
-	log := d.log.With("peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
-	st, err := conn.AcceptStream(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			log.Warn("primary opened no stream", "err", err)
-		}
-		return
-	}
+// serveSession runs one primary's session on its log stream st, whose
+// first frame (a Hello) had payload p.
+func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *transport.Stream, p []byte, log *slog.Logger) {
 	defer st.Cancel(0)
-	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	typ, p, err := st.ReadFrame(nil)
-	if err != nil {
-		log.Warn("no hello from primary", "err", err)
-		return
-	}
-	st.SetReadDeadline(time.Time{})
-	if MsgType(typ) != MsgHello {
-		d.refuse(st, CodeProtocol, fmt.Sprintf("expected hello, got %v", MsgType(typ)), log)
-		return
-	}
 	h, err := DecodeHello(p)
 	if err != nil {
 		d.refuse(st, CodeProtocol, "malformed hello: "+err.Error(), log)
@@ -505,11 +582,19 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Ending the session closes the connection, so reads blocked on its
-	// streams return.
-	defer context.AfterFunc(sctx, func() { conn.Close(0, "session ended") })()
-	s := &mirrorSession{conn: conn, st: st, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
+	// Ending the session cancels its stream, so blocked reads return; the
+	// connection may carry other volumes' sessions and stays up.
+	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
+	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
 	defer close(s.done)
+	// The session's resync and verify streams end with it.
+	defer func() {
+		s.sideMu.Lock()
+		s.sideEnded = true
+		s.sideMu.Unlock()
+		cancel()
+		s.side.Wait()
+	}()
 	// One session at a time: a new one (e.g. a restarted primary) ends
 	// the old one first.
 	d.mu.Lock()
@@ -518,7 +603,7 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	if old != nil {
 		old.replaced.Store(true)
 		old.cancel()
-		old.conn.Close(0, "replaced by a new session")
+		old.st.Cancel(0)
 		<-old.done
 	}
 	if d.isPromoted() {
@@ -589,26 +674,6 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
 	defer func() { cancel(); <-ackDone }()
-	var rwg sync.WaitGroup
-	defer rwg.Wait()
-	rwg.Add(1)
-	go func() {
-		defer rwg.Done()
-		for {
-			rst, err := conn.AcceptStream(sctx)
-			if err != nil {
-				return
-			}
-			rwg.Add(1)
-			go func() {
-				defer rwg.Done()
-				if err := d.serveResync(sctx, rst); err != nil && sctx.Err() == nil {
-					log.Warn("resync stream ended", "err", err)
-					cancel()
-				}
-			}()
-		}
-	}()
 	err = d.session(sctx, s)
 	switch {
 	case s.replaced.Load():
@@ -618,12 +683,9 @@ func (d *Mirror) serveConn(ctx context.Context, conn *transport.Conn) {
 	default:
 		log.Info("primary session ended")
 	}
-	if s.errorSent.Load() {
-		// Let the error reach the primary before the connection closes.
-		select {
-		case <-conn.Done():
-		case <-time.After(time.Second):
-		}
+	if s.errorSent.Load() && sctx.Err() == nil {
+		// Let the error reach the primary before the stream is cancelled.
+		linger(st)
 	}
 }
 

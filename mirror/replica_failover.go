@@ -132,7 +132,7 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	d.mu.Unlock()
 	if s != nil {
 		s.cancel()
-		s.conn.Close(uint64(CodeNotMirror), "this node is being promoted")
+		s.st.Cancel(uint64(CodeNotMirror)) // the connection may be shared
 		<-s.done
 	}
 	// Apply everything the journal holds.

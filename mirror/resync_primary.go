@@ -183,11 +183,11 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 	if r.source() == nil {
 		return errors.New("resync: no volume to read from")
 	}
-	st, err := conn.OpenStream(ctx)
+	st, done, err := l.openSideStream(ctx, conn)
 	if err != nil {
-		return fmt.Errorf("resync: open stream: %w", err)
+		return fmt.Errorf("resync: %w", err)
 	}
-	defer st.Cancel(0)
+	defer done()
 	rs := &resyncer{
 		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm,
 		hashes: make(chan SyncHashes, 4), complete: make(chan struct{}), start: time.Now(),

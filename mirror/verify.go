@@ -93,14 +93,14 @@ func (l *peerLink) verify(ctx context.Context, resync bool) PeerVerify {
 	return pv
 }
 
-// restartSession closes the current session so the next one starts with
+// restartSession ends the current session so the next one starts with
 // the pending dirty regions.
 func (l *peerLink) restartSession() {
 	l.r.mu.Lock()
 	s := l.sess
 	l.r.mu.Unlock()
 	if s != nil {
-		s.conn.Close(0, "resync of verified differences")
+		s.st.Cancel(0) // ends the session; the connection may be shared
 	}
 }
 
@@ -117,11 +117,11 @@ func (l *peerLink) compare(ctx context.Context) ([]int64, int64, error) {
 	if state == PeerResyncing || state == PeerNeedsResync {
 		return nil, 0, fmt.Errorf("mirror is %v; verify it after the resync", state)
 	}
-	st, err := s.conn.OpenStream(ctx)
+	st, done, err := l.openSideStream(ctx, s.conn)
 	if err != nil {
-		return nil, 0, fmt.Errorf("open verify stream: %w", err)
+		return nil, 0, fmt.Errorf("verify: %w", err)
 	}
-	defer st.Cancel(0)
+	defer done()
 	rs := &resyncer{l: l, st: st, hashes: make(chan SyncHashes, 1), complete: make(chan struct{})}
 	rs.cond = sync.NewCond(&rs.mu)
 	rctx, cancel := context.WithCancel(ctx)

@@ -67,6 +67,8 @@ func (t MsgType) String() string {
 		return "heartbeat-echo"
 	case MsgError:
 		return "error"
+	case MsgStreamVolume:
+		return "stream-volume"
 	}
 	return fmt.Sprintf("msg(%d)", uint8(t))
 }
@@ -194,6 +196,9 @@ type Hello struct {
 	// LastSeq is the primary's last assigned seq.
 	LastSeq uint64
 	Node    string
+	// VolumeName is the volume's configured name; a mirror host serving
+	// several volumes routes the session by it. Empty: unnamed.
+	VolumeName string
 	// History is the primary's epoch history, oldest first.
 	History []EpochStart
 }
@@ -458,6 +463,9 @@ func AppendHello(b []byte, h *Hello) ([]byte, error) {
 	if b, err = appendString(b, h.Node, "node name"); err != nil {
 		return b[:start], err
 	}
+	if b, err = appendString(b, h.VolumeName, "volume name"); err != nil {
+		return b[:start], err
+	}
 	if b, err = appendHistory(b, h.History); err != nil {
 		return b[:start], err
 	}
@@ -481,6 +489,7 @@ func DecodeHello(p []byte) (Hello, error) {
 	h.Epoch = r.u64("epoch")
 	h.LastSeq = r.u64("last seq")
 	h.Node = r.str("node name")
+	h.VolumeName = r.str("volume name")
 	h.History = r.history()
 	if err := r.done(); err != nil {
 		return Hello{}, err

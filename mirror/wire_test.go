@@ -18,7 +18,7 @@ func sampleHello() mirror.Hello {
 	return mirror.Hello{
 		Version: mirror.ProtoVersion, Role: mirror.PeerRolePrimary, Mode: mirror.ModeSync,
 		AckLevel: mirror.AckWritten, Volume: mirror.UUID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
-		Size: 1 << 30, Epoch: 5, LastSeq: 12345, Node: "alpha",
+		Size: 1 << 30, Epoch: 5, LastSeq: 12345, Node: "alpha", VolumeName: "vol-a",
 		History: []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}},
 	}
 }
@@ -369,6 +369,9 @@ func FuzzDecodeHello(f *testing.F) {
 	h.Node = ""
 	b, _ = mirror.AppendHello(nil, &h)
 	f.Add(b)
+	h.VolumeName = ""
+	b, _ = mirror.AppendHello(nil, &h)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, p []byte) {
 		h, err := mirror.DecodeHello(p)
 		if err != nil {
@@ -490,4 +493,45 @@ func BenchmarkRecordsEncodeDecode(b *testing.B) {
 // appendCRC appends the CRC32C of b (as the messages' trailers do).
 func appendCRC(b []byte) []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)))
+}
+
+func TestStreamVolumeRoundTrip(t *testing.T) {
+	for _, name := range []string{"", "vol-a", strings.Repeat("v", mirror.MaxString)} {
+		b, err := mirror.AppendStreamVolume([]byte("x"), mirror.StreamVolume{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := mirror.DecodeStreamVolume(b[1:])
+		if err != nil || m.Name != name {
+			t.Fatalf("round trip of %q: got %q, %v", name, m.Name, err)
+		}
+		for cut := 0; cut < len(b)-1; cut++ {
+			mustMalformed(t, errOf(mirror.DecodeStreamVolume(b[1:1+cut])), "truncated stream volume")
+		}
+		bad := append([]byte(nil), b[1:]...)
+		bad[0] ^= 1
+		mustMalformed(t, errOf(mirror.DecodeStreamVolume(bad)), "corrupt stream volume")
+	}
+	if _, err := mirror.AppendStreamVolume(nil, mirror.StreamVolume{Name: strings.Repeat("v", mirror.MaxString+1)}); err == nil {
+		t.Fatal("over-long volume name encoded")
+	}
+}
+
+func errOf(_ mirror.StreamVolume, err error) error { return err }
+
+func FuzzDecodeStreamVolume(f *testing.F) {
+	for _, name := range []string{"", "vol-a"} {
+		b, _ := mirror.AppendStreamVolume(nil, mirror.StreamVolume{Name: name})
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		m, err := mirror.DecodeStreamVolume(p)
+		if err != nil {
+			return
+		}
+		b, err := mirror.AppendStreamVolume(nil, m)
+		if err != nil || !bytes.Equal(b, p) {
+			t.Fatalf("re-encoding differs: %v", err)
+		}
+	})
 }

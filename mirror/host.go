@@ -1,0 +1,256 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// MirrorHostOptions configure a MirrorHost.
+type MirrorHostOptions struct {
+	// Listen is the QUIC address to accept primaries on, HOST:PORT.
+	Listen string
+	// Transport is the QUIC configuration (identity, allowed primaries).
+	Transport transport.Config
+	// Logger receives host-level events; nil discards.
+	Logger *slog.Logger
+}
+
+// MirrorHost serves several mirror volumes on one QUIC listener: a primary
+// process opens one connection to the host and one set of streams per
+// volume on it. Every stream names its volume in its first frame (Hello for
+// a log stream, StreamVolume for a resync or verify stream) and the host
+// hands it to that volume, so volumes never wait for each other.
+//
+// Add volumes with AddVolume before Run. Goroutines: the accept loop, one
+// per connection (accepting its streams), one per stream, and each volume's
+// own; all end when Run's ctx ends. Methods are safe for concurrent use.
+type MirrorHost struct {
+	opts MirrorHostOptions
+	log  *slog.Logger
+	ln   *transport.Listener
+	acc  *acceptor
+
+	mu      sync.Mutex
+	vols    map[string]*Mirror
+	running bool
+}
+
+// NewMirrorHost listens on opts.Listen.
+func NewMirrorHost(opts MirrorHostOptions) (*MirrorHost, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: host listen %s: %w", opts.Listen, err)
+	}
+	h := &MirrorHost{opts: opts, log: opts.Logger, ln: ln, vols: make(map[string]*Mirror)}
+	h.acc = &acceptor{ln: ln, log: h.log, route: h.route}
+	return h, nil
+}
+
+// AddVolume opens the mirror volume called name (opts.Listen and
+// opts.Transport are ignored: the host's are used). Sessions whose Hello
+// names this volume are routed to it. Must be called before Run.
+func (h *MirrorHost) AddVolume(ctx context.Context, name string, opts MirrorOptions) (*Mirror, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.running {
+		return nil, errors.New("mirror: AddVolume after the host started")
+	}
+	if _, dup := h.vols[name]; dup {
+		return nil, fmt.Errorf("mirror: volume %q added twice", name)
+	}
+	opts.Listen, opts.Transport = "", transport.Config{}
+	d, err := newMirrorVolume(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("mirror: volume %s: %w", name, err)
+	}
+	d.addr = h.ln.Addr().String()
+	h.vols[name] = d
+	return d, nil
+}
+
+// Volume returns the volume called name, or nil.
+func (h *MirrorHost) Volume(name string) *Mirror {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.vols[name]
+}
+
+// Volumes returns the volumes' names, sorted.
+func (h *MirrorHost) Volumes() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(h.vols))
+	for n := range h.vols {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Addr is the address the host listens on.
+func (h *MirrorHost) Addr() string { return h.ln.Addr().String() }
+
+// Connections is the number of primary connections accepted so far.
+func (h *MirrorHost) Connections() int64 { return h.acc.accepted.Load() }
+
+func (h *MirrorHost) route(name string) *Mirror {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.vols[name]
+}
+
+// Run serves every volume until ctx ends, then stops them (each
+// checkpoints and closes its volume) and closes the listener. A volume
+// promoted online stops alone; its node stays open for the caller.
+func (h *MirrorHost) Run(ctx context.Context) error {
+	h.mu.Lock()
+	if h.running {
+		h.mu.Unlock()
+		return errors.New("mirror: host already running")
+	}
+	h.running = true
+	vols := make(map[string]*Mirror, len(h.vols))
+	for n, d := range h.vols {
+		vols[n] = d
+	}
+	h.mu.Unlock()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	for _, d := range vols {
+		vctx, vstop := context.WithCancel(ctx)
+		defer vstop()
+		d.start(vctx, vstop)
+	}
+	h.log.Info("mirror listening", "addr", h.Addr(), "volumes", len(vols))
+	err := h.acc.run(ctx)
+	stop()
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for n, d := range vols {
+		if ferr := d.finish(); ferr != nil && !errors.Is(ferr, ErrPromoted) {
+			errs = append(errs, fmt.Errorf("volume %s: %w", n, ferr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// acceptor accepts connections on ln and their streams, reads each
+// stream's first frame and hands the stream to the volume route names.
+type acceptor struct {
+	ln       *transport.Listener
+	log      *slog.Logger
+	route    func(name string) *Mirror
+	accepted atomic.Int64
+}
+
+// run accepts until ctx ends or the listener fails, then closes the
+// listener (and so every connection) and waits for its goroutines.
+func (a *acceptor) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var err error
+	for {
+		conn, aerr := a.ln.Accept(ctx)
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = fmt.Errorf("mirror: accept: %w", aerr)
+			}
+			break
+		}
+		a.accepted.Add(1)
+		a.log.Info("accepted connection", "peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serveConn(ctx, conn)
+		}()
+	}
+	a.ln.Close()
+	wg.Wait()
+	return err
+}
+
+// serveConn accepts the connection's streams until it ends.
+func (a *acceptor) serveConn(ctx context.Context, conn *transport.Conn) {
+	defer conn.Close(0, "")
+	log := a.log.With("peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serveStream(conn, st, log)
+		}()
+	}
+}
+
+// serveStream reads the stream's first frame and routes the stream.
+func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	typ, p, err := st.ReadFrame(nil)
+	if err != nil {
+		log.Warn("no first frame on a new stream", "err", err)
+		st.Cancel(0)
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	var name string
+	switch MsgType(typ) {
+	case MsgHello:
+		h, err := DecodeHello(p)
+		if err != nil {
+			refuseStream(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+			return
+		}
+		name = h.VolumeName
+	case MsgStreamVolume:
+		m, err := DecodeStreamVolume(p)
+		if err != nil {
+			log.Warn("malformed stream volume", "err", err)
+			st.Cancel(uint64(CodeProtocol))
+			return
+		}
+		name = m.Name
+	default:
+		refuseStream(st, CodeProtocol, fmt.Sprintf("expected hello, got %v", MsgType(typ)), log)
+		return
+	}
+	d := a.route(name)
+	if d == nil {
+		if MsgType(typ) == MsgHello {
+			refuseStream(st, CodeRefused, fmt.Sprintf("this host mirrors no volume called %q", name), log)
+		} else {
+			st.Cancel(uint64(CodeRefused))
+		}
+		return
+	}
+	d.dispatch(conn, st, MsgType(typ), p, log.With("volume", name))
+}
+
+// refuseStream sends an Error as the stream's last message and cancels it.
+func refuseStream(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+	log.Warn("refusing primary", "code", code, "reason", reason)
+	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(MsgError), buf) == nil {
+		st.Flush()
+	}
+	linger(st)
+	st.Cancel(0)
+}
