@@ -37,7 +37,27 @@ type configFlags struct {
 
 func (c *configFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.path, "config", "", "node configuration file (TOML; see dist/blockmirror.example.toml); flags given on the command line override it")
-	fs.StringVar(&c.volume, "volume", "", "with --config: the volume to run (needed when the file has several of this role; one process runs one volume)")
+	fs.StringVar(&c.volume, "volume", "", "with --config: the one volume to run (default: every volume of this role in the file, in one process)")
+}
+
+// several returns the names of the file's volumes of role when --config is
+// given without --volume (nil otherwise): with more than one, the process
+// runs them all.
+func (c *configFlags) several(role string) ([]string, error) {
+	if c.path == "" || c.volume != "" {
+		return nil, nil
+	}
+	cfg, err := config.Load(c.path)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, v := range cfg.Volumes {
+		if v.Role == role {
+			names = append(names, v.Name)
+		}
+	}
+	return names, nil
 }
 
 // apply fills every flag of f that was not given on the command line from
@@ -71,6 +91,7 @@ func (c *configFlags) apply(fs *flag.FlagSet, role string, f *serveFlags, allow 
 			c.path, len(vols), role, strings.Join(names, ", "))
 	}
 	v, n := vols[0], cfg.Node
+	f.volumeName = v.Name
 	set := map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	str := func(name string, dst *string, val string) {

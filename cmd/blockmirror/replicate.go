@@ -103,7 +103,9 @@ type replication interface {
 }
 
 // start begins replication to the configured mirrors (nil without any).
-func (r *replFlags) start(ctx context.Context, node *mirror.Node, hooks *volumeHooks, log *slog.Logger) (replication, error) {
+// volumeName is sent to the mirrors (routing on a multi-volume mirror
+// host); pool, when not nil, shares connections with other volumes.
+func (r *replFlags) start(ctx context.Context, node *mirror.Node, hooks *volumeHooks, log *slog.Logger, volumeName string, pool *mirror.ConnPool) (replication, error) {
 	if len(r.mirrors) == 0 {
 		return nil, nil
 	}
@@ -130,7 +132,7 @@ func (r *replFlags) start(ctx context.Context, node *mirror.Node, hooks *volumeH
 	rep, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: r.mirrors, Mode: mode, SyncAcks: r.syncAcks, AckLevel: level,
 		AllowDegraded: r.allowDegraded, AckTimeout: r.ackTimeout, MaxLag: r.maxLag,
-		Node: r.id.node, Transport: tc, Logger: log,
+		Node: r.id.node, VolumeName: volumeName, Pool: pool, Transport: tc, Logger: log,
 		Resync: mirror.ResyncOptions{Rate: r.resyncRate.v},
 		OnAck:  hooks.onAck,
 	})
@@ -175,6 +177,11 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cf.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
+	}
+	if names, err := cf.several("mirror"); err != nil {
+		return err
+	} else if len(names) > 1 {
+		return mirrorMany(ctx, fs, &cf, f, allow, names, stderr)
 	}
 	if err := cf.apply(fs, "mirror", &f, &allow); err != nil {
 		return err
@@ -233,7 +240,7 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if a != nil {
 		a.handle("promote", nil)
 	}
-	return serveNode(ctx, node, &f, a, hooks, log)
+	return serveNode(ctx, node, &f, a, hooks, log, nil)
 }
 
 func ptr[T any](v T) *T { return &v }

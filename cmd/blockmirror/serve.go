@@ -22,7 +22,10 @@ type serveFlags struct {
 	readOnly                    bool
 	admin                       string
 	listen                      string
-	repl                        replFlags
+	// volumeName is the configured volume's name (from --config), sent to
+	// mirrors so that a mirror host with several volumes routes by it.
+	volumeName string
+	repl       replFlags
 	log                         logFlags
 }
 
@@ -44,6 +47,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cf.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
+	}
+	if names, err := cf.several("primary"); err != nil {
+		return err
+	} else if len(names) > 1 {
+		return serveMany(ctx, fs, &cf, f, names, stderr)
 	}
 	if err := cf.apply(fs, "primary", &f, nil); err != nil {
 		return err
@@ -87,7 +95,17 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 			return err
 		}
 	}
-	return serveNode(ctx, node, f, a, hooks, log)
+	return serveNode(ctx, node, f, a, hooks, log, nil)
+}
+
+// sharedEnv is what the volumes of one serve process share (serveMany);
+// nil for a process serving one volume.
+type sharedEnv struct {
+	pool *mirror.ConnPool
+	// nbd is the server (already serving) for the volume's NBD address.
+	nbd    func(addr string) (*nbd.Server, net.Addr, error)
+	status func(name string, fn func() any)
+	verify func(name string, fn func(ctx context.Context, resync bool) any)
 }
 
 // errDemoted fails writes on a primary that is being demoted.
@@ -96,13 +114,17 @@ var errDemoted = errors.New("this node was demoted to mirror; it no longer accep
 // serveNode serves an opened primary node over NBD (with replication and
 // the responder at --listen) until ctx ends or the node is demoted. a,
 // when not nil, is the admin endpoint to report to.
-func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, hooks *volumeHooks, log *slog.Logger) error {
+func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, hooks *volumeHooks, log *slog.Logger, env *sharedEnv) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	m := node.Meta()
 	log = log.With("volume", m.Volume.String())
 
-	repl, err := f.repl.start(ctx, node, hooks, log)
+	var pool *mirror.ConnPool
+	if env != nil {
+		pool = env.pool
+	}
+	repl, err := f.repl.start(ctx, node, hooks, log, f.volumeName, pool)
 	if err != nil {
 		return err
 	}
@@ -142,7 +164,14 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 		go resp.Run(ctx)
 	}
 
-	srv, err := nbd.NewServerChecked(nbd.Options{Logger: log})
+	var srv *nbd.Server
+	var ln net.Listener
+	var nbdAddr net.Addr
+	if env != nil {
+		srv, nbdAddr, err = env.nbd(f.nbdAddr)
+	} else {
+		srv, err = nbd.NewServerChecked(nbd.Options{Logger: log})
+	}
 	if err != nil {
 		return err
 	}
@@ -155,12 +184,17 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	}); err != nil {
 		return err
 	}
-	srv.SetDefaultExport(f.export)
-	ln, err := nbd.Listen(f.nbdAddr)
-	if err != nil {
-		return err
+	if env == nil {
+		srv.SetDefaultExport(f.export)
+		ln, err = nbd.Listen(f.nbdAddr)
+		if err != nil {
+			return err
+		}
+		nbdAddr = ln.Addr()
+	} else {
+		defer srv.RemoveExport(f.export)
 	}
-	uri := nbdURI(ln.Addr(), f.export)
+	uri := nbdURI(nbdAddr, f.export)
 	demoted := false
 	go hooks.run(ctx, node.Journal, func() *mirror.ReplicationStatus {
 		if repl == nil {
@@ -168,21 +202,33 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 		}
 		return ptr(repl.Status())
 	})
+	statusFn := func() any {
+		m := node.Meta()
+		ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
+			NBD: uri, Checkpoint: m.CheckpointSeq}
+		if repl != nil {
+			ps.Replication = ptr(repl.Status())
+		}
+		if resp != nil && resp.SplitBrain() != "" {
+			ps.SplitBrain = resp.SplitBrain()
+		} else if ps.Replication != nil {
+			ps.SplitBrain = ps.Replication.SplitBrain
+		}
+		return nodeStatus{Primary: ps}
+	}
+	if env != nil {
+		env.status(f.volumeName, statusFn)
+		if repl != nil {
+			env.verify(f.volumeName, func(ctx context.Context, resync bool) any { return repl.Verify(ctx, resync) })
+			defer env.verify(f.volumeName, nil)
+		}
+		log.Info("serving NBD", "uri", uri, "size", m.Size, "epoch", m.Epoch, "example", "nbdinfo "+uri)
+		<-ctx.Done()
+		log.Info("stopped serving NBD")
+		return nil
+	}
 	if a != nil {
-		a.setStatus(func() any {
-			m := node.Meta()
-			ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
-				NBD: uri, Checkpoint: m.CheckpointSeq}
-			if repl != nil {
-				ps.Replication = ptr(repl.Status())
-			}
-			if resp != nil && resp.SplitBrain() != "" {
-				ps.SplitBrain = resp.SplitBrain()
-			} else if ps.Replication != nil {
-				ps.SplitBrain = ps.Replication.SplitBrain
-			}
-			return nodeStatus{Primary: ps}
-		})
+		a.setStatus(statusFn)
 		a.handle("verify", func(ctx context.Context, q url.Values) (any, error) {
 			if repl == nil {
 				return nil, errors.New("this primary has no mirrors to verify")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,9 +15,15 @@ import (
 )
 
 // nodeStatus is what GET /v1/status returns: one of the two is set.
+//
+// A process running several volumes (serve or mirror --config without
+// --volume) sets Volumes instead: each volume's status by name, with the
+// process's QUIC connection counts in Connections.
 type nodeStatus struct {
-	Primary *primaryStatus       `json:"primary,omitempty"`
-	Mirror  *mirror.MirrorStatus `json:"mirror,omitempty"`
+	Primary     *primaryStatus        `json:"primary,omitempty"`
+	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
+	Volumes     map[string]nodeStatus `json:"volumes,omitempty"`
+	Connections *connStatus           `json:"connections,omitempty"`
 }
 
 type primaryStatus struct {
@@ -113,6 +120,22 @@ func humanBytes(n int64) string {
 }
 
 func printStatus(w io.Writer, st *nodeStatus) {
+	if len(st.Volumes) > 0 {
+		if c := st.Connections; c != nil {
+			fmt.Fprintf(w, "connections:  %d open, %d dialed, %d accepted\n", c.Open, c.Dialed, c.Accepted)
+		}
+		names := make([]string, 0, len(st.Volumes))
+		for n := range st.Volumes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			v := st.Volumes[n]
+			fmt.Fprintf(w, "\n== volume %s ==\n", n)
+			printStatus(w, &v)
+		}
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	if m := st.Mirror; m != nil {
