@@ -26,7 +26,7 @@ type serveFlags struct {
 	// mirrors so that a mirror host with several volumes routes by it.
 	volumeName string
 	repl       replFlags
-	log                         logFlags
+	log        logFlags
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
