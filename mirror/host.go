@@ -170,7 +170,7 @@ func (a *acceptor) run(ctx context.Context) error {
 			break
 		}
 		a.accepted.Add(1)
-		a.log.Info("accepted connection", "peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
+		a.log.Debug("serving a primary connection", "peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
