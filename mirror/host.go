@@ -206,7 +206,7 @@ func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *
 	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	typ, p, err := st.ReadFrame(nil)
 	if err != nil {
-		log.Warn("no first frame on a new stream", "err", err)
+		log.Warn("no hello from primary (nor a stream volume) on a new stream", "err", err)
 		st.Cancel(0)
 		return
 	}
