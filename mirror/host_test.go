@@ -1,0 +1,239 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// identities issues a test CA and node identities.
+func identities(t *testing.T, names ...string) map[string]*transport.Identity {
+	t.Helper()
+	ca, err := transport.GenerateCA("test CA", transport.KeyECDSAP256, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]*transport.Identity{}
+	for _, n := range names {
+		if ids[n], err = ca.IssueNode(n, transport.KeyECDSAP256, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+func TestConnPoolSharesAndRedials(t *testing.T) {
+	ids := identities(t, "p", "m")
+	ln, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: ids["m"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	accepted := make(chan *transport.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept(ctx)
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	pool := mirror.NewConnPool()
+	cfg := transport.Config{Identity: ids["p"]}
+	addr := ln.Addr().String()
+	c1, rel1, err := pool.Get(ctx, addr, "m", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, rel2, err := pool.Get(ctx, addr, "m", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1 != c2 {
+		t.Fatal("two Gets for the same mirror returned different connections")
+	}
+	if s := pool.Stats(); s.Open != 1 || s.Dialed != 1 {
+		t.Fatalf("stats %+v, want 1 open, 1 dialed", s)
+	}
+	rel1()
+	rel1() // idempotent
+	select {
+	case <-c1.Done():
+		t.Fatal("the connection closed while still in use")
+	default:
+	}
+	rel2()
+	select {
+	case <-c1.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection stayed open after its last user released it")
+	}
+	// A connection the peer closed is replaced.
+	c3, rel3, err := pool.Get(ctx, addr, "m", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel3()
+	var server *transport.Conn
+	for server == nil {
+		select {
+		case s := <-accepted:
+			if s.Err() == nil {
+				server = s
+			}
+		case <-ctx.Done():
+			t.Fatal("no server side connection")
+		}
+	}
+	server.Close(0, "test")
+	<-c3.Done()
+	c4, rel4, err := pool.Get(ctx, addr, "m", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel4()
+	if c4 == c3 || c4.Err() != nil {
+		t.Fatal("the pool handed out a dead connection")
+	}
+	if s := pool.Stats(); s.Dialed != 3 || s.Open != 1 {
+		t.Fatalf("stats %+v, want 3 dialed, 1 open", s)
+	}
+	if _, _, err := pool.Get(ctx, "127.0.0.1:1", "m", transport.Config{Identity: ids["p"], HandshakeTimeout: 200 * time.Millisecond}); err == nil {
+		t.Fatal("Get of a dead address succeeded")
+	}
+}
+
+// primaryVol is an in-process primary volume replicating to one mirror.
+type primaryVol struct {
+	node *mirror.Node
+	repl *mirror.Replication
+	vol  *mirror.Volume
+}
+
+func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool) *primaryVol {
+	t.Helper()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: mirror.ModeSync, SyncAcks: 1,
+		AckLevel: mirror.AckWritten, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
+		Transport: transport.Config{Identity: id},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &primaryVol{node: node, repl: repl, vol: vol}
+}
+
+func (p *primaryVol) close() {
+	p.vol.Close()
+	p.repl.Close()
+	p.node.Close()
+}
+
+// TestMirrorHostRoutesVolumes: two primary volumes share one connection
+// (one pool) to a host with two volumes; each volume's writes land in its
+// own mirror volume, and a session naming an unknown volume is refused.
+func TestMirrorHostRoutesVolumes(t *testing.T) {
+	ids := identities(t, "p", "m")
+	dir := t.TempDir()
+	host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := host.AddVolume(t.Context(), n, mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-"+n)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := host.AddVolume(t.Context(), "a", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-a2")}}); err == nil {
+		t.Fatal("a volume name was added twice")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	hostDone := make(chan error, 1)
+	go func() { hostDone <- host.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-hostDone; err != nil {
+			t.Errorf("host: %v", err)
+		}
+	}()
+
+	pool := mirror.NewConnPool()
+	pa := startPrimaryVol(t, filepath.Join(dir, "p-a"), "a", host.Addr(), ids["p"], pool)
+	defer pa.close()
+	pb := startPrimaryVol(t, filepath.Join(dir, "p-b"), "b", host.Addr(), ids["p"], pool)
+	defer pb.close()
+	wctx, wcancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer wcancel()
+	for i := range 20 {
+		for k, p := range []*primaryVol{pa, pb} {
+			buf := bytes.Repeat([]byte{byte(16*k + i + 1)}, 4096)
+			if err := p.vol.WriteAt(wctx, buf, int64(i)*4096, false); err != nil {
+				t.Fatalf("write %d to volume %d: %v", i, k, err)
+			}
+		}
+	}
+	for k, name := range []string{"a", "b"} {
+		p := []*primaryVol{pa, pb}[k]
+		last := p.repl.Status().LastSeq
+		d := host.Volume(name)
+		deadline := time.Now().Add(20 * time.Second)
+		for d.Status().Applied < last {
+			if time.Now().After(deadline) {
+				t.Fatalf("volume %s: mirror applied %d of %d", name, d.Status().Applied, last)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got, want := d.Status().Volume, p.node.Meta().Volume.String(); got != want {
+			t.Fatalf("mirror volume %s holds volume %s, its primary serves %s", name, got, want)
+		}
+		got := make([]byte, 4096)
+		for i := range 20 {
+			if _, err := d.Node().Store.ReadAt(got, int64(i)*4096); err != nil {
+				t.Fatal(err)
+			}
+			if want := byte(16*k + i + 1); got[0] != want || got[4095] != want {
+				t.Fatalf("volume %s block %d: got %d, want %d", name, i, got[0], want)
+			}
+		}
+	}
+	if n := host.Connections(); n != 1 {
+		t.Errorf("the host accepted %d connections for two volumes of one primary, want 1", n)
+	}
+	if s := pool.Stats(); s.Dialed != 1 {
+		t.Errorf("pool %+v: want a single dial", s)
+	}
+
+	// A volume the host does not have is refused with a reason.
+	pc := startPrimaryVol(t, filepath.Join(dir, "p-c"), "c", host.Addr(), ids["p"], pool)
+	defer pc.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := pc.repl.Status()
+		if len(st.Peers) == 1 && st.Peers[0].LastError != "" {
+			if !bytes.Contains([]byte(st.Peers[0].LastError), []byte(`"c"`)) {
+				t.Fatalf("refusal does not name the volume: %s", st.Peers[0].LastError)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal for an unknown volume: %+v", st.Peers)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
