@@ -162,6 +162,12 @@ func TestProblems(t *testing.T) {
 			[]string{`!1: volume "db": allow applies only to mirrors`}},
 
 		{"mirror volume ok", node + "[[volumes]]\nname = \"m\"\nrole = \"mirror\"\ndata = \"/d\"\nlisten = \"[::]:7443\"\n", nil},
+		// One process runs every mirror volume of a file on one listener.
+		{"mirror volumes share a listen address", node + "[[volumes]]\nname = \"m\"\nrole = \"mirror\"\ndata = \"/d\"\nlisten = \"[::]:7443\"\n" +
+			"[[volumes]]\nname = \"n\"\nrole = \"mirror\"\ndata = \"/e\"\nlisten = \"[::]:7443\"\n", nil},
+		// Primaries of one process share one connection per mirror host.
+		{"primaries share a mirror host", node + "[[volumes]]\nname = \"x\"\nrole = \"primary\"\ndata = \"/x\"\nmirrors = [{ name = \"b\", address = \"h:1\" }]\n" +
+			"[[volumes]]\nname = \"y\"\nrole = \"primary\"\ndata = \"/y\"\nmirrors = [{ name = \"b\", address = \"h:1\" }]\n", nil},
 		{"listen missing", node + "[[volumes]] #!1\nname = \"m\"\nrole = \"mirror\"\ndata = \"/d\"\n",
 			[]string{`!1: volume "m": listen is required for a mirror (the QUIC address primaries connect to, HOST:PORT)`}},
 		{"listen invalid", node + "[[volumes]]\nname = \"m\"\nrole = \"mirror\"\ndata = \"/d\"\nlisten = \"7443\" #!1\n",
