@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/blockmirror/blockmirror/mirror"
 )
 
 func TestParseSize(t *testing.T) {
@@ -108,6 +110,28 @@ nbd = "127.0.0.1:10810"
 	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), "choose one with --volume") {
 		t.Fatalf("two primaries without --volume: %v", err)
 	}
+	// serve --config without --volume runs both, each with its own settings.
+	names, err := cf.several("primary")
+	if err != nil || strings.Join(names, ",") != "v1,v2" {
+		t.Fatalf("several: %v, %v", names, err)
+	}
+	f1, err := volumeFlags(fs, &cf, "primary", f, "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, err := volumeFlags(fs, &cf, "primary", f, "v2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f1.volumeName != "v1" || f1.data != "/d1" || len(f1.repl.mirrors) != 1 || f1.repl.mode != "async" {
+		t.Fatalf("v1: name %q data %q mirrors %v mode %q", f1.volumeName, f1.data, f1.repl.mirrors, f1.repl.mode)
+	}
+	if f2.volumeName != "v2" || f2.data != "/d2" || len(f2.repl.mirrors) != 0 || f2.nbdAddr != "127.0.0.1:10810" {
+		t.Fatalf("v2: name %q data %q mirrors %v nbd %q", f2.volumeName, f2.data, f2.repl.mirrors, f2.nbdAddr)
+	}
+	if names, err := cf.several("mirror"); err != nil || len(names) != 0 {
+		t.Fatalf("several mirrors: %v, %v", names, err)
+	}
 	if err := fs.Parse([]string{"--config", p, "--volume", "v1", "--mode", "sync"}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,5 +146,25 @@ nbd = "127.0.0.1:10810"
 	}
 	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), `no primary volume named "nope"`) {
 		t.Fatalf("unknown volume: %v", err)
+	}
+}
+
+func TestPrintStatusSeveralVolumes(t *testing.T) {
+	st := &nodeStatus{
+		Volumes: map[string]nodeStatus{
+			"b": {Mirror: &mirror.MirrorStatus{Role: "mirror", Volume: "uuid-b", Connected: true, Primary: "p1"}},
+			"a": {Mirror: &mirror.MirrorStatus{Role: "mirror"}},
+		},
+		Connections: &connStatus{Accepted: 1},
+	}
+	var b strings.Builder
+	printStatus(&b, st)
+	out := b.String()
+	ia, ib := strings.Index(out, "== volume a =="), strings.Index(out, "== volume b ==")
+	if ia < 0 || ib < ia {
+		t.Fatalf("volumes missing or unsorted:\n%s", out)
+	}
+	if !strings.Contains(out, "1 accepted") || !strings.Contains(out, "connected to p1") || !strings.Contains(out[ia:ib], "waiting for a primary") {
+		t.Fatalf("unexpected status text:\n%s", out)
 	}
 }
