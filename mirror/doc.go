@@ -75,7 +75,8 @@
 //
 // # Session
 //
-// The primary opens a QUIC stream per mirror and sends Hello; the mirror
+// The primary opens a QUIC stream per mirror and sends Hello (naming the
+// volume for a mirror host with several); the mirror
 // checks it (CheckHello: version, volume UUID, size, epoch not lower than
 // its own, compatible epoch history) and answers HelloReply with its
 // journal's LastSeq, DurableSeq and AppliedSeq. A refusal carries CodeRefused
@@ -85,6 +86,30 @@
 // answers with cumulative Acks whenever a watermark advances; Flush asks it
 // to become durable through a seq; Heartbeats are echoed unchanged so the
 // sender can measure RTT.
+//
+// # Several volumes per process
+//
+// A primary process serving several volumes gives their Replications one
+// ConnPool: one QUIC connection per mirror host, each volume with its own
+// log stream (and resync/verify streams) on it. A stream has its own
+// flow-control window, so a slow or resyncing volume fills only its own
+// window; ending a session cancels the session's streams, never the shared
+// connection (the pool closes it when its last user releases it, and drops
+// it as soon as it dies). On the mirror side a MirrorHost owns the one
+// listener: it accepts every stream of every connection, reads its first
+// frame and hands it to the volume it names — Hello.VolumeName for a log
+// stream, StreamVolume (16) for a resync or verify stream, which attaches to
+// the volume's active session on the same connection. A new session of a
+// volume replaces the old one by cancelling the old session's streams.
+// NewMirror/Run keep serving one volume on a listener of its own (any
+// volume name is accepted there).
+//
+//	primary process                       mirror host h1 (one listener)
+//	  vol a ─┐                              ┌─▶ volume a
+//	  vol b ─┼── ConnPool ══ one QUIC conn ══┤    (streams routed by name)
+//	         │   streams: a-log, b-log,      └─▶ volume b
+//	         │            a-resync ...
+//	  vol c ─┴── ConnPool ══ one QUIC conn ══▶ mirror host h2: volume c
 //
 // # Acknowledgement rules (PrimaryCore)
 //
