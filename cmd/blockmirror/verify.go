@@ -5,22 +5,31 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"text/tabwriter"
 
 	"github.com/blockmirror/blockmirror/mirror"
 )
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", "verify [--admin ADDR] [--resync] [--json]", stderr)
+	fs := newFlagSet("verify", "verify [--admin ADDR] [--volume NAME] [--resync] [--json]", stderr)
 	admin := fs.String("admin", defaultAdmin, "admin endpoint of the primary")
 	resync := fs.Bool("resync", false, "resync the differing ranges (by default verify changes nothing)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	volume := fs.String("volume", "", "the volume to verify, on a process serving several")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	path := "/v1/verify"
+	q := url.Values{}
 	if *resync {
-		path += "?resync=1"
+		q.Set("resync", "1")
+	}
+	if *volume != "" {
+		q.Set("volume", *volume)
+	}
+	path := "/v1/verify"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	var rep mirror.VerifyReport
 	if err := post(ctx, *admin, path, &rep); err != nil {
