@@ -405,6 +405,25 @@ func (r *Replication) syncLoop() {
 			return
 		case seq = <-r.syncReq:
 		}
+		// The core asks for a FUA write's sync when the write is admitted,
+		// which is just before its record is submitted: wait for the
+		// record first (Wait refuses seqs the journal does not hold yet).
+		// (Bounded: a record whose submission failed never comes.)
+		giveUp := time.After(5 * time.Second)
+	waitSubmit:
+		for r.j.LastSeq() < seq {
+			ch := r.j.Changed()
+			if r.j.LastSeq() >= seq {
+				break
+			}
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-giveUp:
+				break waitSubmit
+			case <-ch:
+			}
+		}
 		if err := r.j.Wait(r.ctx, seq, journal.Durable); err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Error("local journal sync failed", "seq", seq, "err", err)

@@ -214,10 +214,11 @@ nbd_addr_of_uri() {
 attach_and_mount() {
 	local addr=$1
 	[ -n "$attach_dev" ] || return 0
-	if ! compgen -G '/dev/nbd[0-9]*' >/dev/null || [ ! -e "$attach_dev" ]; then
-		say "skipping --attach $attach_dev: this host has no kernel NBD devices (/dev/nbd* missing; try 'modprobe nbd')${mount_dir:+; not mounting $mount_dir}"
+	if ! compgen -G '/dev/nbd[0-9]*' >/dev/null; then
+		say "skipping --attach $attach_dev: this host has no kernel NBD devices (/dev/nbd* missing; try 'modprobe nbd')${mount_dir:+; not mounting $mount_dir}; clients can use $(nbd_uri "$addr")"
 		return 0
 	fi
+	[ -b "$attach_dev" ] || die 6 "--attach $attach_dev is not a block device (have: $(echo /dev/nbd[0-9]* | cut -c1-60)...)"
 	local name=${attach_dev##*/}
 	if [ "$(cat "/sys/block/$name/size" 2>/dev/null || echo 0)" != 0 ]; then
 		say "$attach_dev is already attached"
@@ -275,15 +276,23 @@ if [ ${#primaries[@]} -gt 0 ]; then
 	for p in "${primaries[@]}"; do
 		split_addr "$p" || die 1 "--primary '$p': want HOST:PORT"
 	done
+	# Three rounds; each probes every address in parallel (0.3 s timeout
+	# each, so a black-holed address costs no more than a refused one
+	# per round): about 1 s at worst.
 	answered=""
 	for i in 1 2 3; do
+		pids=()
 		for p in "${primaries[@]}"; do
-			if tcp_probe "$p"; then
-				answered=$p
-				break 2
+			tcp_probe "$p" &
+			pids+=($!)
+		done
+		for j in "${!pids[@]}"; do
+			if wait "${pids[$j]}" && [ -z "$answered" ]; then
+				answered=${primaries[$j]}
 			fi
 		done
-		[ $i = 3 ] || sleep 0.25
+		[ -n "$answered" ] && break
+		[ $i = 3 ] || sleep 0.2
 	done
 	if [ -n "$answered" ]; then
 		[ $force = 1 ] || die 2 "the primary still answers at $answered; refusing to promote (two primaries would diverge). Stop or fence it, or use --force"

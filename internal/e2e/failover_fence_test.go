@@ -17,7 +17,7 @@ import (
 // `blockmirror status` says FENCED) and fails writes at once.
 func TestFailoverFencing(t *testing.T) {
 	const blk = 64 << 10
-	const ackTimeout = 2 * time.Second
+	const ackTimeout = time.Second
 	c := newFoCluster(t, 166, "p1", "m1")
 	p1, m1 := c.N("p1"), c.N("m1")
 	proxy := foStartProxy(t, "127.0.0.168", m1.Listen)

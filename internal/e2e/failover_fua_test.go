@@ -35,7 +35,7 @@ func TestFailoverFUAWritesComplete(t *testing.T) {
 	// covered by a later one, so the write hangs.
 	seq := foDial(t, m1.NBD)
 	for i := range 2000 {
-		if err := seq.foWrite(foPattern("Q", i, blk), int64(i)*blk+(64<<20), 10*time.Second); err != nil {
+		if err := seq.foWriteFUA(foPattern("Q", i, blk), int64(i)*blk+(64<<20), 10*time.Second); err != nil {
 			t.Fatalf("sequential FUA write %d: %v\n%s", i, err, m1.Proc.LogLine("local journal sync failed"))
 		}
 	}
@@ -48,7 +48,7 @@ func TestFailoverFUAWritesComplete(t *testing.T) {
 			defer wg.Done()
 			for i := range writes {
 				off := int64(k*writes+i) * blk
-				if err := conn.foWrite(foPattern("F", k*writes+i, blk), off, 10*time.Second); err != nil {
+				if err := conn.foWriteFUA(foPattern("F", k*writes+i, blk), off, 10*time.Second); err != nil {
 					errs <- fmt.Errorf("client %d: FUA write %d of %d at %d: %w", k, i, writes, off, err)
 					return
 				}
