@@ -116,6 +116,16 @@ type mirrorSession struct {
 	side      sync.WaitGroup
 }
 
+// endSide ends the session and waits for its resync and verify streams;
+// no new one attaches afterwards. Idempotent.
+func (s *mirrorSession) endSide() {
+	s.sideMu.Lock()
+	s.sideEnded = true
+	s.sideMu.Unlock()
+	s.cancel()
+	s.side.Wait()
+}
+
 // NewMirror opens the volume (if the data directory has one) and listens
 // on opts.Listen for primaries of this one volume (a session's volume name
 // is not checked). See MirrorHost for several volumes on one listener.
@@ -588,13 +598,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
 	defer close(s.done)
 	// The session's resync and verify streams end with it.
-	defer func() {
-		s.sideMu.Lock()
-		s.sideEnded = true
-		s.sideMu.Unlock()
-		cancel()
-		s.side.Wait()
-	}()
+	defer s.endSide()
 	// One session at a time: a new one (e.g. a restarted primary) ends
 	// the old one first.
 	d.mu.Lock()
@@ -674,6 +678,8 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
 	defer func() { cancel(); <-ackDone }()
+	// Resync and verify streams end before the session is cleared.
+	defer s.endSide()
 	err = d.session(sctx, s)
 	switch {
 	case s.replaced.Load():
