@@ -3,6 +3,7 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -86,7 +87,8 @@ func TestConnPoolSharesAndRedials(t *testing.T) {
 	for server == nil {
 		select {
 		case s := <-accepted:
-			if s.Err() == nil {
+			// The dialer's socket is its own: the ports identify the pair.
+			if port(s.RemoteAddr()) == port(c3.LocalAddr()) {
 				server = s
 			}
 		case <-ctx.Done():
@@ -94,7 +96,11 @@ func TestConnPoolSharesAndRedials(t *testing.T) {
 		}
 	}
 	server.Close(0, "test")
-	<-c3.Done()
+	select {
+	case <-c3.Done():
+	case <-ctx.Done():
+		t.Fatal("the client did not see the server close the connection")
+	}
 	c4, rel4, err := pool.Get(ctx, addr, "m", cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -109,6 +115,11 @@ func TestConnPoolSharesAndRedials(t *testing.T) {
 	if _, _, err := pool.Get(ctx, "127.0.0.1:1", "m", transport.Config{Identity: ids["p"], HandshakeTimeout: 200 * time.Millisecond}); err == nil {
 		t.Fatal("Get of a dead address succeeded")
 	}
+}
+
+func port(a net.Addr) string {
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
 }
 
 // primaryVol is an in-process primary volume replicating to one mirror.
