@@ -124,9 +124,10 @@ func port(a net.Addr) string {
 
 // primaryVol is an in-process primary volume replicating to one mirror.
 type primaryVol struct {
-	node *mirror.Node
-	repl *mirror.Replication
-	vol  *mirror.Volume
+	node   *mirror.Node
+	repl   *mirror.Replication
+	vol    *mirror.Volume
+	closed bool
 }
 
 func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool) *primaryVol {
@@ -151,6 +152,10 @@ func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.I
 }
 
 func (p *primaryVol) close() {
+	if p.closed {
+		return
+	}
+	p.closed = true
 	p.vol.Close()
 	p.repl.Close()
 	p.node.Close()
@@ -228,6 +233,18 @@ func TestMirrorHostRoutesVolumes(t *testing.T) {
 	}
 	if s := pool.Stats(); s.Dialed != 1 {
 		t.Errorf("pool %+v: want a single dial", s)
+	}
+
+	// Stopping volume a's replication ends only its session: b goes on
+	// writing on the same connection.
+	pa.close()
+	for i := range 10 {
+		if err := pb.vol.WriteAt(wctx, bytes.Repeat([]byte{0xee}, 4096), int64(i)*4096, true); err != nil {
+			t.Fatalf("volume b after a's session ended: %v", err)
+		}
+	}
+	if n, s := host.Connections(), pool.Stats(); n != 1 || s.Dialed != 1 || s.Open != 1 {
+		t.Errorf("after a's session ended: host accepted %d, pool %+v; want the one connection kept", n, s)
 	}
 
 	// A volume the host does not have is refused with a reason.
