@@ -87,7 +87,7 @@ func (c *configFlags) apply(fs *flag.FlagSet, role string, f *serveFlags, allow 
 	case len(vols) == 0:
 		return fmt.Errorf("%s: no %s volume", c.path, role)
 	case len(vols) > 1:
-		return fmt.Errorf("%s has %d %s volumes (%s): choose one with --volume (one process runs one volume; run one per volume, e.g. with the systemd template)",
+		return fmt.Errorf("%s has %d %s volumes (%s): choose one with --volume",
 			c.path, len(vols), role, strings.Join(names, ", "))
 	}
 	v, n := vols[0], cfg.Node
