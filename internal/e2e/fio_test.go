@@ -64,3 +64,36 @@ func TestFioVerify(t *testing.T) {
 	}
 	s.requireAlive(t)
 }
+
+// fioJob is the part of fio's JSON report the tests check.
+type fioJob struct {
+	Error int `json:"error"`
+	Read  struct {
+		IOBytes int64 `json:"io_bytes"`
+	} `json:"read"`
+	Write struct {
+		IOBytes int64   `json:"io_bytes"`
+		IOPS    float64 `json:"iops"`
+	} `json:"write"`
+}
+
+// readFioVerify reads fio's JSON output at path (one job) and fails the
+// test unless the job wrote and verified size bytes without error.
+func readFioVerify(t testing.TB, path string, size int64) fioJob {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Jobs []fioJob `json:"jobs"`
+	}
+	if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
+		t.Fatalf("fio json: %v\n%s", err, b)
+	}
+	j := res.Jobs[0]
+	if j.Error != 0 || j.Write.IOBytes != size || j.Read.IOBytes != size {
+		t.Fatalf("fio: error %d, wrote %d and verified %d bytes, want %d", j.Error, j.Write.IOBytes, j.Read.IOBytes, size)
+	}
+	return j
+}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -39,29 +38,7 @@ func TestReplFioTwoMirrors(t *testing.T) {
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0",
 		"--output-format=json", "--output="+out)
 	elapsed := time.Since(start)
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		Jobs []struct {
-			Error int `json:"error"`
-			Read  struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"read"`
-			Write struct {
-				IOBytes int64   `json:"io_bytes"`
-				IOPS    float64 `json:"iops"`
-			} `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
-		t.Fatalf("fio json: %v\n%s", err, b)
-	}
-	j := res.Jobs[0]
-	if j.Error != 0 || j.Write.IOBytes != int64(size) || j.Read.IOBytes != int64(size) {
-		t.Fatalf("fio: error %d, wrote %d and verified %d bytes, want %d", j.Error, j.Write.IOBytes, j.Read.IOBytes, size)
-	}
+	j := readFioVerify(t, out, int64(size))
 	t.Logf("fio 4k randwrite qd16 with 2 sync mirrors: %.0f IOPS, %d MiB verified (%v)", j.Write.IOPS, size/MiB, elapsed.Round(time.Millisecond))
 
 	st, err := c.PrimaryStatus()

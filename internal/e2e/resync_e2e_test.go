@@ -5,9 +5,7 @@ package e2e
 // while a resync runs.
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -149,29 +147,7 @@ wait:
 	if t.Failed() {
 		return
 	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		Jobs []struct {
-			Error int `json:"error"`
-			Read  struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"read"`
-			Write struct {
-				IOBytes int64   `json:"io_bytes"`
-				IOPS    float64 `json:"iops"`
-			} `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
-		t.Fatalf("fio json: %v\n%s", err, b)
-	}
-	j := res.Jobs[0]
-	if j.Error != 0 || j.Write.IOBytes != int64(size) || j.Read.IOBytes != int64(size) {
-		t.Fatalf("fio: error %d, wrote %d and verified %d bytes, want %d", j.Error, j.Write.IOBytes, j.Read.IOBytes, size)
-	}
+	j := readFioVerify(t, out, int64(size))
 	t.Logf("fio 4k randwrite qd16 during resync: %.0f IOPS, %d MiB verified; %d status samples with the resync active", j.Write.IOPS, size/MiB, overlaps)
 	if overlaps < 3 {
 		t.Fatalf("the resync was active in only %d status samples while fio ran (samples %v): the test did not overlap them", overlaps, samples)
