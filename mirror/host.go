@@ -241,7 +241,10 @@ func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *
 		}
 		return
 	}
-	d.dispatch(conn, st, MsgType(typ), p, log.With("volume", name))
+	if name != "" {
+		log = log.With("volume_name", name)
+	}
+	d.dispatch(conn, st, MsgType(typ), p, log)
 }
 
 // refuseStream sends an Error as the stream's last message and cancels it.

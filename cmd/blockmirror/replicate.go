@@ -205,8 +205,14 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	reg := metrics.New()
 	reg.SetBuildInfo(version)
 	hooks := newVolumeHooks(reg, f.export)
+	// Every line of this daemon names its volume (the config's name, or
+	// the data directory).
+	label := f.volumeName
+	if label == "" {
+		label = f.data
+	}
 	d, err := mirror.NewMirror(ctx, mirror.MirrorOptions{
-		Listen: f.listen, Name: f.repl.id.node, Transport: tc, Logger: log,
+		Listen: f.listen, Name: f.repl.id.node, Transport: tc, Logger: log.With("volume_name", label),
 		Node: mirror.NodeOptions{Dir: f.data, Disk: f.disk, JournalMax: f.journalMax.v, OnSync: hooks.onSync},
 	})
 	if err != nil {
