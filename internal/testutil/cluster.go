@@ -70,6 +70,10 @@ type UDPProxy struct {
 
 	// Forwarded and Dropped count datagrams (both directions).
 	Forwarded, Dropped atomic.Int64
+	// ToTarget and ToClient count the UDP payload bytes forwarded from
+	// clients to the target and back (QUIC headers, acks and
+	// retransmissions included): an independent measure of what crossed.
+	ToTarget, ToClient atomic.Int64
 }
 
 // StartUDPProxy listens on listen ("127.x.y.z:port"; port 0 picks one) and
@@ -91,6 +95,8 @@ func StartUDPProxy(t testing.TB, listen, target string) *UDPProxy {
 	if err != nil {
 		t.Fatalf("testutil: proxy listen %s: %v", listen, err)
 	}
+	_ = ln.SetReadBuffer(8 << 20)
+	_ = ln.SetWriteBuffer(8 << 20)
 	p := &UDPProxy{ln: ln, target: ta, flows: make(map[string]*net.UDPConn)}
 	p.wg.Add(1)
 	go p.clientLoop()
@@ -142,6 +148,7 @@ func (p *UDPProxy) clientLoop() {
 		}
 		if _, err := up.Write(buf[:n]); err == nil {
 			p.Forwarded.Add(1)
+			p.ToTarget.Add(int64(n))
 		}
 	}
 }
@@ -162,6 +169,8 @@ func (p *UDPProxy) flow(client *net.UDPAddr) *net.UDPConn {
 	if err != nil {
 		return nil
 	}
+	_ = up.SetReadBuffer(8 << 20)
+	_ = up.SetWriteBuffer(8 << 20)
 	p.flows[key] = up
 	p.wg.Add(1)
 	go func() {
@@ -181,6 +190,7 @@ func (p *UDPProxy) flow(client *net.UDPAddr) *net.UDPConn {
 			}
 			if _, err := p.ln.WriteToUDP(buf[:n], client); err == nil {
 				p.Forwarded.Add(1)
+				p.ToClient.Add(int64(n))
 			}
 		}
 	}()

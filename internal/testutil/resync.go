@@ -6,137 +6,18 @@ package testutil
 // (how many bytes and 64 KiB chunks a set of writes touched).
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 )
 
-// CountingUDPProxy relays UDP datagrams between clients and one target on
-// loopback (one upstream socket per client address) and counts the payload
-// bytes forwarded in each direction. It never drops or alters anything. It
-// is safe for concurrent use; Close (a test cleanup registered by
-// [StartCountingUDPProxy]) stops its goroutines.
-type CountingUDPProxy struct {
-	ln     *net.UDPConn
-	target *net.UDPAddr
-
-	mu     sync.Mutex
-	flows  map[string]*net.UDPConn
-	closed bool
-	wg     sync.WaitGroup
-
-	// ToTarget and ToClient count UDP payload bytes forwarded from clients
-	// to the target and back (QUIC headers, acks and retransmissions
-	// included).
-	ToTarget, ToClient atomic.Int64
-}
-
-// StartCountingUDPProxy listens on listen ("127.x.y.z:port"; port 0 picks
-// one) and relays to target; both must be loopback addresses.
-func StartCountingUDPProxy(t testing.TB, listen, target string) *CountingUDPProxy {
+// StartCountingUDPProxy starts a relay that never drops anything and
+// counts the bytes it forwards in ToTarget and ToClient (see [UDPProxy]).
+func StartCountingUDPProxy(t testing.TB, listen, target string) *UDPProxy {
 	t.Helper()
-	la, err := net.ResolveUDPAddr("udp", listen)
-	if err != nil {
-		t.Fatalf("testutil: counting proxy listen address %q: %v", listen, err)
-	}
-	ta, err := net.ResolveUDPAddr("udp", target)
-	if err != nil {
-		t.Fatalf("testutil: counting proxy target %q: %v", target, err)
-	}
-	if !la.IP.IsLoopback() || !ta.IP.IsLoopback() {
-		t.Fatalf("testutil: counting proxy %s → %s: loopback addresses only", listen, target)
-	}
-	ln, err := net.ListenUDP("udp", la)
-	if err != nil {
-		t.Fatalf("testutil: counting proxy listen %s: %v", listen, err)
-	}
-	_ = ln.SetReadBuffer(8 << 20)
-	_ = ln.SetWriteBuffer(8 << 20)
-	p := &CountingUDPProxy{ln: ln, target: ta, flows: make(map[string]*net.UDPConn)}
-	p.wg.Add(1)
-	go p.clientLoop()
-	t.Cleanup(p.Close)
-	return p
-}
-
-// Addr is the address clients send to.
-func (p *CountingUDPProxy) Addr() string { return p.ln.LocalAddr().String() }
-
-// Close stops relaying and waits for the proxy's goroutines.
-func (p *CountingUDPProxy) Close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.closed = true
-	p.ln.Close()
-	for _, up := range p.flows {
-		up.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *CountingUDPProxy) clientLoop() {
-	defer p.wg.Done()
-	buf := make([]byte, 64<<10)
-	for {
-		n, from, err := p.ln.ReadFromUDP(buf)
-		if err != nil {
-			return // closed
-		}
-		up := p.flow(from)
-		if up == nil {
-			return
-		}
-		if _, err := up.Write(buf[:n]); err == nil {
-			p.ToTarget.Add(int64(n))
-		}
-	}
-}
-
-func (p *CountingUDPProxy) flow(client *net.UDPAddr) *net.UDPConn {
-	key := client.String()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	if up := p.flows[key]; up != nil {
-		return up
-	}
-	up, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, p.target)
-	if err != nil {
-		return nil
-	}
-	_ = up.SetReadBuffer(8 << 20)
-	_ = up.SetWriteBuffer(8 << 20)
-	p.flows[key] = up
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := up.Read(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue // e.g. ECONNREFUSED while the target is down
-			}
-			if _, err := p.ln.WriteToUDP(buf[:n], client); err == nil {
-				p.ToClient.Add(int64(n))
-			}
-		}
-	}()
-	return up
+	return StartUDPProxy(t, listen, target)
 }
 
 // LogField returns key's value in a log/slog text line (quoted or bare),
