@@ -283,14 +283,7 @@ func (l *peerLink) queueFlush(through uint64) {
 	if s == nil {
 		return
 	}
-	for {
-		select {
-		case s.flushCh <- through:
-			return
-		case old := <-s.flushCh:
-			through = max(through, old)
-		}
-	}
+	offer(s.flushCh, through, maxSeq)
 }
 
 // sendRecords streams journal records from the seq the core names.

@@ -266,18 +266,7 @@ func (r *Replication) processLocked() {
 		}
 	}
 	if rd.SyncLocal > 0 {
-		select {
-		case r.syncReq <- rd.SyncLocal:
-		default:
-			// A sync is already queued; the syncer syncs everything
-			// submitted when it runs, which covers this request too.
-			select {
-			case old := <-r.syncReq:
-				r.syncReq <- max(old, rd.SyncLocal)
-			default:
-				r.syncReq <- rd.SyncLocal
-			}
-		}
+		offer(r.syncReq, rd.SyncLocal, maxSeq)
 	}
 	for _, rel := range rd.Releases {
 		r.j.Release(peerConsumer(rel.Peer), rel.Through)

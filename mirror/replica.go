@@ -367,27 +367,11 @@ func (d *Mirror) processLocked() (persist SeqRange) {
 // actLocked acts on rd (d.mu held) and returns its Persist range.
 func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
 	if rd.SyncLocal > 0 {
-		for {
-			select {
-			case d.syncReq <- rd.SyncLocal:
-			case old := <-d.syncReq:
-				rd.SyncLocal = max(rd.SyncLocal, old)
-				continue
-			}
-			break
-		}
+		offer(d.syncReq, rd.SyncLocal, maxSeq)
 	}
 	if rd.SendAck && d.active != nil {
-		s := d.active
-		a := rd.Ack
-		for {
-			select {
-			case s.ackCh <- a:
-			case <-s.ackCh:
-				continue
-			}
-			break
-		}
+		// Acks are cumulative: the newer one supersedes an unsent older one.
+		offer(d.active.ackCh, rd.Ack, func(_, a Ack) Ack { return a })
 	}
 	if rd.ApplyThrough > d.applyTo {
 		d.applyTo = rd.ApplyThrough
