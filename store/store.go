@@ -112,16 +112,33 @@ func (s *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// writePiece is the largest single pwrite WriteAt issues. The kernel sizes
+// the page-cache folios a buffered write creates after the write's length,
+// and every later write into a folio walks all of the folio's buffer heads
+// (ext4_block_write_begin, block_commit_write, and writeback again): after
+// one 1 MiB write, each 4 KiB overwrite of that range costs ~5 µs of CPU
+// instead of ~1 µs. Writing in page-sized, page-aligned pieces keeps the
+// image's folios small, which makes the random small writes a block device
+// mostly sees ~4× cheaper, while large writes still run at >1 GB/s.
+const writePiece = 4096
+
 // WriteAt writes p at off.
 func (s *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := s.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := s.f.WriteAt(p, off)
-	if err != nil {
-		return n, fmt.Errorf("store: write %s at %d: %w", s.path, off, err)
+	done := 0
+	for done < len(p) {
+		at := off + int64(done)
+		n := writePiece - int(at%writePiece)
+		n = min(n, len(p)-done)
+		m, err := s.f.WriteAt(p[done:done+n], at)
+		done += m
+		if err != nil {
+			return done, fmt.Errorf("store: write %s at %d: %w", s.path, at, err)
+		}
 	}
-	return n, nil
+	return done, nil
 }
 
 // Trim discards [off, off+n): afterwards the range reads as zeroes.
