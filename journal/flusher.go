@@ -53,19 +53,10 @@ func (j *Journal) workLocked() bool {
 // with ioMu held.
 func (j *Journal) pass(closing bool) {
 	j.mu.Lock()
-	j.batch = j.batch[:0]
-	if j.written < j.next-1 {
-		j.batch = append(j.batch, j.tail[j.written+1-j.tailFirst:]...)
-	}
 	j.retain = false
 	j.mu.Unlock()
-
-	if len(j.batch) > 0 {
-		if err := j.writeBatch(j.batch); err != nil {
-			j.fail(err)
-			return
-		}
-		clear(j.batch)
+	if !j.writeQueued() {
+		return
 	}
 
 	if closing {
@@ -79,11 +70,33 @@ func (j *Journal) pass(closing bool) {
 	}
 }
 
+// writeQueued writes every queued record; false if that failed (the
+// failure is recorded). Called with ioMu held, by the flusher or by a
+// WriteThrough caller.
+func (j *Journal) writeQueued() bool {
+	j.mu.Lock()
+	j.batch = j.batch[:0]
+	if j.written < j.next-1 {
+		j.batch = append(j.batch, j.tail[j.written+1-j.tailFirst:]...)
+	}
+	j.mu.Unlock()
+	if len(j.batch) == 0 {
+		return true
+	}
+	err := j.writeBatch(j.batch)
+	clear(j.batch)
+	if err != nil {
+		j.fail(err)
+		return false
+	}
+	return true
+}
+
 // writeBatch appends batch (consecutive seqs following j.written) to the
 // active segment, rotating when the segment would exceed SegmentBytes.
 func (j *Journal) writeBatch(batch []Record) error {
 	for i := 0; i < len(batch); {
-		seg := j.segs[len(j.segs)-1] // only this goroutine changes segs
+		seg := j.segs[len(j.segs)-1] // segs change only under ioMu, which we hold
 		base := seg.size
 		hasRecords := seg.count > 0
 		j.buf = j.buf[:0]
@@ -234,6 +247,7 @@ func (j *Journal) rotate(first uint64) error {
 	j.total += seg.size
 	j.broadcastLocked()
 	j.mu.Unlock()
+	j.poke() // the size bound may now apply (the flusher runs retention)
 	return nil
 }
 

@@ -181,6 +181,10 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		switch {
 		case k < 40: // submit a few records
 			n := 1 + rng.IntN(8)
+			// A third of the batches skip the flusher's wake-up; most of
+			// those are then written through, some just waited for, and
+			// some left for whatever wakes the flusher next.
+			deferred := rng.IntN(3) == 0
 			for range n {
 				last++
 				m := modelRec{epoch: epoch}
@@ -196,11 +200,22 @@ func runModel(t *testing.T, seed uint64, steps int) {
 					m.length = uint32(m.size)
 				}
 				recs[last] = m
-				if err := j.Submit(ctx, m.record(last)); err != nil {
+				submit := j.Submit
+				if deferred {
+					submit = j.SubmitDeferred
+				}
+				if err := submit(ctx, m.record(last)); err != nil {
 					t.Fatalf("step %d submit %d: %v", step, last, err)
 				}
 			}
-			if rng.IntN(2) == 0 {
+			if deferred && rng.IntN(4) != 0 {
+				if err := j.WriteThrough(ctx, last); err != nil {
+					t.Fatalf("write through %d: %v", last, err)
+				}
+				if w, _ := j.Watermarks(); w < last {
+					t.Fatalf("written watermark %d after write through %d", w, last)
+				}
+			} else if rng.IntN(2) == 0 {
 				lvl := journal.Written
 				if rng.IntN(2) == 0 {
 					lvl = journal.Durable

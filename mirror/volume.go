@@ -206,7 +206,9 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	} else {
 		rec.Seq = v.lastSeq + 1
 	}
-	if err := v.j.Submit(ctx, rec); err != nil {
+	// Deferred: this goroutine writes the record itself (WriteThrough
+	// below) unless a write is already under way.
+	if err := v.j.SubmitDeferred(ctx, rec); err != nil {
 		v.mu.Unlock()
 		return fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
 	}
@@ -236,7 +238,7 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	}
 
 	start := time.Now()
-	err := v.j.Wait(ctx, rec.Seq, journal.Written)
+	err := v.j.WriteThrough(ctx, rec.Seq)
 	if v.opts.OnAppend != nil && err == nil {
 		v.opts.OnAppend(false, time.Since(start))
 	}
