@@ -704,21 +704,38 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			}
 			err = d.core.Receive(recs)
 			var persist SeqRange
+			ackDue := false
 			if err == nil {
-				persist = d.processLocked()
+				// The ack for these records is sent below, from this
+				// goroutine, once they are written.
+				rd := d.core.Ready()
+				ackDue, rd.SendAck = rd.SendAck, false
+				persist = d.actLocked(rd)
 			}
 			d.mu.Unlock()
 			if err != nil {
 				d.sendError(s, CodeProtocol, err.Error())
 				return err
 			}
+			var last uint64
 			for _, rec := range recs {
 				if rec.Seq < persist.From || rec.Seq > persist.Through {
 					continue
 				}
-				if err := j.Submit(ctx, rec); err != nil {
+				// Deferred: WriteThrough writes the frame's records from
+				// here, without waking the journal's flusher.
+				if err := j.SubmitDeferred(ctx, rec); err != nil {
 					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
 				}
+				last = rec.Seq
+			}
+			if last > 0 {
+				if err := j.WriteThrough(ctx, last); err != nil {
+					return fmt.Errorf("journal through seq %d: %w", last, err)
+				}
+			}
+			if err := d.ackWritten(s, ackDue); err != nil {
+				return err
 			}
 		case MsgResyncBegin:
 			m, err := DecodeResyncBegin(p)
@@ -760,6 +777,41 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			return fmt.Errorf("unexpected %v from primary", MsgType(typ))
 		}
 	}
+}
+
+// ackWritten feeds the journal's watermarks into the core and sends the
+// resulting ack on s straight from the session's goroutine: the ack for a
+// frame of records leaves as soon as they are written, without the two
+// hand-offs (journal watcher, ack sender) the general path takes. due says
+// an ack is owed even if the watermarks did not move (records received).
+func (d *Mirror) ackWritten(s *mirrorSession, due bool) error {
+	w, du := d.node.Journal.Watermarks()
+	d.mu.Lock()
+	if d.active != s {
+		d.mu.Unlock()
+		return errors.New("session replaced")
+	}
+	d.core.LocalProgress(w, du)
+	rd := d.core.Ready()
+	due = due || rd.SendAck
+	rd.SendAck = false
+	d.actLocked(rd)
+	a := d.core.CurrentAck()
+	d.mu.Unlock()
+	if !due {
+		return nil
+	}
+	buf := AppendAck(make([]byte, 0, 64), a)
+	s.writeMu.Lock()
+	err := s.st.WriteFrame(uint8(MsgAck), buf)
+	if err == nil {
+		err = s.st.Flush()
+	}
+	s.writeMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("send ack: %w", err)
+	}
+	return nil
 }
 
 func (d *Mirror) sendError(s *mirrorSession, code ErrCode, msg string) {

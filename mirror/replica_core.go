@@ -391,6 +391,10 @@ func (r *ReplicaCore) Status() ReplicaStatus {
 	}
 }
 
+// CurrentAck is the ack the core's watermarks make now (for a driver that
+// sends an ack itself instead of through Ready).
+func (r *ReplicaCore) CurrentAck() Ack { return r.ack() }
+
 func (r *ReplicaCore) ack() Ack {
 	return Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
 }
