@@ -23,6 +23,8 @@
 #   OUT        also write the raw results (TSV) to this file
 #   BM_ARGS    extra arguments for every blockmirror process (e.g.
 #              "--log-level debug")
+#   BM_ENV     environment for every blockmirror process (e.g.
+#              "GOMAXPROCS=1", see docs/tuning.md)
 #   SKIP_SETUP 1 = do not run scripts/setup.sh first
 #
 # Adding a target NAME: write target_NAME_start (starts it in the
@@ -119,7 +121,7 @@ target_blockmirror_start() {
 	local dir=$1 port
 	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
 	port=$(free_port)
-	"$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
@@ -136,13 +138,13 @@ bm_repl_start() {
 		die "certs init failed: $(cat "$dir/certs.log")"
 	for name in "${names[@]}"; do
 		mport=$(free_port udp)
-		"$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
+		env ${BM_ENV:-} "$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
 			--certs "$dir/certs" --node "$name" --admin "" ${BM_ARGS:-} >"$dir/$name.log" 2>&1 &
 		PIDS+=($!)
 		margs+=(--mirror "$name=127.0.0.1:$mport")
 	done
 	port=$(free_port)
-	"$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
 		--mode "$mode" --sync-acks "$acks" "${margs[@]}" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
@@ -314,6 +316,15 @@ for target in $TARGETS; do
 done
 
 [ -z "${OUT:-}" ] || cp "$RESULTS" "$OUT"
+
+# With replication targets: the raw quic-go loopback figures the
+# replication numbers stand on (4 KiB round trip on one stream; bulk
+# throughput of one stream), from transport's Go benchmarks.
+if [[ " $TARGETS " == *" bm-"* ]]; then
+	say "quic-go loopback: go test -bench 'RTT4K|Bulk1MiB' ./transport"
+	env ${BM_ENV:-} go test -run '^$' -bench 'RTT4K|Bulk1MiB' -benchtime 2s ./transport 2>&1 |
+		grep '^Benchmark' | sed 's/^/quic: /' >&2 || say "transport benchmarks failed"
+fi
 
 "$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" <<'PYEOF'
 import sys
