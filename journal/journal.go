@@ -755,6 +755,11 @@ func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
 	}
+	if p, ok := f.(preallocator); ok {
+		// Best effort: the segment works the same without it, and a full
+		// disk shows up as a write error where it matters.
+		_ = p.Preallocate(j.opts.SegmentBytes)
+	}
 	hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: first})
 	if _, err := f.WriteAt(hdr, 0); err != nil {
 		f.Close()

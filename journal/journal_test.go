@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -913,5 +914,36 @@ func TestWriteThroughConcurrent(t *testing.T) {
 	defer j.Close()
 	if got := scanAll(t, j, 1); len(got) != writers*each {
 		t.Fatalf("read back %d records, want %d", len(got), writers*each)
+	}
+}
+
+// TestSegmentPreallocated checks that segments reserve their disk blocks up
+// front without growing the file: recovery reads a segment up to its size,
+// so the size must stay the end of the last record.
+func TestSegmentPreallocated(t *testing.T) {
+	dir := t.TempDir()
+	o := opts(dir)
+	o.SegmentBytes = 1 << 20
+	j := mustOpen(t, o)
+	appendN(t, j, 1, 3, func(uint64) int { return 1000 })
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "00000000000000000001.seg")
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := int64(journal.SegmentHeaderSize + 3*(journal.RecordHeaderSize+1000))
+	if st.Size != want {
+		t.Fatalf("segment size %d, want %d (preallocation must not change the size)", st.Size, want)
+	}
+	if st.Blocks*512 < o.SegmentBytes {
+		t.Logf("file system did not preallocate (%d bytes reserved); fine, it is best effort", st.Blocks*512)
+	}
+	j = mustOpen(t, o)
+	defer j.Close()
+	if got := scanAll(t, j, 1); len(got) != 3 {
+		t.Fatalf("read back %d records after reopen, want 3", len(got))
 	}
 }
