@@ -8,12 +8,19 @@
 // Records carry a gapless seq chosen by the caller (Submit: LastSeq()+1) or
 // by the journal (SubmitNext). Submit only queues: one flush goroutine takes
 // every queued record, encodes them into one buffer and issues one write
-// per segment touched. A sync goroutine, whenever a waiter asked for
-// Durable (Wait, Append, Sync), issues one fdatasync covering everything
-// written so far (group commit); the next batch is written while it runs.
-// A Durable request for a record already written causes a sync only.
-// Segment rotation (fsync the old segment, create the new one, fsync the
-// directory) happens on the flush goroutine. Two watermarks
+// per segment touched. A writer that waits for its own record anyway can
+// skip that hand-off: SubmitDeferred queues without waking the flusher and
+// WriteThrough then does the same pass in the caller's goroutine — unless
+// a pass is already under way, in which case it waits for that writer, so
+// concurrent callers still share batches. A sync goroutine, whenever a
+// waiter asked for Durable (Wait, Append, Sync), issues one fdatasync
+// covering everything written so far (group commit); the next batch is
+// written while it runs. A Durable request for a record already written
+// causes a sync only. Segment rotation (fsync the old segment, create the
+// new one, fsync the directory) happens in the pass that fills a segment.
+// To keep that fsync short, every 4 MiB of a segment is handed to the
+// kernel's writeback early (sync_file_range), and a new segment reserves
+// its blocks up front (fallocate, size unchanged). Two watermarks
 // (Watermarks) report how far records are Written (handed to the kernel,
 // survives a process crash) and Durable (fdatasync'd, survives power loss).
 //

@@ -70,6 +70,10 @@ func (j *Journal) pass(closing bool) {
 	}
 }
 
+// writebackStep is how much a segment grows between the early writeback
+// requests that keep its rotation fdatasync short.
+const writebackStep = 4 << 20
+
 // writeQueued writes every queued record; false if that failed (the
 // failure is recorded). Called with ioMu held, by the flusher or by a
 // WriteThrough caller.
@@ -123,6 +127,12 @@ func (j *Journal) writeBatch(batch []Record) error {
 		if i > start {
 			if _, err := j.active.WriteAt(j.buf, base); err != nil {
 				return fmt.Errorf("write %s at %d: %w", seg.path, base, err)
+			}
+			if wb, ok := j.active.(writebacker); ok && base+int64(len(j.buf))-seg.kicked >= writebackStep {
+				// Best effort; a real I/O error shows at the next sync.
+				end := base + int64(len(j.buf))
+				_ = wb.StartWriteback(seg.kicked, end-seg.kicked)
+				seg.kicked = end
 			}
 			j.mu.Lock()
 			seg.idx = append(seg.idx, idx...)

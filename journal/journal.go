@@ -160,6 +160,9 @@ type segment struct {
 	count uint64 // records in the file
 	size  int64  // bytes in the file, header included
 	idx   []idxEntry
+	// kicked: early writeback was requested below this offset (active
+	// segment, ioMu).
+	kicked int64
 }
 
 func (s *segment) last() uint64 { return s.first + s.count - 1 } // first-1 when empty
