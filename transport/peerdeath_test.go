@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv("BM_TRANSPORT_CHILD"); dir != "" {
 		os.Exit(childMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
 	}
+	if dir := os.Getenv("BM_TRANSPORT_ECHO"); dir != "" {
+		os.Exit(echoMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
+	}
 	os.Exit(m.Run())
 }
 
@@ -47,6 +50,27 @@ func childMain(dir, addr string) int {
 		return 1
 	}
 	<-ctx.Done() // killed long before
+	return 0
+}
+
+// echoMain dials the listener at addr as m2 and echoes every frame on
+// every stream the listener's side opens, until the connection ends (the
+// other process of BenchmarkRTT4KProcess).
+func echoMain(dir, addr string) int {
+	id, err := transport.LoadNode(dir, "m2")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := transport.Dial(ctx, addr, "m1", transport.Config{Identity: id})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() { <-c.Done(); cancel() }()
+	echo(ctx, c)
 	return 0
 }
 
