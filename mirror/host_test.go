@@ -132,13 +132,18 @@ type primaryVol struct {
 
 func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool) *primaryVol {
 	t.Helper()
+	return startPrimaryVolAt(t, dir, name, mirrorAddr, id, pool, mirror.AckWritten)
+}
+
+func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool, level mirror.AckLevel) *primaryVol {
+	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
 	if err != nil {
 		t.Fatal(err)
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: mirror.ModeSync, SyncAcks: 1,
-		AckLevel: mirror.AckWritten, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
+		AckLevel: level, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -263,5 +268,50 @@ func TestMirrorHostRoutesVolumes(t *testing.T) {
 			t.Fatalf("no refusal for an unknown volume: %+v", st.Peers)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSyncWriteIsOnMirrorAtAckLevel: for each ack level, every sync write
+// that completes is already on the mirror at that level (the mirror sends
+// its acks from the session goroutine, early for received, after the
+// journal write otherwise).
+func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
+	for _, level := range []mirror.AckLevel{mirror.AckReceived, mirror.AckWritten, mirror.AckDurable} {
+		t.Run(level.String(), func(t *testing.T) {
+			ids := identities(t, "p", "m")
+			dir := t.TempDir()
+			host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := host.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m")}}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			hostDone := make(chan error, 1)
+			go func() { hostDone <- host.Run(ctx) }()
+			defer func() {
+				cancel()
+				if err := <-hostDone; err != nil {
+					t.Errorf("host: %v", err)
+				}
+			}()
+			p := startPrimaryVolAt(t, filepath.Join(dir, "p"), "v", host.Addr(), ids["p"], mirror.NewConnPool(), level)
+			defer p.close()
+			wctx, wcancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer wcancel()
+			d := host.Volume("v")
+			for i := range 30 {
+				if err := p.vol.WriteAt(wctx, bytes.Repeat([]byte{byte(i + 1)}, 4096), int64(i%8)*4096, i%7 == 0); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				seq := p.repl.Status().LastSeq
+				st := d.Status()
+				got := map[mirror.AckLevel]uint64{mirror.AckReceived: st.Received, mirror.AckWritten: st.Written, mirror.AckDurable: st.Durable}[level]
+				if got < seq {
+					t.Fatalf("write %d (seq %d) completed but the mirror is %s only through %d", i, seq, level, got)
+				}
+			}
+		})
 	}
 }

@@ -705,17 +705,26 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			err = d.core.Receive(recs)
 			var persist SeqRange
 			ackDue := false
+			early := false
 			if err == nil {
-				// The ack for these records is sent below, from this
-				// goroutine, once they are written.
+				// The ack for these records is sent from this goroutine:
+				// at once when the primary counts received records,
+				// else once they are written.
 				rd := d.core.Ready()
 				ackDue, rd.SendAck = rd.SendAck, false
 				persist = d.actLocked(rd)
+				early = ackDue && d.core.AckLevel() == AckReceived
 			}
 			d.mu.Unlock()
 			if err != nil {
 				d.sendError(s, CodeProtocol, err.Error())
 				return err
+			}
+			if early {
+				if err := d.ackWritten(s, true); err != nil {
+					return err
+				}
+				ackDue = false
 			}
 			var last uint64
 			for _, rec := range recs {
@@ -781,9 +790,11 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 
 // ackWritten feeds the journal's watermarks into the core and sends the
 // resulting ack on s straight from the session's goroutine: the ack for a
-// frame of records leaves as soon as they are written, without the two
-// hand-offs (journal watcher, ack sender) the general path takes. due says
-// an ack is owed even if the watermarks did not move (records received).
+// frame of records leaves as soon as they are written (or received, at
+// that ack level), without the two hand-offs (journal watcher, ack sender)
+// the general path takes. An ack carries the watermarks as they are, so
+// sending one early never claims more than is true. due says an ack is
+// owed even if the watermarks did not move (records received).
 func (d *Mirror) ackWritten(s *mirrorSession, due bool) error {
 	w, du := d.node.Journal.Watermarks()
 	d.mu.Lock()

@@ -391,6 +391,9 @@ func (r *ReplicaCore) Status() ReplicaStatus {
 	}
 }
 
+// AckLevel is the level the primary counts acks at (from its Hello).
+func (r *ReplicaCore) AckLevel() AckLevel { return r.ackLevel }
+
 // CurrentAck is the ack the core's watermarks make now (for a driver that
 // sends an ack itself instead of through Ready).
 func (r *ReplicaCore) CurrentAck() Ack { return r.ack() }
