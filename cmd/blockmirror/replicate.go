@@ -195,6 +195,7 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	leaveOneCPU(log)
 	tc, err := f.repl.id.transport(log)
 	if err != nil {
 		return err

@@ -65,6 +65,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	leaveOneCPU(log)
 	return serve(ctx, &f, log)
 }
 
