@@ -126,6 +126,7 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 	if err != nil {
 		return err
 	}
+	leaveOneCPU(log)
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	reg := metrics.New()
@@ -265,6 +266,7 @@ func mirrorMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base ser
 	if err != nil {
 		return err
 	}
+	leaveOneCPU(log)
 	tc, err := flags[0].repl.id.transport(log)
 	if err != nil {
 		return err
