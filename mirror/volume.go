@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -229,7 +230,16 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	v.inflight[rec.Seq] = me
 	v.sinceCP += int64(rec.Length)
 	kick := v.sinceCP >= v.opts.CheckpointBytes
+	alone := len(v.inflight) == 1
 	v.mu.Unlock()
+	if alone && v.repl != nil {
+		// The only write in flight: the record is queued and the sender
+		// runnable; let it put the record on the wire before this
+		// goroutine spends its time slice on the local journal and image
+		// writes (with one P the sender would otherwise wait for them).
+		// With more writes in flight the sender is busy anyway.
+		runtime.Gosched()
+	}
 	if kick {
 		select {
 		case v.cpKick <- struct{}{}:
