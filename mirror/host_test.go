@@ -166,33 +166,48 @@ func (p *primaryVol) close() {
 	p.node.Close()
 }
 
+// newHost makes a mirror host on a free loopback port with one volume per
+// name, each in dir/m-NAME.
+func newHost(t *testing.T, id *transport.Identity, dir string, names ...string) *mirror.MirrorHost {
+	t.Helper()
+	host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if _, err := host.AddVolume(t.Context(), n, mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-"+n)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return host
+}
+
+// runHost runs host until the returned stop is called, which reports the
+// host's error.
+func runHost(t *testing.T, host *mirror.MirrorHost) (stop func()) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- host.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("host: %v", err)
+		}
+	}
+}
+
 // TestMirrorHostRoutesVolumes: two primary volumes share one connection
 // (one pool) to a host with two volumes; each volume's writes land in its
 // own mirror volume, and a session naming an unknown volume is refused.
 func TestMirrorHostRoutesVolumes(t *testing.T) {
 	ids := identities(t, "p", "m")
 	dir := t.TempDir()
-	host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"a", "b"} {
-		if _, err := host.AddVolume(t.Context(), n, mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-"+n)}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	host := newHost(t, ids["m"], dir, "a", "b")
 	if _, err := host.AddVolume(t.Context(), "a", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-a2")}}); err == nil {
 		t.Fatal("a volume name was added twice")
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	hostDone := make(chan error, 1)
-	go func() { hostDone <- host.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-hostDone; err != nil {
-			t.Errorf("host: %v", err)
-		}
-	}()
+	stop := runHost(t, host)
+	defer stop()
 
 	pool := mirror.NewConnPool()
 	pa := startPrimaryVol(t, filepath.Join(dir, "p-a"), "a", host.Addr(), ids["p"], pool)
@@ -280,22 +295,9 @@ func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
 		t.Run(level.String(), func(t *testing.T) {
 			ids := identities(t, "p", "m")
 			dir := t.TempDir()
-			host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := host.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m")}}); err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(t.Context())
-			hostDone := make(chan error, 1)
-			go func() { hostDone <- host.Run(ctx) }()
-			defer func() {
-				cancel()
-				if err := <-hostDone; err != nil {
-					t.Errorf("host: %v", err)
-				}
-			}()
+			host := newHost(t, ids["m"], dir, "v")
+			stop := runHost(t, host)
+			defer stop()
 			p := startPrimaryVolAt(t, filepath.Join(dir, "p"), "v", host.Addr(), ids["p"], mirror.NewConnPool(), level)
 			defer p.close()
 			wctx, wcancel := context.WithTimeout(t.Context(), 30*time.Second)

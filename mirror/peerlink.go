@@ -286,6 +286,17 @@ func (l *peerLink) queueFlush(through uint64) {
 	offer(s.flushCh, through, maxSeq)
 }
 
+// sendFrame writes one frame and flushes it, holding mu (the stream's
+// writer lock: several goroutines send on a session's stream).
+func sendFrame(mu *sync.Mutex, st *transport.Stream, typ MsgType, p []byte) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if err := st.WriteFrame(uint8(typ), p); err != nil {
+		return err
+	}
+	return st.Flush()
+}
+
 // sendRecords streams journal records from the seq the core names.
 func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	var from uint64
@@ -304,13 +315,7 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	defer rd.Close()
 	var buf []byte
 	if s.begin != nil {
-		s.writeMu.Lock()
-		err := s.st.WriteFrame(uint8(MsgResyncBegin), AppendResyncBegin(nil, *s.begin))
-		if err == nil {
-			err = s.st.Flush()
-		}
-		s.writeMu.Unlock()
-		if err != nil {
+		if err := sendFrame(&s.writeMu, s.st, MsgResyncBegin, AppendResyncBegin(nil, *s.begin)); err != nil {
 			return fmt.Errorf("send resync begin: %w", err)
 		}
 	}
@@ -326,13 +331,7 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 		if err != nil {
 			return err
 		}
-		s.writeMu.Lock()
-		err = s.st.WriteFrame(uint8(MsgRecords), buf)
-		if err == nil {
-			err = s.st.Flush()
-		}
-		s.writeMu.Unlock()
-		if err != nil {
+		if err := sendFrame(&s.writeMu, s.st, MsgRecords, buf); err != nil {
 			return fmt.Errorf("send records: %w", err)
 		}
 	}
@@ -363,13 +362,7 @@ func (l *peerLink) sendControl(ctx context.Context, s *session) error {
 			l.r.mu.Unlock()
 			typ, buf = MsgHeartbeat, AppendHeartbeat(buf[:0], Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
 		}
-		s.writeMu.Lock()
-		err := s.st.WriteFrame(uint8(typ), buf)
-		if err == nil {
-			err = s.st.Flush()
-		}
-		s.writeMu.Unlock()
-		if err != nil {
+		if err := sendFrame(&s.writeMu, s.st, typ, buf); err != nil {
 			return fmt.Errorf("send %v: %w", typ, err)
 		}
 	}

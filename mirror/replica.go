@@ -397,13 +397,7 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 		case a = <-s.ackCh:
 		}
 		buf = AppendAck(buf[:0], a)
-		s.writeMu.Lock()
-		err := s.st.WriteFrame(uint8(MsgAck), buf)
-		if err == nil {
-			err = s.st.Flush()
-		}
-		s.writeMu.Unlock()
-		if err != nil {
+		if err := sendFrame(&s.writeMu, s.st, MsgAck, buf); err != nil {
 			d.log.Warn("sending an ack failed; ending the session", "peer", s.peer, "err", err)
 			s.cancel()
 			return
@@ -766,13 +760,7 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			d.processLocked()
 			d.mu.Unlock()
 		case MsgHeartbeat:
-			s.writeMu.Lock()
-			err := s.st.WriteFrame(uint8(MsgHeartbeatEcho), p)
-			if err == nil {
-				err = s.st.Flush()
-			}
-			s.writeMu.Unlock()
-			if err != nil {
+			if err := sendFrame(&s.writeMu, s.st, MsgHeartbeatEcho, p); err != nil {
 				return err
 			}
 		case MsgError:
@@ -812,14 +800,7 @@ func (d *Mirror) ackWritten(s *mirrorSession, due bool) error {
 	if !due {
 		return nil
 	}
-	buf := AppendAck(make([]byte, 0, 64), a)
-	s.writeMu.Lock()
-	err := s.st.WriteFrame(uint8(MsgAck), buf)
-	if err == nil {
-		err = s.st.Flush()
-	}
-	s.writeMu.Unlock()
-	if err != nil {
+	if err := sendFrame(&s.writeMu, s.st, MsgAck, AppendAck(make([]byte, 0, 64), a)); err != nil {
 		return fmt.Errorf("send ack: %w", err)
 	}
 	return nil

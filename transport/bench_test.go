@@ -3,8 +3,6 @@ package transport_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -42,13 +40,7 @@ func BenchmarkRTT4KProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	l := listen(b, transport.Config{Identity: id})
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "BM_TRANSPORT_ECHO="+dir, "BM_TRANSPORT_ADDR="+l.Addr().String())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	startChild(b, "BM_TRANSPORT_ECHO", dir, l.Addr().String())
 	ctx := ctxT(b, 10*time.Minute)
 	c, err := l.Accept(ctx)
 	if err != nil {

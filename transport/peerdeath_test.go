@@ -25,20 +25,40 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func childMain(dir, addr string) int {
+// dialAsChild is the start of both child modes: load m2's identity from
+// dir and dial m1 at addr with cfg (Identity filled in).
+func dialAsChild(ctx context.Context, dir, addr string, cfg transport.Config) (*transport.Conn, error) {
 	id, err := transport.LoadNode(dir, "m2")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return nil, err
 	}
+	cfg.Identity = id
+	return transport.Dial(ctx, addr, "m1", cfg)
+}
+
+// startChild re-executes the test binary in the child mode named by env
+// (BM_TRANSPORT_CHILD or BM_TRANSPORT_ECHO) against the listener at addr;
+// the child is killed when the test ends.
+func startChild(t testing.TB, env, dir, addr string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env+"="+dir, "BM_TRANSPORT_ADDR="+addr)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func childMain(dir, addr string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := transport.Dial(ctx, addr, "m1", transport.Config{Identity: id, KeepAlive: 200 * time.Millisecond, IdleTimeout: time.Second})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	c, err := dialAsChild(ctx, dir, addr, transport.Config{KeepAlive: 200 * time.Millisecond, IdleTimeout: time.Second})
+	var s *transport.Stream
+	if err == nil {
+		s, err = c.OpenStream(ctx)
 	}
-	s, err := c.OpenStream(ctx)
 	if err == nil {
 		err = s.WriteFrame(1, []byte("ready"))
 	}
@@ -57,14 +77,9 @@ func childMain(dir, addr string) int {
 // every stream the listener's side opens, until the connection ends (the
 // other process of BenchmarkRTT4KProcess).
 func echoMain(dir, addr string) int {
-	id, err := transport.LoadNode(dir, "m2")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	c, err := transport.Dial(ctx, addr, "m1", transport.Config{Identity: id})
+	c, err := dialAsChild(ctx, dir, addr, transport.Config{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -88,13 +103,7 @@ func TestDoneFiresWhenPeerProcessDies(t *testing.T) {
 	}
 	cfg := transport.Config{Identity: id, KeepAlive: 200 * time.Millisecond, IdleTimeout: time.Second}
 	l := listen(t, cfg)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "BM_TRANSPORT_CHILD="+dir, "BM_TRANSPORT_ADDR="+l.Addr().String())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd := startChild(t, "BM_TRANSPORT_CHILD", dir, l.Addr().String())
 	ctx := ctxT(t, 20*time.Second)
 	c, err := l.Accept(ctx)
 	if err != nil {
