@@ -715,7 +715,7 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				return err
 			}
 			if early {
-				if err := d.ackWritten(s, true); err != nil {
+				if err := d.ackNow(s, true); err != nil {
 					return err
 				}
 				ackDue = false
@@ -737,7 +737,7 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 					return fmt.Errorf("journal through seq %d: %w", last, err)
 				}
 			}
-			if err := d.ackWritten(s, ackDue); err != nil {
+			if err := d.ackNow(s, ackDue); err != nil {
 				return err
 			}
 		case MsgResyncBegin:
@@ -776,14 +776,14 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 	}
 }
 
-// ackWritten feeds the journal's watermarks into the core and sends the
+// ackNow feeds the journal's watermarks into the core and sends the
 // resulting ack on s straight from the session's goroutine: the ack for a
 // frame of records leaves as soon as they are written (or received, at
 // that ack level), without the two hand-offs (journal watcher, ack sender)
 // the general path takes. An ack carries the watermarks as they are, so
 // sending one early never claims more than is true. due says an ack is
 // owed even if the watermarks did not move (records received).
-func (d *Mirror) ackWritten(s *mirrorSession, due bool) error {
+func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 	w, du := d.node.Journal.Watermarks()
 	d.mu.Lock()
 	if d.active != s {
