@@ -702,9 +702,11 @@ func TestFaultsAreSticky(t *testing.T) {
 		name        string
 		write, sync bool
 		level       journal.Level
+		through     bool // SubmitDeferred + WriteThrough: the caller's own write fails
 	}{
-		{"write", true, false, journal.Written},
-		{"fsync", false, true, journal.Durable},
+		{"write", true, false, journal.Written, false},
+		{"fsync", false, true, journal.Durable, false},
+		{"write-through", true, false, journal.Written, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -716,7 +718,14 @@ func TestFaultsAreSticky(t *testing.T) {
 			ctx := context.Background()
 			appendN(t, j, 1, 10, sizeMix)
 			fs.set(tc.write, tc.sync)
-			err := j.Append(ctx, rec(11, 100), tc.level)
+			var err error
+			if tc.through {
+				if err = j.SubmitDeferred(ctx, rec(11, 100)); err == nil {
+					err = j.WriteThrough(ctx, 11)
+				}
+			} else {
+				err = j.Append(ctx, rec(11, 100), tc.level)
+			}
 			if !errors.Is(err, journal.ErrFailed) || !errors.Is(err, errInjected) {
 				t.Fatalf("append during fault: %v", err)
 			}
