@@ -218,6 +218,12 @@ func (r *Replication) AdmitFlush(id uint64) error {
 	return nil
 }
 
+// WaitsForMirrors implements Replicator: sync writes, and FUA writes in
+// either mode, complete only once mirrors acked them.
+func (r *Replication) WaitsForMirrors(fua bool) bool {
+	return r.opts.Mode == ModeSync || fua
+}
+
 // LocalDone implements Replicator.
 func (r *Replication) LocalDone(ctx context.Context, id uint64) error {
 	r.mu.Lock()

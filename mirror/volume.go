@@ -57,6 +57,10 @@ type Replicator interface {
 	// LocalDone reports that the local part of request id is done and
 	// waits until the request may be acknowledged to the client.
 	LocalDone(ctx context.Context, id uint64) error
+	// WaitsForMirrors reports whether a write (FUA or not) is acknowledged
+	// only after mirrors acked it, i.e. whether sending its record comes
+	// before its local writes in importance.
+	WaitsForMirrors(fua bool) bool
 }
 
 // Volume is a primary's volume: the nbd.Device that journals every change
@@ -232,12 +236,13 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	kick := v.sinceCP >= v.opts.CheckpointBytes
 	alone := len(v.inflight) == 1
 	v.mu.Unlock()
-	if alone && v.repl != nil {
-		// The only write in flight: the record is queued and the sender
-		// runnable; let it put the record on the wire before this
-		// goroutine spends its time slice on the local journal and image
-		// writes (with one P the sender would otherwise wait for them).
-		// With more writes in flight the sender is busy anyway.
+	if alone && v.repl != nil && v.repl.WaitsForMirrors(fua) {
+		// The only write in flight, and one that waits for mirrors: the
+		// record is queued and the sender runnable; let it put the record
+		// on the wire before this goroutine spends its time slice on the
+		// local journal and image writes (with one P the sender would
+		// otherwise wait for them). With more writes in flight the sender
+		// is busy anyway; in async mode the local writes come first.
 		runtime.Gosched()
 	}
 	if kick {
