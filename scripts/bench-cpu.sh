@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# bench-cpu.sh — CPU time each blockmirror process spends per 4 KiB random
+# write, next to fio's IOPS and mean latency: the figure to compare when a
+# change is meant to make replication cheaper (IOPS alone is noisy on a
+# small shared machine; CPU per write is much steadier).
+#
+#   bash scripts/bench-cpu.sh                 # sync, one mirror, qd32
+#   QD=1 MODE=async bash scripts/bench-cpu.sh
+#   NOMIRROR=1 bash scripts/bench-cpu.sh      # serve alone
+#
+# Environment: QD (default 32), RUNTIME seconds (default 5), MODE sync|async
+# (default sync), NOMIRROR=1, BM_ENV (environment for both daemons, e.g.
+# GOMAXPROCS=2), BIN (default: bin/blockmirror, built from this tree).
+# Loopback only: the mirror listens on 127.0.0.2, NBD on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+QD=${QD:-32}
+RUNTIME=${RUNTIME:-5}
+MODE=${MODE:-sync}
+export PATH=/usr/bin:$PATH:/usr/local/go/bin
+command -v fio >/dev/null || { echo "bench-cpu: fio missing (scripts/setup.sh installs it)" >&2; exit 1; }
+if [ -z "${BIN:-}" ]; then
+	mkdir -p bin
+	go build -o bin/blockmirror ./cmd/blockmirror
+	BIN=bin/blockmirror
+fi
+BIN=$(realpath "$BIN")
+dir=$(mktemp -d /var/tmp/blockmirror-cpu.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+free_port() { /usr/bin/python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1]=="udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' "$1"; }
+nbd_port=$(free_port tcp)
+repl=()
+mpid=
+if [ -z "${NOMIRROR:-}" ]; then
+	"$BIN" certs init --out "$dir/certs" p1 m1 >/dev/null
+	mport=$(free_port udp)
+	env ${BM_ENV:-} "$BIN" mirror --data "$dir/m1" --listen "127.0.0.2:$mport" --certs "$dir/certs" \
+		--node m1 --admin '' >"$dir/m1.log" 2>&1 &
+	mpid=$!
+	pids+=("$mpid")
+	repl=(--mirror "m1=127.0.0.2:$mport" --certs "$dir/certs" --node p1 --mode "$MODE")
+fi
+env ${BM_ENV:-} "$BIN" serve --data "$dir/p1" --size 1G --nbd "127.0.0.1:$nbd_port" --admin '' \
+	"${repl[@]}" >"$dir/p1.log" 2>&1 &
+ppid=$!
+pids+=("$ppid")
+uri="nbd://127.0.0.1:$nbd_port/disk"
+for _ in $(seq 100); do
+	nbdinfo "$uri" >/dev/null 2>&1 && break
+	sleep 0.1
+done
+if [ -n "$mpid" ]; then
+	for _ in $(seq 100); do
+		grep -q 'mirror connected' "$dir/p1.log" && break
+		sleep 0.1
+	done
+fi
+fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --size=256M >/dev/null
+cpu() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+p0=$(cpu "$ppid"); m0=$(cpu "$mpid")
+out=$(fio --name=t --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$QD" --size=256M \
+	--runtime="$RUNTIME" --time_based --output-format=terse | awk -F';' 'NF > 50 {print $49, $81}')
+p1=$(cpu "$ppid"); m1=$(cpu "$mpid")
+iops=${out%% *}
+lat=${out##* }
+tck=$(getconf CLK_TCK)
+writes=$((iops * RUNTIME))
+[ "$writes" -gt 0 ] || { echo "bench-cpu: fio did no writes; logs in $dir" >&2; trap - EXIT; exit 1; }
+label=$MODE
+[ -z "${NOMIRROR:-}" ] || label=none
+printf 'qd=%s mode=%s iops=%s mean_lat_us=%.1f cpu_us_per_write: primary=%d mirror=%d\n' \
+	"$QD" "$label" "$iops" "$lat" \
+	$(((p1 - p0) * 1000000 / tck / writes)) $(((m1 - m0) * 1000000 / tck / writes))
