@@ -13,7 +13,7 @@ import (
 // runtime may use every CPU it spreads each write's goroutine hand-offs
 // across threads that then wake each other. On the project's 2-CPU test
 // machine, one CPU for Go code raised 4 KiB random-write IOPS at queue
-// depth 32 without a mirror from ~69k to ~82k, and cut the CPU a
+// depth 32 without a mirror from 75–77k to 83–84k, and cut the CPU a
 // replicated write costs by 10–20% (docs/tuning.md).
 func leaveOneCPU(log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
