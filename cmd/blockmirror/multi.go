@@ -216,17 +216,11 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 // it until ctx ends.
 func serveOne(ctx context.Context, f *serveFlags, reg *metrics.Registry, log *slog.Logger, env *sharedEnv) error {
 	hooks := newVolumeHooks(reg, f.export)
-	node, err := mirror.OpenNode(ctx, mirror.NodeOptions{
-		Dir: f.data, Disk: f.disk, Size: f.size.v, Role: mirror.RolePrimary,
-		JournalMax: f.journalMax.v, Logger: log, OnSync: hooks.onSync,
-	})
+	node, err := openPrimary(ctx, f, hooks, log)
 	if err != nil {
-		return fmt.Errorf("open volume: %w", err)
+		return err
 	}
 	defer node.Close()
-	if m := node.Meta(); m.Role != mirror.RolePrimary {
-		return fmt.Errorf("the volume in %s is a %s (epoch %d): run `blockmirror mirror` on it, or promote it", f.data, m.Role, m.Epoch)
-	}
 	defer env.status(f.volumeName, nil)
 	return serveNode(ctx, node, f, nil, hooks, log, env)
 }

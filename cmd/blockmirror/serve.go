@@ -69,22 +69,33 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return serve(ctx, &f, log)
 }
 
-func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
-	reg := metrics.New()
-	reg.SetBuildInfo(version)
-	hooks := newVolumeHooks(reg, f.export)
+// openPrimary opens (or creates) the volume f names and checks that it is
+// a primary.
+func openPrimary(ctx context.Context, f *serveFlags, hooks *volumeHooks, log *slog.Logger) (*mirror.Node, error) {
 	node, err := mirror.OpenNode(ctx, mirror.NodeOptions{
 		Dir: f.data, Disk: f.disk, Size: f.size.v, Role: mirror.RolePrimary,
 		JournalMax: f.journalMax.v, Logger: log, OnSync: hooks.onSync,
 	})
 	if err != nil {
-		return fmt.Errorf("open volume: %w", err)
+		return nil, fmt.Errorf("open volume: %w", err)
 	}
-	defer node.Close()
 	if m := node.Meta(); m.Role != mirror.RolePrimary {
-		return fmt.Errorf("the volume in %s is a %s (epoch %d): run `blockmirror mirror` on it, or `blockmirror promote --data %s` to make it primary",
+		node.Close()
+		return nil, fmt.Errorf("the volume in %s is a %s (epoch %d): run `blockmirror mirror` on it, or `blockmirror promote --data %s` to make it primary",
 			f.data, m.Role, m.Epoch, f.data)
 	}
+	return node, nil
+}
+
+func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+	reg := metrics.New()
+	reg.SetBuildInfo(version)
+	hooks := newVolumeHooks(reg, f.export)
+	node, err := openPrimary(ctx, f, hooks, log)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
 	var a *adminServer
 	if f.admin != "" {
 		a = newAdminServer(log, func() any { return nil })
