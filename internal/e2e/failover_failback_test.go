@@ -42,20 +42,12 @@ func TestFailoverFailback(t *testing.T) {
 	}
 
 	conn := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := conn.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	conn.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 
 	// m1 is lost; p1 goes on alone (degraded): B exists only on p1.
 	m1.Kill()
-	for i, off := range bOffs {
-		if err := conn.foWrite(foPattern("B", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write B %d on the degraded primary: %v", i, err)
-		}
-	}
+	conn.foWriteBlocks(t, "B", bOffs, blk)
 	p1.Kill()
 	t.Logf("p1 killed after %d writes B that m1 never saw", len(bOffs))
 
@@ -73,11 +65,7 @@ func TestFailoverFailback(t *testing.T) {
 		t.Errorf("m1 is primary in epoch %d, want 2", st.Primary.Epoch)
 	}
 	conn = foDial(t, m1.NBD)
-	for i, off := range cOffs {
-		if err := conn.foWrite(foPattern("C", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write C %d on the new primary: %v", i, err)
-		}
-	}
+	conn.foWriteBlocks(t, "C", cOffs, blk)
 	foCheckBlocks(t, m1.NBD, "A", aOffs, blk)
 
 	// p1 reboots as the primary it was before anyone demotes it: it dials
@@ -192,11 +180,7 @@ func TestFailoverFailbackClean(t *testing.T) {
 	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen)
 	aOffs := []int64{0, 5 << 20, 99 << 20}
 	pc := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	p1.Kill()
 	if r := runFailover(t, "--primary", p1.NBD, "--admin", m1.Admin); r.Code != 0 {
@@ -204,11 +188,7 @@ func TestFailoverFailbackClean(t *testing.T) {
 	}
 	cOffs := []int64{7 << 20, 8 << 20}
 	mc := foDial(t, m1.NBD)
-	for i, off := range cOffs {
-		if err := mc.foWrite(foPattern("C", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write C %d: %v", i, err)
-		}
-	}
+	mc.foWriteBlocks(t, "C", cOffs, blk)
 	runCmd(t, time.Minute, binPath, "demote", "--data", p1.Data)
 	p1.StartMirror()
 	foWaitCaughtUp(t, m1, p1, 30*time.Second)

@@ -27,11 +27,7 @@ func TestFailoverFencing(t *testing.T) {
 
 	aOffs := []int64{0, 16 << 20, 100 << 20}
 	conn := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := conn.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	conn.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 
 	proxy.Partition(t, "both")
@@ -132,11 +128,7 @@ func TestFailoverFencingThirdMirror(t *testing.T) {
 		"--sync-acks", "1", "--ack-timeout", "2s", "--listen", p1.Listen)
 	aOffs := []int64{0, 30 << 20}
 	pc := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	foWaitCaughtUp(t, p1, m2, 20*time.Second)
 

@@ -36,18 +36,7 @@ func TestFailoverExt4(t *testing.T) {
 		t.Skip("slow: mkfs/fsck/mount twice (skipped with -short)")
 	}
 	requireRepl(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
-	}
-	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
-		if _, err := os.Stat(dev); err != nil {
-			t.Skipf("needs %s: %v", dev, err)
-		}
-	}
-	tools := map[string]string{}
-	for _, name := range []string{"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "nbdinfo"} {
-		tools[name] = needTool(t, name)
-	}
+	tools := needFilesystemTools(t)
 	t.Run("sync", func(t *testing.T) { foExt4(t, tools, "sync", 160) })
 	t.Run("async", func(t *testing.T) { foExt4(t, tools, "async", 162) })
 }

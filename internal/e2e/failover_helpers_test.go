@@ -322,6 +322,17 @@ func (r *rawConn) foWrite(p []byte, off int64, timeout time.Duration) error {
 	return r.flush()
 }
 
+// foWriteBlocks writes foPattern(tag, i, size) at offs[i] with foWrite
+// (10 s each) and fails the test at the first error.
+func (r *rawConn) foWriteBlocks(t testing.TB, tag string, offs []int64, size int) {
+	t.Helper()
+	for i, off := range offs {
+		if err := r.foWrite(foPattern(tag, i, size), off, 10*time.Second); err != nil {
+			t.Fatalf("write %s %d at %d: %v", tag, i, off, err)
+		}
+	}
+}
+
 // foWriteFUA writes p at off with FUA within timeout.
 func (r *rawConn) foWriteFUA(p []byte, off int64, timeout time.Duration) error {
 	r.c.SetDeadline(time.Now().Add(timeout))

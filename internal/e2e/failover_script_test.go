@@ -28,11 +28,7 @@ func TestFailoverScriptOffline(t *testing.T) {
 	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync")
 	offs := []int64{0, 1 << 20, 77 << 20}
 	pc := foDial(t, p1.NBD)
-	for i, off := range offs {
-		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "A", offs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	p1.Kill()
 	m1.Stop() // the whole backup daemon is down too: offline promotion

@@ -30,11 +30,7 @@ func TestFailoverSplitBrain(t *testing.T) {
 
 	aOffs := []int64{0, 32 << 20, 64 << 20, 200 << 20}
 	pc := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	foWaitCaughtUp(t, p1, m2, 20*time.Second)
 
@@ -60,16 +56,8 @@ func TestFailoverSplitBrain(t *testing.T) {
 	s1 := []int64{8 << 20, 9 << 20, shared}
 	s2 := []int64{10 << 20, 11 << 20, 12 << 20, shared}
 	c1, c2 := foDial(t, m1.NBD), foDial(t, m2.NBD)
-	for i, off := range s1 {
-		if err := c1.foWrite(foPattern("S1", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write S1 %d on m1: %v", i, err)
-		}
-	}
-	for i, off := range s2 {
-		if err := c2.foWrite(foPattern("S2", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write S2 %d on m2: %v", i, err)
-		}
-	}
+	c1.foWriteBlocks(t, "S1", s1, blk)
+	c2.foWriteBlocks(t, "S2", s2, blk)
 
 	toM1.Heal(t)
 	toM2.Heal(t)
@@ -185,19 +173,11 @@ func TestFailoverSplitBrainUneven(t *testing.T) {
 	aOffs := []int64{0, 40 << 20}
 	eOffs := []int64{20 << 20, 21 << 20, 22 << 20, 150 << 20}
 	pc := foDial(t, p1.NBD)
-	for i, off := range aOffs {
-		if err := pc.foWrite(foPattern("A", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write A %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "A", aOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	foWaitCaughtUp(t, p1, m2, 20*time.Second)
 	p1ToM2.Partition(t, "both")
-	for i, off := range eOffs {
-		if err := pc.foWrite(foPattern("E", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write E %d: %v", i, err)
-		}
-	}
+	pc.foWriteBlocks(t, "E", eOffs, blk)
 	foWaitCaughtUp(t, p1, m1, 20*time.Second)
 	toM1.Partition(t, "both")
 	toM2.Partition(t, "both")
@@ -213,16 +193,8 @@ func TestFailoverSplitBrainUneven(t *testing.T) {
 	s1 := []int64{60 << 20, 21 << 20} // the second lands on an E block
 	s2 := []int64{61 << 20, 62 << 20}
 	c1, c2 := foDial(t, m1.NBD), foDial(t, m2.NBD)
-	for i, off := range s1 {
-		if err := c1.foWrite(foPattern("S1", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write S1 %d: %v", i, err)
-		}
-	}
-	for i, off := range s2 {
-		if err := c2.foWrite(foPattern("S2", i, blk), off, 10*time.Second); err != nil {
-			t.Fatalf("write S2 %d: %v", i, err)
-		}
-	}
+	c1.foWriteBlocks(t, "S1", s1, blk)
+	c2.foWriteBlocks(t, "S2", s2, blk)
 	toM1.Heal(t)
 	toM2.Heal(t)
 	for _, n := range []*foNode{m1, m2} {

@@ -33,32 +33,7 @@ func TestFioVerify(t *testing.T) {
 				"--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
 				"--verify_state_save=0", "--randrepeat=0",
 				"--output-format=json", "--output="+out)
-			b, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var res struct {
-				Jobs []struct {
-					Error int `json:"error"`
-					Read  struct {
-						IOBytes int64 `json:"io_bytes"`
-					} `json:"read"`
-					Write struct {
-						IOBytes int64   `json:"io_bytes"`
-						IOPS    float64 `json:"iops"`
-					} `json:"write"`
-				} `json:"jobs"`
-			}
-			if err := json.Unmarshal(b, &res); err != nil || len(res.Jobs) != 1 {
-				t.Fatalf("fio json: %v\n%s", err, b)
-			}
-			j := res.Jobs[0]
-			if j.Error != 0 {
-				t.Fatalf("fio error %d", j.Error)
-			}
-			if j.Write.IOBytes != int64(size) || j.Read.IOBytes != int64(size) {
-				t.Fatalf("fio wrote %d and verified %d bytes, want %d each", j.Write.IOBytes, j.Read.IOBytes, size)
-			}
+			j := readFioVerify(t, out, int64(size))
 			t.Logf("fio %s randwrite qd32: %.0f IOPS, %d bytes verified", bs, j.Write.IOPS, j.Read.IOBytes)
 		})
 	}

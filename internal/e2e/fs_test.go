@@ -15,13 +15,11 @@ import (
 	"github.com/blockmirror/blockmirror/internal/testutil"
 )
 
-// TestFilesystem puts ext4 on the export through nbdfuse (the export as a
-// file in a FUSE mount) and a loop device, writes a tree of files, checks
-// the filesystem, restarts the server and verifies every file's checksum.
-func TestFilesystem(t *testing.T) {
-	if testing.Short() {
-		t.Skip("slow: mkfs/fsck/mount (skipped with -short)")
-	}
+// needFilesystemTools skips the test unless it runs as root with FUSE and
+// loop devices, and returns the paths of the tools the ext4 tests use
+// (nbdfuse, losetup, mkfs.ext4, fsck.ext4, mount, ...) by name.
+func needFilesystemTools(t *testing.T) map[string]string {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (loop devices, mount)")
 	}
@@ -31,9 +29,20 @@ func TestFilesystem(t *testing.T) {
 		}
 	}
 	tools := map[string]string{}
-	for _, name := range []string{"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount"} {
+	for _, name := range []string{"nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "fsck.ext4", "mount", "umount", "nbdinfo"} {
 		tools[name] = needTool(t, name)
 	}
+	return tools
+}
+
+// TestFilesystem puts ext4 on the export through nbdfuse (the export as a
+// file in a FUSE mount) and a loop device, writes a tree of files, checks
+// the filesystem, restarts the server and verifies every file's checksum.
+func TestFilesystem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: mkfs/fsck/mount (skipped with -short)")
+	}
+	tools := needFilesystemTools(t)
 
 	s := startServer(t, serverOpts{Size: "256M"})
 	base := t.TempDir()

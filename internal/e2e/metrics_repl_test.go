@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -22,25 +19,7 @@ func TestMetricsReplication(t *testing.T) {
 	m1 := c.StartMirror("m1")
 	c.StartPrimary(primaryOpts{Args: []string{"--mode", "sync", "--allow-degraded", "--ack-timeout", "1s"}})
 	c.WaitPeerState(15*time.Second, "in-sync", "m1")
-	scrape := func() map[string]float64 {
-		resp, err := http.Get("http://" + c.Primary.Admin + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		m := map[string]float64{}
-		for _, line := range strings.Split(string(body), "\n") {
-			if line == "" || line[0] == '#' {
-				continue
-			}
-			i := strings.LastIndexByte(line, ' ')
-			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-				m[line[:i]] = v
-			}
-		}
-		return m
-	}
+	scrape := func() map[string]float64 { return metricValues(t, c.Primary.Admin) }
 	write := func(n int) {
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()

@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"github.com/blockmirror/blockmirror/internal/testutil"
-	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,26 +17,7 @@ func TestMetricsDuringWorkload(t *testing.T) {
 	}
 	admin := testutil.FreeTCPAddr(t)
 	s := startServer(t, serverOpts{Size: "64M", Args: []string{"--admin", admin}})
-	scrape := func() map[string]float64 {
-		resp, err := http.Get("http://" + admin + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		m := map[string]float64{}
-		for _, line := range strings.Split(string(body), "\n") {
-			if line == "" || line[0] == '#' {
-				continue
-			}
-			i := strings.LastIndexByte(line, ' ')
-			v, err := strconv.ParseFloat(line[i+1:], 64)
-			if err == nil {
-				m[line[:i]] = v
-			}
-		}
-		return m
-	}
+	scrape := func() map[string]float64 { return metricValues(t, admin) }
 	before := scrape()
 	c := dialT(t, s)
 	for i := 0; i < 200; i++ {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -336,6 +337,23 @@ func scrapeMetrics(t testing.TB, admin string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// metricValues scrapes an admin endpoint and returns every sample by its
+// series (name{labels}).
+func metricValues(t testing.TB, admin string) map[string]float64 {
+	t.Helper()
+	m := map[string]float64{}
+	for _, line := range strings.Split(scrapeMetrics(t, admin), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
 }
 
 // metricValue returns the value of the sample series (name{labels}), or "".

@@ -65,18 +65,7 @@ func blockData(seed uint64, b int64, v uint64) []byte {
 // startLoad connects to the NBD server at addr and starts writing.
 func startLoad(t testing.TB, addr string, seed uint64, nblocks int64) *loadWriter {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	conn, err := rawDial(ctx, addr, defaultExport)
-	cancel()
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	lctx, lcancel := context.WithCancel(context.Background())
-	w := &loadWriter{t: t, seed: seed, nblocks: nblocks, conn: conn, cancel: lcancel,
-		done: make(chan struct{}), model: make(map[int64]uint64)}
-	go w.run(lctx)
-	t.Cleanup(w.Stop)
-	return w
+	return startLoadExport(t, addr, defaultExport, seed, nblocks)
 }
 
 func (w *loadWriter) run(ctx context.Context) {
