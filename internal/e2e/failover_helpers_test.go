@@ -20,7 +20,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -435,36 +434,16 @@ func foRequireIdentical(t testing.TB, a, b *foNode) {
 	}
 }
 
-// Fault proxies (cmd/faultproxy) on this test range.
-var (
-	foProxyOnce sync.Once
-	foProxyBin  string
-	foProxyErr  error
-)
-
 // foStartProxy runs cmd/faultproxy on ip, forwarding to target.
 func foStartProxy(t *testing.T, ip, target string) *faultProxy {
 	t.Helper()
-	foProxyOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fo-faultproxy-")
-		if err != nil {
-			foProxyErr = err
-			return
-		}
-		foProxyBin = filepath.Join(dir, "faultproxy")
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		foProxyErr = testutil.BuildBinary(ctx, "./cmd/faultproxy", foProxyBin)
-	})
-	if foProxyErr != nil {
-		t.Skipf("cmd/faultproxy: %v", foProxyErr)
+	if _, err := faultProxyBinary(); err != nil {
+		t.Skipf("cmd/faultproxy: %v", err)
 	}
-	fp := &faultProxy{addr: foFreeAddr(t, "udp", ip), control: foFreeAddr(t, "tcp", ip)}
-	fp.proc = testutil.Start(t, testutil.ProcOptions{
-		Name: "faultproxy", Path: foProxyBin,
-		Args:     []string{"--listen", fp.addr, "--target", target, "--control", fp.control, "--seed", fmt.Sprint(rand.Uint64())},
-		ReadyLog: "faultproxy: ready", ReadyAddr: fp.control,
-	})
+	fp, err := startFaultProxyAt(t, foFreeAddr(t, "udp", ip), foFreeAddr(t, "tcp", ip), target)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return fp
 }
 

@@ -57,9 +57,9 @@ var (
 	faultProxyErr  error
 )
 
-// startFaultProxy builds cmd/faultproxy (once per test binary) and runs it
-// in front of target.
-func startFaultProxy(t *testing.T, target string) (*faultProxy, error) {
+// faultProxyBinary builds cmd/faultproxy once per test binary and returns
+// its path.
+func faultProxyBinary() (string, error) {
 	faultProxyOnce.Do(func() {
 		root, err := testutil.ModuleRoot()
 		if err != nil {
@@ -80,12 +80,25 @@ func startFaultProxy(t *testing.T, target string) (*faultProxy, error) {
 		defer cancel()
 		faultProxyErr = testutil.BuildBinary(ctx, "./cmd/faultproxy", faultProxyBin)
 	})
-	if faultProxyErr != nil {
-		return nil, faultProxyErr
+	return faultProxyBin, faultProxyErr
+}
+
+// startFaultProxy runs cmd/faultproxy on free loopback ports in front of
+// target.
+func startFaultProxy(t *testing.T, target string) (*faultProxy, error) {
+	return startFaultProxyAt(t, testutil.FreeUDPAddr(t), testutil.FreeTCPAddr(t), target)
+}
+
+// startFaultProxyAt runs cmd/faultproxy listening on addr (UDP) with its
+// control endpoint on control (TCP), forwarding to target.
+func startFaultProxyAt(t *testing.T, addr, control, target string) (*faultProxy, error) {
+	bin, err := faultProxyBinary()
+	if err != nil {
+		return nil, err
 	}
-	fp := &faultProxy{addr: testutil.FreeUDPAddr(t), control: testutil.FreeTCPAddr(t)}
+	fp := &faultProxy{addr: addr, control: control}
 	p, err := testutil.StartE(t, testutil.ProcOptions{
-		Name: "faultproxy", Path: faultProxyBin,
+		Name: "faultproxy", Path: bin,
 		Args:     []string{"--listen", fp.addr, "--target", target, "--control", fp.control, "--seed", fmt.Sprint(rand.Uint64())},
 		ReadyLog: "faultproxy: ready", ReadyAddr: fp.control,
 	})
