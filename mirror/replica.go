@@ -105,6 +105,8 @@ type mirrorSession struct {
 	// ackCh (capacity 1) holds the newest ack to send; acks are
 	// cumulative, so a newer one replaces an unsent older one.
 	ackCh chan Ack
+	// ackBuf encodes the acks the session goroutine sends itself (ackNow).
+	ackBuf []byte
 	// replaced: a newer session ended this one; errorSent: we sent the
 	// peer an Error (give it time to arrive before closing).
 	replaced, errorSent atomic.Bool
@@ -800,7 +802,8 @@ func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 	if !due {
 		return nil
 	}
-	if err := sendFrame(&s.writeMu, s.st, MsgAck, AppendAck(make([]byte, 0, 64), a)); err != nil {
+	s.ackBuf = AppendAck(s.ackBuf[:0], a)
+	if err := sendFrame(&s.writeMu, s.st, MsgAck, s.ackBuf); err != nil {
 		return fmt.Errorf("send ack: %w", err)
 	}
 	return nil
