@@ -8,6 +8,11 @@
 #   QD=1 MODE=async bash scripts/bench-cpu.sh
 #   NOMIRROR=1 bash scripts/bench-cpu.sh      # serve alone
 #
+# It also prints fio's own CPU per write and the whole machine's (every
+# process and kernel thread: busy time from /proc/stat over the run, so
+# anything else running at the time counts too), with how busy the
+# machine was: what is left of the CPU budget.
+#
 # Environment: QD (default 32), RUNTIME seconds (default 5), MODE sync|async
 # (default sync), NOMIRROR=1, BM_ENV (environment for both daemons, e.g.
 # GOMAXPROCS=2), BIN (default: bin/blockmirror, built from this tree).
@@ -63,17 +68,21 @@ if [ -n "$mpid" ]; then
 fi
 fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --size=256M >/dev/null
 cpu() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
-p0=$(cpu "$ppid"); m0=$(cpu "$mpid")
-out=$(fio --name=t --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$QD" --size=256M \
-	--runtime="$RUNTIME" --time_based --output-format=terse | awk -F';' 'NF > 50 {print $49, $81}')
-p1=$(cpu "$ppid"); m1=$(cpu "$mpid")
-iops=${out%% *}
-lat=${out##* }
+# Whole machine: busy ticks (user, nice, system, irq, softirq) of all CPUs,
+# kernel threads (writeback, softirq) included.
+busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+p0=$(cpu "$ppid"); m0=$(cpu "$mpid"); b0=$(busy)
+read -r iops lat fiocpu < <(fio --name=t --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth="$QD" \
+	--size=256M --runtime="$RUNTIME" --time_based --output-format=terse |
+	awk -F';' 'NF > 50 {print $49, $81, $88 + $89}')
+p1=$(cpu "$ppid"); m1=$(cpu "$mpid"); b1=$(busy)
 tck=$(getconf CLK_TCK)
 writes=$((iops * RUNTIME))
 [ "$writes" -gt 0 ] || { echo "bench-cpu: fio did no writes; logs in $dir" >&2; trap - EXIT; exit 1; }
 label=$MODE
 [ -z "${NOMIRROR:-}" ] || label=none
-printf 'qd=%s mode=%s iops=%s mean_lat_us=%.1f cpu_us_per_write: primary=%d mirror=%d\n' \
+printf 'qd=%s mode=%s iops=%s mean_lat_us=%.1f cpu_us_per_write: primary=%d mirror=%d fio=%d machine=%d (machine busy %d%% of %d CPUs)\n' \
 	"$QD" "$label" "$iops" "$lat" \
-	$(((p1 - p0) * 1000000 / tck / writes)) $(((m1 - m0) * 1000000 / tck / writes))
+	$(((p1 - p0) * 1000000 / tck / writes)) $(((m1 - m0) * 1000000 / tck / writes)) \
+	"$(awk -v c="$fiocpu" -v w="$writes" -v r="$RUNTIME" 'BEGIN {printf "%d", c / 100 * r * 1e6 / w}')" \
+	$(((b1 - b0) * 1000000 / tck / writes)) $(((b1 - b0) * 100 / tck / RUNTIME / $(nproc))) "$(nproc)"

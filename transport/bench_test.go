@@ -1,10 +1,15 @@
 package transport_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,4 +154,112 @@ func BenchmarkBulk1MiB(b *testing.B) {
 			b.ReportMetric(float64(st.SmoothedRTT)/1e3, "srtt-µs")
 		})
 	}
+}
+
+// BenchmarkRecordsProcess is replication's traffic shape at its cheapest:
+// frames of 4 KiB records streamed to a peer in another process, which
+// answers each frame with a small cumulative ack, at most window bytes in
+// flight (a queue of 32 writes is 128 KiB). It reports the CPU both
+// processes spend per 4 KiB record (user + system, kernel network stack
+// included, from getrusage and /proc): the floor quic-go sets under any
+// replicated write, whatever the rest of the write path costs.
+func BenchmarkRecordsProcess(b *testing.B) {
+	for _, frame := range []int{16 << 10, 128 << 10} {
+		b.Run(fmt.Sprintf("frame=%dKiB", frame>>10), func(b *testing.B) {
+			recordsProcess(b, frame, 128<<10)
+		})
+	}
+}
+
+func recordsProcess(b *testing.B, frame, window int) {
+	dir := filepath.Join(b.TempDir(), "certs")
+	if err := transport.InitCerts(dir, []string{"m1", "m2"}); err != nil {
+		b.Fatal(err)
+	}
+	id, err := transport.LoadNode(dir, "m1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := listen(b, transport.Config{Identity: id})
+	child := startChild(b, "BM_TRANSPORT_ACKER", dir, l.Addr().String())
+	ctx := ctxT(b, 10*time.Minute)
+	c, err := l.Accept(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(0, "benchmark over")
+	s, err := c.OpenStream(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Acks flow back on a reader goroutine; credits bound what is in flight.
+	credits := make(chan struct{}, max(1, window/frame))
+	acked := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 0, 64)
+		for {
+			if _, _, err := s.ReadFrame(buf); err != nil {
+				acked <- err
+				return
+			}
+			<-credits
+		}
+	}()
+	payload := make([]byte, frame)
+	send := func(n int) {
+		for i := 0; i < n; i++ {
+			credits <- struct{}{}
+			if err := s.WriteFrame(1, payload); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for len(credits) > 0 {
+			select {
+			case err := <-acked:
+				b.Fatal(err)
+			case <-time.After(50 * time.Microsecond):
+			}
+		}
+	}
+	send(64) // warm up: congestion window, MTU
+	self0, peer0 := cpuSelf(b), cpuOf(b, child.Process.Pid)
+	b.SetBytes(int64(frame))
+	b.ResetTimer()
+	send(b.N)
+	b.StopTimer()
+	self, peer := cpuSelf(b)-self0, cpuOf(b, child.Process.Pid)-peer0
+	records := float64(b.N) * float64(frame) / 4096
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / records }
+	b.ReportMetric(us(self+peer), "cpu-µs/4KiB")
+	b.ReportMetric(us(self), "sender-µs/4KiB")
+	b.ReportMetric(us(peer), "acker-µs/4KiB")
+}
+
+// cpuSelf is this process's user + system CPU time.
+func cpuSelf(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuOf is process pid's user + system CPU time from /proc (clock ticks,
+// assumed 100 per second as on every Linux this runs on).
+func cpuOf(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("parse /proc/%d/stat: %v %v", pid, err1, err2)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }

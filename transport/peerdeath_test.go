@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv("BM_TRANSPORT_ECHO"); dir != "" {
 		os.Exit(echoMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
 	}
+	if dir := os.Getenv("BM_TRANSPORT_ACKER"); dir != "" {
+		os.Exit(ackerMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
+	}
 	os.Exit(m.Run())
 }
 
@@ -87,6 +90,39 @@ func echoMain(dir, addr string) int {
 	go func() { <-c.Done(); cancel() }()
 	echo(ctx, c)
 	return 0
+}
+
+// ackerMain dials the listener at addr as m2 and answers every frame on
+// every stream the listener's side opens with an 8-byte frame, as a mirror
+// acks a records frame (the other process of BenchmarkRecordsProcess).
+func ackerMain(dir, addr string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := dialAsChild(ctx, dir, addr, transport.Config{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	go func() { <-c.Done(); cancel() }()
+	for {
+		s, err := c.AcceptStream(ctx)
+		if err != nil {
+			return 0
+		}
+		go func() {
+			buf := make([]byte, 0, 1<<20)
+			var ack [8]byte
+			for {
+				if _, _, err := s.ReadFrame(buf); err != nil {
+					s.CloseWrite()
+					return
+				}
+				if s.WriteFrame(2, ack[:]) != nil || s.Flush() != nil {
+					return
+				}
+			}
+		}()
+	}
 }
 
 func TestDoneFiresWhenPeerProcessDies(t *testing.T) {
