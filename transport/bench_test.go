@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -36,6 +37,15 @@ func BenchmarkRTT4K(b *testing.B) {
 // two Go runtimes that each wake their own threads for every packet. On a
 // small shared host this is the round trip replication actually pays.
 func BenchmarkRTT4KProcess(b *testing.B) {
+	s, _ := processPeer(b, "BM_TRANSPORT_ECHO")
+	rtt4K(b, s)
+}
+
+// processPeer starts the test binary in the child mode named by env
+// (BM_TRANSPORT_ECHO or BM_TRANSPORT_ACKER), accepts its connection and
+// opens a stream to it; the connection closes and the child is killed when
+// the benchmark ends.
+func processPeer(b *testing.B, env string) (*transport.Stream, *exec.Cmd) {
 	dir := filepath.Join(b.TempDir(), "certs")
 	if err := transport.InitCerts(dir, []string{"m1", "m2"}); err != nil {
 		b.Fatal(err)
@@ -45,18 +55,18 @@ func BenchmarkRTT4KProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	l := listen(b, transport.Config{Identity: id})
-	startChild(b, "BM_TRANSPORT_ECHO", dir, l.Addr().String())
+	child := startChild(b, env, dir, l.Addr().String())
 	ctx := ctxT(b, 10*time.Minute)
 	c, err := l.Accept(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close(0, "benchmark over")
+	b.Cleanup(func() { c.Close(0, "benchmark over") })
 	s, err := c.OpenStream(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rtt4K(b, s)
+	return s, child
 }
 
 // rtt4K runs b.N 4 KiB request/response round trips on s and reports the
@@ -172,26 +182,7 @@ func BenchmarkRecordsProcess(b *testing.B) {
 }
 
 func recordsProcess(b *testing.B, frame, window int) {
-	dir := filepath.Join(b.TempDir(), "certs")
-	if err := transport.InitCerts(dir, []string{"m1", "m2"}); err != nil {
-		b.Fatal(err)
-	}
-	id, err := transport.LoadNode(dir, "m1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	l := listen(b, transport.Config{Identity: id})
-	child := startChild(b, "BM_TRANSPORT_ACKER", dir, l.Addr().String())
-	ctx := ctxT(b, 10*time.Minute)
-	c, err := l.Accept(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close(0, "benchmark over")
-	s, err := c.OpenStream(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, child := processPeer(b, "BM_TRANSPORT_ACKER")
 	// Acks flow back on a reader goroutine; credits bound what is in flight.
 	credits := make(chan struct{}, max(1, window/frame))
 	acked := make(chan error, 1)

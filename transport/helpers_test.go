@@ -100,6 +100,12 @@ func pair(t testing.TB, clientCfg, serverCfg transport.Config) (*transport.Conn,
 
 // echo serves every stream of c: each frame is sent back unchanged.
 func echo(ctx context.Context, c *transport.Conn) {
+	answer(ctx, c, func(typ uint8, p []byte) (uint8, []byte) { return typ, p })
+}
+
+// answer serves every stream of c: each frame read is answered with
+// reply's frame.
+func answer(ctx context.Context, c *transport.Conn, reply func(typ uint8, p []byte) (uint8, []byte)) {
 	for {
 		s, err := c.AcceptStream(ctx)
 		if err != nil {
@@ -113,7 +119,7 @@ func echo(ctx context.Context, c *transport.Conn) {
 					s.CloseWrite()
 					return
 				}
-				if s.WriteFrame(typ, p) != nil || s.Flush() != nil {
+				if s.WriteFrame(reply(typ, p)) != nil || s.Flush() != nil {
 					return
 				}
 			}

@@ -80,22 +80,21 @@ func childMain(dir, addr string) int {
 // every stream the listener's side opens, until the connection ends (the
 // other process of BenchmarkRTT4KProcess).
 func echoMain(dir, addr string) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	c, err := dialAsChild(ctx, dir, addr, transport.Config{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	go func() { <-c.Done(); cancel() }()
-	echo(ctx, c)
-	return 0
+	return answerMain(dir, addr, func(typ uint8, p []byte) (uint8, []byte) { return typ, p })
 }
 
-// ackerMain dials the listener at addr as m2 and answers every frame on
-// every stream the listener's side opens with an 8-byte frame, as a mirror
-// acks a records frame (the other process of BenchmarkRecordsProcess).
+// ackerMain is echoMain answering every frame with an 8-byte frame, as a
+// mirror acks a records frame (the other process of
+// BenchmarkRecordsProcess).
 func ackerMain(dir, addr string) int {
+	var ack [8]byte
+	return answerMain(dir, addr, func(uint8, []byte) (uint8, []byte) { return 2, ack[:] })
+}
+
+// answerMain dials the listener at addr as m2 and answers the frames of
+// every stream the listener's side opens with reply, until the connection
+// ends.
+func answerMain(dir, addr string, reply func(typ uint8, p []byte) (uint8, []byte)) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	c, err := dialAsChild(ctx, dir, addr, transport.Config{})
@@ -104,25 +103,8 @@ func ackerMain(dir, addr string) int {
 		return 1
 	}
 	go func() { <-c.Done(); cancel() }()
-	for {
-		s, err := c.AcceptStream(ctx)
-		if err != nil {
-			return 0
-		}
-		go func() {
-			buf := make([]byte, 0, 1<<20)
-			var ack [8]byte
-			for {
-				if _, _, err := s.ReadFrame(buf); err != nil {
-					s.CloseWrite()
-					return
-				}
-				if s.WriteFrame(2, ack[:]) != nil || s.Flush() != nil {
-					return
-				}
-			}
-		}()
-	}
+	answer(ctx, c, reply)
+	return 0
 }
 
 func TestDoneFiresWhenPeerProcessDies(t *testing.T) {
