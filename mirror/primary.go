@@ -483,6 +483,9 @@ func (r *Replication) Status() ReplicationStatus {
 			ps.Connected = l.connected
 			ps.LastError = l.lastErr
 			ps.RTTMicros = l.rtt.Microseconds()
+			if l.sess != nil {
+				ps.QUIC = quicReport(l.sess.conn.Stats())
+			}
 			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
 			if l.splitBrain != "" {
 				ps.SplitBrain = l.splitBrain
@@ -534,10 +537,32 @@ type PeerReport struct {
 	LagBytes   uint64  `json:"lag_bytes"`
 	LagSeconds float64 `json:"lag_seconds"`
 	RTTMicros  int64   `json:"rtt_us"`
-	LastError  string  `json:"last_error,omitempty"`
-	SplitBrain string  `json:"split_brain,omitempty"`
+	// QUIC describes the connection to the mirror while one is up.
+	QUIC       *QUICReport `json:"quic,omitempty"`
+	LastError  string      `json:"last_error,omitempty"`
+	SplitBrain string      `json:"split_brain,omitempty"`
 	// Resync is the current (or last) resync's progress.
 	Resync *ResyncProgress `json:"resync,omitempty"`
+}
+
+// QUICReport is the state of the QUIC connection to a mirror, as quic-go
+// reports it: what to look at when acks are slow although the mirror is
+// not busy (a small congestion window, lost packets, a long path).
+type QUICReport struct {
+	SmoothedRTTMicros int64  `json:"srtt_us"`
+	MinRTTMicros      int64  `json:"min_rtt_us"`
+	CongestionWindow  uint64 `json:"cwnd_bytes"`
+	PacketsSent       uint64 `json:"packets_sent"`
+	PacketsLost       uint64 `json:"packets_lost"`
+	BytesSent         uint64 `json:"bytes_sent"`
+}
+
+func quicReport(s transport.ConnStats) *QUICReport {
+	return &QUICReport{
+		SmoothedRTTMicros: s.SmoothedRTT.Microseconds(), MinRTTMicros: s.MinRTT.Microseconds(),
+		CongestionWindow: s.CongestionWindow, PacketsSent: s.PacketsSent, PacketsLost: s.PacketsLost,
+		BytesSent: s.BytesSent,
+	}
 }
 
 func ptrTo[T any](v T) *T { return &v }

@@ -94,6 +94,11 @@ func (h *volumeHooks) run(ctx context.Context, j *journal.Journal, repl func() *
 				pm := h.peer(p.Name)
 				pm.SetLag(p.LagRecords, p.LagBytes, p.LagSeconds)
 				pm.SetConnected(p.Connected)
+				if q := p.QUIC; q != nil {
+					pm.SetQUIC(time.Duration(q.SmoothedRTTMicros)*time.Microsecond, q.CongestionWindow, q.PacketsSent, q.PacketsLost)
+				} else {
+					pm.SetQUIC(0, 0, 0, 0)
+				}
 				pm.SetState(p.State)
 				if p.Resync != nil {
 					pm.SetResync(uint64(p.Resync.DoneBytes), uint64(p.Resync.TotalBytes))

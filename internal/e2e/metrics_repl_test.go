@@ -12,8 +12,9 @@ import (
 // TestMetricsReplication scrapes /metrics on a primary replicating to a
 // mirror while a client writes: the per-peer families are present, the
 // ack latency histogram moves, the mirror shows as connected and in sync,
-// and once the mirror is killed the metrics report it disconnected and
-// lagging.
+// the QUIC connection's statistics are there (status JSON and gauges), and
+// once the mirror is killed the metrics report it disconnected and lagging
+// with no connection statistics left.
 func TestMetricsReplication(t *testing.T) {
 	c := newReplCluster(t, "64M", "m1")
 	m1 := c.StartMirror("m1")
@@ -56,13 +57,40 @@ func TestMetricsReplication(t *testing.T) {
 	if after[`blockmirror_peer_state{peer="m1",state="in-sync",volume="disk"}`] != 1 {
 		t.Errorf("peer_state in-sync is not 1")
 	}
+	// 300 × 4 KiB went over the connection: at least that many bytes, in
+	// packets of at most 1452 bytes.
+	if v := after["blockmirror_peer_quic_packets_sent"+peer]; v < 300*4096/1452 {
+		t.Errorf("peer_quic_packets_sent = %v after 300 4 KiB writes", v)
+	}
+	if before["blockmirror_peer_quic_packets_sent"+peer] >= after["blockmirror_peer_quic_packets_sent"+peer] {
+		t.Errorf("peer_quic_packets_sent did not move: %v → %v", before["blockmirror_peer_quic_packets_sent"+peer], after["blockmirror_peer_quic_packets_sent"+peer])
+	}
+	if after["blockmirror_peer_quic_srtt_seconds"+peer] <= 0 || after["blockmirror_peer_quic_cwnd_bytes"+peer] <= 0 {
+		t.Errorf("peer_quic_srtt_seconds = %v, peer_quic_cwnd_bytes = %v: want both > 0 while connected",
+			after["blockmirror_peer_quic_srtt_seconds"+peer], after["blockmirror_peer_quic_cwnd_bytes"+peer])
+	}
+	if _, ok := after["blockmirror_peer_quic_packets_lost"+peer]; !ok {
+		t.Errorf("metric blockmirror_peer_quic_packets_lost%s missing", peer)
+	}
+	st, err := c.PrimaryStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Peers) != 1 || st.Peers[0].QUIC == nil {
+		t.Fatalf("status peers %+v: want m1 with its QUIC report", st.Peers)
+	}
+	if q := st.Peers[0].QUIC; q.BytesSent < 300*4096 || q.SmoothedRTTMicros <= 0 || q.MinRTTMicros <= 0 {
+		t.Errorf("status quic report %+v: want ≥ %d bytes sent and RTTs > 0", *q, 300*4096)
+	}
 	// Kill the mirror: the metrics report it.
 	m1.Proc.Kill()
 	write(50) // degraded: completes after the ack timeout demotes the peer
 	testutil.WaitFor(t, 20*time.Second, "metrics report the mirror down and lagging", func() (bool, string) {
 		m := scrape()
-		ok := m["blockmirror_peer_connected"+peer] == 0 && m["blockmirror_peer_lag_records"+peer] > 0
+		ok := m["blockmirror_peer_connected"+peer] == 0 && m["blockmirror_peer_lag_records"+peer] > 0 &&
+			m["blockmirror_peer_quic_packets_sent"+peer] == 0
 		return ok, "connected=" + strconv.FormatFloat(m["blockmirror_peer_connected"+peer], 'f', -1, 64) +
-			" lag_records=" + strconv.FormatFloat(m["blockmirror_peer_lag_records"+peer], 'f', -1, 64)
+			" lag_records=" + strconv.FormatFloat(m["blockmirror_peer_lag_records"+peer], 'f', -1, 64) +
+			" quic_packets_sent=" + strconv.FormatFloat(m["blockmirror_peer_quic_packets_sent"+peer], 'f', -1, 64)
 	})
 }

@@ -104,6 +104,10 @@ type Registry struct {
 	peerLagBytes    *prometheus.GaugeVec
 	peerLagSeconds  *prometheus.GaugeVec
 	peerConnected   *prometheus.GaugeVec
+	peerQUICSRTT    *prometheus.GaugeVec
+	peerQUICCwnd    *prometheus.GaugeVec
+	peerQUICSent    *prometheus.GaugeVec
+	peerQUICLost    *prometheus.GaugeVec
 	peerState       *prometheus.GaugeVec
 	peerResyncDone  *prometheus.GaugeVec
 	peerResyncTotal *prometheus.GaugeVec
@@ -165,12 +169,16 @@ func NewWith(o Options) *Registry {
 	r.peerLagBytes = gauge("peer_lag_bytes", "Bytes of journal records the mirror has not acked yet.", volPeer)
 	r.peerLagSeconds = gauge("peer_lag_seconds", "Age of the oldest record the mirror has not acked (0 when in sync).", volPeer)
 	r.peerConnected = gauge("peer_connected", "1 while a session with the mirror is up, else 0.", volPeer)
+	r.peerQUICSRTT = gauge("peer_quic_srtt_seconds", "Smoothed round-trip time of the QUIC connection to the mirror (RFC 9002; 0 when not connected).", volPeer)
+	r.peerQUICCwnd = gauge("peer_quic_cwnd_bytes", "Congestion window of the QUIC connection to the mirror: the bytes it may have in flight.", volPeer)
+	r.peerQUICSent = gauge("peer_quic_packets_sent", "Packets sent on the current QUIC connection to the mirror (restarts at 0 with each connection).", volPeer)
+	r.peerQUICLost = gauge("peer_quic_packets_lost", "Packets declared lost on the current QUIC connection to the mirror (restarts at 0 with each connection).", volPeer)
 	r.peerState = gauge("peer_state", "1 for the mirror's current replication state (state label), 0 for states it was in before.", []string{LabelVolume, LabelPeer, LabelState})
 	r.peerResyncDone = gauge("peer_resync_done_bytes", "Bytes of the current full resync already sent to the mirror.", volPeer)
 	r.peerResyncTotal = gauge("peer_resync_target_bytes", "Bytes the current full resync of the mirror covers (0 when none runs).", volPeer)
 
 	r.volumeVecs = []deleter{r.nbdRequests, r.nbdBytes, r.nbdErrors, r.nbdLatency, r.jAppend, r.jFsync, r.jSize, r.jSegments, r.jRecords, r.jBytes}
-	r.peerVecs = []deleter{r.peerAck, r.peerLagRecords, r.peerLagBytes, r.peerLagSeconds, r.peerConnected, r.peerState, r.peerResyncDone, r.peerResyncTotal}
+	r.peerVecs = []deleter{r.peerAck, r.peerLagRecords, r.peerLagBytes, r.peerLagSeconds, r.peerConnected, r.peerQUICSRTT, r.peerQUICCwnd, r.peerQUICSent, r.peerQUICLost, r.peerState, r.peerResyncDone, r.peerResyncTotal}
 
 	if !o.NoRuntimeMetrics {
 		r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -355,6 +363,8 @@ type PeerMetrics struct {
 	ack                                prometheus.Observer
 	lagRecords, lagBytes, lagSeconds   prometheus.Gauge
 	connected, resyncDone, resyncTotal prometheus.Gauge
+	quicSRTT, quicCwnd                 prometheus.Gauge
+	quicSent, quicLost                 prometheus.Gauge
 	stateVec                           *prometheus.GaugeVec
 	volume, peer                       string
 	mu                                 sync.Mutex // guards state, states
@@ -370,6 +380,10 @@ func (r *Registry) Peer(volume, peer string) *PeerMetrics {
 		lagBytes:    r.peerLagBytes.WithLabelValues(volume, peer),
 		lagSeconds:  r.peerLagSeconds.WithLabelValues(volume, peer),
 		connected:   r.peerConnected.WithLabelValues(volume, peer),
+		quicSRTT:    r.peerQUICSRTT.WithLabelValues(volume, peer),
+		quicCwnd:    r.peerQUICCwnd.WithLabelValues(volume, peer),
+		quicSent:    r.peerQUICSent.WithLabelValues(volume, peer),
+		quicLost:    r.peerQUICLost.WithLabelValues(volume, peer),
 		resyncDone:  r.peerResyncDone.WithLabelValues(volume, peer),
 		resyncTotal: r.peerResyncTotal.WithLabelValues(volume, peer),
 		stateVec:    r.peerState,
@@ -408,6 +422,19 @@ func (m *PeerMetrics) SetConnected(up bool) {
 		v = 1
 	}
 	m.connected.Set(v)
+}
+
+// SetQUIC sets the statistics of the QUIC connection to the mirror:
+// smoothed RTT, congestion window, packets sent and lost on it (all 0 while
+// no connection is up).
+func (m *PeerMetrics) SetQUIC(srtt time.Duration, cwnd, sent, lost uint64) {
+	if m == nil {
+		return
+	}
+	m.quicSRTT.Set(srtt.Seconds())
+	m.quicCwnd.Set(float64(cwnd))
+	m.quicSent.Set(float64(sent))
+	m.quicLost.Set(float64(lost))
 }
 
 // SetState sets the mirror's replication state (free-form, such as

@@ -135,6 +135,7 @@ func TestPeer(t *testing.T) {
 	p.SetConnected(true)
 	p.SetState("resync")
 	p.SetResync(1<<20, 1<<30)
+	p.SetQUIC(250*time.Microsecond, 320000, 5000, 7)
 	r.Peer("db", "gamma").SetConnected(false)
 	got := scrape(t, r.Handler())
 	want(t, got, `blockmirror_peer_ack_duration_seconds_count{peer="beta",volume="db"}`, 1)
@@ -146,6 +147,10 @@ func TestPeer(t *testing.T) {
 	want(t, got, `blockmirror_peer_state{peer="beta",state="resync",volume="db"}`, 1)
 	want(t, got, `blockmirror_peer_resync_done_bytes{peer="beta",volume="db"}`, 1<<20)
 	want(t, got, `blockmirror_peer_resync_target_bytes{peer="beta",volume="db"}`, 1<<30)
+	want(t, got, `blockmirror_peer_quic_srtt_seconds{peer="beta",volume="db"}`, 0.00025)
+	want(t, got, `blockmirror_peer_quic_cwnd_bytes{peer="beta",volume="db"}`, 320000)
+	want(t, got, `blockmirror_peer_quic_packets_sent{peer="beta",volume="db"}`, 5000)
+	want(t, got, `blockmirror_peer_quic_packets_lost{peer="beta",volume="db"}`, 7)
 
 	p.SetState("streaming")
 	p.SetState("streaming")
@@ -157,8 +162,10 @@ func TestPeer(t *testing.T) {
 
 	r.RemovePeer("db", "beta")
 	got = scrape(t, r.Handler())
-	if _, ok := got[`blockmirror_peer_connected{peer="beta",volume="db"}`]; ok {
-		t.Error("RemovePeer left beta's series")
+	for _, name := range []string{"connected", "quic_srtt_seconds", "quic_packets_lost"} {
+		if _, ok := got[`blockmirror_peer_`+name+`{peer="beta",volume="db"}`]; ok {
+			t.Errorf("RemovePeer left beta's %s series", name)
+		}
 	}
 	want(t, got, `blockmirror_peer_connected{peer="gamma",volume="db"}`, 0)
 }
