@@ -120,17 +120,7 @@ func (o osFile) Size() (int64, error) {
 // CPU per journal write on ext4. Unsupported file systems return an error
 // that the journal ignores.
 func (o osFile) Preallocate(n int64) error {
-	rc, err := o.f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) {
-		ferr = unix.Fallocate(int(fd), unix.FALLOC_FL_KEEP_SIZE, 0, n)
-	}); err != nil {
-		return err
-	}
-	return ferr
+	return o.control(func(fd int) error { return unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, 0, n) })
 }
 
 // StartWriteback starts writing [off, off+n) back to disk without waiting
@@ -138,17 +128,21 @@ func (o osFile) Preallocate(n int64) error {
 // segment's pages dirty until the fdatasync at its rotation, which then
 // writes the whole segment while every writer waits.
 func (o osFile) StartWriteback(off, n int64) error {
+	return o.control(func(fd int) error { return unix.SyncFileRange(fd, off, n, unix.SYNC_FILE_RANGE_WRITE) })
+}
+
+// control runs op on the file's descriptor and returns op's error (or the
+// error of reaching the descriptor).
+func (o osFile) control(op func(fd int) error) error {
 	rc, err := o.f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
-	}); err != nil {
+	var opErr error
+	if err := rc.Control(func(fd uintptr) { opErr = op(int(fd)) }); err != nil {
 		return err
 	}
-	return serr
+	return opErr
 }
 
 // writebacker is implemented by Files that can start writeback early.
@@ -160,23 +154,15 @@ type preallocator interface{ Preallocate(n int64) error }
 // Sync issues fdatasync(2): the journal only needs the data and the file
 // size durable, not timestamps.
 func (o osFile) Sync() error {
-	rc, err := o.f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
+	err := o.control(func(fd int) error {
 		for {
-			serr = syscall.Fdatasync(int(fd))
-			if serr != syscall.EINTR {
-				return
+			if err := syscall.Fdatasync(fd); err != syscall.EINTR {
+				return err
 			}
 		}
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("fdatasync %s: %w", o.f.Name(), serr)
+	})
+	if err != nil {
+		return fmt.Errorf("fdatasync %s: %w", o.f.Name(), err)
 	}
 	return nil
 }
