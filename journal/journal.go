@@ -501,18 +501,11 @@ func (j *Journal) submit(ctx context.Context, rec Record, assign, kick bool) (ui
 		} else if rec.Seq != j.next {
 			return 0, fmt.Errorf("%w: submitted %d, want %d", ErrSeq, rec.Seq, j.next)
 		}
-		if j.queued == 0 || j.queued+size <= j.opts.QueueBytes {
+		if j.roomLocked(size) {
 			break
 		}
-		ch := j.sigLocked()
-		j.mu.Unlock()
-		j.poke() // deferred submissions may be what fills the queue
-		select {
-		case <-ch:
-			j.mu.Lock()
-		case <-ctx.Done():
-			j.mu.Lock()
-			return 0, fmt.Errorf("journal: submit %d: %w", rec.Seq, ctx.Err())
+		if err := j.waitRoomLocked(ctx); err != nil {
+			return 0, fmt.Errorf("journal: submit %d: %w", rec.Seq, err)
 		}
 	}
 	if len(j.tail) == 0 {
@@ -527,6 +520,61 @@ func (j *Journal) submit(ctx context.Context, rec Record, assign, kick bool) (ui
 		j.poke()
 	}
 	return rec.Seq, nil
+}
+
+// WaitRoom returns once a record like rec fits in the submission queue
+// (QueueBytes), or with the journal's error once it failed or closed, or
+// with ctx's error. A caller that serialises its own submissions, and so
+// knows nobody else fills the queue meanwhile, waits with it (outside its
+// lock), then checks HasRoom under its lock before it commits to a seq
+// elsewhere: the Submit that follows then does not block, so the seq and
+// the record cannot part.
+func (j *Journal) WaitRoom(ctx context.Context, rec *Record) error {
+	size := int64(encodedSize(rec))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for {
+		if err := j.usableLocked(); err != nil {
+			return err
+		}
+		if j.roomLocked(size) {
+			return nil
+		}
+		if err := j.waitRoomLocked(ctx); err != nil {
+			return fmt.Errorf("journal: wait for room in the queue: %w", err)
+		}
+	}
+}
+
+// HasRoom reports whether a record like rec fits in the submission queue
+// now (false also once the journal failed or closed: WaitRoom then says
+// why). See WaitRoom.
+func (j *Journal) HasRoom(rec *Record) bool {
+	size := int64(encodedSize(rec))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.usableLocked() == nil && j.roomLocked(size)
+}
+
+// roomLocked reports whether a record of size encoded bytes may be queued.
+func (j *Journal) roomLocked(size int64) bool {
+	return j.queued == 0 || j.queued+size <= j.opts.QueueBytes
+}
+
+// waitRoomLocked waits (j.mu held, released meanwhile) for the queue to
+// change, or for ctx to end.
+func (j *Journal) waitRoomLocked(ctx context.Context) error {
+	ch := j.sigLocked()
+	j.mu.Unlock()
+	j.poke() // deferred submissions may be what fills the queue
+	select {
+	case <-ch:
+		j.mu.Lock()
+		return nil
+	case <-ctx.Done():
+		j.mu.Lock()
+		return ctx.Err()
+	}
 }
 
 // evictLocked trims the memory tail to TailBytes, keeping every record not

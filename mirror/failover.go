@@ -34,6 +34,9 @@ import (
 // has not completed), so promoting it needs force.
 var ErrInconsistent = errors.New("the store is inconsistent (a resync has not completed)")
 
+// ErrDemoted: the primary was demoted; it no longer accepts writes.
+var ErrDemoted = errors.New("mirror: this node was demoted to mirror; it no longer accepts writes")
+
 // ErrNotMirror / ErrNotPrimary: the node does not have the role the
 // operation needs.
 var (

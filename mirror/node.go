@@ -45,6 +45,8 @@ type NodeOptions struct {
 	OnDrop func(consumer string, through uint64, regions []journal.Region)
 	// OnSync is passed to the journal (fdatasync durations, for metrics).
 	OnSync func(d time.Duration)
+	// FS is the file system of the journal (nil: the operating system's).
+	FS     journal.FS
 	Logger *slog.Logger
 }
 
@@ -170,6 +172,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		Logger:       log,
 		OnDrop:       n.onDrop,
 		OnSync:       opts.OnSync,
+		FS:           opts.FS,
 	})
 	if err != nil {
 		st.Close()

@@ -218,10 +218,21 @@ func (r *Replication) AdmitFlush(id uint64) error {
 	return nil
 }
 
-// WaitsForMirrors implements Replicator: sync writes, and FUA writes in
-// either mode, complete only once mirrors acked them.
+// WaitsForMirrors implements Replicator: in sync mode every write (FUA or
+// not) completes only once mirrors acked it; in async mode none does (a
+// FUA write needs local durability only; see the acknowledgement rules in
+// the package doc).
 func (r *Replication) WaitsForMirrors(fua bool) bool {
-	return r.opts.Mode == ModeSync || fua
+	return r.opts.Mode == ModeSync
+}
+
+// Forget implements Replicator.
+func (r *Replication) Forget(id uint64) {
+	r.mu.Lock()
+	r.core.Forget(id)
+	delete(r.waiters, id)
+	r.processLocked()
+	r.mu.Unlock()
 }
 
 // LocalDone implements Replicator.

@@ -298,6 +298,8 @@ type request struct {
 	remoteOK  bool // mirror part satisfied
 	durOK     bool // local durability satisfied (FUA, flush)
 	held      bool // in the async throttle queue
+	queued    bool // in one of the core's queues
+	forgotten bool // the driver gave up on it (Forget): complete silently
 }
 
 // reqQueue is a FIFO of requests ordered by seq.
@@ -309,6 +311,7 @@ type reqQueue struct {
 func (q *reqQueue) len() int { return len(q.buf) - q.head }
 
 func (q *reqQueue) push(r *request) {
+	r.queued = true
 	if q.head > 0 && q.head == len(q.buf) {
 		q.buf = q.buf[:0]
 		q.head = 0
@@ -332,10 +335,14 @@ func (q *reqQueue) pop() *request {
 	r := q.buf[q.head]
 	q.buf[q.head] = nil
 	q.head++
+	r.queued = false
 	return r
 }
 
 func (q *reqQueue) clear() {
+	for _, r := range q.buf[q.head:] {
+		r.queued = false
+	}
 	clear(q.buf)
 	q.buf = q.buf[:0]
 	q.head = 0
@@ -532,6 +539,24 @@ func (p *PrimaryCore) LocalDone(id uint64) {
 	}
 	r.localDone = true
 	p.tryComplete(r)
+}
+
+// Forget withdraws request id: the driver will not wait for it any more
+// (its local part failed, or its client went away before it was admitted
+// to the local journal's wait). It leaves the core without a trace: it is
+// never reported in Completions. Its seq, if it has one, stays assigned
+// (seqs are never reused). Unknown ids are ignored.
+func (p *PrimaryCore) Forget(id uint64) {
+	r := p.pending[id]
+	if r == nil {
+		return
+	}
+	r.forgotten = true
+	if !r.queued {
+		p.complete(r, nil)
+	}
+	// A queued request leaves when its queue reaches it (drain, expire,
+	// fence), without a completion.
 }
 
 // LocalDurable reports that the local journal is durable through seq
@@ -874,6 +899,12 @@ func (p *PrimaryCore) drain() {
 }
 
 func (p *PrimaryCore) tryComplete(r *request) {
+	if r.forgotten {
+		if !r.queued {
+			p.complete(r, nil)
+		}
+		return
+	}
 	if !r.localDone || !r.remoteOK || !r.durOK || r.held {
 		return
 	}
@@ -886,7 +917,9 @@ func (p *PrimaryCore) tryComplete(r *request) {
 }
 
 func (p *PrimaryCore) complete(r *request, err error) {
-	p.rd().Completions = append(p.rd().Completions, Completion{ID: r.id, Err: err})
+	if !r.forgotten {
+		p.rd().Completions = append(p.rd().Completions, Completion{ID: r.id, Err: err})
+	}
 	delete(p.pending, r.id)
 	*r = request{}
 	p.free = append(p.free, r)

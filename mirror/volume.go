@@ -61,6 +61,10 @@ type Replicator interface {
 	// only after mirrors acked it, i.e. whether sending its record comes
 	// before its local writes in importance.
 	WaitsForMirrors(fua bool) bool
+	// Forget withdraws request id (admitted, but the volume will not call
+	// LocalDone for it, or no longer waits for it): it must not stay
+	// pending.
+	Forget(id uint64)
 }
 
 // Volume is a primary's volume: the nbd.Device that journals every change
@@ -90,6 +94,14 @@ type Volume struct {
 	sinceCP  int64
 	cpKick   chan struct{}
 	readOnly error // non-nil: writes fail with it (fenced, demoted)
+	// failed is sticky: the journal or the store failed under a record that
+	// was already submitted. Every later write fails with it, and no
+	// checkpoint passes the record (it stays in inflight), so the journal
+	// keeps it for the replay at the next start.
+	failed error
+	// idle is closed (and replaced by nil) when inflight becomes empty;
+	// Quiesce waits for it.
+	idle chan struct{}
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -193,12 +205,26 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		return fmt.Errorf("mirror: %v [%d, +%d) beyond the end of the volume: %w", rec.Op, rec.Offset, rec.Length, syscall.ENOSPC)
 	}
 	v.mu.Lock()
-	rec.Epoch = v.epoch
-	if v.readOnly != nil {
-		err := v.readOnly
+	// Room in the journal's queue first, while nothing is committed: once
+	// a seq is assigned its record must be submitted, so the submission
+	// below must not block. All submissions happen under v.mu, so room
+	// seen under it cannot fill before the submission; the wait for room
+	// happens outside it, so that it can be cancelled.
+	for {
+		if err := v.writableLocked(); err != nil {
+			v.mu.Unlock()
+			return err
+		}
+		if v.j.HasRoom(&rec) {
+			break
+		}
 		v.mu.Unlock()
-		return err
+		if err := v.j.WaitRoom(ctx, &rec); err != nil {
+			return fmt.Errorf("mirror: %v [%d, +%d): %w", rec.Op, rec.Offset, rec.Length, err)
+		}
+		v.mu.Lock()
 	}
+	rec.Epoch = v.epoch
 	v.nextID++
 	id := v.nextID
 	if v.repl != nil {
@@ -212,10 +238,16 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		rec.Seq = v.lastSeq + 1
 	}
 	// Deferred: this goroutine writes the record itself (WriteThrough
-	// below) unless a write is already under way.
-	if err := v.j.SubmitDeferred(ctx, rec); err != nil {
+	// below) unless a write is already under way. Not cancellable: the seq
+	// is taken.
+	if err := v.j.SubmitDeferred(context.Background(), rec); err != nil {
+		// The journal failed or closed (it refuses every later record too):
+		// the seq can never be journaled, so the volume fails.
+		err = fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
+		v.failLocked(err)
 		v.mu.Unlock()
-		return fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
+		v.forget(id)
+		return err
 	}
 	v.lastSeq = rec.Seq
 	var waits []chan struct{}
@@ -252,8 +284,12 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		}
 	}
 
+	// The record is submitted and may already be on its way to the
+	// mirrors: the local part (journal write, then store) completes
+	// whatever happens to ctx, so the primary's image holds every record
+	// it shipped.
 	start := time.Now()
-	err := v.j.WriteThrough(ctx, rec.Seq)
+	err := v.j.WriteThrough(context.Background(), rec.Seq)
 	if v.opts.OnAppend != nil && err == nil {
 		v.opts.OnAppend(false, time.Since(start))
 	}
@@ -261,17 +297,29 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		<-w // earlier overlapping writes reach the store first
 	}
 	if err == nil {
-		err = ApplyRecord(v.st, rec)
+		if err = ApplyRecord(v.st, rec); err != nil {
+			err = fmt.Errorf("mirror: apply seq %d to the store: %w", rec.Seq, err)
+		}
+	} else {
+		err = fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
 	}
 	v.mu.Lock()
-	delete(v.inflight, rec.Seq)
+	if err != nil {
+		// The record stays in inflight: no checkpoint passes it, so the
+		// journal keeps it and the next start replays it.
+		v.failLocked(err)
+	} else {
+		v.doneLocked(rec.Seq)
+	}
 	v.mu.Unlock()
 	close(me.done)
 	if err != nil {
+		v.forget(id)
 		return err
 	}
 	if fua {
 		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
+			v.forget(id)
 			return err
 		}
 		if v.opts.OnAppend != nil {
@@ -282,6 +330,40 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		return v.repl.LocalDone(ctx, id)
 	}
 	return nil
+}
+
+// writableLocked is the error writes fail with now, or nil.
+func (v *Volume) writableLocked() error {
+	if v.failed != nil {
+		return v.failed
+	}
+	return v.readOnly
+}
+
+// failLocked makes the volume fail every later write with err (the first
+// failure is kept).
+func (v *Volume) failLocked(err error) {
+	if v.failed == nil {
+		v.failed = fmt.Errorf("%w; the volume stopped accepting writes — restart it (the journal replays every record it holds)", err)
+		v.log.Error("volume failed: the journal or the disk image returned an error under a submitted record", "err", err)
+	}
+}
+
+// doneLocked removes a completed write from inflight.
+func (v *Volume) doneLocked(seq uint64) {
+	delete(v.inflight, seq)
+	if len(v.inflight) == 0 && v.idle != nil {
+		close(v.idle)
+		v.idle = nil
+	}
+}
+
+// forget tells the replicator that request id will not complete through
+// LocalDone.
+func (v *Volume) forget(id uint64) {
+	if v.repl != nil {
+		v.repl.Forget(id)
+	}
 }
 
 // Flush implements nbd.Device: every write completed before it is durable
@@ -299,6 +381,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 		}
 	}
 	if err := v.j.Sync(ctx); err != nil {
+		v.forget(id)
 		return err
 	}
 	if v.repl != nil {
@@ -347,6 +430,52 @@ func (v *Volume) SetReadOnly(err error) {
 	v.mu.Lock()
 	v.readOnly = err
 	v.mu.Unlock()
+}
+
+// Quiesce makes every later write fail with err and waits until the
+// writes in flight have reached the store (or ctx ends, or the volume
+// failed). After it, every journaled record is in the store.
+func (v *Volume) Quiesce(ctx context.Context, err error) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.readOnly = err
+	for len(v.inflight) > 0 {
+		if v.failed != nil {
+			return v.failed
+		}
+		if v.idle == nil {
+			v.idle = make(chan struct{})
+		}
+		ch := v.idle
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			v.mu.Lock()
+			return ctx.Err()
+		}
+		v.mu.Lock()
+	}
+	return nil
+}
+
+// Demote stops the volume taking writes, waits for the writes in flight,
+// makes everything durable (locally and, as the mode asks, on mirrors) and
+// turns the node into a mirror (see Demote). On failure the volume takes
+// writes again.
+func (v *Volume) Demote(ctx context.Context, splitBrainLoser bool) error {
+	if err := v.Quiesce(ctx, ErrDemoted); err != nil {
+		v.SetReadOnly(nil)
+		return fmt.Errorf("mirror: demote: waiting for the writes in flight: %w", err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		v.log.Warn("flush before demotion failed; demoting anyway (the journal is synced by the demotion)", "err", err)
+	}
+	if err := Demote(v.node, splitBrainLoser); err != nil {
+		v.SetReadOnly(nil)
+		return err
+	}
+	return nil
 }
 
 // appliedThrough is the highest seq such that every record ≤ it is in the

@@ -120,9 +120,6 @@ type sharedEnv struct {
 	verify func(name string, fn func(ctx context.Context, resync bool) any)
 }
 
-// errDemoted fails writes on a primary that is being demoted.
-var errDemoted = errors.New("this node was demoted to mirror; it no longer accepts writes")
-
 // serveNode serves an opened primary node over NBD (with replication and
 // the responder at --listen) until ctx ends or the node is demoted. a,
 // when not nil, is the admin endpoint to report to.
@@ -248,12 +245,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 			return repl.Verify(ctx, q.Get("resync") == "1"), nil
 		})
 		a.handle("demote", func(ctx context.Context, q url.Values) (any, error) {
-			vol.SetReadOnly(errDemoted)
-			if err := vol.Flush(ctx); err != nil && !errors.Is(err, errDemoted) && !errors.Is(err, mirror.ErrFenced) {
-				log.Warn("flush before demotion failed", "err", err)
-			}
-			if err := mirror.Demote(node, q.Get("split_brain_loser") == "1"); err != nil {
-				vol.SetReadOnly(nil)
+			if err := vol.Demote(ctx, q.Get("split_brain_loser") == "1"); err != nil {
 				return nil, err
 			}
 			demoted = true
