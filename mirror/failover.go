@@ -34,6 +34,10 @@ import (
 // has not completed), so promoting it needs force.
 var ErrInconsistent = errors.New("the store is inconsistent (a resync has not completed)")
 
+// ErrDiverged: the node's journal holds records after a fork point from
+// its primary's history (they are quarantined); it waits for a resync.
+var ErrDiverged = errors.New("the node holds records after a fork from its primary's history (quarantined) and waits for a resync")
+
 // ErrDemoted: the primary was demoted; it no longer accepts writes.
 var ErrDemoted = errors.New("mirror: this node was demoted to mirror; it no longer accepts writes")
 
@@ -56,6 +60,9 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	if m.Inconsistent && !force {
 		return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve a disk that is not a consistent image — wait for the resync or use --force", n.Dir, ErrInconsistent)
 	}
+	if m.NeedsResync && !force {
+		return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve writes its last primary does not have — let it resync from that primary, or use --force", n.Dir, ErrDiverged)
+	}
 	if err := n.Journal.Sync(context.Background()); err != nil {
 		return m, fmt.Errorf("mirror: promote: sync journal: %w", err)
 	}
@@ -69,7 +76,9 @@ func Promote(n *Node, force bool) (*Meta, error) {
 		m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: last + 1, ID: randomID()})
 		m.Peers = nil
 		m.Inconsistent = false
+		m.NeedsResync = false
 		m.AcceptDivergence = false
+		m.WritesOpen = false
 		return nil
 	})
 	if err != nil {
@@ -98,6 +107,7 @@ func Demote(n *Node, splitBrainLoser bool) error {
 		m.Role = RoleMirror
 		m.Peers = nil
 		m.AcceptDivergence = m.AcceptDivergence || splitBrainLoser
+		m.WritesOpen = false // the journal is synced and checkpointed
 		return nil
 	})
 }

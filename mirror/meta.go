@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/journal"
@@ -118,8 +117,18 @@ type Meta struct {
 	// Inconsistent: the store is not a write-order prefix of the primary's
 	// history (a resync is in progress); such a node must not be promoted
 	// without force.
-	Inconsistent bool                `json:"inconsistent,omitempty"`
+	Inconsistent bool `json:"inconsistent,omitempty"`
+	// NeedsResync (a mirror): the journal holds records after a fork point
+	// that the primary's history does not (they were quarantined); the
+	// node must be reset by a resync before it follows any primary again.
+	NeedsResync  bool                `json:"needs_resync,omitempty"`
 	Peers        map[string]PeerMeta `json:"peers,omitempty"`
+	// WritesOpen: the node serves writes as a primary and has not stopped
+	// cleanly since (set before its first write, cleared once its journal
+	// is durable at a clean stop). Found set at the next start, it means
+	// the node may have streamed records to mirrors that its own journal
+	// lost; it then starts a new branch of its epoch (see Node.BeginWrites).
+	WritesOpen bool `json:"writes_open,omitempty"`
 	// AcceptDivergence: an operator chose this node as the losing side of
 	// a split brain; on contact with a primary of the same epoch it
 	// quarantines its own records after the fork and resyncs instead of
@@ -160,8 +169,8 @@ func (m *Meta) validate() error {
 	if m.Role != RolePrimary && m.Role != RoleMirror {
 		return fmt.Errorf("bad role %q", m.Role)
 	}
-	if !sort.SliceIsSorted(m.History, func(i, j int) bool { return m.History[i].Epoch < m.History[j].Epoch }) {
-		return errors.New("epoch history is not in order")
+	if err := validHistory(m.History, m.Epoch); err != nil {
+		return fmt.Errorf("epoch history: %w", err)
 	}
 	if n := len(m.History); n > 0 && m.History[n-1].Epoch != m.Epoch {
 		return fmt.Errorf("epoch %d is not the last in the history (%d)", m.Epoch, m.History[n-1].Epoch)

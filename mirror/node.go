@@ -61,8 +61,9 @@ type Node struct {
 	Journal *journal.Journal
 	log     *slog.Logger
 
-	mu   sync.Mutex
-	meta *Meta
+	mu      sync.Mutex
+	meta    *Meta
+	writing bool // BeginWrites done, EndWrites not yet
 
 	dropMu sync.Mutex
 	dropFn func(consumer string, through uint64, regions []journal.Region)
@@ -262,6 +263,59 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 	}
 	n.meta = m
 	return nil
+}
+
+// BeginWrites prepares a primary node for its first write of this run; it
+// is idempotent (StartReplication and NewVolume both call it). It marks
+// the node as serving writes (Meta.WritesOpen) durably. A node that finds
+// that mark already set did not stop cleanly — a crash, kill -9 or power
+// loss — and cannot know what its mirrors received from it: the sender
+// streams records from the journal's memory tail before they are written
+// locally, and records nobody asked to be durable are not synced, so a
+// mirror may hold seqs after the node's last. The node then starts a new
+// branch of its epoch: a history entry with a fresh ID at last+1 (same
+// epoch number, so fencing by a promoted node is unchanged). On contact
+// the fork point is found below any such record, the mirror's records
+// after it are quarantined and it is resynced.
+func (n *Node) BeginWrites() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.writing {
+		return nil
+	}
+	if n.meta.Role != RolePrimary {
+		return fmt.Errorf("mirror: %s is a %s, not a primary: it does not take writes", n.Dir, n.meta.Role)
+	}
+	m := n.meta.Clone()
+	if m.WritesOpen {
+		from := n.Journal.LastSeq() + 1
+		m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: from, ID: randomID()})
+		n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
+			"epoch", m.Epoch, "first_seq", from)
+	}
+	m.WritesOpen = true
+	if err := m.Save(n.Dir); err != nil {
+		return fmt.Errorf("mirror: mark the volume as serving writes: %w", err)
+	}
+	n.meta = m
+	n.writing = true
+	return nil
+}
+
+// EndWrites records a clean stop of a primary node's writes: every record
+// is in the journal, durable, and the store is checkpointed through it.
+// The caller must have stopped every write and synced the journal.
+func (n *Node) EndWrites() error {
+	err := n.UpdateMeta(func(m *Meta) error {
+		m.WritesOpen = false
+		return nil
+	})
+	if err == nil {
+		n.mu.Lock()
+		n.writing = false
+		n.mu.Unlock()
+	}
+	return err
 }
 
 // Checkpoint records that the store holds every record ≤ seq: it syncs the

@@ -122,6 +122,9 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	if len(opts.Peers) == 0 {
 		return nil, errors.New("mirror: replication needs at least one mirror")
 	}
+	if err := node.BeginWrites(); err != nil {
+		return nil, err
+	}
 	m := node.Meta()
 	j := node.Journal
 	names := make([]string, len(opts.Peers))

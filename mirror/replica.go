@@ -186,6 +186,9 @@ func (d *Mirror) adopt(node *Node) error {
 	if m.Inconsistent {
 		flags |= FlagInconsistent
 	}
+	if m.NeedsResync {
+		flags |= FlagNeedsResync
+	}
 	core, err := NewReplicaCore(ReplicaConfig{
 		Identity: VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
 		Node:     d.opts.Name, LastSeq: written, DurableSeq: durable, AppliedSeq: written, Flags: flags,
@@ -612,8 +615,13 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	rd := d.core.Ready()
 	if rd.NewEpoch > 0 {
 		hist := append([]EpochStart(nil), rd.NewHistory...)
+		// In the same atomic update: a node whose journal holds records
+		// the new history does not (it needs a resync) says so durably, or
+		// after a crash its stale records would pass for the new history's.
+		needs := reply.Flags&FlagNeedsResync != 0
 		err := d.node.UpdateMeta(func(m *Meta) error {
 			m.Epoch, m.History = rd.NewEpoch, hist
+			m.NeedsResync = m.NeedsResync || needs
 			return nil
 		})
 		if err != nil {
@@ -622,7 +630,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 			d.refuse(st, CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
 			return
 		}
-		log.Info("adopted the primary's epoch", "epoch", rd.NewEpoch)
+		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(hist))
 	}
 	if reply.Code == CodeOK {
 		d.active = s

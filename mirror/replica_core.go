@@ -201,22 +201,24 @@ func (r *ReplicaCore) Hello(h Hello) HelloReply {
 		}
 		return fill()
 	}
-	// Records we hold under an epoch the primary does not assign to that
-	// seq, or records beyond the primary's last: our journal diverged.
+	// Records we hold under an epoch branch the primary does not assign to
+	// that seq, or records beyond the primary's last: our journal diverged.
 	if r.written > h.LastSeq {
 		reply.Flags |= FlagNeedsResync
 	} else if len(h.History) > 0 && r.written > 0 {
-		le, lok := epochOfSeq(r.id.History, r.written)
-		re, rok := epochOfSeq(h.History, r.written)
+		le, lok := entryOfSeq(r.id.History, r.written)
+		re, rok := entryOfSeq(h.History, r.written)
 		if lok && (!rok || le != re) {
 			reply.Flags |= FlagNeedsResync
 		}
 	}
-	if h.Epoch > r.id.Epoch {
-		r.id.Epoch = h.Epoch
-		r.id.History = append([]EpochStart(nil), h.History...)
-		r.ready.NewEpoch = h.Epoch
-		r.ready.NewHistory = r.id.History
+	// Follow the primary's history once our journal is a prefix of it (a
+	// higher epoch, or a new branch of ours): only then do our records'
+	// seqs mean what the history says. A node that needs a resync takes
+	// it when its journal is reset (Restart).
+	if reply.Flags&FlagNeedsResync == 0 && h.Epoch >= r.id.Epoch && len(h.History) > 0 &&
+		extendsHistory(r.id.History, h.History) && len(h.History) > len(r.id.History) || h.Epoch > r.id.Epoch {
+		r.adopt(h.Epoch, h.History)
 	}
 	r.active = true
 	r.sessionEpoch = h.Epoch
@@ -226,11 +228,30 @@ func (r *ReplicaCore) Hello(h Hello) HelloReply {
 	return fill()
 }
 
+// adopt takes epoch and history as the node's own and asks the driver to
+// persist them (NewEpoch, NewHistory).
+func (r *ReplicaCore) adopt(epoch uint64, h []EpochStart) {
+	r.id.Epoch = epoch
+	r.id.History = append([]EpochStart(nil), h...)
+	r.ready.NewEpoch = epoch
+	r.ready.NewHistory = r.id.History
+}
+
+// SessionHistory is the history of the session's primary (from its Hello).
+func (r *ReplicaCore) SessionHistory() []EpochStart {
+	return append([]EpochStart(nil), r.history...)
+}
+
 // Restart continues the node at seq from after its journal was reset for a
 // resync (the driver applied what the journal held, emptied it and set its
-// start to from): every watermark moves to from-1, the needs-resync flag
+// start to from, and persisted the session primary's history, which the
+// node now follows): every watermark moves to from-1, the needs-resync flag
 // clears and the inconsistent flag is set until SetConsistent.
 func (r *ReplicaCore) Restart(from uint64) {
+	if n := len(r.history); n > 0 {
+		r.id.History = append([]EpochStart(nil), r.history...)
+		r.id.Epoch = r.history[n-1].Epoch
+	}
 	s := from - 1
 	r.received, r.written, r.durable, r.applied = s, s, s, s
 	r.applyAsked, r.checkpointAt, r.syncAsked, r.flushWant = s, s, s, 0

@@ -55,19 +55,27 @@ func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error)
 	if rep != nil {
 		d.quarantined = append(d.quarantined, *rep)
 	}
+	// Durably: until a resync resets the journal, its records after the
+	// fork must never pass for the primary's.
+	common := m.History
 	if diverged {
-		common := historyPrefix(m.History, fork)
-		err := n.UpdateMeta(func(m *Meta) error {
+		common = historyPrefix(m.History, fork)
+	}
+	err = n.UpdateMeta(func(m *Meta) error {
+		m.NeedsResync = true
+		if diverged {
 			m.History = common
 			if len(common) > 0 {
 				m.Epoch = common[len(common)-1].Epoch
 			}
 			m.AcceptDivergence = false
-			return nil
-		})
-		if err != nil {
-			return nil, err
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if diverged {
 		d.core.AdoptHistory(common)
 		d.splitBrain = ""
 	}
@@ -126,6 +134,9 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	if m := d.node.Meta(); m.Inconsistent && !force {
 		d.mu.Unlock()
 		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrInconsistent)
+	} else if m.NeedsResync && !force {
+		d.mu.Unlock()
+		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrDiverged)
 	}
 	d.promoted = true
 	s := d.active

@@ -112,7 +112,21 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 	d.appliedSeq = m.From - 1
 	d.recent.reset()
 	d.applyMu.Unlock()
-	if err := n.UpdateMeta(func(meta *Meta) error { meta.CheckpointSeq = m.From - 1; return nil }); err != nil {
+	d.mu.Lock()
+	hist := d.core.SessionHistory()
+	d.mu.Unlock()
+	// The journal is empty: the node now follows the session primary's
+	// history, and its store (inconsistent until the resync completes)
+	// will be made equal to the primary's.
+	err := n.UpdateMeta(func(meta *Meta) error {
+		meta.CheckpointSeq = m.From - 1
+		meta.NeedsResync = false
+		if len(hist) > 0 {
+			meta.History, meta.Epoch = hist, hist[len(hist)-1].Epoch
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	d.mu.Lock()

@@ -120,6 +120,10 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 	if m.Role != RolePrimary {
 		return nil, fmt.Errorf("mirror: volume %s in %s is a %s; promote it before serving writes", m.Volume, node.Dir, m.Role)
 	}
+	if err := node.BeginWrites(); err != nil {
+		return nil, err
+	}
+	m = node.Meta()
 	ctx, cancel := context.WithCancel(context.Background())
 	v := &Volume{
 		node: node, st: node.Store, j: node.Journal, repl: repl, opts: opts, log: opts.Logger,
@@ -517,13 +521,25 @@ func (v *Volume) checkpointLoop(ctx context.Context) {
 	}
 }
 
-// Close stops the checkpoint loop and takes a final checkpoint. It does
-// not close the node.
+// Close stops the checkpoint loop and takes a final checkpoint; when
+// every record is then durable and in the store it records a clean stop
+// (see Node.BeginWrites). It does not close the node. Writes still in
+// flight must have ended (the NBD server waits for them).
 func (v *Volume) Close() error {
 	v.stop()
 	<-v.done
 	if err := v.j.Sync(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	return v.node.Checkpoint(v.appliedThrough())
+	through := v.appliedThrough()
+	if err := v.node.Checkpoint(through); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	clean := v.failed == nil && len(v.inflight) == 0 && through == v.lastSeq
+	v.mu.Unlock()
+	if !clean {
+		return nil // the next start treats this run as unclean
+	}
+	return v.node.EndWrites()
 }

@@ -832,30 +832,56 @@ func CheckHello(local VolumeIdentity, remote Hello) error {
 	if len(local.History) == 0 || len(remote.History) == 0 {
 		return nil
 	}
-	j := 0
-	for _, l := range local.History {
-		for j < len(remote.History) && remote.History[j].Epoch < l.Epoch {
-			j++
+	// Our history must be a prefix of the peer's: the peer went on from
+	// where we are (a later epoch, or a new branch of ours after an
+	// unclean restart), never elsewhere.
+	for i, l := range local.History {
+		if i == len(remote.History) {
+			return fmt.Errorf("%w: our history goes on after the peer's: epoch %d from seq %d (id %x) is not in the peer's history",
+				ErrHistoryDiverged, l.Epoch, l.FirstSeq, l.ID)
 		}
-		if j == len(remote.History) || remote.History[j].Epoch != l.Epoch {
+		r := remote.History[i]
+		switch {
+		case r.Epoch != l.Epoch:
 			return fmt.Errorf("%w: our epoch %d (from seq %d) is not in the peer's history", ErrHistoryDiverged, l.Epoch, l.FirstSeq)
-		}
-		if remote.History[j].FirstSeq != l.FirstSeq {
+		case r.FirstSeq != l.FirstSeq:
 			return fmt.Errorf("%w: epoch %d starts at seq %d here but at seq %d at the peer",
-				ErrHistoryDiverged, l.Epoch, l.FirstSeq, remote.History[j].FirstSeq)
-		}
-		if remote.History[j].ID != l.ID {
-			return fmt.Errorf("%w: epoch %d was started by another promotion here (id %x) than at the peer (id %x): split brain",
-				ErrHistoryDiverged, l.Epoch, l.ID, remote.History[j].ID)
+				ErrHistoryDiverged, l.Epoch, l.FirstSeq, r.FirstSeq)
+		case r.ID != l.ID:
+			return fmt.Errorf("%w: epoch %d from seq %d was started by another node or restart here (id %x) than at the peer (id %x): split brain",
+				ErrHistoryDiverged, l.Epoch, l.FirstSeq, l.ID, r.ID)
 		}
 	}
 	return nil
 }
 
+// extendsHistory reports whether b is a (not necessarily proper) extension
+// of a: every entry of a is b's entry at the same place.
+func extendsHistory(a, b []EpochStart) bool {
+	if len(b) < len(a) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// validHistory checks a history: epochs never decrease and each entry
+// starts no earlier than the one before. An epoch may have several
+// entries: every unclean restart of its primary starts a new branch of the
+// epoch (a new ID at the seq after the last one it holds), so that records
+// a mirror received from before the restart are told apart from the new
+// ones with the same seqs.
 func validHistory(h []EpochStart, epoch uint64) error {
 	for i := 1; i < len(h); i++ {
-		if h[i].Epoch <= h[i-1].Epoch {
+		if h[i].Epoch < h[i-1].Epoch {
 			return fmt.Errorf("history entry %d: epoch %d does not follow epoch %d", i, h[i].Epoch, h[i-1].Epoch)
+		}
+		if h[i].Epoch == h[i-1].Epoch && h[i].ID == h[i-1].ID {
+			return fmt.Errorf("history entry %d: epoch %d has two entries with id %x", i, h[i].Epoch, h[i].ID)
 		}
 		if h[i].FirstSeq < h[i-1].FirstSeq {
 			return fmt.Errorf("history entry %d: epoch %d starts at seq %d, before epoch %d (seq %d)",
@@ -868,9 +894,8 @@ func validHistory(h []EpochStart, epoch uint64) error {
 	return nil
 }
 
-// epochOfSeq returns the epoch the history assigns to seq, and false if
-// the history is empty or seq precedes it.
-// entryOfSeq returns the history entry of the epoch seq was written in.
+// entryOfSeq returns the history entry (epoch branch) seq was written in,
+// and false if the history is empty or seq precedes it.
 func entryOfSeq(h []EpochStart, seq uint64) (EpochStart, bool) {
 	for i := len(h) - 1; i >= 0; i-- {
 		if h[i].FirstSeq <= seq {
@@ -907,6 +932,8 @@ func ForkPoint(a, b []EpochStart, lastA, lastB uint64) uint64 {
 	return limit
 }
 
+// epochOfSeq returns the epoch the history assigns to seq, and false if
+// the history is empty or seq precedes it.
 func epochOfSeq(h []EpochStart, seq uint64) (uint64, bool) {
 	var e uint64
 	ok := false

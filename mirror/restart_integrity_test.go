@@ -1,0 +1,219 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/transport"
+)
+
+// startSyncPrimary opens (or creates) the primary in dir and replicates it
+// synchronously, at ack level durable, to the mirror "m" at addr.
+func startSyncPrimary(t *testing.T, dir, addr string, id *transport.Identity) *primaryVol {
+	return startPrimaryMode(t, dir, addr, id, mirror.ModeSync)
+}
+
+func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode) *primaryVol {
+	t.Helper()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1,
+		AckLevel: mirror.AckDurable, AckTimeout: 20 * time.Second, Node: "p", VolumeName: "v",
+		Transport: transport.Config{Identity: id},
+	})
+	if err != nil {
+		node.Close()
+		t.Fatal(err)
+	}
+	vol, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour})
+	if err != nil {
+		repl.Close()
+		node.Close()
+		t.Fatal(err)
+	}
+	return &primaryVol{node: node, repl: repl, vol: vol}
+}
+
+// copyTree copies the regular files under src to dst (a data directory
+// as a power loss would leave it on disk, once the test trims it).
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		if fi.IsDir() {
+			return os.MkdirAll(to, 0o700)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(to)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeBlocks(t *testing.T, v *mirror.Volume, tag byte, first, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for i := first; i < first+n; i++ {
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{tag}, 4096), int64(i)*4096, false); err != nil {
+			t.Fatalf("write %c%d: %v", tag, i, err)
+		}
+	}
+}
+
+// waitInSync waits until the mirror is in sync with p and has applied its
+// last seq.
+func waitInSync(t *testing.T, p *primaryVol, d *mirror.Mirror, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st := p.repl.Status()
+		ms := d.Status()
+		if len(st.Peers) == 1 && st.Peers[0].State == "in-sync" && ms.Applied >= st.LastSeq && !ms.Inconsistent {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror not in sync after %v: primary %+v, mirror %+v", within, st.Peers, ms)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func sameImages(t *testing.T, a, b *mirror.Node) {
+	t.Helper()
+	size := a.Store.Size()
+	ba, bb := make([]byte, 4096), make([]byte, 4096)
+	var diff []int64
+	for off := int64(0); off < size; off += 4096 {
+		if _, err := a.Store.ReadAt(ba, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Store.ReadAt(bb, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ba, bb) {
+			diff = append(diff, off/4096)
+		}
+	}
+	if len(diff) > 0 {
+		t.Errorf("the primary's and the mirror's images differ in %d blocks: %v", len(diff), diff)
+	}
+}
+
+// TestRestartedPrimaryDoesNotReuseSeqs protects the invariant "a mirror is
+// a write-order prefix of its primary's history": a primary that stops
+// uncleanly may have streamed records to its mirror that its own journal
+// lost (the sender streams from the memory tail before the local write,
+// and non-FUA records are not synced locally). Restarted, it must not hand
+// out those seqs again as if the mirror held its new records: the fork is
+// found, the mirror's records after the primary's last are quarantined,
+// the mirror is resynced, and both images end identical.
+func TestRestartedPrimaryDoesNotReuseSeqs(t *testing.T) {
+	for _, mode := range []mirror.Mode{mirror.ModeSync, mirror.ModeAsync} {
+		t.Run(mode.String(), func(t *testing.T) { testRestartedPrimary(t, mode) })
+	}
+}
+
+func testRestartedPrimary(t *testing.T, mode mirror.Mode) {
+	ids := identities(t, "p", "m")
+	dir := t.TempDir()
+	host := newHost(t, ids["m"], dir, "v")
+	addr := host.Addr()
+	stop := runHost(t, host)
+	d := host.Volume("v")
+
+	pdir := filepath.Join(dir, "p")
+	p := startPrimaryMode(t, pdir, addr, ids["p"], mode)
+	writeBlocks(t, p.vol, 'A', 0, 20) // seqs 1..20, durable on the mirror
+	waitInSync(t, p, d, 20*time.Second)
+
+	// The power is lost: on disk the primary's journal ends at seq 10.
+	crashed := filepath.Join(dir, "p-after-power-loss")
+	copyTree(t, pdir, crashed)
+	p.close()
+	stop() // the mirror is away while the primary restarts
+	j, err := journal.Open(journal.Options{Dir: filepath.Join(crashed, mirror.JournalDir), Volume: p.node.Meta().Volume})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.TruncateAfter(10); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+
+	// Restarted, the primary takes 30 writes (past the mirror's seq 20)
+	// before the mirror is back, degraded (async: without a throttle).
+	p2 := startPrimaryDegraded(t, crashed, addr, ids["p"], mode)
+	defer p2.close()
+	writeBlocks(t, p2.vol, 'B', 100, 30)
+	host2, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host2.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-v")}}); err != nil {
+		t.Fatal(err)
+	}
+	defer runHost(t, host2)()
+	d = host2.Volume("v")
+	waitInSync(t, p2, d, 30*time.Second)
+	writeBlocks(t, p2.vol, 'C', 200, 5)
+	waitInSync(t, p2, d, 30*time.Second)
+	sameImages(t, p2.node, d.Node())
+	for _, q := range d.Status().Quarantined {
+		t.Logf("mirror quarantined seqs %d..%d (%d records) after fork %d", q.FirstSeq, q.LastSeq, q.Records, q.ForkSeq)
+	}
+	if len(d.Status().Quarantined) == 0 {
+		t.Errorf("the mirror's records 11..20 from before the restart were not quarantined")
+	}
+}
+
+func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode) *primaryVol {
+	t.Helper()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1, AllowDegraded: true,
+		AckLevel: mirror.AckDurable, AckTimeout: time.Second, Node: "p", VolumeName: "v",
+		Transport: transport.Config{Identity: id},
+	})
+	if err != nil {
+		node.Close()
+		t.Fatal(err)
+	}
+	vol, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour})
+	if err != nil {
+		repl.Close()
+		node.Close()
+		t.Fatal(err)
+	}
+	return &primaryVol{node: node, repl: repl, vol: vol}
+}
