@@ -121,8 +121,8 @@ type Meta struct {
 	// NeedsResync (a mirror): the journal holds records after a fork point
 	// that the primary's history does not (they were quarantined); the
 	// node must be reset by a resync before it follows any primary again.
-	NeedsResync  bool                `json:"needs_resync,omitempty"`
-	Peers        map[string]PeerMeta `json:"peers,omitempty"`
+	NeedsResync bool                `json:"needs_resync,omitempty"`
+	Peers       map[string]PeerMeta `json:"peers,omitempty"`
 	// WritesOpen: the node serves writes as a primary and has not stopped
 	// cleanly since (set before its first write, cleared once its journal
 	// is durable at a clean stop). Found set at the next start, it means
