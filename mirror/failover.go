@@ -70,6 +70,9 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	if err := n.Checkpoint(last); err != nil {
 		return m, err
 	}
+	if err := n.ReleasePeerGuards(); err != nil {
+		return m, err
+	}
 	err := n.UpdateMeta(func(m *Meta) error {
 		m.Role = RolePrimary
 		m.Epoch++
@@ -103,9 +106,11 @@ func Demote(n *Node, splitBrainLoser bool) error {
 	if err := n.Checkpoint(n.Journal.LastSeq()); err != nil {
 		return err
 	}
+	// PeerMeta stays: its journal consumers keep the records no mirror
+	// acknowledged until the node, as a mirror, has quarantined those after
+	// the fork (ReleasePeerGuards).
 	return n.UpdateMeta(func(m *Meta) error {
 		m.Role = RoleMirror
-		m.Peers = nil
 		m.AcceptDivergence = m.AcceptDivergence || splitBrainLoser
 		m.WritesOpen = false // the journal is synced and checkpointed
 		return nil

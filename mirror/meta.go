@@ -100,6 +100,10 @@ type PeerMeta struct {
 	// dropped from the journal; Dirty then lists the regions they touched.
 	NeedsResync bool             `json:"needs_resync,omitempty"`
 	Dirty       []journal.Region `json:"dirty,omitempty"`
+	// TrackedFrom: every record from this seq on that the mirror lacks is
+	// in the journal or marked in its dirty bitmap (see peerstate.go). A
+	// mirror whose last seq is below TrackedFrom-1 is compared in full.
+	TrackedFrom uint64 `json:"tracked_from,omitempty"`
 }
 
 // Meta is a node's durable state for one volume. It is small and replaced

@@ -41,8 +41,6 @@ type NodeOptions struct {
 	JournalMax int64
 	// JournalSegment is the journal segment size (0: journal default).
 	JournalSegment int64
-	// OnDrop is passed to the journal (see journal.Options.OnDrop).
-	OnDrop func(consumer string, through uint64, regions []journal.Region)
 	// OnSync is passed to the journal (fdatasync durations, for metrics).
 	OnSync func(d time.Duration)
 	// FS is the file system of the journal (nil: the operating system's).
@@ -65,25 +63,9 @@ type Node struct {
 	meta    *Meta
 	writing bool // BeginWrites done, EndWrites not yet
 
-	dropMu sync.Mutex
-	dropFn func(consumer string, through uint64, regions []journal.Region)
-}
-
-// setDropHandler routes the journal's OnDrop reports to fn (nil: drop
-// them).
-func (n *Node) setDropHandler(fn func(consumer string, through uint64, regions []journal.Region)) {
-	n.dropMu.Lock()
-	n.dropFn = fn
-	n.dropMu.Unlock()
-}
-
-func (n *Node) onDrop(consumer string, through uint64, regions []journal.Region) {
-	n.dropMu.Lock()
-	fn := n.dropFn
-	n.dropMu.Unlock()
-	if fn != nil {
-		fn(consumer, through, regions)
-	}
+	// bmMu guards the dirty bitmap files and marks (see peerstate.go).
+	bmMu  sync.Mutex
+	marks map[string]*Bitmap
 }
 
 // OpenNode opens (or, with opts.Size, creates) the volume in opts.Dir and
@@ -164,14 +146,14 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, meta: meta, log: log, dropFn: opts.OnDrop}
+	n := &Node{Dir: opts.Dir, Store: st, meta: meta, log: log, marks: make(map[string]*Bitmap)}
 	j, err := journal.Open(journal.Options{
 		Dir:          filepath.Join(opts.Dir, JournalDir),
 		Volume:       meta.Volume,
 		MaxBytes:     opts.JournalMax,
 		SegmentBytes: opts.JournalSegment,
 		Logger:       log,
-		OnDrop:       n.onDrop,
+		OnDrop:       n.recordDrop,
 		OnSync:       opts.OnSync,
 		FS:           opts.FS,
 	})
@@ -180,6 +162,12 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		return nil, fmt.Errorf("mirror: open journal: %w", err)
 	}
 	n.Journal = j
+	// Before the replay: its checkpoint releases records, and the mirrors
+	// still need theirs.
+	if err := n.registerPeerConsumers(); err != nil {
+		n.Close()
+		return nil, err
+	}
 	if err := n.recover(ctx); err != nil {
 		n.Close()
 		return nil, err

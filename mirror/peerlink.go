@@ -188,9 +188,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	if perr == nil && !needResync {
 		// Dirty regions pending (verify found differences, or records were
 		// dropped while the mirror was away and it still caught up)?
-		r.bmMu.Lock()
-		b, _ := r.loadBitmap(l.addr.Name)
-		r.bmMu.Unlock()
+		b, _ := r.node.LoadBitmap(l.addr.Name)
 		if b != nil && b.Count() > 0 {
 			r.mu.Lock()
 			perr = r.core.RequireResync(l.addr.Name)
@@ -231,7 +229,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := l.runResync(sctx, conn, bm); err != nil && sctx.Err() == nil {
+			if err := l.runResync(sctx, conn, bm, begin.From); err != nil && sctx.Err() == nil {
 				errc <- fmt.Errorf("resync: %w", err)
 				cancel()
 				st.Cancel(0)

@@ -57,6 +57,15 @@ type ReplicationOptions struct {
 }
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
+	if o.Mode == 0 {
+		o.Mode = ModeSync
+	}
+	if o.AckLevel == 0 {
+		o.AckLevel = AckWritten
+	}
+	if o.SyncAcks == 0 {
+		o.SyncAcks = 1
+	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 5 * time.Second
 	}
@@ -75,8 +84,6 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	}
 	return o
 }
-
-func peerConsumer(name string) string { return "peer:" + name }
 
 // Replication is the I/O shell around a PrimaryCore: it dials every
 // mirror, streams journal records to it, feeds acks, ticks and local
@@ -100,7 +107,6 @@ type Replication struct {
 
 	syncReq chan uint64
 
-	bmMu       sync.Mutex // serialises dirty bitmap files
 	resyncOpts ResyncOptions
 	srcMu      sync.Mutex
 	src        stableReader
@@ -155,18 +161,25 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing), admitTime: make([]int64, cumRing),
 		resyncOpts: opts.Resync.withDefaults(),
 	}
+	keep := make(map[string]bool, len(opts.Peers))
 	for _, p := range opts.Peers {
+		keep[p.Name] = true
+		// Registered at open if the node knew it; a new mirror is tracked
+		// from the journal's first record (see peerstate.go).
 		from := j.FirstSeq()
-		if pm, ok := m.Peers[p.Name]; ok && pm.DurableSeq+1 > from {
-			from = pm.DurableSeq + 1
+		if pm, ok := m.Peers[p.Name]; ok {
+			from = max(from, pm.DurableSeq+1)
 		}
-		if err := j.AddConsumer(peerConsumer(p.Name), from, true); err != nil {
+		if err := node.addPeerConsumer(p.Name, from); err != nil {
 			cancel()
-			return nil, fmt.Errorf("mirror: register mirror %s with the journal: %w", p.Name, err)
+			return nil, err
 		}
 		r.links[p.Name] = &peerLink{r: r, addr: p, log: r.log.With("peer", p.Name, "addr", p.Addr)}
 	}
-	node.setDropHandler(r.onDrop)
+	if err := node.forgetPeers(keep); err != nil {
+		cancel()
+		return nil, err
+	}
 	r.wg.Add(2)
 	go r.tickLoop()
 	go r.syncLoop()
@@ -372,38 +385,6 @@ func (r *Replication) persistPeers() {
 	}
 }
 
-// onDrop is called by the journal when the size bound dropped records a
-// mirror had not acknowledged: the mirror will need a resync of those
-// regions, which are recorded in its dirty list.
-func (r *Replication) onDrop(consumer string, through uint64, regions []journal.Region) {
-	const prefix = "peer:"
-	if len(consumer) <= len(prefix) || consumer[:len(prefix)] != prefix {
-		return
-	}
-	name := consumer[len(prefix):]
-	r.log.Warn("journal size bound dropped records a mirror had not acknowledged; it will need a resync of the regions they touched",
-		"peer", name, "through", through, "regions", len(regions))
-	err := r.markDirty(name, func(b *Bitmap) {
-		for _, g := range regions {
-			b.SetRange(int64(g.Offset), int64(g.Length))
-		}
-	})
-	if err == nil {
-		err = r.node.UpdateMeta(func(m *Meta) error {
-			if m.Peers == nil {
-				m.Peers = make(map[string]PeerMeta)
-			}
-			p := m.Peers[name]
-			p.NeedsResync = true
-			m.Peers[name] = p
-			return nil
-		})
-	}
-	if err != nil {
-		r.log.Error("recording dirty regions failed; the mirror will need a full resync", "peer", name, "err", err)
-	}
-}
-
 // syncLoop makes the local journal durable when the core asks.
 func (r *Replication) syncLoop() {
 	defer r.wg.Done()
@@ -594,6 +575,5 @@ func (r *Replication) Fence(epoch uint64) {
 func (r *Replication) Close() error {
 	r.cancel()
 	r.wg.Wait()
-	r.node.setDropHandler(nil)
 	return nil
 }

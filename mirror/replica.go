@@ -634,6 +634,11 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	}
 	if reply.Code == CodeOK {
 		d.active = s
+		// A demoted primary's records after the fork are quarantined
+		// (checkDivergence): the journal need not keep them any more.
+		if err := d.node.ReleasePeerGuards(); err != nil {
+			log.Warn("releasing the journal records kept from the node's time as primary failed", "err", err)
+		}
 	}
 	d.actLocked(rd)
 	d.mu.Unlock()

@@ -22,7 +22,7 @@ func startSyncPrimary(t *testing.T, dir, addr string, id *transport.Identity) *p
 
 func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode) *primaryVol {
 	t.Helper()
-	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary, JournalSegment: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,11 +137,24 @@ func sameImages(t *testing.T, a, b *mirror.Node) {
 // the mirror is resynced, and both images end identical.
 func TestRestartedPrimaryDoesNotReuseSeqs(t *testing.T) {
 	for _, mode := range []mirror.Mode{mirror.ModeSync, mirror.ModeAsync} {
-		t.Run(mode.String(), func(t *testing.T) { testRestartedPrimary(t, mode) })
+		t.Run(mode.String(), func(t *testing.T) { testRestartedPrimary(t, mode, false) })
 	}
 }
 
-func testRestartedPrimary(t *testing.T, mode mirror.Mode) {
+// TestResetResyncComparesWholeDisk protects the invariant "a mirror marked
+// consistent equals its primary": when a mirror's journal diverged (here:
+// it holds records a power loss took from the primary, whose store lost
+// them too), a dirty bitmap that exists for other reasons (records dropped
+// for the mirror while it was away) does not cover what differs, so the
+// reset resync must compare the whole disk.
+func TestResetResyncComparesWholeDisk(t *testing.T) {
+	testRestartedPrimary(t, mirror.ModeAsync, true)
+}
+
+// testRestartedPrimary: see TestRestartedPrimaryDoesNotReuseSeqs. lossy:
+// the power loss also took the store's writes of seqs 11..20, and the
+// restarted primary's small journal drops records for the absent mirror.
+func testRestartedPrimary(t *testing.T, mode mirror.Mode, lossy bool) {
 	ids := identities(t, "p", "m")
 	dir := t.TempDir()
 	host := newHost(t, ids["m"], dir, "v")
@@ -167,12 +180,29 @@ func testRestartedPrimary(t *testing.T, mode mirror.Mode) {
 		t.Fatal(err)
 	}
 	j.Close()
+	nB := 30
+	var opts mirror.NodeOptions
+	if lossy {
+		f, err := os.OpenFile(filepath.Join(crashed, mirror.DiskFile), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(make([]byte, 10*4096), 10*4096); err != nil { // blocks of seqs 11..20
+			t.Fatal(err)
+		}
+		f.Close()
+		opts = mirror.NodeOptions{JournalSegment: 64 << 10, JournalMax: 256 << 10}
+		nB = 200
+	}
 
-	// Restarted, the primary takes 30 writes (past the mirror's seq 20)
+	// Restarted, the primary takes its writes (past the mirror's seq 20)
 	// before the mirror is back, degraded (async: without a throttle).
-	p2 := startPrimaryDegraded(t, crashed, addr, ids["p"], mode)
+	p2 := startPrimaryDegraded(t, crashed, addr, ids["p"], mode, opts)
 	defer p2.close()
-	writeBlocks(t, p2.vol, 'B', 100, 30)
+	writeBlocks(t, p2.vol, 'B', 100, nB)
+	if lossy {
+		waitFor(t, "records dropped for the mirror", func() bool { return p2.node.Meta().Peers["m"].NeedsResync })
+	}
 	host2, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
 	if err != nil {
 		t.Fatal(err)
@@ -194,9 +224,10 @@ func testRestartedPrimary(t *testing.T, mode mirror.Mode) {
 	}
 }
 
-func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode) *primaryVol {
+func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode, opts mirror.NodeOptions) *primaryVol {
 	t.Helper()
-	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Role: mirror.RolePrimary})
+	opts.Dir, opts.Role = dir, mirror.RolePrimary
+	node, err := mirror.OpenNode(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,11 +240,93 @@ func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity
 		node.Close()
 		t.Fatal(err)
 	}
-	vol, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour})
+	vol, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: 100 * time.Millisecond})
 	if err != nil {
 		repl.Close()
 		node.Close()
 		t.Fatal(err)
 	}
 	return &primaryVol{node: node, repl: repl, vol: vol}
+}
+
+// crashCopy writes n 4 KiB blocks through a primary volume without
+// replication in a node with small journal segments, records that mirror
+// "m" acknowledged seqs ≤ durable as durable, and returns a copy of the
+// data directory as a crash would leave it (the node was never closed).
+func crashCopy(t *testing.T, n int, durable uint64) string {
+	t.Helper()
+	dir := t.TempDir()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: filepath.Join(dir, "p"), Size: 4 << 20, Role: mirror.RolePrimary, JournalSegment: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = node.UpdateMeta(func(m *mirror.Meta) error {
+		m.Peers = map[string]mirror.PeerMeta{"m": {DurableSeq: durable}}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := mirror.NewVolume(node, nil, mirror.VolumeOptions{CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeBlocks(t, v, 'A', 0, n)
+	crashed := filepath.Join(dir, "crashed")
+	copyTree(t, filepath.Join(dir, "p"), crashed)
+	v.Close()
+	node.Close()
+	return crashed
+}
+
+// TestReplayKeepsRecordsMirrorsNeed protects the invariant "the journal
+// keeps every record a mirror has not acknowledged as durable, or marks its
+// region in the mirror's dirty bitmap": the replay after an unclean stop
+// checkpoints the store, and must not release the segments the mirrors
+// still need before their consumers are registered (StartReplication comes
+// later). Otherwise a mirror that was away needs a full resync, or cannot
+// be registered at all.
+func TestReplayKeepsRecordsMirrorsNeed(t *testing.T) {
+	crashed := crashCopy(t, 100, 5)
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: crashed, JournalSegment: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	if first := node.Journal.FirstSeq(); first > 6 {
+		t.Fatalf("after the replay the journal starts at seq %d; mirror m needs every record from seq 6", first)
+	}
+	if _, ok := node.Journal.Consumer("peer:m"); !ok {
+		t.Errorf("mirror m's journal consumer is not registered at open")
+	}
+}
+
+// TestDemotedPrimaryKeepsDivergentRecords protects the invariant
+// "divergent records are quarantined, never dropped": an old primary that
+// crashed and is demoted offline must keep the records none of its mirrors
+// acknowledged until, as a mirror, it has compared histories with the new
+// primary and quarantined those after the fork.
+func TestDemotedPrimaryKeepsDivergentRecords(t *testing.T) {
+	crashed := crashCopy(t, 100, 5)
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: crashed, JournalSegment: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mirror.Demote(node, false); err != nil {
+		t.Fatal(err)
+	}
+	node.Close()
+	node, err = mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: crashed, JournalSegment: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	// The new primary (the mirror, promoted after seq 5) forks here.
+	rep, err := node.Quarantine(5, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep == nil || rep.Records != 95 || rep.MissingBefore != 0 {
+		t.Fatalf("quarantine after the fork at seq 5: %+v; want the 95 records 6..100, none missing", rep)
+	}
 }

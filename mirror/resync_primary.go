@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -75,37 +73,6 @@ type ResyncProgress struct {
 	Pass       int     `json:"pass"`
 }
 
-func (r *Replication) bitmapPath(peer string) string {
-	return filepath.Join(r.node.Dir, "peers", peer+".dirty")
-}
-
-// loadBitmap returns the peer's saved dirty bitmap, or nil.
-func (r *Replication) loadBitmap(peer string) (*Bitmap, error) {
-	return LoadBitmap(r.bitmapPath(peer), r.node.Store.Size(), DefaultSyncChunk)
-}
-
-func (r *Replication) saveBitmap(peer string, b *Bitmap) error {
-	if err := os.MkdirAll(filepath.Dir(r.bitmapPath(peer)), 0o700); err != nil {
-		return fmt.Errorf("mirror: save bitmap: %w", err)
-	}
-	return b.Save(r.bitmapPath(peer))
-}
-
-// markDirty adds regions to the peer's saved bitmap.
-func (r *Replication) markDirty(peer string, mark func(b *Bitmap)) error {
-	r.bmMu.Lock()
-	defer r.bmMu.Unlock()
-	b, err := r.loadBitmap(peer)
-	if err != nil {
-		return err
-	}
-	if b == nil {
-		b = NewBitmap(r.node.Store.Size(), DefaultSyncChunk)
-	}
-	mark(b)
-	return r.saveBitmap(peer, b)
-}
-
 // resyncer runs one resync session with a peer.
 type resyncer struct {
 	l    *peerLink
@@ -138,9 +105,7 @@ type stableReader interface {
 // a resync and makes its bitmap durable. It returns the ResyncBegin to send.
 func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error) {
 	r := l.r
-	r.bmMu.Lock()
-	defer r.bmMu.Unlock()
-	b, err := r.loadBitmap(l.addr.Name)
+	b, err := r.node.LoadBitmap(l.addr.Name)
 	if err != nil {
 		l.log.Warn("dirty bitmap unreadable; resyncing the whole disk", "err", err)
 		b = nil
@@ -150,19 +115,31 @@ func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error)
 	last := r.core.LastSeq()
 	r.mu.Unlock()
 	begin := ResyncBegin{Chunk: DefaultSyncChunk}
-	resumable := reply.Flags&FlagNeedsResync == 0 && reply.LastSeq+1 >= first && reply.LastSeq <= last
-	if resumable && b != nil {
+	agrees := reply.Flags&FlagNeedsResync == 0
+	resumable := agrees && reply.LastSeq+1 >= first && reply.LastSeq <= last
+	// The bitmap covers what the mirror lacks only if its history agrees
+	// with ours and tracking (journal or bitmap) reaches back to its last
+	// seq (see peerstate.go).
+	pm, known := r.node.Meta().Peers[l.addr.Name]
+	covered := agrees && known && reply.LastSeq+1 >= pm.TrackedFrom
+	switch {
+	case resumable && b != nil:
 		// An interrupted resync, or dirty regions of a mirror that is
 		// otherwise current: go on from the mirror's own next seq.
 		begin.From = reply.LastSeq + 1
-	} else {
+	default:
 		begin.From, begin.Reset = first, true
+		if b != nil && !covered {
+			l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
+				"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", !agrees)
+			b = nil
+		}
 		if b == nil {
 			b = NewBitmap(r.node.Store.Size(), DefaultSyncChunk)
 			b.SetAll()
 		}
 	}
-	if err := r.saveBitmap(l.addr.Name, b); err != nil {
+	if err := r.node.SaveBitmap(l.addr.Name, b); err != nil {
 		return begin, nil, err
 	}
 	err = r.node.UpdateMeta(func(m *Meta) error {
@@ -178,7 +155,7 @@ func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error)
 }
 
 // runResync opens the resync stream and copies until the bitmap is empty.
-func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitmap) error {
+func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitmap, from uint64) error {
 	r := l.r
 	if r.source() == nil {
 		return errors.New("resync: no volume to read from")
@@ -194,6 +171,14 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 	}
 	rs.cond = sync.NewCond(&rs.mu)
 	rs.prog = ResyncProgress{Active: true, TotalBytes: bm.Bytes()}
+	// Marks made while this resync runs (records dropped for the mirror,
+	// verify) are kept apart: clearing a copied chunk must not clear them.
+	finishMarks := r.node.TrackMarks(l.addr.Name)
+	defer func() {
+		if finishMarks != nil {
+			finishMarks()
+		}
+	}()
 	r.mu.Lock()
 	l.resync = rs
 	r.mu.Unlock()
@@ -229,17 +214,27 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 	}
 	l.log.Info("resync complete", "compared_bytes", rs.prog.TotalBytes, "sent_bytes", rs.prog.SentBytes,
 		"seconds", time.Since(rs.start).Seconds())
-	// The bitmap is empty: drop it and the needs-resync mark.
-	r.bmMu.Lock()
-	os.Remove(r.bitmapPath(l.addr.Name))
-	r.bmMu.Unlock()
+	// Every chunk of the bitmap is copied: drop it and the needs-resync
+	// mark, unless marks were made meanwhile.
+	extra := finishMarks()
+	finishMarks = nil
+	clean, err := r.node.FinishBitmap(l.addr.Name, extra)
+	if err != nil {
+		return err
+	}
+	if !clean {
+		return fmt.Errorf("resync: %d chunks were marked dirty while it ran (records dropped for the mirror); resyncing them", extra.Count())
+	}
 	err = r.node.UpdateMeta(func(m *Meta) error {
-		p := m.Peers[l.addr.Name]
-		p.NeedsResync = false
-		p.Dirty = nil
 		if m.Peers == nil {
 			m.Peers = make(map[string]PeerMeta)
 		}
+		p := m.Peers[l.addr.Name]
+		p.NeedsResync = false
+		p.Dirty = nil
+		// The mirror now holds everything before the resync's start; from
+		// there on the journal (or the bitmap) tracks what it lacks.
+		p.TrackedFrom = from
 		m.Peers[l.addr.Name] = p
 		return nil
 	})
@@ -367,10 +362,7 @@ func (rs *resyncer) save() {
 	snap.count = rs.bm.count
 	rs.dirty = false
 	rs.mu.Unlock()
-	r := rs.l.r
-	r.bmMu.Lock()
-	err := r.saveBitmap(rs.l.addr.Name, snap)
-	r.bmMu.Unlock()
+	err := rs.l.r.node.SaveBitmap(rs.l.addr.Name, snap)
 	if err != nil {
 		rs.l.log.Error("saving resync progress failed", "err", err)
 	}

@@ -78,7 +78,7 @@ func (l *peerLink) verify(ctx context.Context, resync bool) PeerVerify {
 	pv.Differing = journal.CoalesceRegions(pv.Differing)
 	l.log.Info("verify finished", "compared_bytes", compared, "differing_bytes", pv.DifferingBytes, "seconds", pv.Seconds)
 	if resync && len(diff) > 0 {
-		err := l.r.markDirty(l.addr.Name, func(b *Bitmap) {
+		err := l.r.node.MarkDirty(l.addr.Name, func(b *Bitmap) {
 			for _, c := range diff {
 				b.SetChunk(c)
 			}
