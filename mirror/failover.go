@@ -75,7 +75,9 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	}
 	err := n.UpdateMeta(func(m *Meta) error {
 		m.Role = RolePrimary
-		m.Epoch++
+		// Never an epoch some node is known to hold already.
+		m.Epoch = max(m.Epoch, m.FencedBy) + 1
+		m.FencedBy = 0
 		m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: last + 1, ID: randomID()})
 		m.Peers = nil
 		m.Inconsistent = false
@@ -113,6 +115,7 @@ func Demote(n *Node, splitBrainLoser bool) error {
 		m.Role = RoleMirror
 		m.AcceptDivergence = m.AcceptDivergence || splitBrainLoser
 		m.WritesOpen = false // the journal is synced and checkpointed
+		m.FencedBy = 0
 		return nil
 	})
 }

@@ -133,6 +133,10 @@ type Meta struct {
 	// the node may have streamed records to mirrors that its own journal
 	// lost; it then starts a new branch of its epoch (see Node.BeginWrites).
 	WritesOpen bool `json:"writes_open,omitempty"`
+	// FencedBy (a primary): a node is primary in this higher epoch; this
+	// node must not complete writes any more, also after a restart, until
+	// it is demoted (and rejoins as a mirror).
+	FencedBy uint64 `json:"fenced_by,omitempty"`
 	// AcceptDivergence: an operator chose this node as the losing side of
 	// a split brain; on contact with a primary of the same epoch it
 	// quarantines its own records after the fork and resyncs instead of

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,6 +67,46 @@ type Node struct {
 	// bmMu guards the dirty bitmap files and marks (see peerstate.go).
 	bmMu  sync.Mutex
 	marks map[string]*Bitmap
+
+	// splitMu guards splitBrain: per peer, the split brain its last
+	// contact showed (in memory; contact shows it again after a restart).
+	splitMu    sync.Mutex
+	splitBrain map[string]string
+}
+
+// NoteSplitBrain records that contact with peer showed a split brain;
+// reason says how to resolve it.
+func (n *Node) NoteSplitBrain(peer, reason string) {
+	n.splitMu.Lock()
+	defer n.splitMu.Unlock()
+	if n.splitBrain == nil {
+		n.splitBrain = make(map[string]string)
+	}
+	n.splitBrain[peer] = reason
+}
+
+// ClearSplitBrain records that peer and this node agree again (a session
+// with it was accepted).
+func (n *Node) ClearSplitBrain(peer string) {
+	n.splitMu.Lock()
+	defer n.splitMu.Unlock()
+	delete(n.splitBrain, peer)
+}
+
+// SplitBrain describes an unresolved split brain with any peer ("" if
+// none), naming the command that resolves it.
+func (n *Node) SplitBrain() string {
+	n.splitMu.Lock()
+	defer n.splitMu.Unlock()
+	peers := make([]string, 0, len(n.splitBrain))
+	for p := range n.splitBrain {
+		peers = append(peers, p)
+	}
+	slices.Sort(peers)
+	if len(peers) == 0 {
+		return ""
+	}
+	return n.splitBrain[peers[0]]
 }
 
 // OpenNode opens (or, with opts.Size, creates) the volume in opts.Dir and
@@ -288,6 +329,22 @@ func (n *Node) BeginWrites() error {
 	n.meta = m
 	n.writing = true
 	return nil
+}
+
+// Fence records durably that a node is primary in epoch, higher than
+// ours: this node must never complete writes again (also after a restart)
+// until it is demoted. Lower or known epochs are ignored.
+func (n *Node) Fence(epoch uint64) error {
+	m := n.Meta()
+	if epoch <= m.Epoch || epoch <= m.FencedBy {
+		return nil
+	}
+	n.log.Error("fenced: a node is primary in a higher epoch; this node no longer completes writes (demote it and run it as a mirror)",
+		"our_epoch", m.Epoch, "their_epoch", epoch)
+	return n.UpdateMeta(func(m *Meta) error {
+		m.FencedBy = max(m.FencedBy, epoch)
+		return nil
+	})
 }
 
 // EndWrites records a clean stop of a primary node's writes: every record

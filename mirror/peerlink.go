@@ -149,6 +149,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		r.mu.Lock()
 		l.splitBrain = reason
 		r.mu.Unlock()
+		r.node.NoteSplitBrain(l.addr.Name, reason)
 		return false, fmt.Errorf("mirror %s: %s", l.addr.Name, reason)
 	}
 	if reply.Code != CodeOK {
@@ -177,6 +178,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	l.connected = true
 	l.lastErr = ""
 	l.splitBrain = ""
+	r.node.ClearSplitBrain(l.addr.Name)
 	l.acked = reply.LastSeq
 	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
 		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,

@@ -154,6 +154,10 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	if err != nil {
 		return nil, err
 	}
+	if m.FencedBy > m.Epoch {
+		// Fenced in an earlier run: no write completes.
+		core.PeerEpoch("", m.FencedBy)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Replication{
 		node: node, j: j, opts: opts, log: opts.Logger, core: core,
@@ -316,6 +320,11 @@ func (r *Replication) processLocked() {
 	if r.fenced == nil && r.core.Fenced() {
 		r.fenced = ErrFenced
 		r.log.Error("fenced: a mirror reports a higher epoch (another node was promoted); writes now fail")
+		// Durably, so a restart does not unfence the node (one small
+		// metadata write, once).
+		if err := r.node.Fence(r.core.FencedBy()); err != nil {
+			r.log.Error("recording the fence in the metadata failed", "err", err)
+		}
 	}
 }
 
@@ -482,10 +491,7 @@ func (r *Replication) Status() ReplicationStatus {
 				ps.QUIC = quicReport(l.sess.conn.Stats())
 			}
 			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
-			if l.splitBrain != "" {
-				ps.SplitBrain = l.splitBrain
-				st.SplitBrain = l.splitBrain
-			}
+			ps.SplitBrain = l.splitBrain
 			if l.resync != nil {
 				ps.Resync = ptrTo(l.resync.progress())
 			} else if l.lastResync.TotalBytes > 0 {
@@ -494,6 +500,7 @@ func (r *Replication) Status() ReplicationStatus {
 		}
 		st.Peers = append(st.Peers, ps)
 	}
+	st.SplitBrain = r.node.SplitBrain()
 	return st
 }
 

@@ -374,6 +374,7 @@ type PrimaryCore struct {
 	localDurable uint64
 	journalFirst uint64
 	fenced       bool
+	fencedBy     uint64 // the higher epoch that fenced the core
 	flushWant    uint64 // highest FUA/flush seq asked of mirrors
 	syncWant     uint64 // highest seq SyncLocal was asked for
 
@@ -521,7 +522,7 @@ func (p *PrimaryCore) askDurable(seq uint64, mirrors bool) {
 }
 
 func (p *PrimaryCore) sendFlush(ps *peerState) {
-	if ps.state != PeerCatchingUp && ps.state != PeerInSync {
+	if ps.state != PeerCatchingUp && ps.state != PeerInSync && ps.state != PeerResyncing {
 		return
 	}
 	if p.flushWant > ps.flushSent && p.flushWant > ps.ack.Durable {
@@ -589,7 +590,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
 	}
 	if info.Epoch > p.cfg.Epoch {
-		p.fence()
+		p.fence(info.Epoch)
 		return fmt.Errorf("%w: peer %s has epoch %d, ours is %d", ErrFenced, peer, info.Epoch, p.cfg.Epoch)
 	}
 	if p.fenced {
@@ -741,6 +742,9 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 		ps.target = last
 		p.setState(ps, PeerCatchingUp)
 	}
+	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+		p.sendFlush(ps) // flushes asked while it resynced
+	}
 	p.recompute()
 	p.drain()
 	return nil
@@ -758,9 +762,12 @@ func (p *PrimaryCore) PeerState(peer string) PeerState {
 // higher epoch than ours fences the core.
 func (p *PrimaryCore) PeerEpoch(peer string, epoch uint64) {
 	if epoch > p.cfg.Epoch {
-		p.fence()
+		p.fence(epoch)
 	}
 }
+
+// FencedBy returns the higher epoch that fenced the core (0: not fenced).
+func (p *PrimaryCore) FencedBy() uint64 { return p.fencedBy }
 
 // Tick advances the core's clock by one tick: timeouts and the lag bound
 // are measured in ticks.
@@ -797,9 +804,12 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 		QuorumSeq: p.wLevel, QuorumDurable: p.wDur, Degraded: p.degraded(), Throttled: p.throttled(),
 		Fenced: p.fenced, Pending: len(p.pending),
 	}
-	if p.cfg.Mode == ModeAsync {
-		s.QuorumSeq = p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
-		s.QuorumDurable = p.kth(AckDurable, p.cfg.SyncAcks)
+	// The true K-th best acks (not the degraded rule's watermark, which
+	// is "everything" with no mirror in sync).
+	s.QuorumSeq = p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
+	s.QuorumDurable = p.kth(AckDurable, p.cfg.SyncAcks)
+	if s.QuorumSeq == math.MaxUint64 { // no mirrors (async)
+		s.QuorumSeq, s.QuorumDurable = 0, 0
 	}
 	last := p.lastSeq()
 	for _, ps := range p.peers {
@@ -951,7 +961,8 @@ func (p *PrimaryCore) expire(q *reqQueue, level AckLevel) {
 	}
 }
 
-func (p *PrimaryCore) fence() {
+func (p *PrimaryCore) fence(epoch uint64) {
+	p.fencedBy = max(p.fencedBy, epoch)
 	if p.fenced {
 		return
 	}

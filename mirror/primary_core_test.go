@@ -337,3 +337,35 @@ func BenchmarkPrimaryWritePipelined(b *testing.B) {
 	}
 	_ = done
 }
+
+// TestPrimaryQuorumStatusWithoutMirrors: with the degraded rule and no
+// mirror in sync, the quorum point in status is what the mirrors acked
+// (0), not the degraded rule's "everything" (MaxUint64).
+func TestPrimaryQuorumStatusWithoutMirrors(t *testing.T) {
+	p := newPrimary(t, mirror.PrimaryConfig{Peers: []string{"a"}, AllowDegraded: true})
+	p.ProposeWrite(1, false)
+	p.LocalDone(1)
+	wantDone(t, p, map[uint64]error{1: nil})
+	if st := p.Status(); st.QuorumSeq != 0 || st.QuorumDurable != 0 || !st.Degraded {
+		t.Fatalf("status %+v: want quorum 0 and degraded", st)
+	}
+}
+
+// TestPrimaryFlushesReachResyncingMirror: a mirror being resynced counts
+// toward the durable quorum, so FUA writes and flushes must be sent to it
+// (and those asked meanwhile once it leaves the resync), or they wait for
+// its periodic sync.
+func TestPrimaryFlushesReachResyncingMirror(t *testing.T) {
+	p := newPrimary(t, mirror.PrimaryConfig{Peers: []string{"a"}, NextSeq: 11, JournalFirst: 5})
+	p.PeerUp("a", mirror.PeerInfo{Epoch: 1, LastSeq: 2}) // behind the journal
+	p.Ready()
+	if err := p.StartResync("a", 5); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	p.ProposeWrite(1, true) // seq 11, FUA
+	rd := p.Ready()
+	if len(rd.PeerFlushes) != 1 || rd.PeerFlushes[0] != (mirror.PeerFlush{Peer: "a", Through: 11}) {
+		t.Fatalf("flushes to the resyncing mirror: %+v", rd.PeerFlushes)
+	}
+}

@@ -84,7 +84,6 @@ type Mirror struct {
 	promoted    bool
 	splitBrain  string
 	quarantined []QuarantineReport
-	onStale     func(epoch uint64)
 	stopRun     context.CancelFunc
 
 	// runCtx is the context of the running volume (set by start); stopping

@@ -109,10 +109,13 @@ func (d *Mirror) answerAsPrimary(st *transport.Stream, h Hello, log *slog.Logger
 	if reply.Code == CodeSplitBrain {
 		d.splitBrain = reply.Reason
 	}
-	fn := d.onStale
 	d.mu.Unlock()
-	if stale && fn != nil {
-		fn(h.Epoch)
+	if stale {
+		// The node serves as primary right after this (Run returns
+		// ErrPromoted): it starts fenced.
+		if err := d.node.Fence(h.Epoch); err != nil {
+			log.Error("recording the fence in the metadata failed", "err", err)
+		}
 	}
 }
 
@@ -173,12 +176,4 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	d.log.Info("promoted online; serving as primary", "epoch", m.Epoch)
 	d.stopRun()
 	return m, nil
-}
-
-// SetOnStale sets the function called when a primary of a higher epoch
-// contacts this promoted node (this node is stale and must stop writing).
-func (d *Mirror) SetOnStale(fn func(epoch uint64)) {
-	d.mu.Lock()
-	d.onStale = fn
-	d.mu.Unlock()
 }

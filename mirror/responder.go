@@ -21,9 +21,6 @@ type Responder struct {
 	name    string
 	log     *slog.Logger
 	onStale func(epoch uint64)
-
-	mu         sync.Mutex
-	splitBrain string
 }
 
 // NewResponder listens on addr.
@@ -38,12 +35,12 @@ func NewResponder(addr, name string, node *Node, tc transport.Config, onStale fu
 	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}, nil
 }
 
-// SplitBrain returns the split-brain report, if a contact showed one.
-func (r *Responder) SplitBrain() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.splitBrain
-}
+// Addr is the address the responder listens on.
+func (r *Responder) Addr() string { return r.ln.Addr().String() }
+
+// SplitBrain returns the node's unresolved split-brain report, if a
+// contact (here or by the replication) showed one.
+func (r *Responder) SplitBrain() string { return r.node.SplitBrain() }
 
 // Run answers until ctx ends.
 func (r *Responder) Run(ctx context.Context) {
@@ -91,11 +88,14 @@ func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
 	r.log.Warn("another primary contacted this primary", "peer", conn.PeerName(), "their_epoch", h.Epoch,
 		"our_epoch", m.Epoch, "answer", reply.Code, "reason", reply.Reason)
 	if reply.Code == CodeSplitBrain {
-		r.mu.Lock()
-		r.splitBrain = reply.Reason
-		r.mu.Unlock()
+		r.node.NoteSplitBrain(conn.PeerName(), reply.Reason)
 	}
-	if stale && r.onStale != nil {
-		r.onStale(h.Epoch)
+	if stale {
+		if err := r.node.Fence(h.Epoch); err != nil {
+			r.log.Error("recording the fence in the metadata failed", "err", err)
+		}
+		if r.onStale != nil {
+			r.onStale(h.Epoch)
+		}
 	}
 }

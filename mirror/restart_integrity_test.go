@@ -3,6 +3,7 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -328,5 +329,72 @@ func TestDemotedPrimaryKeepsDivergentRecords(t *testing.T) {
 	}
 	if rep == nil || rep.Records != 95 || rep.MissingBefore != 0 {
 		t.Fatalf("quarantine after the fork at seq 5: %+v; want the 95 records 6..100, none missing", rep)
+	}
+}
+
+// TestFenceSurvivesRestart protects the invariant "at most one node
+// acknowledges writes in an epoch's lineage": a primary that learned a node
+// is primary in a higher epoch (here: that node's replication contacted
+// its responder) is fenced, and stays fenced after a restart — before, a
+// restarted old primary took writes again until it happened to contact a
+// mirror (in async mode it acknowledged them).
+func TestFenceSurvivesRestart(t *testing.T) {
+	ids := identities(t, "p", "q")
+	dir := t.TempDir()
+	pdir := filepath.Join(dir, "p")
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: pdir, Size: 4 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := make(chan uint64, 1)
+	resp, err := mirror.NewResponder("127.0.0.1:0", "p", node, transport.Config{Identity: ids["p"]},
+		func(e uint64) { stale <- e }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(t.Context())
+	go resp.Run(rctx)
+
+	// q: a mirror of the same volume, promoted to epoch 2, replicating to
+	// p's address (as after a failover).
+	q, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: filepath.Join(dir, "q"), Size: 4 << 20, Role: mirror.RoleMirror, Volume: node.Meta().Volume})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if _, err := mirror.Promote(q, false); err != nil {
+		t.Fatal(err)
+	}
+	repl, err := mirror.StartReplication(q, mirror.ReplicationOptions{
+		Peers: []mirror.PeerAddr{{Name: "p", Addr: resp.Addr()}}, Mode: mirror.ModeAsync, SyncAcks: 1, AckLevel: mirror.AckWritten,
+		Node: "q", VolumeName: "v", Transport: transport.Config{Identity: ids["q"]},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-stale:
+		t.Logf("p learned that epoch %d exists", e)
+	case <-time.After(20 * time.Second):
+		t.Fatal("p's responder never learned of the higher epoch")
+	}
+	repl.Close()
+	rcancel()
+	node.Close()
+
+	node, err = mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: pdir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	v, err := mirror.NewVolume(node, nil, mirror.VolumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.WriteAt(t.Context(), make([]byte, 4096), 0, false); err == nil {
+		t.Fatal("the restarted old primary acknowledged a write although a node is primary in epoch 2")
+	} else if !errors.Is(err, mirror.ErrFenced) {
+		t.Fatalf("write on the restarted old primary: %v, want ErrFenced", err)
 	}
 }

@@ -135,6 +135,10 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		stop:     cancel,
 		done:     make(chan struct{}),
 	}
+	if m.FencedBy > m.Epoch {
+		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", ErrFenced, m.FencedBy, m.Epoch)
+		v.log.Error("this primary was fenced in an earlier run; every write fails", "epoch", m.Epoch, "fenced_by", m.FencedBy)
+	}
 	v.fastZero = probeFastZero(node.Dir)
 	if s, ok := repl.(interface{ setSource(stableReader) }); ok {
 		s.setSource(v)
