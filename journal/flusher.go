@@ -87,6 +87,9 @@ func (j *Journal) writeQueued() bool {
 	if len(j.batch) == 0 {
 		return true
 	}
+	if d := j.opts.TestWriteDelay; d > 0 {
+		time.Sleep(d)
+	}
 	err := j.writeBatch(j.batch)
 	clear(j.batch)
 	if err != nil {

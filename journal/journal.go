@@ -105,6 +105,10 @@ type Options struct {
 	OnSync func(d time.Duration)
 	// FS is the file system to use; nil means the operating system's.
 	FS FS
+	// TestWriteDelay (tests only) delays every write pass, so that readers
+	// of the memory tail (a primary's senders) run ahead of the local
+	// journal. Only a test build of the daemon can set it.
+	TestWriteDelay time.Duration
 }
 
 func (o Options) withDefaults() Options {

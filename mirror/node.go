@@ -45,8 +45,10 @@ type NodeOptions struct {
 	// OnSync is passed to the journal (fdatasync durations, for metrics).
 	OnSync func(d time.Duration)
 	// FS is the file system of the journal (nil: the operating system's).
-	FS     journal.FS
-	Logger *slog.Logger
+	FS journal.FS
+	// JournalTestWriteDelay: see journal.Options.TestWriteDelay.
+	JournalTestWriteDelay time.Duration
+	Logger                *slog.Logger
 }
 
 // errNoVolume: the data directory holds no volume and none was asked for.
@@ -197,6 +199,8 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		OnDrop:       n.recordDrop,
 		OnSync:       opts.OnSync,
 		FS:           opts.FS,
+
+		TestWriteDelay: opts.JournalTestWriteDelay,
 	})
 	if err != nil {
 		st.Close()

@@ -67,6 +67,12 @@ type Mirror struct {
 	started bool
 	applyTo uint64
 	cpHint  uint64
+	// capped: applyCap bounds what the applier applies: the journal's
+	// records after it were found divergent (quarantined) and must never
+	// reach the store, or a resync could compare a chunk before one of
+	// them lands in it. Cleared when a resync resets the journal.
+	capped   bool
+	applyCap uint64
 
 	wake chan struct{} // applier
 
@@ -477,6 +483,9 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 	for {
 		d.mu.Lock()
 		target := d.applyTo
+		if d.capped {
+			target = min(target, d.applyCap)
+		}
 		hint := d.cpHint
 		d.mu.Unlock()
 		applied := d.applied()

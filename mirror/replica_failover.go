@@ -79,6 +79,9 @@ func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error)
 		d.core.AdoptHistory(common)
 		d.splitBrain = ""
 	}
+	// The records after the fork stay in the journal (and the quarantine
+	// file) but are never applied from now on.
+	d.capped, d.applyCap = true, fork
 	d.core.SetNeedsResync()
 	return nil, nil
 }

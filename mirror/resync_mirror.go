@@ -86,10 +86,21 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 	if err := j.Sync(ctx); err != nil {
 		return err
 	}
+	d.mu.Lock()
+	capped, limit := d.capped, d.applyCap
+	d.mu.Unlock()
 	d.applyMu.Lock()
 	last := j.LastSeq()
+	if capped {
+		last = min(last, limit) // never the records after a fork
+	}
 	if first := d.appliedSeq + 1; first <= last {
-		err := j.Scan(first, func(r journal.Record) error { return ApplyRecord(n.Store, r) })
+		err := j.Scan(first, func(r journal.Record) error {
+			if r.Seq > last {
+				return nil
+			}
+			return ApplyRecord(n.Store, r)
+		})
 		if err != nil {
 			d.applyMu.Unlock()
 			return fmt.Errorf("apply journal before reset: %w", err)
@@ -131,6 +142,7 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 	}
 	d.mu.Lock()
 	d.core.Restart(m.From)
+	d.capped, d.applyCap = false, 0
 	d.applyTo = m.From - 1
 	d.cpHint = 0
 	d.processLocked()

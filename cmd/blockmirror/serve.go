@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/blockmirror/blockmirror/internal/metrics"
 	"github.com/blockmirror/blockmirror/mirror"
@@ -27,6 +28,8 @@ type serveFlags struct {
 	volumeName string
 	repl       replFlags
 	log        logFlags
+	// testJournalDelay: see testhooks_on.go (test builds only).
+	testJournalDelay time.Duration
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -43,6 +46,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.listen, "listen", "", "QUIC address where this primary answers other primaries (an old primary learns it is fenced; a split brain is detected); usually the address it had as a mirror")
 	f.repl.register(fs)
 	f.log.register(fs)
+	registerTestHooks(fs, &f)
 	var cf configFlags
 	cf.register(fs)
 	if err := parseFlags(fs, args, false); err != nil {
@@ -75,6 +79,7 @@ func openPrimary(ctx context.Context, f *serveFlags, hooks *volumeHooks, log *sl
 	node, err := mirror.OpenNode(ctx, mirror.NodeOptions{
 		Dir: f.data, Disk: f.disk, Size: f.size.v, Role: mirror.RolePrimary,
 		JournalMax: f.journalMax.v, Logger: log, OnSync: hooks.onSync,
+		JournalTestWriteDelay: f.testJournalDelay,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open volume: %w", err)

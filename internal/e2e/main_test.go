@@ -58,7 +58,8 @@ func run(m *testing.M) int {
 		defer os.RemoveAll(dir)
 		binPath = filepath.Join(dir, "blockmirror")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		err = testutil.BuildBinary(ctx, "./cmd/blockmirror", binPath)
+		// The test build: it has the test-only flags (--test-journal-delay).
+		err = testutil.BuildBinary(ctx, "./cmd/blockmirror", binPath, "blockmirror_testhooks")
 		cancel()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)

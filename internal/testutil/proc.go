@@ -321,8 +321,9 @@ func ModuleRoot() (string, error) {
 }
 
 // BuildBinary runs `go build -o out pkg` in the module root (pkg like
-// "./cmd/blockmirror") and returns the combined output on failure.
-func BuildBinary(ctx context.Context, pkg, out string) error {
+// "./cmd/blockmirror") and returns the combined output on failure. tags,
+// if any, are passed as -tags.
+func BuildBinary(ctx context.Context, pkg, out string, tags ...string) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
@@ -334,7 +335,11 @@ func BuildBinary(ctx context.Context, pkg, out string) error {
 			goBin = "/usr/local/go/bin/go"
 		}
 	}
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.CommandContext(ctx, goBin, append(args, pkg)...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("testutil: go build %s: %w\n%s", pkg, err, b)
