@@ -137,7 +137,9 @@
 //     only: the recovery point on losing the primary is the mirrors' lag
 //     (bounded by MaxLagTicks while not degraded).
 //   - a peer epoch higher than ours fences the primary: every pending and
-//     later request fails with ErrFenced.
+//     later request fails with ErrFenced (the driver also records the fence
+//     in the metadata, so it survives a restart).
+//   - a request the driver gives up on (Forget) leaves without a completion.
 //
 // A mirror is catching-up after a handshake until it acks the seq that was
 // last when it connected, then in-sync. Only in-sync mirrors count for the
