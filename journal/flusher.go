@@ -70,6 +70,10 @@ func (j *Journal) pass(closing bool) {
 	}
 }
 
+// writebacker is implemented by files that can start writeback early
+// (vfs.OS: sync_file_range).
+type writebacker interface{ StartWriteback(off, n int64) error }
+
 // writebackStep is how much a segment grows between the early writeback
 // requests that keep its rotation fdatasync short.
 const writebackStep = 4 << 20

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -103,8 +105,9 @@ type Options struct {
 	// OnSync, when set, is called from the sync goroutine with the duration
 	// of each fdatasync of group commit (for metrics); it must not block.
 	OnSync func(d time.Duration)
-	// FS is the file system to use; nil means the operating system's.
-	FS FS
+	// FS is the file system to use; nil means the operating system's
+	// (vfs.OS).
+	FS vfs.FS
 }
 
 func (o Options) withDefaults() Options {
@@ -124,7 +127,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.FS == nil {
-		o.FS = OSFS{}
+		o.FS = vfs.OS
 	}
 	return o
 }
@@ -220,7 +223,7 @@ type Stats struct {
 // concurrent use.
 type Journal struct {
 	opts Options
-	fs   FS
+	fs   vfs.FS
 	log  *slog.Logger
 
 	done chan struct{} // closed when the flusher exits
@@ -233,7 +236,7 @@ type Journal struct {
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
-	active   File          // handle of the last segment (ioMu+syncMu to replace)
+	active   vfs.File      // handle of the last segment (ioMu+syncMu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
 	warned   uint64 // first seq of the segment last warned about (ioMu)
@@ -750,11 +753,15 @@ func (j *Journal) SetStart(seq uint64) error {
 	return nil
 }
 
+// preallocator is implemented by files that can reserve blocks without
+// changing their size (vfs.OS: fallocate KEEP_SIZE).
+type preallocator interface{ Preallocate(n int64) error }
+
 // createSegment creates the segment file whose first record is first and
 // writes its header; with sync it makes file and directory entry durable.
-func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error) {
+func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, error) {
 	path := filepath.Join(j.opts.Dir, segmentName(first))
-	f, err := j.fs.Create(path)
+	f, err := j.fs.Create(path, 0o644)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
 	}
@@ -911,7 +918,7 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 
 // offsetOf returns the byte offset of record seq in seg (seg.size when seq
 // is one past its last record), reading through f.
-func (j *Journal) offsetOf(seg *segment, f File, seq uint64) (int64, error) {
+func (j *Journal) offsetOf(seg *segment, f vfs.File, seq uint64) (int64, error) {
 	j.mu.Lock()
 	if seq >= seg.first+seg.count {
 		size := seg.size
@@ -934,7 +941,7 @@ func (j *Journal) offsetOf(seg *segment, f File, seq uint64) (int64, error) {
 // chunks. With fresh set, every chunk is a new buffer so returned records
 // may be retained; otherwise the buffer is reused.
 type segIter struct {
-	f     File
+	f     vfs.File
 	path  string
 	size  int64 // bytes of the file to consider
 	off   int64 // offset of the next record

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 )
 
@@ -639,9 +640,10 @@ func TestBitFlips(t *testing.T) {
 	})
 }
 
-// faultFS wraps the OS file system and fails writes or syncs on demand.
+// faultFS wraps the OS file system and fails writes (short) or syncs on
+// demand.
 type faultFS struct {
-	journal.OSFS
+	vfs.FS
 	mu        sync.Mutex
 	failWrite bool
 	failSync  bool
@@ -655,16 +657,16 @@ func (f *faultFS) set(write, sync bool) {
 	f.mu.Unlock()
 }
 
-func (f *faultFS) Create(p string) (journal.File, error) {
-	file, err := f.OSFS.Create(p)
+func (f *faultFS) Create(p string, perm os.FileMode) (vfs.File, error) {
+	file, err := f.FS.Create(p, perm)
 	if err != nil {
 		return nil, err
 	}
 	return &faultFile{file, f}, nil
 }
 
-func (f *faultFS) OpenRW(p string) (journal.File, error) {
-	file, err := f.OSFS.OpenRW(p)
+func (f *faultFS) OpenRW(p string) (vfs.File, error) {
+	file, err := f.FS.OpenRW(p)
 	if err != nil {
 		return nil, err
 	}
@@ -672,7 +674,7 @@ func (f *faultFS) OpenRW(p string) (journal.File, error) {
 }
 
 type faultFile struct {
-	journal.File
+	vfs.File
 	fs *faultFS
 }
 
@@ -710,7 +712,7 @@ func TestFaultsAreSticky(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			fs := &faultFS{}
+			fs := &faultFS{FS: vfs.OS}
 			o := opts(dir)
 			o.NoSync = false
 			o.FS = fs

@@ -6,15 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // recover scans Dir, verifies every segment, truncates a torn tail of the
 // last one and opens it for appending. It runs before the flusher starts.
 func (j *Journal) recover() error {
 	dir := j.opts.Dir
-	if err := j.fs.MkdirAll(dir); err != nil {
+	mkdir := vfs.MkdirAllSynced // a new journal directory must not vanish at a power loss
+	if j.opts.NoSync {
+		mkdir = func(fsys vfs.FS, dir string, perm os.FileMode) error { return fsys.MkdirAll(dir, perm) }
+	}
+	if err := mkdir(j.fs, dir, 0o755); err != nil {
 		return fmt.Errorf("journal: create %s: %w", dir, err)
 	}
 	names, err := j.fs.ReadDir(dir)
@@ -195,7 +202,7 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 // damaged record at off. Finding one means the damage is not a torn tail
 // (a crash only ever loses a suffix) but corruption in the middle of the
 // log. It returns that record's offset, or -1.
-func (j *Journal) validAfter(f File, path string, off, size int64, want uint64) (int64, error) {
+func (j *Journal) validAfter(f vfs.File, path string, off, size int64, want uint64) (int64, error) {
 	rest := make([]byte, size-off)
 	if _, err := f.ReadAt(rest, off); err != nil && err != io.EOF {
 		return 0, fmt.Errorf("journal: read %s: %w", path, err)
@@ -228,7 +235,7 @@ func isZero(b []byte) bool {
 }
 
 // zeroFile reports whether the whole file reads as zeroes.
-func (j *Journal) zeroFile(f File, size int64) bool {
+func (j *Journal) zeroFile(f vfs.File, size int64) bool {
 	buf := make([]byte, 64<<10)
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)
