@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
 )
@@ -45,6 +45,11 @@ type NodeOptions struct {
 	OnDrop func(consumer string, through uint64, regions []journal.Region)
 	// OnSync is passed to the journal (fdatasync durations, for metrics).
 	OnSync func(d time.Duration)
+	// FS holds everything the node keeps on disk: meta.json, the journal,
+	// the disk image (a block device only on vfs.OS), dirty bitmaps and
+	// quarantine files. Nil means the operating system's (vfs.OS); tests
+	// use a crashable in-memory one.
+	FS     vfs.FS
 	Logger *slog.Logger
 }
 
@@ -57,6 +62,7 @@ type Node struct {
 	Dir     string
 	Store   *store.File
 	Journal *journal.Journal
+	fs      vfs.FS
 	log     *slog.Logger
 
 	mu   sync.Mutex
@@ -94,21 +100,25 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("mirror: no data directory given (--data)")
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.OS
+	}
+	if err := vfs.MkdirAllSynced(fsys, opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: create data directory: %w", err)
 	}
 	disk := opts.Disk
 	if disk == "" {
 		disk = filepath.Join(opts.Dir, DiskFile)
 	}
-	meta, err := LoadMeta(opts.Dir)
+	meta, err := LoadMetaFS(fsys, opts.Dir)
 	var st *store.File
 	switch {
 	case errors.Is(err, ErrNoMeta):
 		if opts.Size == 0 {
-			if _, serr := os.Stat(disk); serr == nil && opts.Disk != "" {
+			if _, serr := fsys.Stat(disk); serr == nil && opts.Disk != "" {
 				// An existing image or device adopted as a new volume.
-				st, err = store.Open(disk)
+				st, err = store.OpenFS(fsys, disk)
 				if err != nil {
 					return nil, err
 				}
@@ -117,18 +127,18 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 			return nil, fmt.Errorf("mirror: %s: %w: give --size to create one", opts.Dir, errNoVolume)
 		}
 		if opts.Disk != "" {
-			if _, serr := os.Stat(disk); serr == nil {
+			if _, serr := fsys.Stat(disk); serr == nil {
 				return nil, fmt.Errorf("mirror: %s exists; not creating a volume over it (drop --size to adopt it)", disk)
 			}
 		}
-		st, err = store.Create(disk, opts.Size)
+		st, err = store.CreateFS(fsys, disk, opts.Size)
 		if err != nil {
 			return nil, err
 		}
 	case err != nil:
 		return nil, err
 	default:
-		st, err = store.Open(disk)
+		st, err = store.OpenFS(fsys, disk)
 		if err != nil {
 			return nil, err
 		}
@@ -155,14 +165,15 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
 			History: []EpochStart{{Epoch: 1, FirstSeq: 1, ID: randomID()}}}
-		if err := meta.Save(opts.Dir); err != nil {
+		if err := meta.Save(fsys, opts.Dir); err != nil {
 			st.Close()
 			return nil, err
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, meta: meta, log: log, dropFn: opts.OnDrop}
+	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, dropFn: opts.OnDrop}
 	j, err := journal.Open(journal.Options{
+		FS:           fsys,
 		Dir:          filepath.Join(opts.Dir, JournalDir),
 		Volume:       meta.Volume,
 		MaxBytes:     opts.JournalMax,
@@ -254,7 +265,7 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 	if err := fn(m); err != nil {
 		return err
 	}
-	if err := m.Save(n.Dir); err != nil {
+	if err := m.Save(n.fs, n.Dir); err != nil {
 		return err
 	}
 	n.meta = m

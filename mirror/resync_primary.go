@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -81,14 +81,14 @@ func (r *Replication) bitmapPath(peer string) string {
 
 // loadBitmap returns the peer's saved dirty bitmap, or nil.
 func (r *Replication) loadBitmap(peer string) (*Bitmap, error) {
-	return LoadBitmap(r.bitmapPath(peer), r.node.Store.Size(), DefaultSyncChunk)
+	return LoadBitmapFS(r.node.fs, r.bitmapPath(peer), r.node.Store.Size(), DefaultSyncChunk)
 }
 
 func (r *Replication) saveBitmap(peer string, b *Bitmap) error {
-	if err := os.MkdirAll(filepath.Dir(r.bitmapPath(peer)), 0o700); err != nil {
+	if err := vfs.MkdirAllSynced(r.node.fs, filepath.Dir(r.bitmapPath(peer)), 0o700); err != nil {
 		return fmt.Errorf("mirror: save bitmap: %w", err)
 	}
-	return b.Save(r.bitmapPath(peer))
+	return b.Save(r.node.fs, r.bitmapPath(peer))
 }
 
 // markDirty adds regions to the peer's saved bitmap.
@@ -231,7 +231,7 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 		"seconds", time.Since(rs.start).Seconds())
 	// The bitmap is empty: drop it and the needs-resync mark.
 	r.bmMu.Lock()
-	os.Remove(r.bitmapPath(l.addr.Name))
+	r.node.fs.Remove(r.bitmapPath(l.addr.Name))
 	r.bmMu.Unlock()
 	err = r.node.UpdateMeta(func(m *Meta) error {
 		p := m.Peers[l.addr.Name]

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
 )
@@ -119,7 +119,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		stop:     cancel,
 		done:     make(chan struct{}),
 	}
-	v.fastZero = probeFastZero(node.Dir)
+	v.fastZero = probeFastZero(node.fs, node.Dir)
 	if s, ok := repl.(interface{ setSource(stableReader) }); ok {
 		s.setSource(v)
 	}
@@ -129,13 +129,13 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 
 // probeFastZero tells whether the filesystem holding dir zeroes ranges
 // without writing them (FALLOC_FL_ZERO_RANGE), using a scratch file.
-func probeFastZero(dir string) bool {
+func probeFastZero(fsys vfs.FS, dir string) bool {
 	p := filepath.Join(dir, ".zeroprobe")
-	s, err := store.Create(p, 1<<20)
+	s, err := store.CreateFS(fsys, p, 1<<20)
 	if err != nil {
 		return false
 	}
-	defer os.Remove(p)
+	defer fsys.Remove(p)
 	defer s.Close()
 	return s.ZeroFast(0, 1<<20, false) == nil
 }
