@@ -87,11 +87,12 @@ func (j *Journal) writeQueued() bool {
 	if j.written < j.next-1 {
 		j.batch = append(j.batch, j.tail[j.written+1-j.tailFirst:]...)
 	}
+	durable := j.durable
 	j.mu.Unlock()
 	if len(j.batch) == 0 {
 		return true
 	}
-	err := j.writeBatch(j.batch)
+	err := j.writeBatch(j.batch, durable)
 	clear(j.batch)
 	if err != nil {
 		j.fail(err)
@@ -102,7 +103,11 @@ func (j *Journal) writeQueued() bool {
 
 // writeBatch appends batch (consecutive seqs following j.written) to the
 // active segment, rotating when the segment would exceed SegmentBytes.
-func (j *Journal) writeBatch(batch []Record) error {
+// durable is the durable seq when the batch was taken: each record of a
+// version-2 segment carries its distance from it (the sync lag), which is
+// what lets recovery tell an unsynced tail torn by a power loss from
+// damage to durable records.
+func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 	for i := 0; i < len(batch); {
 		seg := j.segs[len(j.segs)-1] // segs change only under ioMu, which we hold
 		base := seg.size
@@ -125,7 +130,11 @@ func (j *Journal) writeBatch(batch []Record) error {
 				idx = append(idx, idxEntry{r.Seq, off})
 				lastIdx = off
 			}
-			j.buf = appendRecord(j.buf, r)
+			var lag uint32
+			if seg.version >= 2 {
+				lag = uint32(min(r.Seq-durable, MaxSyncLag))
+			}
+			j.buf = appendRecord(j.buf, r, lag)
 			i++
 		}
 		if i > start {
@@ -166,6 +175,7 @@ func (j *Journal) writeBatch(batch []Record) error {
 			if err := j.rotate(batch[i].Seq); err != nil {
 				return err
 			}
+			durable = max(durable, batch[i].Seq-1) // rotate synced the rest
 		}
 	}
 	return nil
@@ -244,18 +254,14 @@ func (j *Journal) rotate(first uint64) error {
 		return fmt.Errorf("close %s: %w", old.path, err)
 	}
 	j.active = nil
-	// The header reaches disk with the next data sync; the directory entry
-	// is synced now so the file cannot vanish once it holds durable records.
-	f, seg, err := j.createSegment(first, false)
+	// The header and the directory entry are made durable before any
+	// record goes in: a power loss can then tear only records, never the
+	// header in front of records that survived it.
+	f, seg, err := j.createSegment(first, true)
 	if err != nil {
 		return err
 	}
 	j.active = f
-	if !j.opts.NoSync {
-		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
-			return fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
-		}
-	}
 	j.mu.Lock()
 	j.segs = append(j.segs, seg)
 	j.total += seg.size

@@ -158,11 +158,12 @@ type idxEntry struct {
 // segment is the in-memory description of one segment file. Fields are
 // changed only by the goroutine holding ioMu, and only under mu.
 type segment struct {
-	path  string
-	first uint64 // seq of the first record (from the header)
-	count uint64 // records in the file
-	size  int64  // bytes in the file, header included
-	idx   []idxEntry
+	path    string
+	version uint16 // format version of the file (header)
+	first   uint64 // seq of the first record (from the header)
+	count   uint64 // records in the file
+	size    int64  // bytes in the file, header included
+	idx     []idxEntry
 	// kicked: early writeback was requested below this offset (active
 	// segment, ioMu).
 	kicked int64
@@ -785,7 +786,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 			return nil, nil, fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
 		}
 	}
-	return f, &segment{path: path, first: first, size: SegmentHeaderSize}, nil
+	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize}, nil
 }
 
 // TruncateAfter removes every record > seq, written or only queued, and
@@ -947,6 +948,9 @@ type segIter struct {
 	off   int64 // offset of the next record
 	chunk int
 	fresh bool
+	// version is the segment's format version, for the checks that depend
+	// on it (0: the current one).
+	version uint16
 
 	buf    []byte
 	bufOff int64 // file offset of buf[0]
@@ -1004,7 +1008,11 @@ func (it *segIter) next() (Record, int64, error) {
 	} else if !ok {
 		return Record{}, off, fmt.Errorf("journal: %s at offset %d: %w", it.path, off, errShort)
 	}
-	rec, m, err := DecodeRecord(it.buf[off-it.bufOff:])
+	v := it.version
+	if v == 0 {
+		v = FormatVersion
+	}
+	rec, _, m, err := decodeRecord(it.buf[off-it.bufOff:], v)
 	if err != nil {
 		return Record{}, off, fmt.Errorf("journal: %s at offset %d: %w", it.path, off, err)
 	}

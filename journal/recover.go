@@ -155,8 +155,8 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 	if h.FirstSeq != first {
 		return nil, false, fmt.Errorf("journal: %s at offset 0: %w: header first seq %d does not match the file name", path, ErrCorrupt, h.FirstSeq)
 	}
-	seg = &segment{path: path, first: first, size: SegmentHeaderSize}
-	it := segIter{f: f, path: path, size: size, off: SegmentHeaderSize, chunk: scanChunk}
+	seg = &segment{path: path, version: h.Version, first: first, size: SegmentHeaderSize}
+	it := segIter{f: f, path: path, size: size, off: SegmentHeaderSize, chunk: scanChunk, version: h.Version}
 	want := first
 	for {
 		rec, off, err := it.next()
@@ -173,13 +173,27 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 			if !last {
 				return nil, false, asCorrupt(err)
 			}
-			if later, lerr := j.validAfter(f, path, off, size, want); lerr != nil {
-				return nil, false, lerr
-			} else if later >= 0 {
-				return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, later)
+			intact := 0
+			if h.Version < 2 {
+				if later, lerr := j.validAfter(f, path, off, size, want); lerr != nil {
+					return nil, false, lerr
+				} else if later >= 0 {
+					return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, later)
+				}
+			} else {
+				proof, lerr := j.durableProof(f, path, off, size, want)
+				if lerr != nil {
+					return nil, false, lerr
+				}
+				if proof.at >= 0 {
+					return nil, false, fmt.Errorf("%w (the intact record with seq %d at offset %d was written when seq %d was already durable, so this is damage to durable records, not a torn tail)",
+						asCorrupt(err), proof.seq, proof.at, want)
+				}
+				intact = proof.intact
 			}
 			j.log.Warn("journal: truncating torn tail of the last segment", "file", path,
-				"offset", off, "bytes", size-off, "reason", err)
+				"offset", off, "bytes", size-off, "reason", err,
+				"intact_unsynced_records_discarded", intact)
 			if err := f.Truncate(off); err != nil {
 				return nil, false, fmt.Errorf("journal: truncate %s to %d: %w", path, off, err)
 			}
@@ -223,6 +237,70 @@ func (j *Journal) validAfter(f vfs.File, path string, off, size int64, want uint
 		}
 		from += i + 1
 	}
+}
+
+// proof is what durableProof found beyond a damaged record: the first
+// intact record written after the damaged one was durable (at < 0: none),
+// and how many intact records it looked at.
+type proof struct {
+	at     int64
+	seq    uint64
+	intact int
+}
+
+// durableProof looks beyond the damaged record with seq want at off in a
+// version-2 segment for an intact record written when want was already
+// durable (its seq minus its sync lag reaches want). Finding one proves the
+// damage hit durable records. Without one, everything from off on was
+// written after the last sync that reached disk: a power loss may have
+// written back some of it and not the rest, out of order, which is a torn
+// tail however many intact records follow.
+//
+// Intact records are found by trying every byte offset (cheap checks on
+// the header first, the checksum last) and then hopping record by record.
+func (j *Journal) durableProof(f vfs.File, path string, off, size int64, want uint64) (proof, error) {
+	rest := make([]byte, size-off)
+	if _, err := f.ReadAt(rest, off); err != nil && err != io.EOF {
+		return proof{}, fmt.Errorf("journal: read %s: %w", path, err)
+	}
+	p := proof{at: -1}
+	maxSeq := want + uint64(len(rest))/RecordHeaderSize
+	for pos := 1; pos+RecordHeaderSize <= len(rest); {
+		b := rest[pos:]
+		seq := binary.LittleEndian.Uint64(b[16:24])
+		if seq <= want || seq > maxSeq || !plausibleHeader(b) {
+			pos++
+			continue
+		}
+		rec, lag, n, err := decodeRecord(b, 2)
+		if err != nil {
+			pos++
+			continue
+		}
+		p.intact++
+		if lag != 0 && lag != MaxSyncLag && rec.Seq-uint64(lag) >= want {
+			p.at, p.seq = off+int64(pos), rec.Seq
+			return p, nil
+		}
+		pos += n
+	}
+	return p, nil
+}
+
+// plausibleHeader is a cheap filter before a record's checksum is
+// computed: lengths within bounds and consistent with a known op.
+func plausibleHeader(b []byte) bool {
+	n := recordDataLen(b)
+	length := binary.LittleEndian.Uint32(b[32:36])
+	switch Op(b[36]) {
+	case OpWrite:
+		return n <= MaxRecordData && n == length && int(n) <= len(b)-RecordHeaderSize
+	case OpTrim, OpZero:
+		return n == 0
+	case OpEpoch:
+		return n == 0 && length == 0
+	}
+	return false
 }
 
 func isZero(b []byte) bool {
