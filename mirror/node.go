@@ -201,10 +201,8 @@ func (n *Node) recover(ctx context.Context) error {
 	last := j.LastSeq()
 	if last == 0 || last <= cp {
 		if last < cp {
-			// The journal lost records the checkpoint covers (e.g. it was
-			// deleted): continue numbering after the checkpoint.
-			if err := j.SetStart(cp + 1); err != nil {
-				return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)
+			if err := n.continueAfterCheckpoint(cp); err != nil {
+				return err
 			}
 		}
 		return j.AddConsumer(storeConsumer, cp+1, false)
@@ -230,6 +228,28 @@ func (n *Node) recover(ctx context.Context) error {
 		return err
 	}
 	n.log.Info("replayed journal into store", "from", cp+1, "through", last, "records", replayed)
+	return nil
+}
+
+// continueAfterCheckpoint handles a journal that ends before the
+// checkpoint cp: it lost records the store already holds (deleted, or the
+// unsynced tail dropped by a power loss after a checkpoint saved by a
+// build that did not wait for the journal). Every record it still has is
+// covered by the checkpoint, so it is emptied and numbering continues at
+// cp+1; a seq the store holds is never handed out again.
+func (n *Node) continueAfterCheckpoint(cp uint64) error {
+	j := n.Journal
+	first, last := j.FirstSeq(), j.LastSeq()
+	n.log.Warn("journal ends before the store's checkpoint: every record it holds is already in the store; emptying it and continuing after the checkpoint (mirrors that lack seqs up to the checkpoint will be resynced)",
+		"journal_first", first, "journal_last", last, "checkpoint", cp, "next_seq", cp+1)
+	if first <= last {
+		if err := j.TruncateAfter(first - 1); err != nil {
+			return fmt.Errorf("mirror: empty journal %d..%d below checkpoint %d: %w", first, last, cp, err)
+		}
+	}
+	if err := j.SetStart(cp + 1); err != nil {
+		return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)
+	}
 	return nil
 }
 
@@ -272,13 +292,24 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 	return nil
 }
 
-// Checkpoint records that the store holds every record ≤ seq: it syncs the
-// store, saves the checkpoint, and lets the journal drop those records.
+// Checkpoint records that the store holds every record ≤ seq: it makes the
+// journal durable through seq, syncs the store, saves the checkpoint, and
+// lets the journal drop those records. The journal comes first: a
+// checkpoint ahead of the durable journal would, after a power loss that
+// drops the journal's unsynced tail, claim seqs the journal no longer has,
+// and new writes would reuse them. Blocks for an fdatasync of each at most.
 func (n *Node) Checkpoint(seq uint64) error {
+	err := n.Journal.Wait(context.Background(), seq, journal.Durable)
+	if errors.Is(err, journal.ErrTruncated) {
+		err = n.Journal.Sync(context.Background()) // seq is past the journal's end
+	}
+	if err != nil {
+		return fmt.Errorf("mirror: checkpoint %d: make the journal durable: %w", seq, err)
+	}
 	if err := n.Store.Sync(); err != nil {
 		return fmt.Errorf("mirror: checkpoint: %w", err)
 	}
-	err := n.UpdateMeta(func(m *Meta) error {
+	err = n.UpdateMeta(func(m *Meta) error {
 		if seq > m.CheckpointSeq {
 			m.CheckpointSeq = seq
 		}
