@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -17,11 +16,13 @@ import (
 // last one and opens it for appending. It runs before the flusher starts.
 func (j *Journal) recover() error {
 	dir := j.opts.Dir
-	mkdir := vfs.MkdirAllSynced // a new journal directory must not vanish at a power loss
+	var err error
 	if j.opts.NoSync {
-		mkdir = func(fsys vfs.FS, dir string, perm os.FileMode) error { return fsys.MkdirAll(dir, perm) }
+		err = j.fs.MkdirAll(dir, 0o755)
+	} else {
+		err = vfs.MkdirAllSynced(j.fs, dir, 0o755) // a new journal must not vanish at a power loss
 	}
-	if err := mkdir(j.fs, dir, 0o755); err != nil {
+	if err != nil {
 		return fmt.Errorf("journal: create %s: %w", dir, err)
 	}
 	names, err := j.fs.ReadDir(dir)
@@ -173,23 +174,22 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 			if !last {
 				return nil, false, asCorrupt(err)
 			}
+			rest := make([]byte, size-off)
+			if _, rerr := f.ReadAt(rest, off); rerr != nil && rerr != io.EOF {
+				return nil, false, fmt.Errorf("journal: read %s: %w", path, rerr)
+			}
 			intact := 0
 			if h.Version < 2 {
-				if later, lerr := j.validAfter(f, path, off, size, want); lerr != nil {
-					return nil, false, lerr
-				} else if later >= 0 {
-					return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, later)
+				if later := validAfter(rest, want); later >= 0 {
+					return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, off+later)
 				}
 			} else {
-				proof, lerr := j.durableProof(f, path, off, size, want)
-				if lerr != nil {
-					return nil, false, lerr
-				}
-				if proof.at >= 0 {
+				p := durableProof(rest, want)
+				if p.at >= 0 {
 					return nil, false, fmt.Errorf("%w (the intact record with seq %d at offset %d was written when seq %d was already durable, so this is damage to durable records, not a torn tail)",
-						asCorrupt(err), proof.seq, proof.at, want)
+						asCorrupt(err), p.seq, off+p.at, want)
 				}
-				intact = proof.intact
+				intact = p.intact
 			}
 			j.log.Warn("journal: truncating torn tail of the last segment", "file", path,
 				"offset", off, "bytes", size-off, "reason", err,
@@ -212,27 +212,24 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 	return seg, false, nil
 }
 
-// validAfter looks for a valid record carrying seq want+1 beyond the
-// damaged record at off. Finding one means the damage is not a torn tail
-// (a crash only ever loses a suffix) but corruption in the middle of the
-// log. It returns that record's offset, or -1.
-func (j *Journal) validAfter(f vfs.File, path string, off, size int64, want uint64) (int64, error) {
-	rest := make([]byte, size-off)
-	if _, err := f.ReadAt(rest, off); err != nil && err != io.EOF {
-		return 0, fmt.Errorf("journal: read %s: %w", path, err)
-	}
+// validAfter looks, in the bytes rest of a version-1 segment that follow
+// the damaged record with seq want, for a valid record carrying seq
+// want+1. Finding one means the damage is not a torn tail (a crash only
+// ever loses a suffix) but corruption in the middle of the log. It returns
+// that record's offset in rest, or -1.
+func validAfter(rest []byte, want uint64) int64 {
 	var pat [8]byte
 	binary.LittleEndian.PutUint64(pat[:], want+1)
 	const seqAt = 16 // offset of seq within the record header
 	for from := 1; ; {
 		i := bytes.Index(rest[from:], pat[:])
 		if i < 0 {
-			return -1, nil
+			return -1
 		}
 		pos := from + i - seqAt
 		if pos >= 1 {
-			if rec, _, err := DecodeRecord(rest[pos:]); err == nil && rec.Seq == want+1 {
-				return off + int64(pos), nil
+			if rec, _, _, err := decodeRecord(rest[pos:], 1); err == nil && rec.Seq == want+1 {
+				return int64(pos)
 			}
 		}
 		from += i + 1
@@ -240,29 +237,25 @@ func (j *Journal) validAfter(f vfs.File, path string, off, size int64, want uint
 }
 
 // proof is what durableProof found beyond a damaged record: the first
-// intact record written after the damaged one was durable (at < 0: none),
-// and how many intact records it looked at.
+// intact record written after the damaged one was durable (at, its offset
+// in rest, < 0: none), and how many intact records it looked at.
 type proof struct {
 	at     int64
 	seq    uint64
 	intact int
 }
 
-// durableProof looks beyond the damaged record with seq want at off in a
-// version-2 segment for an intact record written when want was already
-// durable (its seq minus its sync lag reaches want). Finding one proves the
-// damage hit durable records. Without one, everything from off on was
-// written after the last sync that reached disk: a power loss may have
-// written back some of it and not the rest, out of order, which is a torn
-// tail however many intact records follow.
+// durableProof looks, in the bytes rest of a version-2 segment that follow
+// the damaged record with seq want, for an intact record written when want
+// was already durable (its seq minus its sync lag reaches want). Finding
+// one proves the damage hit durable records. Without one, everything from
+// the damage on was written after the last sync that reached the disk: a
+// power loss may have written back some of it and not the rest, out of
+// order, which is a torn tail however many intact records follow.
 //
 // Intact records are found by trying every byte offset (cheap checks on
 // the header first, the checksum last) and then hopping record by record.
-func (j *Journal) durableProof(f vfs.File, path string, off, size int64, want uint64) (proof, error) {
-	rest := make([]byte, size-off)
-	if _, err := f.ReadAt(rest, off); err != nil && err != io.EOF {
-		return proof{}, fmt.Errorf("journal: read %s: %w", path, err)
-	}
+func durableProof(rest []byte, want uint64) proof {
 	p := proof{at: -1}
 	maxSeq := want + uint64(len(rest))/RecordHeaderSize
 	for pos := 1; pos+RecordHeaderSize <= len(rest); {
@@ -279,12 +272,12 @@ func (j *Journal) durableProof(f vfs.File, path string, off, size int64, want ui
 		}
 		p.intact++
 		if lag != 0 && lag != MaxSyncLag && rec.Seq-uint64(lag) >= want {
-			p.at, p.seq = off+int64(pos), rec.Seq
-			return p, nil
+			p.at, p.seq = int64(pos), rec.Seq
+			return p
 		}
 		pos += n
 	}
-	return p, nil
+	return p
 }
 
 // plausibleHeader is a cheap filter before a record's checksum is

@@ -240,7 +240,7 @@ func (n *Node) recover(ctx context.Context) error {
 func (n *Node) continueAfterCheckpoint(cp uint64) error {
 	j := n.Journal
 	first, last := j.FirstSeq(), j.LastSeq()
-	n.log.Warn("journal ends before the store's checkpoint: every record it holds is already in the store; emptying it and continuing after the checkpoint (mirrors that lack seqs up to the checkpoint will be resynced)",
+	n.log.Warn("journal ends before the store's checkpoint: every record it holds is already in the store; emptying it and continuing after the checkpoint (on a primary, a mirror that lacks seqs up to the checkpoint needs a resync)",
 		"journal_first", first, "journal_last", last, "checkpoint", cp, "next_seq", cp+1)
 	if first <= last {
 		if err := j.TruncateAfter(first - 1); err != nil {
