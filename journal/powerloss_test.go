@@ -124,7 +124,7 @@ func powerLossOnce(t *testing.T, seed uint64) {
 	if last < ackedAt {
 		t.Fatalf("last seq %d after the power loss, but %d was acknowledged durable", last, ackedAt)
 	}
-	checkChain(t, j, first, last)
+	checkChain(t, j, first, last, powerSize)
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -153,20 +153,21 @@ func powerLossOnce(t *testing.T, seed uint64) {
 	if j.LastSeq() != last+20 {
 		t.Fatalf("last seq %d after 20 appends, want %d", j.LastSeq(), last+20)
 	}
-	checkChain(t, j, first, last+20)
+	checkChain(t, j, first, last+20, powerSize)
 	t.Logf("crash after seq %d: %d acknowledged durable, %d..%d recovered", crashAfter, ackedAt, first, last)
 }
 
-// checkChain scans first..last and checks every record's seq and content.
-func checkChain(t *testing.T, j *journal.Journal, first, last uint64) {
+// checkChain scans first..last and checks every record's seq, size (as
+// size gives it) and content.
+func checkChain(t *testing.T, j *journal.Journal, first, last uint64, size func(uint64) int) {
 	t.Helper()
 	next := first
 	err := j.Scan(first, func(r journal.Record) error {
 		if r.Seq != next {
 			return fmt.Errorf("seq %d, want %d", r.Seq, next)
 		}
-		if len(r.Data) != powerSize(r.Seq) {
-			return fmt.Errorf("seq %d: %d bytes, want %d", r.Seq, len(r.Data), powerSize(r.Seq))
+		if len(r.Data) != size(r.Seq) {
+			return fmt.Errorf("seq %d: %d bytes, want %d", r.Seq, len(r.Data), size(r.Seq))
 		}
 		checkRec(t, r, r.Seq)
 		next++

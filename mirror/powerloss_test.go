@@ -76,6 +76,46 @@ func (op plOp) do(ctx context.Context, v *Volume) error {
 	return v.WriteAt(ctx, op.data, op.off, op.fua)
 }
 
+// effect returns the disk after ops, from zeroes.
+func effect(ops []plOp) []byte {
+	disk := make([]byte, plDisk)
+	for _, op := range ops {
+		op.apply(disk)
+	}
+	return disk
+}
+
+// plVolume opens a new node on fsys and serves it as a volume without
+// replication.
+func plVolume(t *testing.T, fsys vfs.FS, opts VolumeOptions) (*Node, *Volume) {
+	t.Helper()
+	n := plOpen(t, fsys, nil)
+	v, err := NewVolume(n, nil, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, v
+}
+
+// plWrite issues count random ops through v one after the other (with
+// FUA only if fua), calling after(i) once op i is done, and returns them.
+func plWrite(t *testing.T, v *Volume, rng *rand.Rand, count int, fua bool, after func(i int)) []plOp {
+	t.Helper()
+	var ops []plOp
+	for i := range count {
+		op := randomOp(rng, i)
+		op.fua = op.fua && fua
+		ops = append(ops, op)
+		if err := op.do(t.Context(), v); err != nil {
+			t.Fatal(err)
+		}
+		if after != nil {
+			after(i)
+		}
+	}
+	return ops
+}
+
 func plOpen(t *testing.T, fsys vfs.FS, log *slog.Logger) *Node {
 	t.Helper()
 	n, err := OpenNode(context.Background(), NodeOptions{FS: fsys, Dir: "/data/vol", Size: plDisk, Logger: log, JournalSegment: 64 << 10})
@@ -102,10 +142,7 @@ func readStore(t *testing.T, n *Node) []byte {
 // It returns how many sectors held such a later write.
 func checkPrefixStore(t *testing.T, got []byte, ops []plOp, last int) int {
 	t.Helper()
-	want := make([]byte, plDisk)
-	for _, op := range ops[:last] {
-		op.apply(want)
-	}
+	want := effect(ops[:last])
 	later := 0
 	for s := int64(0); s < plDisk/plSector; s++ {
 		g := got[s*plSector : (s+1)*plSector]
@@ -149,14 +186,10 @@ func TestNodePowerLoss(t *testing.T) {
 func nodePowerLossOnce(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 21))
 	m := vfs.NewCrashableMem()
-	n := plOpen(t, m, nil)
-	v, err := NewVolume(n, nil, VolumeOptions{
+	n, v := plVolume(t, m, VolumeOptions{
 		CheckpointInterval: time.Duration(1+rng.IntN(5)) * time.Millisecond,
 		CheckpointBytes:    int64(64<<10 + rng.IntN(512<<10)),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
 	var (
 		mu      sync.Mutex
@@ -251,19 +284,8 @@ func TestNodePowerLossAfterFlush(t *testing.T) {
 	for seed := range uint64(20) {
 		rng := rand.New(rand.NewPCG(seed, 23))
 		m := vfs.NewCrashableMem()
-		n := plOpen(t, m, nil)
-		v, err := NewVolume(n, nil, VolumeOptions{CheckpointInterval: time.Duration(1+rng.IntN(3)) * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ops []plOp
-		for i := range 50 + rng.IntN(100) {
-			op := randomOp(rng, i)
-			ops = append(ops, op)
-			if err := op.do(t.Context(), v); err != nil {
-				t.Fatal(err)
-			}
-		}
+		n, v := plVolume(t, m, VolumeOptions{CheckpointInterval: time.Duration(1+rng.IntN(3)) * time.Millisecond})
+		ops := plWrite(t, v, rng, 50+rng.IntN(100), true, nil)
 		if err := v.Flush(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -271,11 +293,7 @@ func TestNodePowerLossAfterFlush(t *testing.T) {
 		v.Close()
 		n.Close()
 		n = plOpen(t, crashed, nil)
-		want := make([]byte, plDisk)
-		for _, op := range ops {
-			op.apply(want)
-		}
-		if !bytes.Equal(readStore(t, n), want) || int(n.Journal.LastSeq()) != len(ops) {
+		if !bytes.Equal(readStore(t, n), effect(ops)) || int(n.Journal.LastSeq()) != len(ops) {
 			t.Fatalf("seed %d: after a flush and a power loss the store differs from the %d writes (journal last %d)", seed, len(ops), n.Journal.LastSeq())
 		}
 		n.Close()
@@ -291,34 +309,22 @@ func TestNodePowerLossAfterFlush(t *testing.T) {
 // through it (and the store synced).
 func TestCheckpointWaitsForDurableJournal(t *testing.T) {
 	m := vfs.NewCrashableMem()
-	n := plOpen(t, m, nil)
-	v, err := NewVolume(n, nil, VolumeOptions{CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, v := plVolume(t, m, VolumeOptions{CheckpointInterval: time.Hour})
 	ctx := t.Context()
-	rng := rand.New(rand.NewPCG(6, 6))
-	var ops []plOp
-	for i := range 10 {
-		op := randomOp(rng, i)
-		op.fua = false
-		ops = append(ops, op)
-		if err := op.do(ctx, v); err != nil {
-			t.Fatal(err)
-		}
+	ops := plWrite(t, v, rand.New(rand.NewPCG(6, 6)), 10, false, func(i int) {
 		if i == 4 {
 			if err := v.Flush(ctx); err != nil { // 1..5 durable, 6..10 only written
 				t.Fatal(err)
 			}
 		}
-	}
+	})
 	if err := n.Checkpoint(v.appliedThrough()); err != nil {
 		t.Fatal(err)
 	}
 	crashed := m.CrashCloneDropUnsynced() // the power goes right after the checkpoint
 	v.Close()
 	n.Close()
-	n, err = OpenNode(ctx, NodeOptions{FS: crashed, Dir: "/data/vol"})
+	n, err := OpenNode(ctx, NodeOptions{FS: crashed, Dir: "/data/vol"})
 	if err != nil {
 		t.Fatalf("open after a power loss right after a checkpoint: %v", err)
 	}
@@ -326,11 +332,7 @@ func TestCheckpointWaitsForDurableJournal(t *testing.T) {
 	if last, cp := n.Journal.LastSeq(), n.Meta().CheckpointSeq; last != 10 || cp != 10 {
 		t.Fatalf("journal last %d, checkpoint %d; want both 10", last, cp)
 	}
-	want := make([]byte, plDisk)
-	for _, op := range ops {
-		op.apply(want)
-	}
-	if !bytes.Equal(readStore(t, n), want) {
+	if !bytes.Equal(readStore(t, n), effect(ops)) {
 		t.Fatal("the store lost checkpointed writes")
 	}
 }
@@ -344,28 +346,16 @@ func TestCheckpointWaitsForDurableJournal(t *testing.T) {
 // its journal always opens, and never reuses a checkpointed seq.
 func TestRecoverJournalBehindCheckpoint(t *testing.T) {
 	m := vfs.NewCrashableMem()
-	n := plOpen(t, m, nil)
-	v, err := NewVolume(n, nil, VolumeOptions{CheckpointInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, v := plVolume(t, m, VolumeOptions{CheckpointInterval: time.Hour})
 	ctx := t.Context()
-	rng := rand.New(rand.NewPCG(7, 7))
-	want := make([]byte, plDisk)
-	for i := range 5 {
-		op := randomOp(rng, i)
-		op.apply(want)
-		if err := op.do(ctx, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	want := effect(plWrite(t, v, rand.New(rand.NewPCG(7, 7)), 5, true, nil))
 	v.Close() // checkpoint 5, journal 1..5
 	if err := n.UpdateMeta(func(m *Meta) error { m.CheckpointSeq = 12; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	n.Close()
 	var logBuf bytes.Buffer
-	n, err = OpenNode(ctx, NodeOptions{FS: m, Dir: "/data/vol", Logger: slog.New(slog.NewTextHandler(&logBuf, nil))})
+	n, err := OpenNode(ctx, NodeOptions{FS: m, Dir: "/data/vol", Logger: slog.New(slog.NewTextHandler(&logBuf, nil))})
 	if err != nil {
 		t.Fatalf("open with the journal (last 5) behind the checkpoint (12): %v", err)
 	}
