@@ -797,6 +797,19 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 // caller must not Submit concurrently. A crash during TruncateAfter leaves
 // a gapless prefix at least as long as the requested one.
 func (j *Journal) TruncateAfter(seq uint64) error {
+	return j.truncate(func(uint64) uint64 { return seq })
+}
+
+// Empty removes every record, as TruncateAfter(FirstSeq()-1) does, but it
+// reads the first seq under the lock retention holds, so segments that
+// consumers released meanwhile cannot make it fail with ErrGone.
+// Afterwards the journal is empty and LastSeq()+1 is the old FirstSeq().
+func (j *Journal) Empty() error {
+	return j.truncate(func(first uint64) uint64 { return first - 1 })
+}
+
+// truncate is TruncateAfter(after(FirstSeq())).
+func (j *Journal) truncate(after func(first uint64) uint64) error {
 	j.ioMu.Lock()
 	defer j.ioMu.Unlock()
 	j.syncMu.Lock()
@@ -806,6 +819,7 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 		j.mu.Unlock()
 		return err
 	}
+	seq := after(j.firstLocked())
 	if seq >= j.next-1 {
 		j.mu.Unlock()
 		return nil

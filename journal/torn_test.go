@@ -146,3 +146,36 @@ func TestVersion1Segment(t *testing.T) {
 		t.Fatalf("version 1, damaged record followed by the next seq: %v, want ErrCorrupt", err)
 	}
 }
+
+// TestEmptyWhileRetentionRuns: Empty removes every record even while a
+// consumer's release lets retention remove segments at the same moment
+// (reading FirstSeq and then calling TruncateAfter(first-1) can fail with
+// ErrGone in between, which made a mirror's resync reset fail).
+// Invariant: emptying the journal cannot race with retention.
+func TestEmptyWhileRetentionRuns(t *testing.T) {
+	ctx := context.Background()
+	for i := range 50 {
+		dir := t.TempDir()
+		j := mustOpen(t, opts(dir))
+		if err := j.AddConsumer("c", 1, false); err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, j, 1, 60, func(uint64) int { return 1000 }) // about 4 segments
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			j.Release("c", uint64(20+i%40))
+		}()
+		if err := j.Empty(); err != nil {
+			t.Fatalf("iteration %d: Empty: %v", i, err)
+		}
+		<-done
+		if first, last := j.FirstSeq(), j.LastSeq(); first != last+1 {
+			t.Fatalf("iteration %d: journal %d..%d after Empty", i, first, last)
+		}
+		if err := j.Submit(ctx, rec(j.LastSeq()+1, 100)); err != nil {
+			t.Fatalf("iteration %d: the journal does not continue after Empty: %v", i, err)
+		}
+		j.Close()
+	}
+}

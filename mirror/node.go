@@ -242,10 +242,8 @@ func (n *Node) continueAfterCheckpoint(cp uint64) error {
 	first, last := j.FirstSeq(), j.LastSeq()
 	n.log.Warn("journal ends before the store's checkpoint: every record it holds is already in the store; emptying it and continuing after the checkpoint (on a primary, a mirror that lacks seqs up to the checkpoint needs a resync)",
 		"journal_first", first, "journal_last", last, "checkpoint", cp, "next_seq", cp+1)
-	if first <= last {
-		if err := j.TruncateAfter(first - 1); err != nil {
-			return fmt.Errorf("mirror: empty journal %d..%d below checkpoint %d: %w", first, last, cp, err)
-		}
+	if err := j.Empty(); err != nil {
+		return fmt.Errorf("mirror: empty journal %d..%d below checkpoint %d: %w", first, last, cp, err)
 	}
 	if err := j.SetStart(cp + 1); err != nil {
 		return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)

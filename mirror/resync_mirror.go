@@ -109,11 +109,9 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		d.applyMu.Unlock()
 		return err
 	}
-	if first := j.FirstSeq(); first <= j.LastSeq() {
-		if err := j.TruncateAfter(first - 1); err != nil {
-			d.applyMu.Unlock()
-			return fmt.Errorf("empty journal: %w", err)
-		}
+	if err := j.Empty(); err != nil { // (retention may release segments meanwhile)
+		d.applyMu.Unlock()
+		return fmt.Errorf("empty journal: %w", err)
 	}
 	if err := j.SetStart(m.From); err != nil {
 		d.applyMu.Unlock()
