@@ -330,9 +330,25 @@ func TestRetentionRelease(t *testing.T) {
 	if _, err := r.Next(context.Background(), 1, 0); !errors.Is(err, journal.ErrGone) {
 		t.Fatalf("reader overtaken by retention: %v", err)
 	}
-	first := j.FirstSeq()
-	if got := scanAll(t, j, first); len(got) != int(401-first) {
-		t.Fatalf("scan got %d", len(got))
+	// Retention may still be removing the other released segments: scan
+	// from wherever it has got to.
+	for {
+		first, n := j.FirstSeq(), 0
+		err := j.Scan(first, func(r journal.Record) error {
+			checkRec(t, r, first+uint64(n))
+			n++
+			return nil
+		})
+		if errors.Is(err, journal.ErrGone) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("scan from %d: %v", first, err)
+		}
+		if n != int(401-first) {
+			t.Fatalf("scan from %d got %d records", first, n)
+		}
+		break
 	}
 	j.RemoveConsumer("peer:m1")
 	waitFor(t, func() bool { return j.FirstSeq() > 250 })
