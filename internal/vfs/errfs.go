@@ -11,7 +11,8 @@ import (
 // Op names an operation of FS or File, for error injection.
 type Op uint8
 
-// Operations. The File operations carry the path the file was opened by.
+// Operations. The File operations carry the path the file was opened by;
+// Rename carries its old path.
 const (
 	OpMkdirAll Op = iota + 1
 	OpReadDir
