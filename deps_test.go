@@ -8,7 +8,7 @@ import (
 
 // TestDependencyDirection enforces the layout of DESIGN: cmd → mirror →
 // {journal, store, transport}; cmd → nbd; the leaf packages import none of
-// the others.
+// the others; internal/vfs, which all of them may use, imports none.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/blockmirror/blockmirror/"
 	forbidden := map[string][]string{
@@ -29,6 +29,17 @@ func TestDependencyDirection(t *testing.T) {
 					t.Errorf("%s imports %s, which the layout forbids", pkg, dep)
 				}
 			}
+		}
+	}
+	// internal/vfs is a leaf every package may use: it imports nothing of
+	// the project.
+	out, err := exec.Command("go", "list", "-deps", "./internal/vfs").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ./internal/vfs: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.HasPrefix(dep, mod) && dep != mod+"internal/vfs" {
+			t.Errorf("internal/vfs imports %s; it must stay a leaf", dep)
 		}
 	}
 }

@@ -145,25 +145,7 @@ func TestCrashKill9(t *testing.T) {
 		if j.LastSeq() < maxAcked {
 			t.Fatalf("iteration %d (seed %d): last seq %d < acknowledged %d", iters, seed, j.LastSeq(), maxAcked)
 		}
-		first := j.FirstSeq()
-		next := first
-		err = j.Scan(first, func(r journal.Record) error {
-			if r.Seq != next {
-				return fmt.Errorf("seq %d, want %d", r.Seq, next)
-			}
-			if len(r.Data) != crashSize(r.Seq) {
-				return fmt.Errorf("seq %d: %d bytes, want %d", r.Seq, len(r.Data), crashSize(r.Seq))
-			}
-			checkRec(t, r, r.Seq)
-			next++
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("iteration %d (seed %d): scan: %v", iters, seed, err)
-		}
-		if next != j.LastSeq()+1 {
-			t.Fatalf("iteration %d: scan ended at %d, last %d", iters, next, j.LastSeq())
-		}
+		checkChain(t, j, j.FirstSeq(), j.LastSeq(), crashSize)
 		if err := j.Close(); err != nil {
 			t.Fatal(err)
 		}

@@ -17,7 +17,8 @@
 // covering everything written so far (group commit); the next batch is
 // written while it runs. A Durable request for a record already written
 // causes a sync only. Segment rotation (fsync the old segment, create the
-// new one, fsync the directory) happens in the pass that fills a segment.
+// new one with its header, fsync it and the directory) happens in the pass
+// that fills a segment.
 // To keep that fsync short, every 4 MiB of a segment is handed to the
 // kernel's writeback early (sync_file_range), and a new segment reserves
 // its blocks up front (fallocate, size unchanged). Two watermarks
@@ -54,17 +55,21 @@
 //	+------+--------+------+------------------+-----------+--------+------+
 //	| BMJS |version | flags|  volume UUID (16)| first seq | reserv.| crc  |
 //	+------+--------+------+------------------+-----------+--------+------+
-//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (1);
+//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (2)
+//	for new segments, 1 for segments of earlier builds (both are read);
 //	flags and reserved are zero.
 //
 // Record (RecordHeaderSize = 40 bytes of header, then the payload):
 //
-//	 0      4         8        16       24        32       36  37      40
-//	+------+---------+--------+--------+---------+--------+---+-------+---------+
-//	| crc  | data len| epoch  |  seq   | offset  | length | op| zero  | data... |
-//	+------+---------+--------+--------+---------+--------+---+-------+---------+
+//	 0      4         8        16       24        32       36  37        40
+//	+------+---------+--------+--------+---------+--------+---+---------+---------+
+//	| crc  | data len| epoch  |  seq   | offset  | length | op| sync lag| data... |
+//	+------+---------+--------+--------+---------+--------+---+---------+---------+
 //	crc = CRC-32C of bytes 4.. to the end of the data; data len <= MaxRecordData
 //	(32 MiB) and equals length for OpWrite, zero for the other ops.
+//	sync lag (u24, version 2) = seq minus the journal's durable seq when the
+//	record was written, capped at MaxSyncLag; 0 means unknown, and is what
+//	version-1 segments and records outside segments (AppendRecord) hold.
 //
 // The decoder checks every length against MaxRecordData before reading or
 // allocating for it.
@@ -73,15 +78,25 @@
 //
 // Open verifies every record of every segment (checksums, seq chain,
 // volume UUID, version). In the last segment, a record cut short, zeroed or
-// failing its checksum is a torn tail (the previous process died mid-write)
-// and is truncated, with a log message — unless a valid record with the
-// following seq lies beyond it, which shows corruption rather than a torn
-// write. Damage anywhere else fails Open with an error wrapping ErrCorrupt
-// that names the file and byte offset; records are never skipped silently.
-// A segment with another volume UUID fails with ErrForeignVolume. (After a
-// power loss, unsynced pages may reach disk out of order; if that leaves a
-// damaged record followed by an intact one in the unsynced tail, Open
-// reports ErrCorrupt rather than guessing.)
+// failing its checksum starts a torn tail (the previous process died
+// mid-write, or a power loss kept only part of what was written since the
+// last fdatasync) and is truncated, with a log message — unless the rest of
+// the segment shows that the damaged record had been durable: an intact
+// record after it whose seq minus its sync lag reaches the damaged seq was
+// written after an fdatasync covered the damaged one, so that is damage to
+// durable data (ErrCorrupt). After a power loss, unsynced pages can reach
+// the disk out of order, so intact records may follow a lost one in the
+// unsynced tail; none of them was ever durable (a sync covering them would
+// have covered the lost one too) and they go with the torn tail. Damage to
+// a record of the last sync window with nothing written after that sync
+// cannot be told from a torn tail and is treated as one. (Version-1
+// segments, without sync lags, keep the older rule: a valid record with
+// the following seq beyond the damage means corruption.) Damage anywhere
+// else fails Open with an error wrapping ErrCorrupt that names the file and
+// byte offset; records are never skipped silently. A segment with another
+// volume UUID fails with ErrForeignVolume. The header of a segment is
+// fsync'd before any record is written into it, so a power loss cannot
+// leave a damaged header in front of surviving records.
 //
 // # Finding records
 //

@@ -70,6 +70,10 @@ func (j *Journal) pass(closing bool) {
 	}
 }
 
+// writebacker is implemented by files that can start writeback early
+// (vfs.OS: sync_file_range).
+type writebacker interface{ StartWriteback(off, n int64) error }
+
 // writebackStep is how much a segment grows between the early writeback
 // requests that keep its rotation fdatasync short.
 const writebackStep = 4 << 20
@@ -83,6 +87,7 @@ func (j *Journal) writeQueued() bool {
 	if j.written < j.next-1 {
 		j.batch = append(j.batch, j.tail[j.written+1-j.tailFirst:]...)
 	}
+	durable := j.durable
 	j.mu.Unlock()
 	if len(j.batch) == 0 {
 		return true
@@ -90,7 +95,7 @@ func (j *Journal) writeQueued() bool {
 	if d := j.opts.TestWriteDelay; d > 0 {
 		time.Sleep(d)
 	}
-	err := j.writeBatch(j.batch)
+	err := j.writeBatch(j.batch, durable)
 	clear(j.batch)
 	if err != nil {
 		j.fail(err)
@@ -101,7 +106,11 @@ func (j *Journal) writeQueued() bool {
 
 // writeBatch appends batch (consecutive seqs following j.written) to the
 // active segment, rotating when the segment would exceed SegmentBytes.
-func (j *Journal) writeBatch(batch []Record) error {
+// durable is the durable seq when the batch was taken: each record of a
+// version-2 segment carries its distance from it (the sync lag), which is
+// what lets recovery tell an unsynced tail torn by a power loss from
+// damage to durable records.
+func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 	for i := 0; i < len(batch); {
 		seg := j.segs[len(j.segs)-1] // segs change only under ioMu, which we hold
 		base := seg.size
@@ -124,7 +133,11 @@ func (j *Journal) writeBatch(batch []Record) error {
 				idx = append(idx, idxEntry{r.Seq, off})
 				lastIdx = off
 			}
-			j.buf = appendRecord(j.buf, r)
+			var lag uint32
+			if seg.version >= 2 {
+				lag = uint32(min(r.Seq-durable, MaxSyncLag))
+			}
+			j.buf = appendRecord(j.buf, r, lag)
 			i++
 		}
 		if i > start {
@@ -165,6 +178,7 @@ func (j *Journal) writeBatch(batch []Record) error {
 			if err := j.rotate(batch[i].Seq); err != nil {
 				return err
 			}
+			durable = max(durable, batch[i].Seq-1) // rotate synced the rest
 		}
 	}
 	return nil
@@ -243,18 +257,14 @@ func (j *Journal) rotate(first uint64) error {
 		return fmt.Errorf("close %s: %w", old.path, err)
 	}
 	j.active = nil
-	// The header reaches disk with the next data sync; the directory entry
-	// is synced now so the file cannot vanish once it holds durable records.
-	f, seg, err := j.createSegment(first, false)
+	// The header and the directory entry are made durable before any
+	// record goes in: a power loss can then tear only records, never the
+	// header in front of records that survived it.
+	f, seg, err := j.createSegment(first, true)
 	if err != nil {
 		return err
 	}
 	j.active = f
-	if !j.opts.NoSync {
-		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
-			return fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
-		}
-	}
 	j.mu.Lock()
 	j.segs = append(j.segs, seg)
 	j.total += seg.size

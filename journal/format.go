@@ -12,8 +12,15 @@ import (
 // requires bumping FormatVersion.
 const (
 	// FormatVersion is the segment format version written into every
-	// segment header (format).
-	FormatVersion = 1
+	// new segment header (format). Version 2 adds the record's sync lag
+	// (bytes 37..39 of the record header, zero in version 1); segments of
+	// both versions are read.
+	FormatVersion = 2
+
+	// MaxSyncLag is the largest sync lag a record header holds (format):
+	// a record written MaxSyncLag or more seqs after the durable one says
+	// MaxSyncLag, i.e. "at least that".
+	MaxSyncLag = 1<<24 - 1
 
 	// SegmentHeaderSize is the size of the header at the start of every
 	// segment file (format).
@@ -50,11 +57,14 @@ type SegmentHeader struct {
 }
 
 // AppendSegmentHeader appends the encoding of h (always SegmentHeaderSize
-// bytes, with Version forced to FormatVersion) to dst.
+// bytes) to dst. A zero Version means FormatVersion.
 func AppendSegmentHeader(dst []byte, h SegmentHeader) []byte {
 	var b [SegmentHeaderSize]byte
 	copy(b[0:4], segmentMagic)
-	binary.LittleEndian.PutUint16(b[4:6], FormatVersion)
+	if h.Version == 0 {
+		h.Version = FormatVersion
+	}
+	binary.LittleEndian.PutUint16(b[4:6], h.Version)
 	// b[6:8] flags, zero.
 	copy(b[8:24], h.Volume[:])
 	binary.LittleEndian.PutUint64(b[24:32], h.FirstSeq)
@@ -78,8 +88,8 @@ func DecodeSegmentHeader(b []byte) (SegmentHeader, error) {
 		return h, fmt.Errorf("%w: segment header checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
 	h.Version = binary.LittleEndian.Uint16(b[4:6])
-	if h.Version != FormatVersion {
-		return h, fmt.Errorf("%w: segment format version %d, this build reads %d", ErrVersion, h.Version, FormatVersion)
+	if h.Version < 1 || h.Version > FormatVersion {
+		return h, fmt.Errorf("%w: segment format version %d, this build reads 1 to %d", ErrVersion, h.Version, FormatVersion)
 	}
 	if binary.LittleEndian.Uint16(b[6:8]) != 0 || binary.LittleEndian.Uint32(b[32:36]) != 0 {
 		return h, fmt.Errorf("%w: segment header has unknown flags", ErrCorrupt)
@@ -120,17 +130,18 @@ func checkRecord(rec *Record) error {
 // encodedSize is the number of bytes rec occupies in a segment.
 func encodedSize(rec *Record) int { return RecordHeaderSize + len(rec.Data) }
 
-// AppendRecord appends the encoding of rec to dst. It fails (wrapping
-// ErrInvalid) if rec violates the format's constraints.
+// AppendRecord appends the encoding of rec to dst (sync lag 0: unknown).
+// It fails (wrapping ErrInvalid) if rec violates the format's constraints.
 func AppendRecord(dst []byte, rec Record) ([]byte, error) {
 	if err := checkRecord(&rec); err != nil {
 		return dst, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	return appendRecord(dst, &rec), nil
+	return appendRecord(dst, &rec, 0), nil
 }
 
-// appendRecord encodes an already validated record.
-func appendRecord(dst []byte, rec *Record) []byte {
+// appendRecord encodes an already validated record with the given sync
+// lag (0 for version-1 segments and records outside segments).
+func appendRecord(dst []byte, rec *Record, lag uint32) []byte {
 	start := len(dst)
 	var h [RecordHeaderSize]byte
 	binary.LittleEndian.PutUint32(h[4:8], uint32(len(rec.Data)))
@@ -139,6 +150,7 @@ func appendRecord(dst []byte, rec *Record) []byte {
 	binary.LittleEndian.PutUint64(h[24:32], rec.Offset)
 	binary.LittleEndian.PutUint32(h[32:36], rec.Length)
 	h[36] = byte(rec.Op)
+	h[37], h[38], h[39] = byte(lag), byte(lag>>8), byte(lag>>16)
 	dst = append(dst, h[:]...)
 	dst = append(dst, rec.Data...)
 	crc := crc32.Checksum(dst[start+4:], castagnoli)
@@ -153,27 +165,42 @@ func recordDataLen(b []byte) uint32 { return binary.LittleEndian.Uint32(b[4:8]) 
 // DecodeRecord decodes the record at the start of b and returns it with the
 // number of bytes it occupies. The returned Data aliases b. Errors wrap
 // io.ErrUnexpectedEOF when b ends inside the record, or ErrCorrupt when the
-// bytes are not a valid record (checksum, lengths, op, reserved bits). No
-// length is trusted before it has been checked against MaxRecordData, and
-// nothing is allocated.
+// bytes are not a valid record (checksum, lengths, op). No length is
+// trusted before it has been checked against MaxRecordData, and nothing is
+// allocated. The sync lag is not returned (see SyncLag).
 func DecodeRecord(b []byte) (Record, int, error) {
+	rec, _, n, err := decodeRecord(b, FormatVersion)
+	return rec, n, err
+}
+
+// SyncLag returns the sync lag stored in the header of the record at the
+// start of b (at least RecordHeaderSize bytes): how many seqs the record
+// was ahead of the durable one when it was written; 0 means unknown.
+func SyncLag(b []byte) uint32 {
+	return uint32(b[37]) | uint32(b[38])<<8 | uint32(b[39])<<16
+}
+
+// decodeRecord is DecodeRecord for a segment of format version, also
+// returning the sync lag; version 1 requires it to be zero.
+func decodeRecord(b []byte, version uint16) (Record, uint32, int, error) {
 	var rec Record
 	if len(b) < RecordHeaderSize {
-		return rec, 0, errShort
+		return rec, 0, 0, errShort
 	}
 	n := recordDataLen(b)
 	if n > MaxRecordData {
-		return rec, 0, fmt.Errorf("%w: record data length %d exceeds the maximum %d", ErrCorrupt, n, MaxRecordData)
+		return rec, 0, 0, fmt.Errorf("%w: record data length %d exceeds the maximum %d", ErrCorrupt, n, MaxRecordData)
 	}
 	total := RecordHeaderSize + int(n)
 	if len(b) < total {
-		return rec, 0, errShort
+		return rec, 0, 0, errShort
 	}
 	if got, want := binary.LittleEndian.Uint32(b[0:4]), crc32.Checksum(b[4:total], castagnoli); got != want {
-		return rec, 0, fmt.Errorf("%w: record checksum %08x, want %08x", ErrCorrupt, got, want)
+		return rec, 0, 0, fmt.Errorf("%w: record checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
-	if b[37] != 0 || b[38] != 0 || b[39] != 0 {
-		return rec, 0, fmt.Errorf("%w: record has reserved bits set", ErrCorrupt)
+	lag := SyncLag(b)
+	if version < 2 && lag != 0 {
+		return rec, 0, 0, fmt.Errorf("%w: record has reserved bits set", ErrCorrupt)
 	}
 	rec.Epoch = binary.LittleEndian.Uint64(b[8:16])
 	rec.Seq = binary.LittleEndian.Uint64(b[16:24])
@@ -184,9 +211,9 @@ func DecodeRecord(b []byte) (Record, int, error) {
 		rec.Data = b[RecordHeaderSize:total:total]
 	}
 	if err := checkRecord(&rec); err != nil {
-		return Record{}, 0, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return Record{}, 0, 0, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return rec, total, nil
+	return rec, lag, total, nil
 }
 
 // segmentName is the file name of the segment whose first seq is first.

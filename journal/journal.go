@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -103,8 +105,9 @@ type Options struct {
 	// OnSync, when set, is called from the sync goroutine with the duration
 	// of each fdatasync of group commit (for metrics); it must not block.
 	OnSync func(d time.Duration)
-	// FS is the file system to use; nil means the operating system's.
-	FS FS
+	// FS is the file system to use; nil means the operating system's
+	// (vfs.OS).
+	FS vfs.FS
 	// TestWriteDelay (tests only) delays every write pass, so that readers
 	// of the memory tail (a primary's senders) run ahead of the local
 	// journal. Only a test build of the daemon can set it.
@@ -128,7 +131,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.FS == nil {
-		o.FS = OSFS{}
+		o.FS = vfs.OS
 	}
 	return o
 }
@@ -159,11 +162,12 @@ type idxEntry struct {
 // segment is the in-memory description of one segment file. Fields are
 // changed only by the goroutine holding ioMu, and only under mu.
 type segment struct {
-	path  string
-	first uint64 // seq of the first record (from the header)
-	count uint64 // records in the file
-	size  int64  // bytes in the file, header included
-	idx   []idxEntry
+	path    string
+	version uint16 // format version of the file (header)
+	first   uint64 // seq of the first record (from the header)
+	count   uint64 // records in the file
+	size    int64  // bytes in the file, header included
+	idx     []idxEntry
 	// kicked: early writeback was requested below this offset (active
 	// segment, ioMu).
 	kicked int64
@@ -224,7 +228,7 @@ type Stats struct {
 // concurrent use.
 type Journal struct {
 	opts Options
-	fs   FS
+	fs   vfs.FS
 	log  *slog.Logger
 
 	done chan struct{} // closed when the flusher exits
@@ -237,7 +241,7 @@ type Journal struct {
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
-	active   File          // handle of the last segment (ioMu+syncMu to replace)
+	active   vfs.File      // handle of the last segment (ioMu+syncMu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
 	warned   uint64 // first seq of the segment last warned about (ioMu)
@@ -802,11 +806,15 @@ func (j *Journal) SetStart(seq uint64) error {
 	return nil
 }
 
+// preallocator is implemented by files that can reserve blocks without
+// changing their size (vfs.OS: fallocate KEEP_SIZE).
+type preallocator interface{ Preallocate(n int64) error }
+
 // createSegment creates the segment file whose first record is first and
 // writes its header; with sync it makes file and directory entry durable.
-func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error) {
+func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, error) {
 	path := filepath.Join(j.opts.Dir, segmentName(first))
-	f, err := j.fs.Create(path)
+	f, err := j.fs.Create(path, 0o644)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create segment %s: %w", path, err)
 	}
@@ -830,7 +838,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error)
 			return nil, nil, fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
 		}
 	}
-	return f, &segment{path: path, first: first, size: SegmentHeaderSize}, nil
+	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize}, nil
 }
 
 // TruncateAfter removes every record > seq, written or only queued, and
@@ -841,6 +849,19 @@ func (j *Journal) createSegment(first uint64, sync bool) (File, *segment, error)
 // caller must not Submit concurrently. A crash during TruncateAfter leaves
 // a gapless prefix at least as long as the requested one.
 func (j *Journal) TruncateAfter(seq uint64) error {
+	return j.truncate(func(uint64) uint64 { return seq })
+}
+
+// Empty removes every record, as TruncateAfter(FirstSeq()-1) does, but it
+// reads the first seq under the lock retention holds, so segments that
+// consumers released meanwhile cannot make it fail with ErrGone.
+// Afterwards the journal is empty and LastSeq()+1 is the old FirstSeq().
+func (j *Journal) Empty() error {
+	return j.truncate(func(first uint64) uint64 { return first - 1 })
+}
+
+// truncate is TruncateAfter(after(FirstSeq())).
+func (j *Journal) truncate(after func(first uint64) uint64) error {
 	j.ioMu.Lock()
 	defer j.ioMu.Unlock()
 	j.syncMu.Lock()
@@ -850,6 +871,7 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 		j.mu.Unlock()
 		return err
 	}
+	seq := after(j.firstLocked())
 	if seq >= j.next-1 {
 		j.mu.Unlock()
 		return nil
@@ -963,7 +985,7 @@ func (j *Journal) TruncateAfter(seq uint64) error {
 
 // offsetOf returns the byte offset of record seq in seg (seg.size when seq
 // is one past its last record), reading through f.
-func (j *Journal) offsetOf(seg *segment, f File, seq uint64) (int64, error) {
+func (j *Journal) offsetOf(seg *segment, f vfs.File, seq uint64) (int64, error) {
 	j.mu.Lock()
 	if seq >= seg.first+seg.count {
 		size := seg.size
@@ -986,12 +1008,15 @@ func (j *Journal) offsetOf(seg *segment, f File, seq uint64) (int64, error) {
 // chunks. With fresh set, every chunk is a new buffer so returned records
 // may be retained; otherwise the buffer is reused.
 type segIter struct {
-	f     File
+	f     vfs.File
 	path  string
 	size  int64 // bytes of the file to consider
 	off   int64 // offset of the next record
 	chunk int
 	fresh bool
+	// version is the segment's format version, for the checks that depend
+	// on it (0: the current one).
+	version uint16
 
 	buf    []byte
 	bufOff int64 // file offset of buf[0]
@@ -1049,7 +1074,11 @@ func (it *segIter) next() (Record, int64, error) {
 	} else if !ok {
 		return Record{}, off, fmt.Errorf("journal: %s at offset %d: %w", it.path, off, errShort)
 	}
-	rec, m, err := DecodeRecord(it.buf[off-it.bufOff:])
+	v := it.version
+	if v == 0 {
+		v = FormatVersion
+	}
+	rec, _, m, err := decodeRecord(it.buf[off-it.bufOff:], v)
 	if err != nil {
 		return Record{}, off, fmt.Errorf("journal: %s at offset %d: %w", it.path, off, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sort"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // Reader reads records in seq order, from the in-memory tail when they are
@@ -18,7 +20,7 @@ type Reader struct {
 	closed bool   // (j.mu)
 
 	// File cache, owned by the goroutine calling Next.
-	f      File
+	f      vfs.File
 	fPath  string
 	fGen   uint64
 	posSeq uint64 // seq of the record at posOff in fPath; 0 if unknown

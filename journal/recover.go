@@ -8,13 +8,21 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // recover scans Dir, verifies every segment, truncates a torn tail of the
 // last one and opens it for appending. It runs before the flusher starts.
 func (j *Journal) recover() error {
 	dir := j.opts.Dir
-	if err := j.fs.MkdirAll(dir); err != nil {
+	var err error
+	if j.opts.NoSync {
+		err = j.fs.MkdirAll(dir, 0o755)
+	} else {
+		err = vfs.MkdirAllSynced(j.fs, dir, 0o755) // a new journal must not vanish at a power loss
+	}
+	if err != nil {
 		return fmt.Errorf("journal: create %s: %w", dir, err)
 	}
 	names, err := j.fs.ReadDir(dir)
@@ -148,8 +156,8 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 	if h.FirstSeq != first {
 		return nil, false, fmt.Errorf("journal: %s at offset 0: %w: header first seq %d does not match the file name", path, ErrCorrupt, h.FirstSeq)
 	}
-	seg = &segment{path: path, first: first, size: SegmentHeaderSize}
-	it := segIter{f: f, path: path, size: size, off: SegmentHeaderSize, chunk: scanChunk}
+	seg = &segment{path: path, version: h.Version, first: first, size: SegmentHeaderSize}
+	it := segIter{f: f, path: path, size: size, off: SegmentHeaderSize, chunk: scanChunk, version: h.Version}
 	want := first
 	for {
 		rec, off, err := it.next()
@@ -166,13 +174,26 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 			if !last {
 				return nil, false, asCorrupt(err)
 			}
-			if later, lerr := j.validAfter(f, path, off, size, want); lerr != nil {
-				return nil, false, lerr
-			} else if later >= 0 {
-				return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, later)
+			rest := make([]byte, size-off)
+			if _, rerr := f.ReadAt(rest, off); rerr != nil && rerr != io.EOF {
+				return nil, false, fmt.Errorf("journal: read %s: %w", path, rerr)
+			}
+			intact := 0
+			if h.Version < 2 {
+				if later := validAfter(rest, want); later >= 0 {
+					return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, off+later)
+				}
+			} else {
+				p := durableProof(rest, want)
+				if p.at >= 0 {
+					return nil, false, fmt.Errorf("%w (the intact record with seq %d at offset %d was written when seq %d was already durable, so this is damage to durable records, not a torn tail)",
+						asCorrupt(err), p.seq, off+p.at, want)
+				}
+				intact = p.intact
 			}
 			j.log.Warn("journal: truncating torn tail of the last segment", "file", path,
-				"offset", off, "bytes", size-off, "reason", err)
+				"offset", off, "bytes", size-off, "reason", err,
+				"intact_unsynced_records_discarded", intact)
 			if err := f.Truncate(off); err != nil {
 				return nil, false, fmt.Errorf("journal: truncate %s to %d: %w", path, off, err)
 			}
@@ -191,31 +212,88 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 	return seg, false, nil
 }
 
-// validAfter looks for a valid record carrying seq want+1 beyond the
-// damaged record at off. Finding one means the damage is not a torn tail
-// (a crash only ever loses a suffix) but corruption in the middle of the
-// log. It returns that record's offset, or -1.
-func (j *Journal) validAfter(f File, path string, off, size int64, want uint64) (int64, error) {
-	rest := make([]byte, size-off)
-	if _, err := f.ReadAt(rest, off); err != nil && err != io.EOF {
-		return 0, fmt.Errorf("journal: read %s: %w", path, err)
-	}
+// validAfter looks, in the bytes rest of a version-1 segment that follow
+// the damaged record with seq want, for a valid record carrying seq
+// want+1. Finding one means the damage is not a torn tail (a crash only
+// ever loses a suffix) but corruption in the middle of the log. It returns
+// that record's offset in rest, or -1.
+func validAfter(rest []byte, want uint64) int64 {
 	var pat [8]byte
 	binary.LittleEndian.PutUint64(pat[:], want+1)
 	const seqAt = 16 // offset of seq within the record header
 	for from := 1; ; {
 		i := bytes.Index(rest[from:], pat[:])
 		if i < 0 {
-			return -1, nil
+			return -1
 		}
 		pos := from + i - seqAt
 		if pos >= 1 {
-			if rec, _, err := DecodeRecord(rest[pos:]); err == nil && rec.Seq == want+1 {
-				return off + int64(pos), nil
+			if rec, _, _, err := decodeRecord(rest[pos:], 1); err == nil && rec.Seq == want+1 {
+				return int64(pos)
 			}
 		}
 		from += i + 1
 	}
+}
+
+// proof is what durableProof found beyond a damaged record: the first
+// intact record written after the damaged one was durable (at, its offset
+// in rest, < 0: none), and how many intact records it looked at.
+type proof struct {
+	at     int64
+	seq    uint64
+	intact int
+}
+
+// durableProof looks, in the bytes rest of a version-2 segment that follow
+// the damaged record with seq want, for an intact record written when want
+// was already durable (its seq minus its sync lag reaches want). Finding
+// one proves the damage hit durable records. Without one, everything from
+// the damage on was written after the last sync that reached the disk: a
+// power loss may have written back some of it and not the rest, out of
+// order, which is a torn tail however many intact records follow.
+//
+// Intact records are found by trying every byte offset (cheap checks on
+// the header first, the checksum last) and then hopping record by record.
+func durableProof(rest []byte, want uint64) proof {
+	p := proof{at: -1}
+	maxSeq := want + uint64(len(rest))/RecordHeaderSize
+	for pos := 1; pos+RecordHeaderSize <= len(rest); {
+		b := rest[pos:]
+		seq := binary.LittleEndian.Uint64(b[16:24])
+		if seq <= want || seq > maxSeq || !plausibleHeader(b) {
+			pos++
+			continue
+		}
+		rec, lag, n, err := decodeRecord(b, 2)
+		if err != nil {
+			pos++
+			continue
+		}
+		p.intact++
+		if lag != 0 && lag != MaxSyncLag && rec.Seq-uint64(lag) >= want {
+			p.at, p.seq = int64(pos), rec.Seq
+			return p
+		}
+		pos += n
+	}
+	return p
+}
+
+// plausibleHeader is a cheap filter before a record's checksum is
+// computed: lengths within bounds and consistent with a known op.
+func plausibleHeader(b []byte) bool {
+	n := recordDataLen(b)
+	length := binary.LittleEndian.Uint32(b[32:36])
+	switch Op(b[36]) {
+	case OpWrite:
+		return n <= MaxRecordData && n == length && int(n) <= len(b)-RecordHeaderSize
+	case OpTrim, OpZero:
+		return n == 0
+	case OpEpoch:
+		return n == 0 && length == 0
+	}
+	return false
 }
 
 func isZero(b []byte) bool {
@@ -228,7 +306,7 @@ func isZero(b []byte) bool {
 }
 
 // zeroFile reports whether the whole file reads as zeroes.
-func (j *Journal) zeroFile(f File, size int64) bool {
+func (j *Journal) zeroFile(f vfs.File, size int64) bool {
 	buf := make([]byte, 64<<10)
 	for off := int64(0); off < size; {
 		n := min(int64(len(buf)), size-off)

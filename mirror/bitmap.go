@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // Bitmap marks fixed-size chunks of a volume, e.g. the chunks a mirror
@@ -133,8 +134,8 @@ func (b *Bitmap) Or(o *Bitmap) {
 
 var errBitmap = errors.New("bad bitmap file")
 
-// Save writes the bitmap to path atomically.
-func (b *Bitmap) Save(path string) error {
+// Save writes the bitmap to path on fsys atomically.
+func (b *Bitmap) Save(fsys vfs.FS, path string) error {
 	buf := make([]byte, 0, bitmapHeader+8*len(b.words)+4)
 	buf = append(buf, bitmapMagic...)
 	buf = binary.LittleEndian.AppendUint16(buf, bitmapVersion)
@@ -146,16 +147,21 @@ func (b *Bitmap) Save(path string) error {
 		buf = binary.LittleEndian.AppendUint64(buf, w)
 	}
 	buf = binary.LittleEndian.AppendUint32(buf, crc32.Checksum(buf, castagnoli))
-	if err := atomicfile.Write(path, buf, 0o600); err != nil {
+	if err := atomicfile.WriteFS(fsys, path, buf, 0o600); err != nil {
 		return fmt.Errorf("mirror: save bitmap: %w", err)
 	}
 	return nil
 }
 
-// LoadBitmap reads a bitmap saved by Save; it must match size and chunk.
-// A missing file returns (nil, nil).
+// LoadBitmap reads a bitmap saved by Save from the operating system's file
+// system; it must match size and chunk. A missing file returns (nil, nil).
 func LoadBitmap(path string, size, chunk int64) (*Bitmap, error) {
-	data, err := os.ReadFile(path)
+	return LoadBitmapFS(vfs.OS, path, size, chunk)
+}
+
+// LoadBitmapFS is LoadBitmap from fsys.
+func LoadBitmapFS(fsys vfs.FS, path string, size, chunk int64) (*Bitmap, error) {
+	data, err := vfs.ReadFile(fsys, path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}

@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 )
 
@@ -159,7 +159,7 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 		from = first
 	}
 	dir := filepath.Join(n.Dir, "quarantine")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := vfs.MkdirAllSynced(n.fs, dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: quarantine: %w", err)
 	}
 	base := fmt.Sprintf("q-%s-seq%d-%d", rep.Time.Format("20060102T150405Z"), fork+1, last)
@@ -190,11 +190,11 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	}
 	binary.LittleEndian.PutUint64(buf[countAt:], uint64(rep.Records))
 	rep.Regions = journal.CoalesceRegions(regions)
-	if err := atomicfile.Write(rep.File, buf, 0o600); err != nil {
+	if err := atomicfile.WriteFS(n.fs, rep.File, buf, 0o600); err != nil {
 		return nil, fmt.Errorf("mirror: quarantine: %w", err)
 	}
 	js, _ := json.MarshalIndent(rep, "", "  ")
-	if err := atomicfile.Write(filepath.Join(dir, base+".json"), append(js, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFS(n.fs, filepath.Join(dir, base+".json"), append(js, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("mirror: quarantine report: %w", err)
 	}
 	return rep, nil

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/store"
 	"github.com/zeebo/blake3"
 	"github.com/zeebo/xxh3"
@@ -62,7 +63,7 @@ func TestBitmapPersistence(t *testing.T) {
 	if b.Bytes() != 5*(64<<10)+4096 {
 		t.Fatalf("bytes %d", b.Bytes())
 	}
-	if err := b.Save(p); err != nil {
+	if err := b.Save(vfs.OS, p); err != nil {
 		t.Fatal(err)
 	}
 	c, err := LoadBitmap(p, 10<<20+4096, 64<<10)
@@ -89,7 +90,7 @@ func FuzzBitmapDecode(f *testing.F) {
 	b := NewBitmap(1<<20, 64<<10)
 	b.SetRange(0, 100000)
 	p := filepath.Join(f.TempDir(), "b")
-	b.Save(p)
+	b.Save(vfs.OS, p)
 	data, _ := readFileForFuzz(p)
 	f.Add(data)
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 )
 
@@ -147,10 +148,13 @@ type Meta struct {
 // ErrNoMeta is returned by LoadMeta when the directory holds no volume yet.
 var ErrNoMeta = errors.New("no volume metadata")
 
-// LoadMeta reads dir/meta.json.
-func LoadMeta(dir string) (*Meta, error) {
+// LoadMeta reads dir/meta.json from the operating system's file system.
+func LoadMeta(dir string) (*Meta, error) { return LoadMetaFS(vfs.OS, dir) }
+
+// LoadMetaFS reads dir/meta.json from fsys.
+func LoadMetaFS(fsys vfs.FS, dir string) (*Meta, error) {
 	p := filepath.Join(dir, MetaFile)
-	b, err := os.ReadFile(p)
+	b, err := vfs.ReadFile(fsys, p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("mirror: load %s: %w", p, ErrNoMeta)
 	}
@@ -186,8 +190,8 @@ func (m *Meta) validate() error {
 	return nil
 }
 
-// Save writes the metadata atomically to dir/meta.json.
-func (m *Meta) Save(dir string) error {
+// Save writes the metadata atomically to dir/meta.json on fsys.
+func (m *Meta) Save(fsys vfs.FS, dir string) error {
 	m.Format = metaFormat
 	if err := m.validate(); err != nil {
 		return fmt.Errorf("mirror: save metadata: %w", err)
@@ -196,7 +200,7 @@ func (m *Meta) Save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("mirror: encode metadata: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, MetaFile), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFS(fsys, filepath.Join(dir, MetaFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("mirror: save metadata: %w", err)
 	}
 	return nil

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
 )
@@ -44,8 +44,11 @@ type NodeOptions struct {
 	JournalSegment int64
 	// OnSync is passed to the journal (fdatasync durations, for metrics).
 	OnSync func(d time.Duration)
-	// FS is the file system of the journal (nil: the operating system's).
-	FS journal.FS
+	// FS holds everything the node keeps on disk: meta.json, the journal,
+	// the disk image (a block device only on vfs.OS), dirty bitmaps and
+	// quarantine files. Nil means the operating system's (vfs.OS); tests
+	// use a crashable in-memory one.
+	FS vfs.FS
 	// JournalTestWriteDelay: see journal.Options.TestWriteDelay.
 	JournalTestWriteDelay time.Duration
 	Logger                *slog.Logger
@@ -60,6 +63,7 @@ type Node struct {
 	Dir     string
 	Store   *store.File
 	Journal *journal.Journal
+	fs      vfs.FS
 	log     *slog.Logger
 
 	mu      sync.Mutex
@@ -122,21 +126,25 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("mirror: no data directory given (--data)")
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = vfs.OS
+	}
+	if err := vfs.MkdirAllSynced(fsys, opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: create data directory: %w", err)
 	}
 	disk := opts.Disk
 	if disk == "" {
 		disk = filepath.Join(opts.Dir, DiskFile)
 	}
-	meta, err := LoadMeta(opts.Dir)
+	meta, err := LoadMetaFS(fsys, opts.Dir)
 	var st *store.File
 	switch {
 	case errors.Is(err, ErrNoMeta):
 		if opts.Size == 0 {
-			if _, serr := os.Stat(disk); serr == nil && opts.Disk != "" {
+			if _, serr := fsys.Stat(disk); serr == nil && opts.Disk != "" {
 				// An existing image or device adopted as a new volume.
-				st, err = store.Open(disk)
+				st, err = store.OpenFS(fsys, disk)
 				if err != nil {
 					return nil, err
 				}
@@ -145,18 +153,18 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 			return nil, fmt.Errorf("mirror: %s: %w: give --size to create one", opts.Dir, errNoVolume)
 		}
 		if opts.Disk != "" {
-			if _, serr := os.Stat(disk); serr == nil {
+			if _, serr := fsys.Stat(disk); serr == nil {
 				return nil, fmt.Errorf("mirror: %s exists; not creating a volume over it (drop --size to adopt it)", disk)
 			}
 		}
-		st, err = store.Create(disk, opts.Size)
+		st, err = store.CreateFS(fsys, disk, opts.Size)
 		if err != nil {
 			return nil, err
 		}
 	case err != nil:
 		return nil, err
 	default:
-		st, err = store.Open(disk)
+		st, err = store.OpenFS(fsys, disk)
 		if err != nil {
 			return nil, err
 		}
@@ -183,14 +191,15 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
 			History: []EpochStart{{Epoch: 1, FirstSeq: 1, ID: randomID()}}}
-		if err := meta.Save(opts.Dir); err != nil {
+		if err := meta.Save(fsys, opts.Dir); err != nil {
 			st.Close()
 			return nil, err
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, meta: meta, log: log, marks: make(map[string]*Bitmap)}
+	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*Bitmap)}
 	j, err := journal.Open(journal.Options{
+		FS:           fsys,
 		Dir:          filepath.Join(opts.Dir, JournalDir),
 		Volume:       meta.Volume,
 		MaxBytes:     opts.JournalMax,
@@ -198,7 +207,6 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		Logger:       log,
 		OnDrop:       n.recordDrop,
 		OnSync:       opts.OnSync,
-		FS:           opts.FS,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
 	})
@@ -227,10 +235,8 @@ func (n *Node) recover(ctx context.Context) error {
 	last := j.LastSeq()
 	if last == 0 || last <= cp {
 		if last < cp {
-			// The journal lost records the checkpoint covers (e.g. it was
-			// deleted): continue numbering after the checkpoint.
-			if err := j.SetStart(cp + 1); err != nil {
-				return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)
+			if err := n.continueAfterCheckpoint(cp); err != nil {
+				return err
 			}
 		}
 		return j.AddConsumer(storeConsumer, cp+1, false)
@@ -256,6 +262,26 @@ func (n *Node) recover(ctx context.Context) error {
 		return err
 	}
 	n.log.Info("replayed journal into store", "from", cp+1, "through", last, "records", replayed)
+	return nil
+}
+
+// continueAfterCheckpoint handles a journal that ends before the
+// checkpoint cp: it lost records the store already holds (deleted, or the
+// unsynced tail dropped by a power loss after a checkpoint saved by a
+// build that did not wait for the journal). Every record it still has is
+// covered by the checkpoint, so it is emptied and numbering continues at
+// cp+1; a seq the store holds is never handed out again.
+func (n *Node) continueAfterCheckpoint(cp uint64) error {
+	j := n.Journal
+	first, last := j.FirstSeq(), j.LastSeq()
+	n.log.Warn("journal ends before the store's checkpoint: every record it holds is already in the store; emptying it and continuing after the checkpoint (on a primary, a mirror that lacks seqs up to the checkpoint needs a resync)",
+		"journal_first", first, "journal_last", last, "checkpoint", cp, "next_seq", cp+1)
+	if err := j.Empty(); err != nil {
+		return fmt.Errorf("mirror: empty journal %d..%d below checkpoint %d: %w", first, last, cp, err)
+	}
+	if err := j.SetStart(cp + 1); err != nil {
+		return fmt.Errorf("mirror: journal start at %d: %w", cp+1, err)
+	}
 	return nil
 }
 
@@ -291,7 +317,7 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 	if err := fn(m); err != nil {
 		return err
 	}
-	if err := m.Save(n.Dir); err != nil {
+	if err := m.Save(n.fs, n.Dir); err != nil {
 		return err
 	}
 	n.meta = m
@@ -327,7 +353,7 @@ func (n *Node) BeginWrites() error {
 			"epoch", m.Epoch, "first_seq", from)
 	}
 	m.WritesOpen = true
-	if err := m.Save(n.Dir); err != nil {
+	if err := m.Save(n.fs, n.Dir); err != nil {
 		return fmt.Errorf("mirror: mark the volume as serving writes: %w", err)
 	}
 	n.meta = m
@@ -367,13 +393,24 @@ func (n *Node) EndWrites() error {
 	return err
 }
 
-// Checkpoint records that the store holds every record ≤ seq: it syncs the
-// store, saves the checkpoint, and lets the journal drop those records.
+// Checkpoint records that the store holds every record ≤ seq: it makes the
+// journal durable through seq, syncs the store, saves the checkpoint, and
+// lets the journal drop those records. The journal comes first: a
+// checkpoint ahead of the durable journal would, after a power loss that
+// drops the journal's unsynced tail, claim seqs the journal no longer has,
+// and new writes would reuse them. Blocks for an fdatasync of each at most.
 func (n *Node) Checkpoint(seq uint64) error {
+	err := n.Journal.Wait(context.Background(), seq, journal.Durable)
+	if errors.Is(err, journal.ErrTruncated) {
+		err = n.Journal.Sync(context.Background()) // seq is past the journal's end
+	}
+	if err != nil {
+		return fmt.Errorf("mirror: checkpoint %d: make the journal durable: %w", seq, err)
+	}
 	if err := n.Store.Sync(); err != nil {
 		return fmt.Errorf("mirror: checkpoint: %w", err)
 	}
-	err := n.UpdateMeta(func(m *Meta) error {
+	err = n.UpdateMeta(func(m *Meta) error {
 		if seq > m.CheckpointSeq {
 			m.CheckpointSeq = seq
 		}

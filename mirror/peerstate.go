@@ -1,11 +1,13 @@
 package mirror
 
 import (
+	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"strings"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 )
 
@@ -53,14 +55,14 @@ func (n *Node) LoadBitmap(peer string) (*Bitmap, error) {
 }
 
 func (n *Node) loadBitmapLocked(peer string) (*Bitmap, error) {
-	return LoadBitmap(n.bitmapPath(peer), n.Store.Size(), DefaultSyncChunk)
+	return LoadBitmapFS(n.fs, n.bitmapPath(peer), n.Store.Size(), DefaultSyncChunk)
 }
 
 func (n *Node) saveBitmapLocked(peer string, b *Bitmap) error {
-	if err := os.MkdirAll(filepath.Dir(n.bitmapPath(peer)), 0o700); err != nil {
+	if err := vfs.MkdirAllSynced(n.fs, filepath.Dir(n.bitmapPath(peer)), 0o700); err != nil {
 		return fmt.Errorf("mirror: save bitmap: %w", err)
 	}
-	return b.Save(n.bitmapPath(peer))
+	return b.Save(n.fs, n.bitmapPath(peer))
 }
 
 // SaveBitmap replaces the peer's bitmap file with b, adding the marks made
@@ -124,7 +126,7 @@ func (n *Node) FinishBitmap(peer string, extra *Bitmap) (clean bool, err error) 
 	if extra != nil && extra.Count() > 0 {
 		return false, n.saveBitmapLocked(peer, extra)
 	}
-	if err := os.Remove(n.bitmapPath(peer)); err != nil && !os.IsNotExist(err) {
+	if err := n.fs.Remove(n.bitmapPath(peer)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("mirror: remove bitmap: %w", err)
 	}
 	return true, nil
@@ -187,7 +189,7 @@ func (n *Node) forgetPeers(keep map[string]bool) error {
 	for _, name := range gone {
 		n.Journal.RemoveConsumer(peerConsumer(name))
 		n.bmMu.Lock()
-		os.Remove(n.bitmapPath(name))
+		n.fs.Remove(n.bitmapPath(name))
 		n.bmMu.Unlock()
 		n.log.Info("mirror no longer configured: its journal records and dirty bitmap are released; if it returns it is resynced in full", "peer", name)
 	}

@@ -110,11 +110,19 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		d.applyMu.Unlock()
 		return err
 	}
-	if first := j.FirstSeq(); first <= j.LastSeq() {
-		if err := j.TruncateAfter(first - 1); err != nil {
-			d.applyMu.Unlock()
-			return fmt.Errorf("empty journal: %w", err)
-		}
+	// The checkpoint moves before the journal changes: the store holds
+	// everything through last, and the history continues at From. A power
+	// loss at any later step then leaves a journal ending at or below the
+	// checkpoint, which recovery continues after, on a node marked
+	// inconsistent; SetStart first would leave a journal starting above
+	// the checkpoint, a node that cannot open.
+	if err := n.UpdateMeta(func(meta *Meta) error { meta.CheckpointSeq = max(last, m.From-1); return nil }); err != nil {
+		d.applyMu.Unlock()
+		return err
+	}
+	if err := j.Empty(); err != nil { // (retention may release segments meanwhile)
+		d.applyMu.Unlock()
+		return fmt.Errorf("empty journal: %w", err)
 	}
 	if err := j.SetStart(m.From); err != nil {
 		d.applyMu.Unlock()

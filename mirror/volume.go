@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
 )
@@ -139,7 +139,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", ErrFenced, m.FencedBy, m.Epoch)
 		v.log.Error("this primary was fenced in an earlier run; every write fails", "epoch", m.Epoch, "fenced_by", m.FencedBy)
 	}
-	v.fastZero = probeFastZero(node.Dir)
+	v.fastZero = probeFastZero(node.fs, node.Dir)
 	if s, ok := repl.(interface{ setSource(stableReader) }); ok {
 		s.setSource(v)
 	}
@@ -149,13 +149,13 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 
 // probeFastZero tells whether the filesystem holding dir zeroes ranges
 // without writing them (FALLOC_FL_ZERO_RANGE), using a scratch file.
-func probeFastZero(dir string) bool {
+func probeFastZero(fsys vfs.FS, dir string) bool {
 	p := filepath.Join(dir, ".zeroprobe")
-	s, err := store.Create(p, 1<<20)
+	s, err := store.CreateFS(fsys, p, 1<<20)
 	if err != nil {
 		return false
 	}
-	defer os.Remove(p)
+	defer fsys.Remove(p)
 	defer s.Close()
 	return s.ZeroFast(0, 1<<20, false) == nil
 }

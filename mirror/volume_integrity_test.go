@@ -3,27 +3,30 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/mirror"
 )
 
 // gateFS is the OS file system with a gate on journal writes: while closed,
-// every WriteAt waits until it opens. It lets a test hold records between
-// submission and the write that makes them Written.
+// every WriteAt to a journal segment waits until it opens. It lets a test
+// hold records between submission and the write that makes them Written.
 type gateFS struct {
-	journal.OSFS
+	vfs.FS
 	closed atomic.Bool
 	mu     sync.Mutex
 	open   chan struct{}
 	inside atomic.Int32 // writes waiting at the gate
 }
 
-func newGateFS() *gateFS { return &gateFS{open: make(chan struct{})} }
+func newGateFS() *gateFS { return &gateFS{FS: vfs.OS, open: make(chan struct{})} }
 
 func (g *gateFS) shut() {
 	g.mu.Lock()
@@ -51,18 +54,25 @@ func (g *gateFS) wait() {
 	g.inside.Add(-1)
 }
 
-func (g *gateFS) Create(path string) (journal.File, error) {
-	f, err := g.OSFS.Create(path)
-	return gateFile{f, g}, err
+func (g *gateFS) gated(path string, f vfs.File, err error) (vfs.File, error) {
+	if err != nil || !strings.Contains(path, string(filepath.Separator)+mirror.JournalDir+string(filepath.Separator)) {
+		return f, err
+	}
+	return gateFile{f, g}, nil
 }
 
-func (g *gateFS) OpenRW(path string) (journal.File, error) {
-	f, err := g.OSFS.OpenRW(path)
-	return gateFile{f, g}, err
+func (g *gateFS) Create(path string, perm os.FileMode) (vfs.File, error) {
+	f, err := g.FS.Create(path, perm)
+	return g.gated(path, f, err)
+}
+
+func (g *gateFS) OpenRW(path string) (vfs.File, error) {
+	f, err := g.FS.OpenRW(path)
+	return g.gated(path, f, err)
 }
 
 type gateFile struct {
-	journal.File
+	vfs.File
 	g *gateFS
 }
 
@@ -149,7 +159,7 @@ func (r *coreRepl) status() mirror.PrimaryStatus {
 	return r.c.Status()
 }
 
-func openGateVolume(t *testing.T, dir string, fs journal.FS, repl *coreRepl) (*mirror.Node, *mirror.Volume) {
+func openGateVolume(t *testing.T, dir string, fs vfs.FS, repl *coreRepl) (*mirror.Node, *mirror.Volume) {
 	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 64 << 20, Role: mirror.RolePrimary, FS: fs})
 	if err != nil {

@@ -8,6 +8,13 @@
 // buffers, so callers never see EOPNOTSUPP from Trim or Zero unless they
 // asked for a fast path only (ZeroFast).
 //
+// Create and Open use the operating system's file system; CreateFS and
+// OpenFS take any vfs.FS (tests use the crashable in-memory one). The fast
+// paths are the optional methods of vfs.OS files (punch hole, zero range,
+// SEEK_DATA); on a file system whose files lack them, Trim and Zero write
+// zeroes, ZeroFast reports ENOTSUP and DataRanges reports the whole range.
+// Block devices are recognised, and driven with ioctls, on vfs.OS only.
+//
 // A *File is safe for concurrent use: every method is a positioned system
 // call or a sequence of them, and nothing is cached in user space. Buffers
 // passed in are not retained.

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"path/filepath"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -14,5 +13,3 @@ func ioctlPtr(fd int, req uint, r *[2]uint64) error {
 	}
 	return nil
 }
-
-func dirOf(path string) string { return filepath.Dir(path) }

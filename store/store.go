@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
 // ErrSize reports a size that does not fit the image.
@@ -15,7 +18,7 @@ var ErrSize = errors.New("store: bad size")
 
 // File is a disk image backed by a regular file or a block device.
 type File struct {
-	f      *os.File
+	f      vfs.File
 	path   string
 	size   int64
 	device bool
@@ -23,48 +26,61 @@ type File struct {
 
 // Create makes a new sparse image of size bytes at path. It fails if path
 // exists, so an existing disk is never truncated by mistake.
-func Create(path string, size int64) (*File, error) {
+func Create(path string, size int64) (*File, error) { return CreateFS(vfs.OS, path, size) }
+
+// CreateFS is Create on the file system fsys.
+func CreateFS(fsys vfs.FS, path string, size int64) (*File, error) {
 	if size <= 0 || size%512 != 0 {
 		return nil, fmt.Errorf("store: create %s: size %d: %w (must be a positive multiple of 512)", path, size, ErrSize)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := fsys.Create(path, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", path, err)
 	}
 	if err := f.Truncate(size); err != nil {
 		f.Close()
-		os.Remove(path)
+		fsys.Remove(path)
 		return nil, fmt.Errorf("store: create %s: set size %d: %w", path, size, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("store: create %s: sync: %w", path, err)
 	}
-	if err := syncDir(path); err != nil {
+	dir := filepath.Dir(path)
+	if err := fsys.SyncDir(dir); err != nil {
 		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("store: sync dir %s: %w", dir, err)
 	}
 	return &File{f: f, path: path, size: size}, nil
 }
 
 // Open opens an existing image file or block device read-write.
-func Open(path string) (*File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func Open(path string) (*File, error) { return OpenFS(vfs.OS, path) }
+
+// OpenFS is Open on the file system fsys. Block devices are recognised on
+// file systems whose files have a descriptor (vfs.OS).
+func OpenFS(fsys vfs.FS, path string) (*File, error) {
+	f, err := fsys.OpenRW(path)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	st, err := f.Stat()
+	s := &File{f: f, path: path}
+	mode, size, err := statFile(f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("store: stat %s: %w", path, err)
 	}
-	s := &File{f: f, path: path}
 	switch {
-	case st.Mode().IsRegular():
-		s.size = st.Size()
-	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+	case mode.IsRegular():
+		s.size = size
+	case mode&os.ModeDevice != 0 && mode&os.ModeCharDevice == 0:
+		fd, ok := f.(fder)
+		if !ok {
+			f.Close()
+			return nil, fmt.Errorf("store: open %s: a block device on a file system without descriptors", path)
+		}
 		s.device = true
-		n, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+		n, err := unix.IoctlGetUint64(int(fd.Fd()), unix.BLKGETSIZE64)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("store: %s: read device size: %w", path, err)
@@ -72,13 +88,38 @@ func Open(path string) (*File, error) {
 		s.size = int64(n)
 	default:
 		f.Close()
-		return nil, fmt.Errorf("store: open %s: not a regular file or block device (mode %v)", path, st.Mode())
+		return nil, fmt.Errorf("store: open %s: not a regular file or block device (mode %v)", path, mode)
 	}
 	if s.size <= 0 {
 		f.Close()
 		return nil, fmt.Errorf("store: open %s: size is %d: %w", path, s.size, ErrSize)
 	}
 	return s, nil
+}
+
+// The optional capabilities of a vfs.File the store uses (see package vfs).
+type (
+	fder        interface{ Fd() uintptr }
+	statter     interface{ Stat() (os.FileInfo, error) }
+	holePuncher interface{ PunchHole(off, n int64) error }
+	zeroRanger  interface{ ZeroRange(off, n int64) error }
+	dataRanger  interface {
+		DataRanges(off, n int64, fn func(off, n int64) error) error
+	}
+)
+
+// statFile returns the file's type and size; a file that cannot say its
+// type is a regular file.
+func statFile(f vfs.File) (os.FileMode, int64, error) {
+	if st, ok := f.(statter); ok {
+		fi, err := st.Stat()
+		if err != nil {
+			return 0, 0, err
+		}
+		return fi.Mode(), fi.Size(), nil
+	}
+	size, err := f.Size()
+	return 0, size, err
 }
 
 // Path is the file or device path.
@@ -151,12 +192,14 @@ func (s *File) Trim(off, n int64) error {
 		// (which unmaps where the device can) keeps the store's promise.
 		return s.Zero(off, n, false)
 	}
-	err := unix.Fallocate(int(s.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if err == nil {
-		return nil
-	}
-	if !unsupported(err) {
-		return fmt.Errorf("store: punch hole %s [%d, +%d): %w", s.path, off, n, err)
+	if p, ok := s.f.(holePuncher); ok {
+		err := p.PunchHole(off, n)
+		if err == nil {
+			return nil
+		}
+		if !unsupported(err) {
+			return fmt.Errorf("store: punch hole %s [%d, +%d): %w", s.path, off, n, err)
+		}
 	}
 	return s.writeZeroes(off, n)
 }
@@ -183,7 +226,7 @@ func (s *File) ZeroFast(off, n int64, noHole bool) error {
 		return err
 	}
 	if s.device {
-		if err := ioctlRange(s.f, unix.BLKZEROOUT, off, n); err != nil {
+		if err := ioctlRange(s.f.(fder).Fd(), unix.BLKZEROOUT, off, n); err != nil {
 			if unsupported(err) {
 				return fmt.Errorf("store: zero %s: %w", s.path, syscall.ENOTSUP)
 			}
@@ -191,10 +234,12 @@ func (s *File) ZeroFast(off, n int64, noHole bool) error {
 		}
 		return nil
 	}
-	fd := int(s.f.Fd())
-	err := unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n)
-	if err != nil && unsupported(err) && !noHole {
-		err = unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+	err := error(syscall.ENOTSUP)
+	if z, ok := s.f.(zeroRanger); ok {
+		err = z.ZeroRange(off, n)
+	}
+	if p, ok := s.f.(holePuncher); ok && err != nil && unsupported(err) && !noHole {
+		err = p.PunchHole(off, n)
 	}
 	if err != nil {
 		if unsupported(err) {
@@ -221,8 +266,8 @@ func (s *File) writeZeroes(off, n int64) error {
 
 // Sync makes every completed write durable (fdatasync).
 func (s *File) Sync() error {
-	if err := unix.Fdatasync(int(s.f.Fd())); err != nil {
-		return fmt.Errorf("store: fdatasync %s: %w", s.path, err)
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("store: sync %s: %w", s.path, err)
 	}
 	return nil
 }
@@ -234,37 +279,11 @@ func (s *File) DataRanges(off, n int64, fn func(off, n int64) error) error {
 	if err := s.check("scan", off, n); err != nil {
 		return err
 	}
-	end := off + n
-	if s.device {
+	d, ok := s.f.(dataRanger)
+	if s.device || !ok {
 		return fn(off, n)
 	}
-	fd := int(s.f.Fd())
-	pos := off
-	for pos < end {
-		d, err := unix.Seek(fd, pos, unix.SEEK_DATA)
-		if err != nil {
-			if err == unix.ENXIO { // no data after pos
-				return nil
-			}
-			if unsupported(err) || err == unix.EINVAL {
-				return fn(pos, end-pos)
-			}
-			return fmt.Errorf("store: seek data %s at %d: %w", s.path, pos, err)
-		}
-		if d >= end {
-			return nil
-		}
-		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("store: seek hole %s at %d: %w", s.path, d, err)
-		}
-		h = min(h, end)
-		if err := fn(d, h-d); err != nil {
-			return err
-		}
-		pos = h
-	}
-	return nil
+	return d.DataRanges(off, n, fn)
 }
 
 // Close closes the image without syncing it.
@@ -275,24 +294,9 @@ func (s *File) Close() error {
 	return nil
 }
 
-func unsupported(err error) bool {
-	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ENOTTY)
-}
+func unsupported(err error) bool { return vfs.Unsupported(err) }
 
-func ioctlRange(f *os.File, req uint, off, n int64) error {
+func ioctlRange(fd uintptr, req uint, off, n int64) error {
 	r := [2]uint64{uint64(off), uint64(n)}
-	return ioctlPtr(int(f.Fd()), req, &r)
-}
-
-func syncDir(path string) error {
-	dir := dirOf(path)
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("store: sync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("store: sync dir %s: %w", dir, err)
-	}
-	return nil
+	return ioctlPtr(int(fd), req, &r)
 }

@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/store"
 )
 
@@ -172,4 +174,92 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return -1
+}
+
+// TestMemFSFallbacks: on a file system without the fast paths (the
+// crashable MemFS), trim and zero write zeroes, ZeroFast reports ENOTSUP
+// and changes nothing, and DataRanges reports the whole range; what Create
+// and Sync made durable survives a power loss.
+func TestMemFSFallbacks(t *testing.T) {
+	m := vfs.NewCrashableMem()
+	if err := vfs.MkdirAllSynced(m, "/n", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.CreateFS(m, "/n/disk.img", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := store.CreateFS(m, "/n/disk.img", 1<<20); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("second create: %v, want ErrExist", err)
+	}
+	data := bytes.Repeat([]byte{7}, 64<<10)
+	if _, err := s.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ZeroFast(0, 4096, false); !errors.Is(err, syscall.ENOTSUP) {
+		t.Fatalf("ZeroFast on MemFS: %v, want ENOTSUP", err)
+	}
+	if err := s.Trim(4096, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Zero(10000, 100, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if _, err := s.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range got {
+		want := byte(7)
+		if (i >= 4096 && i < 8192) || (i >= 10000 && i < 10100) {
+			want = 0
+		}
+		if b != want {
+			t.Fatalf("byte %d = %d, want %d", i, b, want)
+		}
+	}
+	var ranges [][2]int64
+	s.DataRanges(0, 1<<20, func(off, n int64) error { ranges = append(ranges, [2]int64{off, n}); return nil })
+	if len(ranges) != 1 || ranges[0] != [2]int64{0, 1 << 20} {
+		t.Fatalf("DataRanges without hole information: %v, want the whole image", ranges)
+	}
+	crashed := m.CrashCloneDropUnsynced()
+	c, err := store.OpenFS(crashed, "/n/disk.img")
+	if err != nil {
+		t.Fatalf("the created image did not survive a power loss: %v", err)
+	}
+	if c.Size() != 1<<20 {
+		t.Fatalf("size after the crash %d", c.Size())
+	}
+	if _, err := c.ReadAt(got[:1], 0); err != nil || got[0] != 0 {
+		t.Fatalf("an unsynced write survived DropUnsynced: %d %v", got[0], err)
+	}
+	c.Close()
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = store.OpenFS(m.CrashCloneDropUnsynced(), "/n/disk.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ReadAt(got, 0); err != nil || got[0] != 7 || got[4096] != 0 {
+		t.Fatalf("synced data lost: %d %d %v", got[0], got[4096], err)
+	}
+}
+
+// TestSyncErrorReported: a failing fdatasync is an error of Sync (never
+// swallowed), naming the image.
+func TestSyncErrorReported(t *testing.T) {
+	m := vfs.NewCrashableMem()
+	inj := vfs.FailNth(2, vfs.OpIs(vfs.OpSync), syscall.EIO) // the first is Create's
+	s, err := store.CreateFS(vfs.WithErrors(m, inj), "/disk.img", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Sync(); !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "/disk.img") {
+		t.Fatalf("Sync = %v, want EIO naming the image", err)
+	}
 }

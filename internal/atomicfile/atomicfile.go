@@ -5,52 +5,70 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+
+	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
-// Write replaces path with data (mode perm for a new file).
+// Write replaces path with data (mode perm for a new file) on the
+// operating system's file system.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteFS(vfs.OS, path, data, perm)
+}
+
+// WriteFS is Write on the file system fsys.
+func WriteFS(fsys vfs.FS, path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	tmp, name, err := createTemp(fsys, dir, "."+filepath.Base(path)+".tmp", perm)
 	if err != nil {
 		return fmt.Errorf("atomicfile: create temp in %s: %w", dir, err)
 	}
-	name := tmp.Name()
 	fail := func(step string, err error) error {
 		tmp.Close()
-		os.Remove(name)
+		fsys.Remove(name)
 		return fmt.Errorf("atomicfile: %s %s: %w", step, path, err)
 	}
-	if _, err := tmp.Write(data); err != nil {
+	if _, err := tmp.WriteAt(data, 0); err != nil {
 		return fail("write", err)
 	}
-	if err := tmp.Chmod(perm); err != nil {
-		return fail("chmod", err)
+	if c, ok := tmp.(interface{ Chmod(os.FileMode) error }); ok {
+		// The exact mode, whatever the umask made of it at creation.
+		if err := c.Chmod(perm); err != nil {
+			return fail("chmod", err)
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		return fail("fsync", err)
 	}
 	if err := tmp.Close(); err != nil {
-		return fail("close", err)
+		fsys.Remove(name)
+		return fmt.Errorf("atomicfile: close %s: %w", path, err)
 	}
-	if err := os.Rename(name, path); err != nil {
-		os.Remove(name)
+	if err := fsys.Rename(name, path); err != nil {
+		fsys.Remove(name)
 		return fmt.Errorf("atomicfile: rename %s: %w", path, err)
 	}
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory so that renames and creations in it are durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("atomicfile: open dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := fsys.SyncDir(dir); err != nil {
 		return fmt.Errorf("atomicfile: fsync dir %s: %w", dir, err)
 	}
 	return nil
+}
+
+// createTemp creates a new file dir/prefix<random>.
+func createTemp(fsys vfs.FS, dir, prefix string, perm os.FileMode) (vfs.File, string, error) {
+	for range 10000 {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		f, err := fsys.Create(name, perm)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return f, name, err
+	}
+	return nil, "", fmt.Errorf("no unused temporary name %s* found", filepath.Join(dir, prefix))
 }
