@@ -108,11 +108,20 @@ func Demote(n *Node, splitBrainLoser bool) error {
 	if err := n.Checkpoint(n.Journal.LastSeq()); err != nil {
 		return err
 	}
+	// After an unclean stop the image may hold writes no journal has (see
+	// activity.go): as a mirror the node is compared in full.
+	n.mu.Lock()
+	unclean := m.WritesOpen && !n.writing
+	n.mu.Unlock()
+	if unclean {
+		n.log.Warn("demoting a primary that did not stop cleanly: its image may hold writes its journal lost; as a mirror it will be resynced")
+	}
 	// PeerMeta stays: its journal consumers keep the records no mirror
 	// acknowledged until the node, as a mirror, has quarantined those after
 	// the fork (ReleasePeerGuards).
 	return n.UpdateMeta(func(m *Meta) error {
 		m.Role = RoleMirror
+		m.NeedsResync = m.NeedsResync || unclean
 		m.AcceptDivergence = m.AcceptDivergence || splitBrainLoser
 		m.WritesOpen = false // the journal is synced and checkpointed
 		m.FencedBy = 0

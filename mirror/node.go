@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/store"
@@ -68,7 +69,9 @@ type Node struct {
 
 	mu      sync.Mutex
 	meta    *Meta
-	writing bool // BeginWrites done, EndWrites not yet
+	writing bool         // BeginWrites done, EndWrites not yet
+	al      *activityLog // this run's write intent (BeginWrites)
+	beginMu sync.Mutex   // serialises BeginWrites
 
 	// bmMu guards the dirty bitmap files and marks (see peerstate.go).
 	bmMu  sync.Mutex
@@ -336,29 +339,101 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 // epoch number, so fencing by a promoted node is unchanged). On contact
 // the fork point is found below any such record, the mirror's records
 // after it are quarantined and it is resynced.
+//
+// The image, too, may hold sectors of writes whose records the journal
+// lost (see activity.go): every extent the activity log lists is marked in
+// the dirty bitmap of every mirror the node knows, so their resync
+// compares those extents.
 func (n *Node) BeginWrites() error {
+	n.beginMu.Lock()
+	defer n.beginMu.Unlock()
+	m := n.Meta()
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.writing {
+	writing := n.writing
+	n.mu.Unlock()
+	if writing {
 		return nil
 	}
-	if n.meta.Role != RolePrimary {
-		return fmt.Errorf("mirror: %s is a %s, not a primary: it does not take writes", n.Dir, n.meta.Role)
+	if m.Role != RolePrimary {
+		return fmt.Errorf("mirror: %s is a %s, not a primary: it does not take writes", n.Dir, m.Role)
 	}
-	m := n.meta.Clone()
 	if m.WritesOpen {
-		from := n.Journal.LastSeq() + 1
-		m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: from, ID: randomID()})
-		n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
-			"epoch", m.Epoch, "first_seq", from)
+		if err := n.markActivity(m); err != nil {
+			return err
+		}
 	}
-	m.WritesOpen = true
-	if err := m.Save(n.fs, n.Dir); err != nil {
+	err := n.UpdateMeta(func(m *Meta) error {
+		if m.WritesOpen {
+			from := n.Journal.LastSeq() + 1
+			m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: from, ID: randomID()})
+			n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
+				"epoch", m.Epoch, "first_seq", from)
+		}
+		m.WritesOpen = true
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("mirror: mark the volume as serving writes: %w", err)
 	}
-	n.meta = m
+	n.mu.Lock()
 	n.writing = true
+	n.al = newActivityLog(n.fs, n.Dir, n.Journal)
+	n.mu.Unlock()
 	return nil
+}
+
+// markActivity marks the extents the last (unclean) run's activity log
+// lists as dirty for every mirror the node knows, and empties the log.
+func (n *Node) markActivity(m *Meta) error {
+	ext, err := loadActivity(n.fs, n.Dir)
+	if err != nil {
+		// Nothing says where unsynced writes may have landed: every mirror
+		// is compared over the whole disk.
+		n.log.Error("the activity log is unreadable; every mirror will be compared over the whole disk", "err", err)
+		return n.UpdateMeta(func(m *Meta) error {
+			for name, p := range m.Peers {
+				p.TrackedFrom, p.NeedsResync = ^uint64(0), true
+				m.Peers[name] = p
+			}
+			return nil
+		})
+	}
+	if len(ext) > 0 && len(m.Peers) > 0 {
+		n.log.Warn("the image may hold writes whose journal records were lost; their extents will be compared with every mirror",
+			"extents", len(ext), "extent_bytes", ActivityExtent)
+		for name := range m.Peers {
+			err := n.MarkDirty(name, func(b *Bitmap) {
+				for _, e := range ext {
+					b.SetRange(int64(e)*ActivityExtent, ActivityExtent)
+				}
+			})
+			if err != nil {
+				return fmt.Errorf("mirror: mark the last run's active extents for mirror %s: %w", name, err)
+			}
+		}
+		err := n.UpdateMeta(func(m *Meta) error {
+			for name, p := range m.Peers {
+				p.NeedsResync = true
+				m.Peers[name] = p
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := atomicfile.WriteFS(n.fs, filepath.Join(n.Dir, activityFile), encodeActivity(nil), 0o600); err != nil {
+		return fmt.Errorf("mirror: reset the activity log: %w", err)
+	}
+	return nil
+}
+
+// activity returns the activity log of this run's writes (nil before
+// BeginWrites).
+func (n *Node) activity() *activityLog {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.al
 }
 
 // Fence records durably that a node is primary in epoch, higher than

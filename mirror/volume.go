@@ -79,6 +79,7 @@ type Volume struct {
 	node *Node
 	st   *store.File
 	j    *journal.Journal
+	al   *activityLog
 	repl Replicator
 	opts VolumeOptions
 	log  *slog.Logger
@@ -134,6 +135,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		cpKick:   make(chan struct{}, 1),
 		stop:     cancel,
 		done:     make(chan struct{}),
+		al:       node.activity(),
 	}
 	if m.FencedBy > m.Epoch {
 		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", ErrFenced, m.FencedBy, m.Epoch)
@@ -305,8 +307,12 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		<-w // earlier overlapping writes reach the store first
 	}
 	if err == nil {
-		if err = ApplyRecord(v.st, rec); err != nil {
-			err = fmt.Errorf("mirror: apply seq %d to the store: %w", rec.Seq, err)
+		// Write intent first: after a power loss the image may keep this
+		// write although its journal record is lost (activity.go).
+		if err = v.al.Ensure(context.Background(), rec.Offset, uint64(rec.Length), rec.Seq); err == nil {
+			if err = ApplyRecord(v.st, rec); err != nil {
+				err = fmt.Errorf("mirror: apply seq %d to the store: %w", rec.Seq, err)
+			}
 		}
 	} else {
 		err = fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
@@ -521,6 +527,9 @@ func (v *Volume) checkpointLoop(ctx context.Context) {
 			v.log.Error("checkpoint failed; the journal keeps the records until it succeeds", "seq", seq, "err", err)
 			continue
 		}
+		if err := v.al.Checkpointed(seq, false); err != nil {
+			v.log.Warn("trimming the activity log failed; a crash now would compare more extents with the mirrors", "err", err)
+		}
 		last = seq
 	}
 }
@@ -544,6 +553,9 @@ func (v *Volume) Close() error {
 	v.mu.Unlock()
 	if !clean {
 		return nil // the next start treats this run as unclean
+	}
+	if err := v.al.Checkpointed(through, true); err != nil {
+		return err
 	}
 	return v.node.EndWrites()
 }
