@@ -144,6 +144,11 @@ func handshakeRaw(t testing.TB, nc net.Conn, clientFlags uint32) *client {
 	var f [4]byte
 	binary.BigEndian.PutUint32(f[:], clientFlags)
 	c.raw(f[:])
+	if overTLS != nil && clientFlags&^3 == 0 && clientFlags&1 != 0 {
+		if err := c.startTLS(overTLS.clientConfig(nil)); err != nil {
+			t.Fatalf("TLS handshake: %v", err)
+		}
+	}
 	return c
 }
 
