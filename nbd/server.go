@@ -8,10 +8,11 @@ import (
 	"log/slog"
 	"math/bits"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/unixsock"
 )
 
 // Export describes one named device the server offers.
@@ -340,23 +341,7 @@ func Listen(addr string) (net.Listener, error) {
 		}
 		return ln, nil
 	}
-	if path == "" {
-		return nil, fmt.Errorf("nbd: listen %s: empty socket path", addr)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("nbd: listen %s: %s exists and is not a socket", addr, path)
-		}
-		d := net.Dialer{Timeout: time.Second}
-		if c, err := d.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("nbd: listen %s: socket is in use", addr)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("nbd: listen %s: remove stale socket: %w", addr, err)
-		}
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: listen %s: %w", addr, err)
 	}

@@ -121,7 +121,7 @@ func tryStart(t testing.TB, o serverOpts, addr string) (*server, error) {
 	po := testutil.ProcOptions{ReadyAddr: addr}
 	switch serverKind {
 	case kindBlockmirror:
-		args := []string{"serve", "--data", o.DataDir}
+		args := []string{"serve", "--data", o.DataDir, "--control", filepath.Join(testutil.SocketDir(t), "control.sock")}
 		if o.Size != "" {
 			args = append(args, "--size", o.Size)
 		}
