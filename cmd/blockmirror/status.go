@@ -20,13 +20,14 @@ import (
 // --volume) sets Volumes instead: each volume's status by name, with the
 // process's QUIC connection counts in Connections.
 type nodeStatus struct {
-	// Control is the node's control socket (promote, demote, verify),
-	// "" without one. Set by the admin server for the whole process.
-	Control     string                `json:"control,omitempty"`
 	Primary     *primaryStatus        `json:"primary,omitempty"`
 	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
 	Volumes     map[string]nodeStatus `json:"volumes,omitempty"`
 	Connections *connStatus           `json:"connections,omitempty"`
+	// Control is the node's control socket (promote, demote, verify),
+	// "" without one; set by the admin server for the whole process. It
+	// comes last so that the JSON still starts with the role.
+	Control string `json:"control,omitempty"`
 }
 
 type primaryStatus struct {
