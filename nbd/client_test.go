@@ -161,10 +161,7 @@ func (c *client) raw(b []byte) {
 
 func (c *client) sendOpt(opt uint32, data []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, cIHAVEOPT)
-	b = binary.BigEndian.AppendUint32(b, opt)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	c.raw(append(b, data...))
+	c.raw(appendOpt(nil, opt, data))
 }
 
 type optReply struct {

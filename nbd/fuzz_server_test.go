@@ -12,16 +12,19 @@ import (
 	"github.com/blockmirror/blockmirror/nbd"
 )
 
+// appendOpt encodes a client option (header and data).
+func appendOpt(b []byte, o uint32, data []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, cIHAVEOPT)
+	b = binary.BigEndian.AppendUint32(b, o)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
 // FuzzServerConn feeds arbitrary client bytes to a server over net.Pipe.
 // The server must neither panic nor hang: once the input is exhausted and
 // the client side closed, ServeConn must return promptly.
 func FuzzServerConn(f *testing.F) {
-	opt := func(b []byte, o uint32, data []byte) []byte {
-		b = binary.BigEndian.AppendUint64(b, 0x49484156454F5054)
-		b = binary.BigEndian.AppendUint32(b, o)
-		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-		return append(b, data...)
-	}
+	opt := appendOpt
 	req := func(b []byte, flags, cmd uint16, off uint64, n uint32) []byte {
 		b = binary.BigEndian.AppendUint32(b, 0x25609513)
 		b = binary.BigEndian.AppendUint16(b, flags)
@@ -71,12 +74,7 @@ func FuzzServerConn(f *testing.F) {
 // transmission before TLS; NBD_REP_ERR_TLS_REQD is never sent without
 // RequireTLS or once TLS is up.
 func FuzzStartTLS(f *testing.F) {
-	opt := func(b []byte, o uint32, data []byte) []byte {
-		b = binary.BigEndian.AppendUint64(b, 0x49484156454F5054)
-		b = binary.BigEndian.AppendUint32(b, o)
-		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-		return append(b, data...)
-	}
+	opt := appendOpt
 	f.Add(byte(1), []byte{}, opt(nil, cOptGo, infoData("", cInfoBlock)))
 	f.Add(byte(1), opt(opt(nil, cOptList, nil), cOptStructured, nil), opt(opt(nil, cOptStructured, nil), cOptList, nil))
 	f.Add(byte(0), opt(nil, cOptInfo, infoData("")), opt(nil, cOptStartTLS, nil))

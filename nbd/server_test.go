@@ -42,6 +42,12 @@ func startServer(t testing.TB, opts nbd.Options, exports ...nbd.Export) *testSer
 			t.Fatal(err)
 		}
 	}
+	return runServer(t, srv)
+}
+
+// runServer serves srv on a loopback port until the test ends.
+func runServer(t testing.TB, srv *nbd.Server) *testServer {
+	t.Helper()
 	ln, err := nbd.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -69,12 +69,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := f.nbdTLS.newServerOptions(f.repl.id, log)
+	nbdOpts, err := f.nbdTLS.newServerOptions(f.repl.id, log)
 	if err != nil {
 		return err
 	}
 	leaveOneCPU(log)
-	return serve(ctx, &f, tlsCfg, log)
+	return serve(ctx, &f, nbdOpts, log)
 }
 
 // openPrimary opens (or creates) the volume f names and checks that it is
