@@ -57,6 +57,8 @@ type conn struct {
 	noZeroes   bool
 	structured bool
 	tls        bool // NBD_OPT_STARTTLS succeeded: nc is a *tls.Conn
+	// refusedPlain: a plaintext option was refused (logged once).
+	refusedPlain bool
 	exp        *Export
 	optBuf     []byte
 	scratch    []byte

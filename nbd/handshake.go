@@ -117,7 +117,10 @@ func (c *conn) plaintextRefused(opt uint32) bool {
 	if !c.s.opts.RequireTLS || c.tls || opt == optStartTLS || opt == optAbort {
 		return false
 	}
-	c.log.Warn("nbd: refused an option sent before TLS (TLS is required)", "remote", c.remote(), "option", opt)
+	if !c.refusedPlain {
+		c.refusedPlain = true // once per connection: a client may send many
+		c.log.Warn("nbd: refused an option sent before TLS (TLS is required)", "remote", c.remote(), "option", opt)
+	}
 	return true
 }
 

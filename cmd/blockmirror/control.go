@@ -43,15 +43,30 @@ const (
 	defaultControlGroup = "blockmirror"
 )
 
-// defaultControlPath is /run/blockmirror/NAME.sock for the first
-// non-empty name (the node name, then the volume's).
+// defaultControlPath is /run/blockmirror/NAME.sock for the first name
+// that makes a plain file name (the node name, then the volume's, then
+// the export's: an export name may hold anything, "../" included).
 func defaultControlPath(names ...string) string {
 	for _, n := range names {
-		if n != "" {
+		if plainFileName(n) {
 			return filepath.Join(controlDir, n+".sock")
 		}
 	}
 	return filepath.Join(controlDir, "blockmirror.sock")
+}
+
+// plainFileName: 1-64 letters, digits, '-', '_' and '.', not starting
+// with a dot.
+func plainFileName(n string) bool {
+	if n == "" || len(n) > 64 || n[0] == '.' {
+		return false
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // controlFlags are --control and --control-group (serve and mirror).

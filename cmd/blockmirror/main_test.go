@@ -231,6 +231,11 @@ data = "/d1"
 	if f.control.explicit || f.control.resolve("", "", "disk") != "/run/blockmirror/disk.sock" || f.control.resolve("n1", "v1") != "/run/blockmirror/n1.sock" {
 		t.Errorf("defaults: explicit %v, %q", f.control.explicit, f.control.resolve("", "", "disk"))
 	}
+	for _, export := range []string{"../../etc/x", "a/b", ".hidden", "with space"} {
+		if got := f.control.resolve("", "", export); got != "/run/blockmirror/blockmirror.sock" {
+			t.Errorf("export %q makes the socket %q", export, got)
+		}
+	}
 	for _, tc := range []struct {
 		args []string
 		err  string
