@@ -59,9 +59,9 @@ type conn struct {
 	tls        bool // NBD_OPT_STARTTLS succeeded: nc is a *tls.Conn
 	// refusedPlain: a plaintext option was refused (logged once).
 	refusedPlain bool
-	exp        *Export
-	optBuf     []byte
-	scratch    []byte
+	exp          *Export
+	optBuf       []byte
+	scratch      []byte
 
 	// Device context: cancelled on hard disconnect, on a reply write
 	// error, or when the shutdown timeout expires.
