@@ -144,6 +144,11 @@ func handshakeRaw(t testing.TB, nc net.Conn, clientFlags uint32) *client {
 	var f [4]byte
 	binary.BigEndian.PutUint32(f[:], clientFlags)
 	c.raw(f[:])
+	if overTLS != nil && clientFlags&^3 == 0 && clientFlags&1 != 0 {
+		if err := c.startTLS(overTLS.clientConfig(nil)); err != nil {
+			t.Fatalf("TLS handshake: %v", err)
+		}
+	}
 	return c
 }
 
@@ -156,10 +161,7 @@ func (c *client) raw(b []byte) {
 
 func (c *client) sendOpt(opt uint32, data []byte) {
 	c.t.Helper()
-	b := binary.BigEndian.AppendUint64(nil, cIHAVEOPT)
-	b = binary.BigEndian.AppendUint32(b, opt)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	c.raw(append(b, data...))
+	c.raw(appendOpt(nil, opt, data))
 }
 
 type optReply struct {

@@ -19,8 +19,28 @@
 //	                          description as free text), then ACK
 //	NBD_OPT_STRUCTURED_REPLY  ACK; reads then use structured replies
 //	NBD_OPT_ABORT             ACK, then close
-//	anything else             NBD_REP_ERR_UNSUP (STARTTLS, metadata contexts,
+//	NBD_OPT_STARTTLS          with Options.TLS: ACK, then a TLS handshake on
+//	                          the connection (a failed one closes it); option
+//	                          haggling continues inside TLS and everything
+//	                          negotiated before (structured replies) is
+//	                          forgotten. Data, or TLS already active:
+//	                          NBD_REP_ERR_INVALID. Without Options.TLS:
+//	                          NBD_REP_ERR_UNSUP
+//	anything else             NBD_REP_ERR_UNSUP (metadata contexts,
 //	                          extended headers, ...)
+//
+// # TLS
+//
+// Options.TLS alone offers TLS to clients that ask (nbds:// URIs, qemu's
+// tls-creds); plaintext clients are still served. Options.RequireTLS is
+// the protocol's FORCEDTLS mode: before TLS every option other than
+// STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD (with a message
+// naming STARTTLS), NBD_OPT_EXPORT_NAME closes the connection (it cannot
+// be refused otherwise), and so does a client that does not set the fixed
+// newstyle flag (TLS needs it). Refusals and failed TLS handshakes are
+// logged at Warn with the client's address. Client certificates are
+// whatever the tls.Config demands (ClientAuth, ClientCAs); the server
+// adds no checks of its own.
 //
 // Option data above 64 KiB is never buffered: up to 16 MiB it is read and
 // discarded and answered with NBD_REP_ERR_TOO_BIG; beyond that (or for

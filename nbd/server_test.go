@@ -30,6 +30,9 @@ type testServer struct {
 
 func startServer(t testing.TB, opts nbd.Options, exports ...nbd.Export) *testServer {
 	t.Helper()
+	if overTLS != nil && opts.TLS == nil {
+		opts.TLS, opts.RequireTLS = overTLS.serverConfig(false), true
+	}
 	srv, err := nbd.NewServerChecked(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +42,12 @@ func startServer(t testing.TB, opts nbd.Options, exports ...nbd.Export) *testSer
 			t.Fatal(err)
 		}
 	}
+	return runServer(t, srv)
+}
+
+// runServer serves srv on a loopback port until the test ends.
+func runServer(t testing.TB, srv *nbd.Server) *testServer {
+	t.Helper()
 	ln, err := nbd.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -243,9 +252,13 @@ func TestUnsupportedOptions(t *testing.T) {
 	ts := oneExport(t, newMemDev(devSize))
 	c := dialRaw(t, ts.addr, 3)
 	for _, opt := range []uint32{cOptStartTLS, cOptListMeta, cOptSetMeta, cOptExtHeaders, 4, 0x1234, 0xffffffff} {
+		want := uint32(cRepErrUnsup)
+		if opt == cOptStartTLS && overTLS != nil {
+			want = cRepErrInvalid // TLS is already active
+		}
 		c.sendOpt(opt, []byte("some data"))
-		if r := c.mustOptReply(opt); r.typ != cRepErrUnsup {
-			t.Fatalf("option %d: %#x", opt, r.typ)
+		if r := c.mustOptReply(opt); r.typ != want {
+			t.Fatalf("option %d: %#x, want %#x", opt, r.typ, want)
 		}
 	}
 	if _, typ := c.info(cOptGo, "disk"); typ != cRepAck {
@@ -869,6 +882,11 @@ func TestBufferBudget(t *testing.T) {
 			calls = append(calls, c.send(cCmdWrite, 0, uint64(i)*(20<<20), 20<<20, payload))
 		}
 	}()
+	// Wait for the first write to reach the device (slow under -race and
+	// TLS), then give a second one time to get in if the budget let it.
+	for deadline := time.Now().Add(10 * time.Second); d.cur.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	time.Sleep(200 * time.Millisecond)
 	if got := d.cur.Load(); got != 1 {
 		t.Fatalf("%d 20 MiB writes in the device with a 32 MiB budget, want 1", got)

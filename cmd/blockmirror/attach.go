@@ -178,6 +178,9 @@ func negotiateGo(c net.Conn, export string) (uint64, uint16, error) {
 				size = binary.BigEndian.Uint64(body[2:])
 				flags = binary.BigEndian.Uint16(body[10:])
 			}
+		case rh.Type == 1<<31|5: // NBD_REP_ERR_TLS_REQD
+			return 0, 0, fmt.Errorf("the server requires TLS (--nbd-tls require), which the kernel's NBD client cannot speak: " +
+				"use a user-space client with TLS instead (nbdfuse or qemu with an nbds:// URI and certificates), or a plaintext export on a local address")
 		case rh.Type&(1<<31) != 0:
 			return 0, 0, fmt.Errorf("server refused export %q (error %#x): %s", export, rh.Type, body)
 		}

@@ -63,6 +63,9 @@ func (c *configFlags) several(role string) ([]string, error) {
 // apply fills every flag of f that was not given on the command line from
 // the configuration file's volume of the given role.
 func (c *configFlags) apply(fs *flag.FlagSet, role string, f *serveFlags, allow *string) error {
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	f.control.explicit = set["control-group"]
 	if c.path == "" {
 		if c.volume != "" {
 			return fmt.Errorf("--volume needs --config")
@@ -92,8 +95,6 @@ func (c *configFlags) apply(fs *flag.FlagSet, role string, f *serveFlags, allow 
 	}
 	v, n := vols[0], cfg.Node
 	f.volumeName = v.Name
-	set := map[string]bool{}
-	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	str := func(name string, dst *string, val string) {
 		if !set[name] {
 			*dst = val
@@ -109,6 +110,14 @@ func (c *configFlags) apply(fs *flag.FlagSet, role string, f *serveFlags, allow 
 	str("nbd", &f.nbdAddr, v.NBD)
 	str("export", &f.export, v.Export)
 	str("admin", &f.admin, n.Admin)
+	str("control", &f.control.path, n.Control)
+	if !set["control-group"] && n.ControlGroup != "" {
+		f.control.group, f.control.explicit = n.ControlGroup, true
+	}
+	str("nbd-tls", &f.nbdTLS.mode, n.NBDTLS)
+	str("nbd-tls-cert", &f.nbdTLS.cert, n.NBDTLSCert)
+	str("nbd-tls-key", &f.nbdTLS.key, n.NBDTLSKey)
+	str("nbd-tls-client-ca", &f.nbdTLS.clientCA, n.NBDTLSClientCA)
 	str("certs", &f.repl.id.certs, n.Certs)
 	str("node", &f.repl.id.node, n.Name)
 	str("log-level", &f.log.level, n.LogLevel)

@@ -168,3 +168,88 @@ func TestPrintStatusSeveralVolumes(t *testing.T) {
 		t.Fatalf("unexpected status text:\n%s", out)
 	}
 }
+
+// TestConfigControlAndTLS: the [node] control and NBD TLS keys reach the
+// flags, flags override them, and a control group named anywhere is
+// explicit (its absence an error, not a warning).
+func TestConfigControlAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if code := realMain([]string{"certs", "init", "--out", certs, "p1"}, io.Discard, io.Discard); code != 0 {
+		t.Fatal("certs init failed")
+	}
+	p := filepath.Join(dir, "n.toml")
+	os.WriteFile(p, []byte(`
+[node]
+name = "p1"
+certs = "`+certs+`"
+control = "/run/bm-test/p1.sock"
+control_group = "ops"
+nbd_tls = "require"
+nbd_tls_client_ca = "cluster"
+[[volumes]]
+name = "v1"
+role = "primary"
+data = "/d1"
+`), 0o600)
+	parse := func(args ...string) *serveFlags {
+		t.Helper()
+		var f serveFlags
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		fs.StringVar(&f.data, "data", "", "")
+		f.control.register(fs)
+		f.nbdTLS.register(fs)
+		f.repl.register(fs)
+		var cf configFlags
+		cf.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		if err := cf.apply(fs, "primary", &f, nil); err != nil {
+			t.Fatal(err)
+		}
+		return &f
+	}
+	f := parse("--config", p)
+	if got := f.control.resolve(f.repl.id.node); got != "/run/bm-test/p1.sock" || f.control.group != "ops" || !f.control.explicit {
+		t.Errorf("control from the file: %q group %q explicit %v", got, f.control.group, f.control.explicit)
+	}
+	cfg, require, err := f.nbdTLS.config(f.repl.id)
+	if err != nil || cfg == nil || !require || cfg.ClientCAs == nil || len(cfg.Certificates) != 1 {
+		t.Fatalf("nbd TLS from the file: %v require %v err %v", cfg, require, err)
+	}
+	f = parse("--config", p, "--control", "", "--nbd-tls", "off", "--nbd-tls-client-ca", "")
+	if got := f.control.resolve("p1"); got != "" {
+		t.Errorf("--control '' over the file: %q", got)
+	}
+	if cfg, _, err := f.nbdTLS.config(f.repl.id); err != nil || cfg != nil {
+		t.Errorf("--nbd-tls off over the file: %v %v", cfg, err)
+	}
+	// Without a file: the default socket is named after the node, else the volume, else the export.
+	f = parse()
+	if f.control.explicit || f.control.resolve("", "", "disk") != "/run/blockmirror/disk.sock" || f.control.resolve("n1", "v1") != "/run/blockmirror/n1.sock" {
+		t.Errorf("defaults: explicit %v, %q", f.control.explicit, f.control.resolve("", "", "disk"))
+	}
+	for _, export := range []string{"../../etc/x", "a/b", ".hidden", "with space"} {
+		if got := f.control.resolve("", "", export); got != "/run/blockmirror/blockmirror.sock" {
+			t.Errorf("export %q makes the socket %q", export, got)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		err  string
+	}{
+		{[]string{"--nbd-tls", "yes"}, `want off, on or require`},
+		{[]string{"--nbd-tls", "require"}, "needs a server certificate"},
+		{[]string{"--nbd-tls-cert", "/x.pem"}, "need --nbd-tls on or require"},
+		{[]string{"--nbd-tls", "on", "--nbd-tls-cert", "/x.pem"}, "go together"},
+		{[]string{"--nbd-tls", "on", "--certs", certs, "--node", "p1", "--nbd-tls-client-ca", "/nonexistent.pem"}, "no such file"},
+		{[]string{"--nbd-tls", "on", "--nbd-tls-cert", "/x.pem", "--nbd-tls-key", "/y.pem", "--nbd-tls-client-ca", "cluster"}, "/x.pem"},
+	} {
+		f := parse(tc.args...)
+		if _, _, err := f.nbdTLS.config(f.repl.id); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.err)
+		}
+	}
+}

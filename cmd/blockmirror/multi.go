@@ -126,6 +126,10 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 	if err != nil {
 		return err
 	}
+	nbdOpts, err := flags[0].nbdTLS.newServerOptions(flags[0].repl.id, log)
+	if err != nil {
+		return err
+	}
 	leaveOneCPU(log)
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -153,7 +157,7 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 			if e := servers[addr]; e != nil {
 				return e.srv, e.addr, nil
 			}
-			srv, err := nbd.NewServerChecked(nbd.Options{Logger: log})
+			srv, err := nbd.NewServerChecked(nbdOpts)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -174,29 +178,24 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 			return e.srv, e.addr, nil
 		},
 	}
-	if admin := flags[0].admin; admin != "" {
-		a := newAdminServer(log, func() any {
-			return vs.snapshot(func() *connStatus {
-				ps := pool.Stats()
-				return &connStatus{Open: ps.Open, Dialed: ps.Dialed}
-			})
+	a, err := startAdmin(flags[0], reg, func() nodeStatus {
+		return vs.snapshot(func() *connStatus {
+			ps := pool.Stats()
+			return &connStatus{Open: ps.Open, Dialed: ps.Dialed}
 		})
-		a.enableMetrics(reg)
-		if flags[0].log.pprof {
-			a.enablePprof()
-		}
-		a.handle("verify", vs.verifyHandler)
-		if err := a.run(ctx, admin); err != nil {
-			return err
-		}
+	}, log, flags[0].repl.id.node)
+	if err != nil {
+		return err
 	}
+	defer a.close()
+	a.handle("verify", vs.verifyHandler)
 	log.Info("serving several volumes in one process", "volumes", strings.Join(names, ", "))
 	errc := make(chan error, len(flags))
 	for _, f := range flags {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := serveOne(ctx, f, reg, log.With("volume_name", f.volumeName), env); err != nil {
+			if err := serveOne(ctx, f, nbdOpts, reg, log.With("volume_name", f.volumeName), env); err != nil {
 				errc <- fmt.Errorf("volume %s: %w", f.volumeName, err)
 				stop()
 			}
@@ -214,7 +213,7 @@ func serveMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base serv
 
 // serveOne opens one primary volume of a multi-volume process and serves
 // it until ctx ends.
-func serveOne(ctx context.Context, f *serveFlags, reg *metrics.Registry, log *slog.Logger, env *sharedEnv) error {
+func serveOne(ctx context.Context, f *serveFlags, nbdOpts nbd.Options, reg *metrics.Registry, log *slog.Logger, env *sharedEnv) error {
 	hooks := newVolumeHooks(reg, f.export)
 	node, err := openPrimary(ctx, f, hooks, log)
 	if err != nil {
@@ -222,7 +221,7 @@ func serveOne(ctx context.Context, f *serveFlags, reg *metrics.Registry, log *sl
 	}
 	defer node.Close()
 	defer env.status(f.volumeName, nil)
-	return serveNode(ctx, node, f, nil, hooks, log, env)
+	return serveNode(ctx, node, f, nbdOpts, nil, hooks, log, env)
 }
 
 // mirrorMany runs every mirror volume of the configuration file on one
@@ -289,18 +288,13 @@ func mirrorMany(ctx context.Context, fs *flag.FlagSet, cf *configFlags, base ser
 		}
 		vs.setStatus(f.volumeName, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
 	}
-	if admin := flags[0].admin; admin != "" {
-		a := newAdminServer(log, func() any {
-			return vs.snapshot(func() *connStatus { return &connStatus{Accepted: host.Connections()} })
-		})
-		a.enableMetrics(reg)
-		if flags[0].log.pprof {
-			a.enablePprof()
-		}
-		if err := a.run(ctx, admin); err != nil {
-			return err
-		}
+	a, err := startAdmin(flags[0], reg, func() nodeStatus {
+		return vs.snapshot(func() *connStatus { return &connStatus{Accepted: host.Connections()} })
+	}, log, flags[0].repl.id.node)
+	if err != nil {
+		return err
 	}
+	defer a.close()
 	log.Info("mirroring several volumes in one process", "volumes", strings.Join(names, ", "), "listen", host.Addr())
 	return host.Run(ctx)
 }

@@ -165,7 +165,9 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&f.data, "data", "", "data directory of this mirror (the volume is created on the first primary's connection)")
 	fs.StringVar(&f.disk, "disk", "", "disk image file or block device (default DIR/disk.img)")
 	fs.StringVar(&f.listen, "listen", "", "QUIC address to accept primaries on, HOST:PORT (required)")
-	fs.StringVar(&f.admin, "admin", "127.0.0.1:7481", "local HTTP endpoint for status and control ('' disables)")
+	fs.StringVar(&f.admin, "admin", "127.0.0.1:7481", "local HTTP endpoint, read-only: status, metrics ('' disables)")
+	f.control.register(fs)
+	f.nbdTLS.register(fs)
 	fs.StringVar(&f.nbdAddr, "nbd", "127.0.0.1:10809", "after promotion: NBD listen address, HOST:PORT or unix:PATH")
 	fs.StringVar(&f.export, "export", "disk", "after promotion: NBD export name")
 	var allow string
@@ -200,6 +202,10 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	nbdOpts, err := f.nbdTLS.newServerOptions(f.repl.id, log)
+	if err != nil {
+		return err
+	}
 	if allow != "" {
 		tc.AllowPeers = strings.Split(allow, ",")
 	}
@@ -219,24 +225,18 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	var a *adminServer
-	if f.admin != "" {
-		a = newAdminServer(log, func() any { return nodeStatus{Mirror: ptr(d.Status())} })
-		a.enableMetrics(reg)
-		if f.log.pprof {
-			a.enablePprof()
-		}
-		a.handle("promote", func(ctx context.Context, q url.Values) (any, error) {
-			m, err := d.Promote(ctx, q.Get("force") == "1")
-			if err != nil {
-				return nil, err
-			}
-			return map[string]any{"promoted": true, "epoch": m.Epoch, "nbd": f.nbdAddr}, nil
-		})
-		if err := a.run(ctx, f.admin); err != nil {
-			return err
-		}
+	a, err := startAdmin(&f, reg, func() nodeStatus { return nodeStatus{Mirror: ptr(d.Status())} }, log, f.repl.id.node, f.volumeName, f.export)
+	if err != nil {
+		return err
 	}
+	defer a.close()
+	a.handle("promote", func(ctx context.Context, q url.Values) (any, error) {
+		m, err := d.Promote(ctx, q.Get("force") == "1")
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"promoted": true, "epoch": m.Epoch, "nbd": f.nbdAddr}, nil
+	})
 	err = d.Run(ctx)
 	if !errors.Is(err, mirror.ErrPromoted) {
 		return err
@@ -244,44 +244,8 @@ func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	node := d.Node()
 	defer node.Close()
 	log.Info("serving as primary after promotion", "nbd", f.nbdAddr, "listen", f.listen)
-	if a != nil {
-		a.handle("promote", nil)
-	}
-	return serveNode(ctx, node, &f, a, hooks, log, nil)
+	a.handle("promote", nil)
+	return serveNode(ctx, node, &f, nbdOpts, a, hooks, log, nil)
 }
 
 func ptr[T any](v T) *T { return &v }
-
-func runCerts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintln(stderr, "Usage: blockmirror certs init --out DIR NAME...")
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return flag.ErrHelp
-		}
-		return errUsage
-	}
-	fs := newFlagSet("certs init", "certs init --out DIR NAME...", stderr)
-	out := fs.String("out", "", "directory for ca.crt, ca.key and NAME.crt/NAME.key (created; an existing CA there is reused)")
-	if err := parseFlags(fs, args[1:], true); err != nil {
-		return err
-	}
-	if *out == "" || fs.NArg() == 0 {
-		fmt.Fprintln(stderr, "--out and at least one node NAME are required")
-		fs.Usage()
-		return errUsage
-	}
-	issued, err := transport.InitCertsWith(*out, fs.Args(), transport.CertOptions{})
-	if err != nil {
-		return err
-	}
-	for _, n := range fs.Args() {
-		state := "exists"
-		for _, i := range issued {
-			if i == n {
-				state = "issued"
-			}
-		}
-		fmt.Fprintf(stdout, "%s: %s (%s/%s.crt)\n", n, state, *out, n)
-	}
-	return nil
-}

@@ -22,6 +22,8 @@ type serveFlags struct {
 	journalMax                  sizeFlag
 	readOnly                    bool
 	admin                       string
+	control                     controlFlags
+	nbdTLS                      nbdTLSFlags
 	listen                      string
 	// volumeName is the configured volume's name (from --config), sent to
 	// mirrors so that a mirror host with several volumes routes by it.
@@ -42,8 +44,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.export, "export", "disk", "NBD export name")
 	fs.Var(&f.journalMax, "journal-max", "journal size bound on disk, e.g. 8G (default 8G); a mirror that falls further behind is resynced")
 	fs.BoolVar(&f.readOnly, "read-only", false, "serve the export read-only")
-	fs.StringVar(&f.admin, "admin", defaultAdmin, "local HTTP endpoint for status and control ('' disables)")
+	fs.StringVar(&f.admin, "admin", defaultAdmin, "local HTTP endpoint, read-only: status, metrics ('' disables)")
 	fs.StringVar(&f.listen, "listen", "", "QUIC address where this primary answers other primaries (an old primary learns it is fenced; a split brain is detected); usually the address it had as a mirror")
+	f.control.register(fs)
+	f.nbdTLS.register(fs)
 	f.repl.register(fs)
 	f.log.register(fs)
 	registerTestHooks(fs, &f)
@@ -69,8 +73,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	nbdOpts, err := f.nbdTLS.newServerOptions(f.repl.id, log)
+	if err != nil {
+		return err
+	}
 	leaveOneCPU(log)
-	return serve(ctx, &f, log)
+	return serve(ctx, &f, nbdOpts, log)
 }
 
 // openPrimary opens (or creates) the volume f names and checks that it is
@@ -92,7 +100,7 @@ func openPrimary(ctx context.Context, f *serveFlags, hooks *volumeHooks, log *sl
 	return node, nil
 }
 
-func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
+func serve(ctx context.Context, f *serveFlags, nbdOpts nbd.Options, log *slog.Logger) error {
 	reg := metrics.New()
 	reg.SetBuildInfo(version)
 	hooks := newVolumeHooks(reg, f.export)
@@ -101,18 +109,31 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger) error {
 		return err
 	}
 	defer node.Close()
-	var a *adminServer
-	if f.admin != "" {
-		a = newAdminServer(log, func() any { return nil })
-		a.enableMetrics(reg)
-		if f.log.pprof {
-			a.enablePprof()
-		}
-		if err := a.run(ctx, f.admin); err != nil {
-			return err
-		}
+	a, err := startAdmin(f, reg, func() nodeStatus { return nodeStatus{} }, log, f.repl.id.node, f.volumeName, f.export)
+	if err != nil {
+		return err
 	}
-	return serveNode(ctx, node, f, a, hooks, log, nil)
+	defer a.close()
+	return serveNode(ctx, node, f, nbdOpts, a, hooks, log, nil)
+}
+
+// startAdmin starts a process's admin endpoint (f.admin, read-only) and
+// control socket (f.control; its default name is the first non-empty of
+// names).
+func startAdmin(f *serveFlags, reg *metrics.Registry, status func() nodeStatus, log *slog.Logger, names ...string) (*adminServer, error) {
+	a := newAdminServer(log, status)
+	a.enableMetrics(reg)
+	if f.log.pprof {
+		a.enablePprof()
+	}
+	if err := a.run(f.admin); err != nil {
+		return nil, err
+	}
+	if err := a.runControl(f.control.resolve(names...), f.control.group, f.control.explicit); err != nil {
+		a.close()
+		return nil, err
+	}
+	return a, nil
 }
 
 // sharedEnv is what the volumes of one serve process share (serveMany);
@@ -128,7 +149,7 @@ type sharedEnv struct {
 // serveNode serves an opened primary node over NBD (with replication and
 // the responder at --listen) until ctx ends or the node is demoted. a,
 // when not nil, is the admin endpoint to report to.
-func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminServer, hooks *volumeHooks, log *slog.Logger, env *sharedEnv) error {
+func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, nbdOpts nbd.Options, a *adminServer, hooks *volumeHooks, log *slog.Logger, env *sharedEnv) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	m := node.Meta()
@@ -184,7 +205,9 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	if env != nil {
 		srv, nbdAddr, err = env.nbd(f.nbdAddr)
 	} else {
-		srv, err = nbd.NewServerChecked(nbd.Options{Logger: log})
+		o := nbdOpts
+		o.Logger = log
+		srv, err = nbd.NewServerChecked(o)
 	}
 	if err != nil {
 		return err
@@ -208,7 +231,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	} else {
 		defer srv.RemoveExport(f.export)
 	}
-	uri := nbdURI(nbdAddr, f.export)
+	uri := nbdURI(nbdAddr, f.export, nbdOpts.TLS != nil)
 	demoted := false
 	go hooks.run(ctx, node.Journal, func() *mirror.ReplicationStatus {
 		if repl == nil {
@@ -216,7 +239,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 		}
 		return ptr(repl.Status())
 	})
-	statusFn := func() any {
+	statusFn := func() nodeStatus {
 		m := node.Meta()
 		ps := &primaryStatus{Role: string(m.Role), Volume: m.Volume.String(), Size: m.Size, Epoch: m.Epoch,
 			NBD: uri, Checkpoint: m.CheckpointSeq}
@@ -231,7 +254,7 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 		return nodeStatus{Primary: ps}
 	}
 	if env != nil {
-		env.status(f.volumeName, statusFn)
+		env.status(f.volumeName, func() any { return statusFn() })
 		if repl != nil {
 			env.verify(f.volumeName, func(ctx context.Context, resync bool) any { return repl.Verify(ctx, resync) })
 			defer env.verify(f.volumeName, nil)
@@ -274,17 +297,21 @@ func serveNode(ctx context.Context, node *mirror.Node, f *serveFlags, a *adminSe
 	return nil
 }
 
-// nbdURI formats the NBD URI clients use for an export.
-func nbdURI(a net.Addr, export string) string {
+// nbdURI formats the NBD URI clients use for an export (nbds:// with TLS).
+func nbdURI(a net.Addr, export string, tls bool) string {
+	scheme := "nbd"
+	if tls {
+		scheme = "nbds"
+	}
 	if a.Network() == "unix" {
-		return fmt.Sprintf("nbd+unix:///%s?socket=%s", url.PathEscape(export), a.String())
+		return fmt.Sprintf("%s+unix:///%s?socket=%s", scheme, url.PathEscape(export), a.String())
 	}
 	host := a.String()
 	if strings.HasPrefix(host, "[::]") || strings.HasPrefix(host, "0.0.0.0") {
 		_, port, _ := net.SplitHostPort(host)
 		host = net.JoinHostPort("127.0.0.1", port)
 	}
-	return fmt.Sprintf("nbd://%s/%s", host, url.PathEscape(export))
+	return fmt.Sprintf("%s://%s/%s", scheme, host, url.PathEscape(export))
 }
 
 // volumeDevice adapts a mirror.Volume to nbd.Device (mirror does not

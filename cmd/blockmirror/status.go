@@ -24,6 +24,10 @@ type nodeStatus struct {
 	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
 	Volumes     map[string]nodeStatus `json:"volumes,omitempty"`
 	Connections *connStatus           `json:"connections,omitempty"`
+	// Control is the node's control socket (promote, demote, verify),
+	// "" without one; set by the admin server for the whole process. It
+	// comes last so that the JSON still starts with the role.
+	Control string `json:"control,omitempty"`
 }
 
 type primaryStatus struct {
@@ -38,8 +42,9 @@ type primaryStatus struct {
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [--admin ADDR] [--json] [--watch]", stderr)
+	fs := newFlagSet("status", "status [--admin ADDR | --control PATH] [--json] [--watch]", stderr)
 	admin := fs.String("admin", defaultAdmin, "admin endpoint of the node (a mirror's default is 127.0.0.1:7481)")
+	control := fs.String("control", "", "read the status from the node's control socket instead (works with --admin '')")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
 	interval := fs.Duration("interval", time.Second, "refresh period for --watch")
@@ -48,7 +53,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for {
-		st, raw, err := fetchStatus(ctx, client, *admin)
+		var st *nodeStatus
+		var raw []byte
+		var err error
+		if *control != "" {
+			st, raw, err = controlStatus(ctx, *control)
+		} else {
+			st, raw, err = fetchStatus(ctx, client, *admin)
+		}
 		if err != nil {
 			return err
 		}
@@ -81,14 +93,30 @@ func fetchStatus(ctx context.Context, c *http.Client, admin string) (*nodeStatus
 	if err != nil {
 		return nil, nil, fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
 	}
+	return decodeStatus(resp, admin)
+}
+
+// controlStatus reads GET /v1/status from the control socket sock.
+func controlStatus(ctx context.Context, sock string) (*nodeStatus, []byte, error) {
+	resp, err := controlDo(ctx, sock, "GET", "/v1/status")
+	if err != nil {
+		return nil, nil, err
+	}
+	return decodeStatus(resp, sock)
+}
+
+func decodeStatus(resp *http.Response, from string) (*nodeStatus, []byte, error) {
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("status from %s: %w", from, responseError(resp))
+	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
 		return nil, nil, err
 	}
 	var st nodeStatus
 	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, nil, fmt.Errorf("bad status from %s: %w", admin, err)
+		return nil, nil, fmt.Errorf("bad status from %s: %w", from, err)
 	}
 	return &st, raw, nil
 }
@@ -121,6 +149,9 @@ func humanBytes(n int64) string {
 
 func printStatus(w io.Writer, st *nodeStatus) {
 	if len(st.Volumes) > 0 {
+		if st.Control != "" {
+			fmt.Fprintf(w, "control:      %s\n", st.Control)
+		}
 		if c := st.Connections; c != nil {
 			fmt.Fprintf(w, "connections:  %d open, %d dialed, %d accepted\n", c.Open, c.Dialed, c.Accepted)
 		}
@@ -138,6 +169,9 @@ func printStatus(w io.Writer, st *nodeStatus) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
+	if st.Control != "" {
+		fmt.Fprintf(tw, "control:\t%s\n", st.Control)
+	}
 	if m := st.Mirror; m != nil {
 		fmt.Fprintf(tw, "role:\tmirror\n")
 		if m.Volume == "" {

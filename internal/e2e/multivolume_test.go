@@ -102,8 +102,9 @@ func TestMultiVolume(t *testing.T) {
 		}
 		return p
 	}
+	sockets := testutil.SocketDir(t)
 	node := func(name, admin string) string {
-		return fmt.Sprintf("[node]\nname = %q\ncerts = %q\nadmin = %q\n\n", name, certs, admin)
+		return fmt.Sprintf("[node]\nname = %q\ncerts = %q\nadmin = %q\ncontrol = %q\n\n", name, certs, admin, filepath.Join(sockets, name+".sock"))
 	}
 	mirrorVol := func(host, vol, listen string) string {
 		return fmt.Sprintf("[[volumes]]\nname = %q\nrole = \"mirror\"\ndata = %q\nlisten = %q\nnbd = %q\n\n",
