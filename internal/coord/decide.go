@@ -297,6 +297,10 @@ func DecideLease(in LeaseInput) LeaseVerdict {
 		}
 		return v
 	}
+	if fs.After(v.Until) && !fs.After(in.Now) {
+		v.Reason += "; failsafe: the sync set's confirmations lapsed"
+		return v
+	}
 	if fs.After(v.Until) {
 		return LeaseVerdict{Until: fs, Failsafe: true,
 			Reason: fmt.Sprintf("%s; failsafe: a mirror of the sync set %v stopped confirming contact", v.Reason, in.Sync.Members)}

@@ -22,16 +22,16 @@ type ClusterStatus struct {
 	// LeaseTTL is the leader lease's granted TTL, LeaseRemaining what is
 	// left of it (etcd's view), LeaseAge their difference: the time since
 	// the last renewal etcd saw.
-	LeaseTTL       time.Duration    `json:"lease_ttl_ns"`
-	LeaseRemaining time.Duration    `json:"lease_remaining_ns"`
-	LeaseAge       time.Duration    `json:"lease_age_ns"`
-	Epoch          uint64           `json:"epoch"`
-	EpochNode      string           `json:"epoch_node,omitempty"`
-	Sync           *SyncSet         `json:"sync_set,omitempty"`
-	Paused         *PauseRecord     `json:"paused,omitempty"`
-	LastFailover   *FailoverRecord  `json:"last_failover,omitempty"`
+	LeaseTTL       time.Duration     `json:"lease_ttl_ns"`
+	LeaseRemaining time.Duration     `json:"lease_remaining_ns"`
+	LeaseAge       time.Duration     `json:"lease_age_ns"`
+	Epoch          uint64            `json:"epoch"`
+	EpochNode      string            `json:"epoch_node,omitempty"`
+	Sync           *SyncSet          `json:"sync_set,omitempty"`
+	Paused         *PauseRecord      `json:"paused,omitempty"`
+	LastFailover   *FailoverRecord   `json:"last_failover,omitempty"`
 	Switchover     *SwitchoverRecord `json:"switchover,omitempty"`
-	Members        []MemberStatus   `json:"members"`
+	Members        []MemberStatus    `json:"members"`
 	// Problems lists records that could not be read.
 	Problems []string `json:"problems,omitempty"`
 }
