@@ -766,3 +766,13 @@ func (c *Coordinator) grant() {
 		c.log.Warn("failsafe: etcd does not confirm the lease; serving on the confirmations of every mirror of the sync set", "members", in.Sync.Members)
 	}
 }
+
+// sessionLease is the current session's lease (tests).
+func (c *Coordinator) sessionLease() clientv3.LeaseID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == nil {
+		return clientv3.NoLease
+	}
+	return c.sess.Lease()
+}

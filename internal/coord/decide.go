@@ -171,6 +171,14 @@ func DecideCampaign(in CampaignInput) Verdict {
 			}
 			continue
 		}
+		if self.Role == RolePrimary {
+			// A primary reclaiming its key only needs to hold every record
+			// a mirror has: whatever their records' age, they followed it.
+			if ahead(o.Epoch, o.Seq, self.Epoch, self.Seq) {
+				return no(0, "mirror %s (epoch %d, seq %d) is ahead of this primary (epoch %d, seq %d): it lost records a mirror holds", o.Node, o.Epoch, o.Seq, self.Epoch, self.Seq)
+			}
+			continue
+		}
 		final := o.Rev > in.GoneRev && !o.Following
 		if !final {
 			if ahead(o.Epoch, o.Seq, bestEpoch, best) {
@@ -302,7 +310,10 @@ func DecideLease(in LeaseInput) LeaseVerdict {
 		return v
 	}
 	if fs.After(v.Until) {
-		return LeaseVerdict{Until: fs, Failsafe: true,
+		// While renewals succeed the confirmations usually reach a little
+		// further than the lease; that is failsafe only once a renewal is
+		// overdue (they come every TTL/3).
+		return LeaseVerdict{Until: fs, Failsafe: in.Now.Sub(in.Renewed) > in.TTL/2,
 			Reason: fmt.Sprintf("%s; failsafe: a mirror of the sync set %v stopped confirming contact", v.Reason, in.Sync.Members)}
 	}
 	return v
