@@ -269,13 +269,13 @@ func (c *Coordinator) session(ctx context.Context) (*concurrency.Session, error)
 	if s != nil {
 		select {
 		case <-s.Done():
+			// The client gave the lease up (no keepalive answer for a
+			// TTL): etcd did not say it is gone, so the renewal stamp and
+			// the failsafe still apply until etcd answers.
 			c.mu.Lock()
-			if c.elect != nil {
-				c.loseLocked("the session lease expired")
-			}
-			c.sess = nil
+			c.sess, c.elect = nil, nil
 			c.mu.Unlock()
-			c.log.Warn("etcd session lease lost")
+			c.log.Warn("etcd session lease lost (no keepalive answer within the TTL)")
 		default:
 			return s, nil
 		}
@@ -537,7 +537,9 @@ func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, s
 		c.event("leader", next, v.Reason)
 	}
 	c.mu.Lock()
-	c.elect, c.lost, c.renewed, c.syncOK, c.switchSeq = e, "", time.Time{}, false, 0
+	// A primary that reclaims its key keeps its last renewal stamp (and
+	// so its failsafe) until the new term's first renewal, moments away.
+	c.elect, c.lost, c.syncOK, c.switchSeq = e, "", false, 0
 	c.mu.Unlock()
 	c.setVerdict("")
 	return nil
@@ -737,7 +739,7 @@ func (c *Coordinator) grant() {
 	switch {
 	case c.hold != "":
 		v = LeaseVerdict{Reason: c.hold}
-	case c.elect == nil && c.lost == "":
+	case c.lost == "" && c.renewed.IsZero():
 		v = LeaseVerdict{Reason: "not (yet) the leader in etcd"}
 	case c.elect != nil && !c.syncOK:
 		v = LeaseVerdict{Reason: "the sync set in etcd does not cover the ack set yet"}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -140,8 +141,9 @@ type EmbedConfig struct {
 
 // Embedded is a running etcd member.
 type Embedded struct {
-	e   *embed.Etcd
-	cfg EmbedConfig
+	e     *embed.Etcd
+	cfg   EmbedConfig
+	close sync.Once
 }
 
 // StartEmbedded starts an etcd member and waits until it serves (a new
@@ -221,7 +223,7 @@ func (m *Embedded) IsLeader() bool { return m.e.Server.Leader() == m.e.Server.Me
 
 // Close stops the member (in a test: kills it, as far as its peers and
 // clients can tell).
-func (m *Embedded) Close() { m.e.Close() }
+func (m *Embedded) Close() { m.close.Do(m.e.Close) }
 
 // Err reports a fatal error of the running member.
 func (m *Embedded) Err() <-chan error { return m.e.Err() }

@@ -237,8 +237,12 @@ type fakeNode struct {
 	peers         []string
 	until         time.Time
 	reason        string
-	// maxUntil is the latest deadline ever granted (what a frozen
-	// process could still use).
+	// ended is when the last replaced deadline ended: its own time, or
+	// when a later SetWriteLease revoked it (a node honours a revocation
+	// once the call returns).
+	ended time.Time
+	// maxUntil is the latest deadline ever granted: what a process frozen
+	// before a revocation could still use when it resumes.
 	maxUntil    time.Time
 	lastContact time.Time
 	confirm     map[string]time.Time
@@ -354,6 +358,13 @@ func (n *fakeNode) SetWriteLease(until time.Time, reason string) {
 	if n.until.After(now) && !until.After(now) {
 		n.fences++
 	}
+	end := n.until
+	if end.After(now) {
+		end = now
+	}
+	if end.After(n.ended) {
+		n.ended = end
+	}
 	n.until, n.reason = until, reason
 	n.leases++
 	if until.After(n.maxUntil) {
@@ -370,10 +381,13 @@ func (n *fakeNode) SetAckSet(ctx context.Context, set AckSet) error {
 
 // view is a copy of a fake node's state.
 type view struct {
-	role       Role
-	epoch      uint64
-	until      time.Time
-	reason     string
+	role   Role
+	epoch  uint64
+	until  time.Time
+	reason string
+	// writesEnd: the node completes no write at or after it (unless
+	// granted again).
+	writesEnd  time.Time
 	maxUntil   time.Time
 	promotions []promotion
 	demotions  int
@@ -384,7 +398,11 @@ type view struct {
 func (n *fakeNode) get() view {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return view{role: n.role, epoch: n.epoch, until: n.until, reason: n.reason, maxUntil: n.maxUntil,
+	end := n.ended
+	if n.until.After(end) {
+		end = n.until
+	}
+	return view{role: n.role, epoch: n.epoch, until: n.until, reason: n.reason, writesEnd: end, maxUntil: n.maxUntil,
 		promotions: append([]promotion(nil), n.promotions...), demotions: n.demotions, fences: n.fences, ackSet: n.ackSet}
 }
 
@@ -399,12 +417,15 @@ type running struct {
 	c      *Coordinator
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // stop ends the coordinator (it revokes its session, as a clean stop).
 func (r *running) stop() {
-	r.cancel()
-	<-r.done
+	r.once.Do(func() {
+		r.cancel()
+		<-r.done
+	})
 }
 
 // testConfig is a fast configuration: TTL 2 s, poll 100 ms.
