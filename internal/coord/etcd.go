@@ -29,6 +29,9 @@ import (
 //	--etcd-prefix PREFIX    etcd.prefix      default /blockmirror
 //	--etcd-embed DIR[,PEER] etcd.embed       run an etcd member in this node
 //	--failover-ttl D        failover.ttl     leader lease TTL, default 5s
+//	--failover-min-interval D  failover.min_interval  default 5m
+//	--failover-no-failsafe     failover.no_failsafe   fence when etcd is unreachable, whatever the mirrors say
+//	--failover-hook CMD        failover.hook          run on promotion/demotion/fence (move a VIP, notify): Config.OnEvent
 //
 // Certificate files in --etcd-certs.
 const (

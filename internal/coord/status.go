@@ -206,6 +206,7 @@ type LocalStatus struct {
 
 // Status is this coordinator's view now.
 func (c *Coordinator) Status() LocalStatus {
+	primary := c.node.Status().Role == RolePrimary
 	now := c.clock.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -216,7 +217,7 @@ func (c *Coordinator) Status() LocalStatus {
 	}
 	if c.granted.After(now) {
 		ls.WritesUntil = c.granted.Sub(now)
-	} else if c.node.Status().Role == RolePrimary {
+	} else if primary {
 		ls.Fenced = c.grantReason
 	}
 	return ls
