@@ -489,10 +489,10 @@ func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, s
 	}
 	cmps := []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()),
-		unchanged(c.keys.Epoch(), rev(snap.epoch != nil, func() int64 { return snap.epoch.Rev })),
-		unchanged(c.keys.Sync(), rev(snap.sync != nil, func() int64 { return snap.sync.Rev })),
-		unchanged(c.keys.Failover(), rev(snap.failover != nil, func() int64 { return snap.failover.Rev })),
-		unchanged(c.keys.Switchover(), rev(snap.switchover != nil, func() int64 { return snap.switchover.Rev })),
+		unchanged(c.keys.Epoch(), snap.epoch.modRev()),
+		unchanged(c.keys.Sync(), snap.sync.modRev()),
+		unchanged(c.keys.Failover(), snap.failover.modRev()),
+		unchanged(c.keys.Switchover(), snap.switchover.modRev()),
 	}
 	for _, m := range snap.others(c.cfg.Node) {
 		cmps = append(cmps, unchanged(c.keys.Member(m.Node), m.Rev))
@@ -543,13 +543,6 @@ func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, s
 	c.mu.Unlock()
 	c.setVerdict("")
 	return nil
-}
-
-func rev(ok bool, f func() int64) int64 {
-	if !ok {
-		return 0
-	}
-	return f()
 }
 
 // resignElection gives up a key this node won (or queued for).
@@ -648,7 +641,7 @@ func (c *Coordinator) maintainSync(ctx context.Context, e *concurrency.Election,
 		tctx, cancel := c.opCtx(ctx)
 		resp, err := c.cli.Txn(tctx).If(
 			clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev()),
-			unchanged(c.keys.Sync(), rev(snap.sync != nil, func() int64 { return snap.sync.Rev })),
+			unchanged(c.keys.Sync(), snap.sync.modRev()),
 		).Then(clientv3.OpPut(c.keys.Sync(), encode(w))).Commit()
 		cancel()
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -49,7 +50,6 @@ func readSnapshot(ctx context.Context, kv clientv3.KV, k Keys) (*snapshot, error
 		return nil, fmt.Errorf("read %s: %w", k.Base, err)
 	}
 	s := &snapshot{rev: resp.Header.Revision, members: map[string]Member{}}
-	bad := func(key string, err error) { s.bad = append(s.bad, fmt.Sprintf("%s: %v", key, err)) }
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
 		switch {
@@ -58,52 +58,26 @@ func readSnapshot(ctx context.Context, kv clientv3.KV, k Keys) (*snapshot, error
 				s.leader = &leaderKey{key: key, node: string(kv.Value), createRev: kv.CreateRevision, lease: clientv3.LeaseID(kv.Lease)}
 			}
 		case strings.HasPrefix(key, k.Members()):
-			m, err := decodeMember(kv.Value)
-			if err != nil || k.Member(m.Node) != key {
-				bad(key, err)
-				continue
+			if m := parse(s, kv, decodeMember); m != nil {
+				if k.Member(m.Node) != key {
+					s.bad = append(s.bad, fmt.Sprintf("%s: names node %q", key, m.Node))
+					continue
+				}
+				s.members[m.Node] = *m
 			}
-			m.Rev = kv.ModRevision
-			s.members[m.Node] = m
 		case key == k.Epoch():
-			e, err := decodeEpoch(kv.Value)
-			if err != nil {
-				bad(key, err)
-				continue
-			}
-			e.Rev = kv.ModRevision
-			s.epoch = &e
+			s.epoch = parse(s, kv, decodeEpoch)
 		case key == k.Sync():
-			v, err := decodeSync(kv.Value)
-			if err != nil {
-				bad(key, err)
-				continue
-			}
-			v.Rev = kv.ModRevision
-			s.sync = &v
+			s.sync = parse(s, kv, decodeSync)
 		case key == k.Pause():
-			p, err := decodePause(kv.Value)
-			if err != nil {
+			if s.pause = parse(s, kv, decodePause); s.pause == nil {
 				// A pause key that does not parse still pauses.
-				p = PauseRecord{Reason: "unreadable pause record"}
+				s.pause = &PauseRecord{Reason: "unreadable pause record"}
 			}
-			s.pause = &p
 		case key == k.Failover():
-			f, err := decodeFailover(kv.Value)
-			if err != nil {
-				bad(key, err)
-				continue
-			}
-			f.Rev = kv.ModRevision
-			s.failover = &f
+			s.failover = parse(s, kv, decodeFailover)
 		case key == k.Switchover():
-			w, err := decodeSwitchover(kv.Value)
-			if err != nil {
-				bad(key, err)
-				continue
-			}
-			w.Rev = kv.ModRevision
-			s.switchover = &w
+			s.switchover = parse(s, kv, decodeSwitchover)
 		}
 	}
 	return s, nil
@@ -116,4 +90,43 @@ func unchanged(key string, rev int64) clientv3.Cmp {
 		return clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	}
 	return clientv3.Compare(clientv3.ModRevision(key), "=", rev)
+}
+
+// parse decodes one record with its mod revision, or notes why it cannot
+// and returns nil.
+func parse[T any, P interface {
+	*T
+	setRev(int64)
+}](s *snapshot, kv *mvccpb.KeyValue, dec func([]byte) (T, error)) *T {
+	v, err := dec(kv.Value)
+	if err != nil {
+		s.bad = append(s.bad, fmt.Sprintf("%s: %v", kv.Key, err))
+		return nil
+	}
+	P(&v).setRev(kv.ModRevision)
+	return &v
+}
+
+func (m *Member) setRev(r int64)           { m.Rev = r }
+func (e *EpochRecord) setRev(r int64)      { e.Rev = r }
+func (s *SyncSet) setRev(r int64)          { s.Rev = r }
+func (p *PauseRecord) setRev(int64)        {}
+func (f *FailoverRecord) setRev(r int64)   { f.Rev = r }
+func (w *SwitchoverRecord) setRev(r int64) { w.Rev = r }
+
+// modRev is the record's mod revision, 0 for an absent (nil) record.
+func (e *EpochRecord) modRev() int64 { return modRev(e, func(e *EpochRecord) int64 { return e.Rev }) }
+func (s *SyncSet) modRev() int64     { return modRev(s, func(s *SyncSet) int64 { return s.Rev }) }
+func (f *FailoverRecord) modRev() int64 {
+	return modRev(f, func(f *FailoverRecord) int64 { return f.Rev })
+}
+func (w *SwitchoverRecord) modRev() int64 {
+	return modRev(w, func(w *SwitchoverRecord) int64 { return w.Rev })
+}
+
+func modRev[T any](p *T, f func(*T) int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return f(p)
 }
