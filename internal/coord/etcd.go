@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	etcdtls "go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -38,6 +39,9 @@ const (
 	EtcdCAFile   = "ca.crt"
 	EtcdCertFile = "client.crt"
 	EtcdKeyFile  = "client.key"
+	// An embedded member's server certificate (EmbedConfig.CertsDir).
+	EtcdServerCertFile = "server.crt"
+	EtcdServerKeyFile  = "server.key"
 )
 
 // ClientConfig says how to reach etcd.
@@ -136,6 +140,10 @@ type EmbedConfig struct {
 	InitialCluster string
 	// Existing: join an existing cluster rather than bootstrap a new one.
 	Existing bool
+	// CertsDir, if set, makes the member serve clients over TLS with
+	// ca.crt, server.crt and server.key from it, and require a client
+	// certificate signed by ca.crt (the ClientURL must be https://).
+	CertsDir string
 	// Logger receives the member's warnings and errors (default: none).
 	Logger *slog.Logger
 	// StartTimeout bounds the wait until the member serves (default 30 s).
@@ -187,6 +195,17 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	ec.InitialClusterToken = "blockmirror"
 	if cfg.Existing {
 		ec.ClusterState = embed.ClusterStateFlagExisting
+	}
+	if cfg.CertsDir != "" {
+		if cu.Scheme != "https" {
+			return nil, fmt.Errorf("embedded etcd: client URL %s must be https:// with certificates", cfg.ClientURL)
+		}
+		ec.ClientTLSInfo = etcdtls.TLSInfo{
+			CertFile:       filepath.Join(cfg.CertsDir, EtcdServerCertFile),
+			KeyFile:        filepath.Join(cfg.CertsDir, EtcdServerKeyFile),
+			TrustedCAFile:  filepath.Join(cfg.CertsDir, EtcdCAFile),
+			ClientCertAuth: true,
+		}
 	}
 	ec.ListenMetricsUrls = nil
 	lg := zap.NewNop()
