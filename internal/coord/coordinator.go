@@ -159,6 +159,7 @@ type Coordinator struct {
 	goneRev        int64
 	lastPrimarySeq uint64
 	published      Member
+	publishedAt    time.Time
 	verdict        string
 	etcdErr        string
 	lastSnap       *snapshot
@@ -362,13 +363,21 @@ func (c *Coordinator) record(st NodeStatus) Member {
 }
 
 // publish writes this node's member record, bound to the session lease,
-// when it changed or when forced.
+// when it changed or when forced. Changes of seqs and lag alone are
+// written at most every TTL/3 (under load they change every poll); a
+// candidate never relies on those: it compares only records written with
+// following false, which a mirror writes at once and only after a contact
+// window without a primary, when its seq no longer moves.
 func (c *Coordinator) publish(ctx context.Context, sess *concurrency.Session, st NodeStatus, forced bool) error {
 	m := c.record(st)
+	now := c.clock.Now()
 	c.mu.Lock()
 	same := reflect.DeepEqual(m, c.published)
+	p := c.published
+	p.Seq, p.DurableSeq, p.Peers = m.Seq, m.DurableSeq, m.Peers
+	minor := reflect.DeepEqual(m, p) && now.Sub(c.publishedAt) < c.cfg.TTL/3
 	c.mu.Unlock()
-	if same && !forced {
+	if !forced && (same || minor) {
 		return nil
 	}
 	w := m
@@ -380,7 +389,7 @@ func (c *Coordinator) publish(ctx context.Context, sess *concurrency.Session, st
 		return fmt.Errorf("publish member record: %w", err)
 	}
 	c.mu.Lock()
-	c.published = m
+	c.published, c.publishedAt = m, now
 	c.mu.Unlock()
 	return nil
 }

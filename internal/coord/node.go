@@ -16,9 +16,12 @@ import (
 //     at admission, so a process frozen past its deadline (SIGSTOP, a long
 //     pause) completes nothing when it resumes. Held requests fail with EIO
 //     after the node's ack timeout; status says why (the reason given).
-//   - A primary that is past its write deadline stops confirming liveness
-//     to its mirrors (no heartbeats, or sessions closed), so that they stop
-//     counting it as a serving primary (Status.SincePrimaryContact).
+//   - A primary sends heartbeats to its mirrors only while it is before its
+//     write deadline; a mirror counts only heartbeats as contact
+//     (Status.SincePrimaryContact), so a fenced primary stops counting as
+//     serving. (Records may go on flowing, as during a switchover: they
+//     were never acknowledged to a client.) The primary's failsafe rests
+//     on the echoes of those heartbeats (PeerStatus.SinceConfirm).
 //   - With a coordinator the node never changes its ack set by itself (no
 //     automatic degrading): it reports which mirrors are in sync and waits
 //     for SetAckSet.
@@ -61,9 +64,10 @@ type NodeStatus struct {
 	AckSet        AckSet
 	Peers         []PeerStatus
 
-	// Mirror only: time since the last contact (a frame or heartbeat)
-	// from a primary that was serving. A node that has heard from none
-	// since it started reports the time since it started.
+	// Mirror only: time since the last heartbeat from a primary of at
+	// least this node's epoch (a primary sends them only while serving).
+	// A node that has had none since it started reports the time since
+	// it started.
 	SincePrimaryContact time.Duration
 }
 
