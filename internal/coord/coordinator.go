@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -400,14 +401,24 @@ func (c *Coordinator) event(kind string, epoch uint64, reason string) {
 	}
 }
 
+// setVerdict records the last decision for Status and logs it when it
+// changed other than in its numbers (a wait counting down is one
+// decision, not one log line per poll).
 func (c *Coordinator) setVerdict(v string) {
 	c.mu.Lock()
-	changed := v != c.verdict
+	changed := strings.Map(noDigits, v) != strings.Map(noDigits, c.verdict)
 	c.verdict = v
 	c.mu.Unlock()
 	if changed && v != "" {
 		c.log.Info("failover decision", "verdict", v)
 	}
+}
+
+func noDigits(r rune) rune {
+	if r >= '0' && r <= '9' || r == '.' {
+		return -1
+	}
+	return r
 }
 
 // campaignInput gathers DecideCampaign's input.
@@ -463,10 +474,17 @@ func (c *Coordinator) stepMirror(ctx context.Context, sess *concurrency.Session,
 // confirms its own) in one Txn that fails if anything it decided on
 // changed.
 func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, st NodeStatus) error {
+	// Campaign returns once this key is the oldest; a candidate queued
+	// behind another that got there first gives up after TTL/3 (Campaign
+	// then withdraws its key) and decides again on the next round.
 	e := concurrency.NewElection(sess, c.keys.Election())
-	cctx, cancel := context.WithTimeout(ctx, c.cfg.TTL)
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.TTL/3)
 	err := e.Campaign(cctx, c.cfg.Node)
 	cancel()
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		c.setVerdict("another candidate holds the leader key")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}

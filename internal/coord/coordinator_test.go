@@ -368,3 +368,24 @@ func TestClusterStatusText(t *testing.T) {
 		}
 	}
 }
+
+func TestTwoEqualCandidatesOneWinner(t *testing.T) {
+	e := startEtcd(t)
+	tr := newTrio(t, []string{e.Endpoint()}, ModeSync, 1, false, nil)
+	tr.c.set(func(n *fakeNode) { n.seq = 100 }) // b and c both hold everything
+	eventually(t, 5*time.Second, "c's seq is published", func() bool {
+		for _, m := range status(t, tr.cli).Members {
+			if m.Node == "c" && m.Seq == 100 {
+				return true
+			}
+		}
+		return false
+	})
+	tr.crash("a")
+	eventually(t, 20*time.Second, "a mirror is promoted", func() bool { return len(tr.w.promotions()) > 0 })
+	never(t, 4*time.Second, "a second promotion", func() bool { return len(tr.w.promotions()) > 1 })
+	p := tr.w.promotions()[0]
+	if cs := status(t, tr.cli); cs.Leader != p.node || cs.Epoch != 4 || cs.EpochNode != p.node {
+		t.Errorf("%s promoted to %d, but etcd says:\n%s", p.node, p.epoch, cs)
+	}
+}
