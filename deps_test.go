@@ -43,3 +43,29 @@ func TestDependencyDirection(t *testing.T) {
 		}
 	}
 }
+
+// TestEtcdOnlyInCoord: go.etcd.io/etcd (and its gRPC and zap stack) is
+// imported only by internal/coord, the coordination package, and by cmd,
+// which wires it; the replication code stays free of it, so a node without
+// automatic failover does not depend on it and the coordination rules live
+// in one place.
+func TestEtcdOnlyInCoord(t *testing.T) {
+	const mod = "github.com/blockmirror/blockmirror"
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "./...").Output()
+	if err != nil {
+		t.Fatalf("go list ./...: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg := f[0]
+		if pkg == mod+"/internal/coord" || strings.HasPrefix(pkg, mod+"/cmd/") {
+			continue
+		}
+		for _, dep := range f[1:] {
+			if strings.HasPrefix(dep, "go.etcd.io/etcd/") || dep == mod+"/internal/coord" {
+				t.Errorf("%s imports %s: only internal/coord (and cmd) may depend on etcd", pkg, dep)
+				break
+			}
+		}
+	}
+}
