@@ -12,6 +12,7 @@ import (
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // Failover and failback.
@@ -209,38 +210,27 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	return rep, nil
 }
 
-// historyPrefix returns the entries of h that start at or before fork.
-func historyPrefix(h []EpochStart, fork uint64) []EpochStart {
-	var out []EpochStart
-	for _, e := range h {
-		if e.FirstSeq <= fork || len(out) == 0 && e.FirstSeq == 1 {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // primaryAnswer is how a primary answers another primary's Hello (on the
 // listener a promoted node keeps at its mirror address): a lower epoch is
 // fenced; the same epoch with another history is a split brain; a higher
 // epoch means this node is stale.
-func primaryAnswer(m *Meta, name string, last uint64, h Hello) (reply HelloReply, stale bool) {
-	reply = HelloReply{Version: ProtoVersion, Role: PeerRolePrimary, Volume: m.Volume, Size: uint64(m.Size),
+func primaryAnswer(m *Meta, name string, last uint64, h wire.Hello) (reply wire.HelloReply, stale bool) {
+	reply = wire.HelloReply{Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Volume: m.Volume, Size: uint64(m.Size),
 		Epoch: m.Epoch, LastSeq: last, Node: name, History: m.History}
 	switch {
 	case h.Volume != m.Volume || h.Size != uint64(m.Size):
-		reply.Code = CodeRefused
+		reply.Code = wire.CodeRefused
 		reply.Reason = fmt.Sprintf("this node serves volume %v of %d bytes, not %v of %d bytes", m.Volume, m.Size, h.Volume, h.Size)
 	case h.Epoch < m.Epoch:
-		reply.Code = CodeFenced
+		reply.Code = wire.CodeFenced
 		reply.Reason = fmt.Sprintf("node %s was promoted to primary in epoch %d; you are in epoch %d and fenced: stop writing, "+
 			"then rejoin as its mirror (blockmirror demote --data DIR; blockmirror mirror ...) — writes you took after the fork are quarantined, not lost",
 			name, m.Epoch, h.Epoch)
 	case h.Epoch == m.Epoch:
-		reply.Code = CodeSplitBrain
+		reply.Code = wire.CodeSplitBrain
 		reply.Reason = splitBrainAdvice(name, h.Node, m.Epoch)
 	default:
-		reply.Code = CodeNotMirror
+		reply.Code = wire.CodeNotMirror
 		reply.Reason = fmt.Sprintf("node %s is a primary in epoch %d, older than yours (%d)", name, m.Epoch, h.Epoch)
 		stale = true
 	}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -212,46 +213,46 @@ func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *
 	}
 	st.SetReadDeadline(time.Time{})
 	var name string
-	switch MsgType(typ) {
-	case MsgHello:
-		h, err := DecodeHello(p)
+	switch wire.MsgType(typ) {
+	case wire.MsgHello:
+		h, err := wire.DecodeHello(p)
 		if err != nil {
-			refuseStream(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+			refuseStream(st, wire.CodeProtocol, "malformed hello: "+err.Error(), log)
 			return
 		}
 		name = h.VolumeName
-	case MsgStreamVolume:
-		m, err := DecodeStreamVolume(p)
+	case wire.MsgStreamVolume:
+		m, err := wire.DecodeStreamVolume(p)
 		if err != nil {
 			log.Warn("malformed stream volume", "err", err)
-			st.Cancel(uint64(CodeProtocol))
+			st.Cancel(uint64(wire.CodeProtocol))
 			return
 		}
 		name = m.Name
 	default:
-		refuseStream(st, CodeProtocol, fmt.Sprintf("expected hello, got %v", MsgType(typ)), log)
+		refuseStream(st, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", wire.MsgType(typ)), log)
 		return
 	}
 	d := a.route(name)
 	if d == nil {
-		if MsgType(typ) == MsgHello {
-			refuseStream(st, CodeRefused, fmt.Sprintf("this host mirrors no volume called %q", name), log)
+		if wire.MsgType(typ) == wire.MsgHello {
+			refuseStream(st, wire.CodeRefused, fmt.Sprintf("this host mirrors no volume called %q", name), log)
 		} else {
-			st.Cancel(uint64(CodeRefused))
+			st.Cancel(uint64(wire.CodeRefused))
 		}
 		return
 	}
 	if name != "" {
 		log = log.With("volume_name", name)
 	}
-	d.dispatch(conn, st, MsgType(typ), p, log)
+	d.dispatch(conn, st, wire.MsgType(typ), p, log)
 }
 
 // refuseStream sends an Error as the stream's last message and cancels it.
-func refuseStream(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+func refuseStream(st *transport.Stream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
-	if st.WriteFrame(uint8(MsgError), buf) == nil {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		st.Flush()
 	}
 	linger(st)

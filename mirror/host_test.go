@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -132,17 +133,17 @@ type primaryVol struct {
 
 func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool) *primaryVol {
 	t.Helper()
-	return startPrimaryVolAt(t, dir, name, mirrorAddr, id, pool, mirror.AckWritten)
+	return startPrimaryVolAt(t, dir, name, mirrorAddr, id, pool, wire.AckWritten)
 }
 
-func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool, level mirror.AckLevel) *primaryVol {
+func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool, level wire.AckLevel) *primaryVol {
 	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
 	if err != nil {
 		t.Fatal(err)
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
-		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: mirror.ModeSync, SyncAcks: 1,
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: wire.ModeSync, SyncAcks: 1,
 		AckLevel: level, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
 		Transport: transport.Config{Identity: id},
 	})
@@ -291,7 +292,7 @@ func TestMirrorHostRoutesVolumes(t *testing.T) {
 // its acks from the session goroutine, early for received, after the
 // journal write otherwise).
 func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
-	for _, level := range []mirror.AckLevel{mirror.AckReceived, mirror.AckWritten, mirror.AckDurable} {
+	for _, level := range []wire.AckLevel{wire.AckReceived, wire.AckWritten, wire.AckDurable} {
 		t.Run(level.String(), func(t *testing.T) {
 			ids := identities(t, "p", "m")
 			dir := t.TempDir()
@@ -309,7 +310,7 @@ func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
 				}
 				seq := p.repl.Status().LastSeq
 				st := d.Status()
-				got := map[mirror.AckLevel]uint64{mirror.AckReceived: st.Received, mirror.AckWritten: st.Written, mirror.AckDurable: st.Durable}[level]
+				got := map[wire.AckLevel]uint64{wire.AckReceived: st.Received, wire.AckWritten: st.Written, wire.AckDurable: st.Durable}[level]
 				if got < seq {
 					t.Fatalf("write %d (seq %d) completed but the mirror is %s only through %d", i, seq, level, got)
 				}

@@ -13,6 +13,7 @@ import (
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/resync"
 	"github.com/blockmirror/blockmirror/store"
 )
 
@@ -75,7 +76,7 @@ type Node struct {
 
 	// bmMu guards the dirty bitmap files and marks (see peerstate.go).
 	bmMu  sync.Mutex
-	marks map[string]*Bitmap
+	marks map[string]*resync.Bitmap
 
 	// splitMu guards splitBrain: per peer, the split brain its last
 	// contact showed (in memory; contact shows it again after a restart).
@@ -200,7 +201,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*Bitmap)}
+	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*resync.Bitmap)}
 	j, err := journal.Open(journal.Options{
 		FS:           fsys,
 		Dir:          filepath.Join(opts.Dir, JournalDir),
@@ -402,7 +403,7 @@ func (n *Node) markActivity(m *Meta) error {
 		n.log.Warn("the image may hold writes whose journal records were lost; their extents will be compared with every mirror",
 			"extents", len(ext), "extent_bytes", ActivityExtent)
 		for name := range m.Peers {
-			err := n.MarkDirty(name, func(b *Bitmap) {
+			err := n.MarkDirty(name, func(b *resync.Bitmap) {
 				for _, e := range ext {
 					b.SetRange(int64(e)*ActivityExtent, ActivityExtent)
 				}

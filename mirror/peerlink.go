@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -47,7 +49,7 @@ type session struct {
 	flushCh chan uint64 // capacity 1: the highest flush to send
 	start   time.Time   // heartbeat times are measured from here
 	// begin, when set, is sent on the log stream before the first record.
-	begin *ResyncBegin
+	begin *wire.ResyncBegin
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -104,16 +106,16 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	last := r.core.LastSeq()
 	r.mu.Unlock()
-	hello := Hello{
-		Version: ProtoVersion, Role: PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
+	hello := wire.Hello{
+		Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
 		Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, LastSeq: last,
 		Node: r.opts.Node, VolumeName: r.opts.VolumeName, History: m.History,
 	}
-	buf, err := AppendHello(nil, &hello)
+	buf, err := wire.AppendHello(nil, &hello)
 	if err != nil {
 		return false, err
 	}
-	if err := st.WriteFrame(uint8(MsgHello), buf); err != nil {
+	if err := st.WriteFrame(uint8(wire.MsgHello), buf); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	if err := st.Flush(); err != nil {
@@ -125,25 +127,25 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("read hello reply: %w", err)
 	}
 	st.SetReadDeadline(time.Time{})
-	switch MsgType(typ) {
-	case MsgHelloReply:
-	case MsgError:
-		e, derr := DecodeError(p)
+	switch wire.MsgType(typ) {
+	case wire.MsgHelloReply:
+	case wire.MsgError:
+		e, derr := wire.DecodeError(p)
 		if derr != nil {
 			return false, fmt.Errorf("mirror sent a malformed error: %w", derr)
 		}
 		l.fenceIf(e.Code)
 		return false, e
 	default:
-		return false, fmt.Errorf("mirror answered the hello with %v", MsgType(typ))
+		return false, fmt.Errorf("mirror answered the hello with %v", wire.MsgType(typ))
 	}
-	reply, err := DecodeHelloReply(p)
+	reply, err := wire.DecodeHelloReply(p)
 	if err != nil {
 		return false, fmt.Errorf("bad hello reply: %w", err)
 	}
-	if reply.Code == CodeSplitBrain || (reply.Code == CodeNotMirror && reply.Epoch == m.Epoch) {
+	if reply.Code == wire.CodeSplitBrain || (reply.Code == wire.CodeNotMirror && reply.Epoch == m.Epoch) {
 		reason := reply.Reason
-		if reply.Code == CodeNotMirror {
+		if reply.Code == wire.CodeNotMirror {
 			reason = splitBrainAdvice(r.opts.Node, l.addr.Name, m.Epoch)
 		}
 		r.mu.Lock()
@@ -152,7 +154,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		r.node.NoteSplitBrain(l.addr.Name, reason)
 		return false, fmt.Errorf("mirror %s: %s", l.addr.Name, reason)
 	}
-	if reply.Code != CodeOK {
+	if reply.Code != wire.CodeOK {
 		l.fenceIf(reply.Code)
 		if reply.Epoch > m.Epoch {
 			r.mu.Lock()
@@ -180,11 +182,11 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	l.splitBrain = ""
 	r.node.ClearSplitBrain(l.addr.Name)
 	l.acked = reply.LastSeq
-	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
+	perr := r.core.PeerUp(l.addr.Name, core.PeerInfo{
 		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
 		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
 	})
-	needResync := perr == nil && r.core.PeerState(l.addr.Name) == PeerNeedsResync
+	needResync := perr == nil && r.core.PeerState(l.addr.Name) == core.PeerNeedsResync
 	r.processLocked()
 	r.mu.Unlock()
 	if perr == nil && !needResync {
@@ -254,8 +256,8 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	return true, rerr
 }
 
-func (l *peerLink) fenceIf(code ErrCode) {
-	if code != CodeFenced {
+func (l *peerLink) fenceIf(code wire.ErrCode) {
+	if code != wire.CodeFenced {
 		return
 	}
 	r := l.r
@@ -288,7 +290,7 @@ func (l *peerLink) queueFlush(through uint64) {
 
 // sendFrame writes one frame and flushes it, holding mu (the stream's
 // writer lock: several goroutines send on a session's stream).
-func sendFrame(mu *sync.Mutex, st *transport.Stream, typ MsgType, p []byte) error {
+func sendFrame(mu *sync.Mutex, st *transport.Stream, typ wire.MsgType, p []byte) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := st.WriteFrame(uint8(typ), p); err != nil {
@@ -314,24 +316,26 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	}
 	defer rd.Close()
 	var buf []byte
+	var wrecs []wire.Record
 	if s.begin != nil {
-		if err := sendFrame(&s.writeMu, s.st, MsgResyncBegin, AppendResyncBegin(nil, *s.begin)); err != nil {
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgResyncBegin, wire.AppendResyncBegin(nil, *s.begin)); err != nil {
 			return fmt.Errorf("send resync begin: %w", err)
 		}
 	}
 	for {
-		recs, err := rd.Next(ctx, MaxRecordsPerFrame, l.r.opts.BatchBytes)
+		recs, err := rd.Next(ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
 		if err != nil {
 			if errors.Is(err, journal.ErrGone) {
 				l.markNeedsResync()
 			}
 			return fmt.Errorf("read journal: %w", err)
 		}
-		buf, err = AppendRecords(buf[:0], recs)
+		wrecs = wireRecords(wrecs, recs)
+		buf, err = wire.AppendRecords(buf[:0], wrecs)
 		if err != nil {
 			return err
 		}
-		if err := sendFrame(&s.writeMu, s.st, MsgRecords, buf); err != nil {
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgRecords, buf); err != nil {
 			return fmt.Errorf("send records: %w", err)
 		}
 	}
@@ -350,17 +354,17 @@ func (l *peerLink) sendControl(ctx context.Context, s *session) error {
 	defer t.Stop()
 	var buf []byte
 	for {
-		var typ MsgType
+		var typ wire.MsgType
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case through := <-s.flushCh:
-			typ, buf = MsgFlush, AppendFlush(buf[:0], Flush{Through: through})
+			typ, buf = wire.MsgFlush, wire.AppendFlush(buf[:0], wire.Flush{Through: through})
 		case <-t.C:
 			l.r.mu.Lock()
 			last := l.r.core.LastSeq()
 			l.r.mu.Unlock()
-			typ, buf = MsgHeartbeat, AppendHeartbeat(buf[:0], Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
+			typ, buf = wire.MsgHeartbeat, wire.AppendHeartbeat(buf[:0], wire.Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
 		}
 		if err := sendFrame(&s.writeMu, s.st, typ, buf); err != nil {
 			return fmt.Errorf("send %v: %w", typ, err)
@@ -380,9 +384,9 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			}
 			return fmt.Errorf("read from mirror: %w", err)
 		}
-		switch MsgType(typ) {
-		case MsgAck:
-			a, err := DecodeAck(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgAck:
+			a, err := wire.DecodeAck(p)
 			if err != nil {
 				return fmt.Errorf("bad ack: %w", err)
 			}
@@ -398,8 +402,8 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			if err != nil {
 				return err
 			}
-		case MsgHeartbeatEcho:
-			h, err := DecodeHeartbeat(p)
+		case wire.MsgHeartbeatEcho:
+			h, err := wire.DecodeHeartbeat(p)
 			if err != nil {
 				return fmt.Errorf("bad heartbeat echo: %w", err)
 			}
@@ -407,17 +411,17 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			r.mu.Lock()
 			l.rtt = rtt
 			r.mu.Unlock()
-		case MsgHeartbeat:
+		case wire.MsgHeartbeat:
 			// Mirrors do not send heartbeats of their own; ignore.
-		case MsgError:
-			e, err := DecodeError(p)
+		case wire.MsgError:
+			e, err := wire.DecodeError(p)
 			if err != nil {
 				return fmt.Errorf("mirror sent a malformed error: %w", err)
 			}
 			l.fenceIf(e.Code)
 			return e
 		default:
-			return fmt.Errorf("unexpected %v from mirror", MsgType(typ))
+			return fmt.Errorf("unexpected %v from mirror", wire.MsgType(typ))
 		}
 	}
 }
@@ -438,9 +442,9 @@ func (l *peerLink) openSideStream(ctx context.Context, conn *transport.Conn) (*t
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
 	done := func() { stop(); st.Cancel(0) }
-	buf, err := AppendStreamVolume(nil, StreamVolume{Name: l.r.opts.VolumeName})
+	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
 	if err == nil {
-		err = st.WriteFrame(uint8(MsgStreamVolume), buf)
+		err = st.WriteFrame(uint8(wire.MsgStreamVolume), buf)
 	}
 	if err == nil {
 		err = st.Flush()

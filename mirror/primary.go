@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -23,9 +25,9 @@ type PeerAddr struct {
 // ReplicationOptions configure a primary's replication to its mirrors.
 type ReplicationOptions struct {
 	Peers         []PeerAddr
-	Mode          Mode
+	Mode          wire.Mode
 	SyncAcks      int
-	AckLevel      AckLevel
+	AckLevel      wire.AckLevel
 	AllowDegraded bool
 	// AckTimeout bounds how long a sync write waits for mirror acks before
 	// it fails with EIO (default 5 s).
@@ -58,10 +60,10 @@ type ReplicationOptions struct {
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	if o.Mode == 0 {
-		o.Mode = ModeSync
+		o.Mode = wire.ModeSync
 	}
 	if o.AckLevel == 0 {
-		o.AckLevel = AckWritten
+		o.AckLevel = wire.AckWritten
 	}
 	if o.SyncAcks == 0 {
 		o.SyncAcks = 1
@@ -100,7 +102,7 @@ type Replication struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex // guards core, waiters, links' session state
-	core    *PrimaryCore
+	core    *core.PrimaryCore
 	waiters map[uint64]chan error
 	links   map[string]*peerLink
 	fenced  error
@@ -145,7 +147,7 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	}
 	_, durable := j.Watermarks()
 	next := j.LastSeq() + 1
-	core, err := NewPrimaryCore(PrimaryConfig{
+	core, err := core.NewPrimaryCore(core.PrimaryConfig{
 		Peers: names, Mode: opts.Mode, SyncAcks: opts.SyncAcks, AckLevel: opts.AckLevel,
 		AllowDegraded: opts.AllowDegraded, AckTimeoutTicks: ticks(opts.AckTimeout),
 		MaxLagTicks: ticks(opts.MaxLag), Epoch: m.Epoch, NextSeq: next,
@@ -243,7 +245,7 @@ func (r *Replication) AdmitFlush(id uint64) error {
 // FUA write needs local durability only; see the acknowledgement rules in
 // the package doc).
 func (r *Replication) WaitsForMirrors(fua bool) bool {
-	return r.opts.Mode == ModeSync
+	return r.opts.Mode == wire.ModeSync
 }
 
 // Forget implements Replicator.
@@ -318,7 +320,7 @@ func (r *Replication) processLocked() {
 		}
 	}
 	if r.fenced == nil && r.core.Fenced() {
-		r.fenced = ErrFenced
+		r.fenced = core.ErrFenced
 		r.log.Error("fenced: a mirror reports a higher epoch (another node was promoted); writes now fail")
 		// Durably, so a restart does not unfence the node (one small
 		// metadata write, once).

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -62,7 +65,7 @@ type Mirror struct {
 
 	mu      sync.Mutex
 	node    *Node
-	core    *ReplicaCore
+	core    *core.ReplicaCore
 	active  *mirrorSession
 	started bool
 	applyTo uint64
@@ -80,7 +83,7 @@ type Mirror struct {
 	// guards appliedSeq and recent.
 	applyMu    sync.Mutex
 	appliedSeq uint64
-	recent     recentExtents
+	recent     resync.RecentExtents
 	syncReq    chan uint64
 	wg         sync.WaitGroup
 
@@ -109,7 +112,7 @@ type mirrorSession struct {
 	peer    string
 	// ackCh (capacity 1) holds the newest ack to send; acks are
 	// cumulative, so a newer one replaces an unsent older one.
-	ackCh chan Ack
+	ackCh chan wire.Ack
 	// ackBuf encodes the acks the session goroutine sends itself (ackNow).
 	ackBuf []byte
 	// replaced: a newer session ended this one; errorSent: we sent the
@@ -189,13 +192,13 @@ func (d *Mirror) adopt(node *Node) error {
 	written, durable := node.Journal.Watermarks()
 	var flags uint32
 	if m.Inconsistent {
-		flags |= FlagInconsistent
+		flags |= wire.FlagInconsistent
 	}
 	if m.NeedsResync {
-		flags |= FlagNeedsResync
+		flags |= wire.FlagNeedsResync
 	}
-	core, err := NewReplicaCore(ReplicaConfig{
-		Identity: VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
+	core, err := core.NewReplicaCore(core.ReplicaConfig{
+		Identity: core.VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
 		Node:     d.opts.Name, LastSeq: written, DurableSeq: durable, AppliedSeq: written, Flags: flags,
 	})
 	if err != nil {
@@ -281,12 +284,12 @@ func (d *Mirror) finish() error {
 // dispatch serves a stream the acceptor routed to this volume: a log
 // stream (first frame Hello, payload p) or a resync/verify stream (first
 // frame StreamVolume). It returns when the stream is done.
-func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgType, p []byte, log *slog.Logger) {
+func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ wire.MsgType, p []byte, log *slog.Logger) {
 	d.mu.Lock()
 	if d.runCtx == nil || d.stopping || d.runCtx.Err() != nil {
 		d.mu.Unlock()
-		if typ == MsgHello {
-			d.refuse(st, CodeRefused, "this volume is not running", log)
+		if typ == wire.MsgHello {
+			d.refuse(st, wire.CodeRefused, "this volume is not running", log)
 		}
 		st.Cancel(0)
 		return
@@ -296,9 +299,9 @@ func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgTyp
 	d.mu.Unlock()
 	defer d.wg.Done()
 	switch typ {
-	case MsgHello:
+	case wire.MsgHello:
 		d.serveSession(ctx, conn, st, p, log)
-	case MsgStreamVolume:
+	case wire.MsgStreamVolume:
 		d.serveSide(conn, st, log)
 	default:
 		st.Cancel(0)
@@ -370,18 +373,18 @@ func (d *Mirror) tickLoop(ctx context.Context) {
 
 // processLocked acts on the core's outputs without blocking (d.mu held).
 // Persist is handled by the session that received the records.
-func (d *Mirror) processLocked() (persist SeqRange) {
+func (d *Mirror) processLocked() (persist core.SeqRange) {
 	return d.actLocked(d.core.Ready())
 }
 
 // actLocked acts on rd (d.mu held) and returns its Persist range.
-func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
+func (d *Mirror) actLocked(rd core.ReplicaReady) core.SeqRange {
 	if rd.SyncLocal > 0 {
 		offer(d.syncReq, rd.SyncLocal, maxSeq)
 	}
 	if rd.SendAck && d.active != nil {
 		// Acks are cumulative: the newer one supersedes an unsent older one.
-		offer(d.active.ackCh, rd.Ack, func(_, a Ack) Ack { return a })
+		offer(d.active.ackCh, rd.Ack, func(_, a wire.Ack) wire.Ack { return a })
 	}
 	if rd.ApplyThrough > d.applyTo {
 		d.applyTo = rd.ApplyThrough
@@ -400,14 +403,14 @@ func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
 func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 	var buf []byte
 	for {
-		var a Ack
+		var a wire.Ack
 		select {
 		case <-ctx.Done():
 			return
 		case a = <-s.ackCh:
 		}
-		buf = AppendAck(buf[:0], a)
-		if err := sendFrame(&s.writeMu, s.st, MsgAck, buf); err != nil {
+		buf = wire.AppendAck(buf[:0], a)
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, buf); err != nil {
 			d.log.Warn("sending an ack failed; ending the session", "peer", s.peer, "err", err)
 			s.cancel()
 			return
@@ -542,7 +545,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 				return
 			}
 			d.appliedSeq = rec.Seq
-			d.recent.add(rec)
+			d.recent.Add(rec.Seq, rec.Offset, rec.Length)
 		}
 		applied = d.appliedSeq
 		d.applyMu.Unlock()
@@ -571,13 +574,13 @@ func (d *Mirror) applied() uint64 {
 // first frame (a Hello) had payload p.
 func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *transport.Stream, p []byte, log *slog.Logger) {
 	defer st.Cancel(0)
-	h, err := DecodeHello(p)
+	h, err := wire.DecodeHello(p)
 	if err != nil {
-		d.refuse(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+		d.refuse(st, wire.CodeProtocol, "malformed hello: "+err.Error(), log)
 		return
 	}
 	if err := d.ensureVolume(ctx, h, log); err != nil {
-		d.refuse(st, CodeInternal, err.Error(), log)
+		d.refuse(st, wire.CodeInternal, err.Error(), log)
 		return
 	}
 
@@ -586,7 +589,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	// Ending the session cancels its stream, so blocked reads return; the
 	// connection may carry other volumes' sessions and stays up.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
+	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan wire.Ack, 1)}
 	defer close(s.done)
 	// The session's resync and verify streams end with it.
 	defer s.endSide()
@@ -606,7 +609,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 		return
 	}
 	if refusal, err := d.checkDivergence(h, log); err != nil {
-		d.refuse(st, CodeInternal, err.Error(), log)
+		d.refuse(st, wire.CodeInternal, err.Error(), log)
 		return
 	} else if refusal != nil {
 		d.sendReply(st, refusal)
@@ -616,7 +619,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	d.mu.Lock()
 	if d.active != nil && d.active != old {
 		d.mu.Unlock()
-		d.refuse(st, CodeRefused, "another session is being set up", log)
+		d.refuse(st, wire.CodeRefused, "another session is being set up", log)
 		return
 	}
 	reply := d.core.Hello(h)
@@ -626,7 +629,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 		// In the same atomic update: a node whose journal holds records
 		// the new history does not (it needs a resync) says so durably, or
 		// after a crash its stale records would pass for the new history's.
-		needs := reply.Flags&FlagNeedsResync != 0
+		needs := reply.Flags&wire.FlagNeedsResync != 0
 		err := d.node.UpdateMeta(func(m *Meta) error {
 			m.Epoch, m.History = rd.NewEpoch, hist
 			m.NeedsResync = m.NeedsResync || needs
@@ -635,12 +638,12 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 		if err != nil {
 			d.core.Disconnect()
 			d.mu.Unlock()
-			d.refuse(st, CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
+			d.refuse(st, wire.CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
 			return
 		}
 		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(hist))
 	}
-	if reply.Code == CodeOK {
+	if reply.Code == wire.CodeOK {
 		d.active = s
 		// A demoted primary's records after the fork are quarantined
 		// (checkDivergence): the journal need not keep them any more.
@@ -650,14 +653,14 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	}
 	d.actLocked(rd)
 	d.mu.Unlock()
-	buf, err := AppendHelloReply(nil, &reply)
+	buf, err := wire.AppendHelloReply(nil, &reply)
 	if err == nil {
-		err = st.WriteFrame(uint8(MsgHelloReply), buf)
+		err = st.WriteFrame(uint8(wire.MsgHelloReply), buf)
 	}
 	if err == nil {
 		err = st.Flush()
 	}
-	if reply.Code != CodeOK {
+	if reply.Code != wire.CodeOK {
 		log.Warn("refused primary", "code", reply.Code, "reason", reply.Reason)
 		linger(st)
 		return
@@ -699,7 +702,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 // session reads records, flushes and heartbeats until the stream ends.
 func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 	j := d.node.Journal
-	var recs []journal.Record
+	var recs []wire.Record
 	for {
 		// A fresh buffer per frame: the records' data aliases it and the
 		// journal takes ownership.
@@ -707,11 +710,11 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
-		switch MsgType(typ) {
-		case MsgRecords:
-			recs, err = DecodeRecords(recs[:0], p)
+		switch wire.MsgType(typ) {
+		case wire.MsgRecords:
+			recs, err = wire.DecodeRecords(recs[:0], p)
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return fmt.Errorf("bad records frame: %w", err)
 			}
 			d.mu.Lock()
@@ -720,7 +723,7 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				return errors.New("session replaced")
 			}
 			err = d.core.Receive(recs)
-			var persist SeqRange
+			var persist core.SeqRange
 			ackDue := false
 			early := false
 			if err == nil {
@@ -730,11 +733,11 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				rd := d.core.Ready()
 				ackDue, rd.SendAck = rd.SendAck, false
 				persist = d.actLocked(rd)
-				early = ackDue && d.core.AckLevel() == AckReceived
+				early = ackDue && d.core.AckLevel() == wire.AckReceived
 			}
 			d.mu.Unlock()
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return err
 			}
 			if early {
@@ -744,13 +747,14 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				ackDue = false
 			}
 			var last uint64
-			for _, rec := range recs {
+			for i := range recs {
+				rec := &recs[i]
 				if rec.Seq < persist.From || rec.Seq > persist.Through {
 					continue
 				}
 				// Deferred: WriteThrough writes the frame's records from
 				// here, without waking the journal's flusher.
-				if err := j.SubmitDeferred(ctx, rec); err != nil {
+				if err := j.SubmitDeferred(ctx, journalRecord(rec)); err != nil {
 					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
 				}
 				last = rec.Seq
@@ -763,38 +767,38 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			if err := d.ackNow(s, ackDue); err != nil {
 				return err
 			}
-		case MsgResyncBegin:
-			m, err := DecodeResyncBegin(p)
+		case wire.MsgResyncBegin:
+			m, err := wire.DecodeResyncBegin(p)
 			if err == nil {
 				err = d.beginResync(ctx, m)
 			}
 			if err != nil {
-				d.sendError(s, CodeInternal, "resync begin: "+err.Error())
+				d.sendError(s, wire.CodeInternal, "resync begin: "+err.Error())
 				return fmt.Errorf("resync begin: %w", err)
 			}
-		case MsgFlush:
-			f, err := DecodeFlush(p)
+		case wire.MsgFlush:
+			f, err := wire.DecodeFlush(p)
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return err
 			}
 			d.mu.Lock()
 			d.core.Flush(f.Through)
 			d.processLocked()
 			d.mu.Unlock()
-		case MsgHeartbeat:
-			if err := sendFrame(&s.writeMu, s.st, MsgHeartbeatEcho, p); err != nil {
+		case wire.MsgHeartbeat:
+			if err := sendFrame(&s.writeMu, s.st, wire.MsgHeartbeatEcho, p); err != nil {
 				return err
 			}
-		case MsgError:
-			e, err := DecodeError(p)
+		case wire.MsgError:
+			e, err := wire.DecodeError(p)
 			if err != nil {
 				return fmt.Errorf("primary sent a malformed error: %w", err)
 			}
 			return e
 		default:
-			d.sendError(s, CodeProtocol, fmt.Sprintf("unexpected %v", MsgType(typ)))
-			return fmt.Errorf("unexpected %v from primary", MsgType(typ))
+			d.sendError(s, wire.CodeProtocol, fmt.Sprintf("unexpected %v", wire.MsgType(typ)))
+			return fmt.Errorf("unexpected %v from primary", wire.MsgType(typ))
 		}
 	}
 }
@@ -823,28 +827,28 @@ func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 	if !due {
 		return nil
 	}
-	s.ackBuf = AppendAck(s.ackBuf[:0], a)
-	if err := sendFrame(&s.writeMu, s.st, MsgAck, s.ackBuf); err != nil {
+	s.ackBuf = wire.AppendAck(s.ackBuf[:0], a)
+	if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, s.ackBuf); err != nil {
 		return fmt.Errorf("send ack: %w", err)
 	}
 	return nil
 }
 
-func (d *Mirror) sendError(s *mirrorSession, code ErrCode, msg string) {
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: msg})
+func (d *Mirror) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: msg})
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if s.st.WriteFrame(uint8(MsgError), buf) == nil {
+	if s.st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		s.st.Flush()
 	}
 	s.st.CloseWrite()
 	s.errorSent.Store(true)
 }
 
-func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+func (d *Mirror) refuse(st *transport.Stream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
-	if st.WriteFrame(uint8(MsgError), buf) == nil {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		st.Flush()
 	}
 	linger(st)
@@ -865,14 +869,14 @@ func linger(st *transport.Stream) {
 
 // ensureVolume creates the volume from the first primary's hello when the
 // data directory holds none.
-func (d *Mirror) ensureVolume(ctx context.Context, h Hello, log *slog.Logger) error {
+func (d *Mirror) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logger) error {
 	d.mu.Lock()
 	have := d.node != nil
 	d.mu.Unlock()
 	if have {
 		return nil
 	}
-	if h.Role != PeerRolePrimary || h.Size == 0 || h.Size%512 != 0 || h.Volume == (UUID{}) {
+	if h.Role != wire.PeerRolePrimary || h.Size == 0 || h.Size%512 != 0 || h.Volume == (UUID{}) {
 		return fmt.Errorf("hello does not describe a volume this mirror can create (size %d)", h.Size)
 	}
 	nopts := d.opts.Node

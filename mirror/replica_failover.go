@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -18,13 +20,13 @@ var ErrPromoted = errors.New("mirror: promoted to primary")
 // handshake. A split brain (same epoch, other history) is refused unless
 // the operator chose this node as the loser; records we hold after the
 // fork point are quarantined and the node asks for a resync.
-func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error) {
+func (d *Mirror) checkDivergence(h wire.Hello, log *slog.Logger) (*wire.HelloReply, error) {
 	n := d.node
 	m := n.Meta()
 	last := n.Journal.LastSeq()
-	id := VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History}
-	herr := CheckHello(id, h)
-	diverged := errors.Is(herr, ErrHistoryDiverged)
+	id := core.VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History}
+	herr := core.CheckHello(id, h)
+	diverged := errors.Is(herr, core.ErrHistoryDiverged)
 	if herr != nil && !diverged {
 		return nil, nil // the core refuses with the precise reason
 	}
@@ -33,11 +35,11 @@ func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error)
 		d.splitBrain = splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)
 		d.mu.Unlock()
 		log.Error("split brain detected", "primary", h.Node, "epoch", m.Epoch, "detail", herr.Error())
-		return &HelloReply{Version: ProtoVersion, Code: CodeSplitBrain, Role: PeerRoleMirror, Volume: m.Volume,
+		return &wire.HelloReply{Version: wire.ProtoVersion, Code: wire.CodeSplitBrain, Role: wire.PeerRoleMirror, Volume: m.Volume,
 			Size: uint64(m.Size), Epoch: m.Epoch, History: m.History, LastSeq: last, Node: d.opts.Name,
 			Reason: splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)}, nil
 	}
-	fork := ForkPoint(m.History, h.History, last, h.LastSeq)
+	fork := core.ForkPoint(m.History, h.History, last, h.LastSeq)
 	if last <= fork && !diverged {
 		return nil, nil
 	}
@@ -59,7 +61,7 @@ func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error)
 	// fork must never pass for the primary's.
 	common := m.History
 	if diverged {
-		common = historyPrefix(m.History, fork)
+		common = core.HistoryPrefix(m.History, fork)
 	}
 	err = n.UpdateMeta(func(m *Meta) error {
 		m.NeedsResync = true
@@ -86,12 +88,12 @@ func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error)
 	return nil, nil
 }
 
-func (d *Mirror) sendReply(st *transport.Stream, r *HelloReply) {
-	buf, err := AppendHelloReply(nil, r)
-	if err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
+func (d *Mirror) sendReply(st *transport.Stream, r *wire.HelloReply) {
+	buf, err := wire.AppendHelloReply(nil, r)
+	if err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
-	if r.Code != CodeOK {
+	if r.Code != wire.CodeOK {
 		linger(st)
 	}
 }
@@ -103,13 +105,13 @@ func (d *Mirror) isPromoted() bool {
 }
 
 // answerAsPrimary answers a primary's Hello after this node was promoted.
-func (d *Mirror) answerAsPrimary(st *transport.Stream, h Hello, log *slog.Logger) {
+func (d *Mirror) answerAsPrimary(st *transport.Stream, h wire.Hello, log *slog.Logger) {
 	m := d.node.Meta()
 	reply, stale := primaryAnswer(m, d.opts.Name, d.node.Journal.LastSeq(), h)
 	d.sendReply(st, &reply)
 	log.Warn("answered a primary as a primary", "code", reply.Code, "reason", reply.Reason)
 	d.mu.Lock()
-	if reply.Code == CodeSplitBrain {
+	if reply.Code == wire.CodeSplitBrain {
 		d.splitBrain = reply.Reason
 	}
 	d.mu.Unlock()
@@ -149,7 +151,7 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	d.mu.Unlock()
 	if s != nil {
 		s.cancel()
-		s.st.Cancel(uint64(CodeNotMirror)) // the connection may be shared
+		s.st.Cancel(uint64(wire.CodeNotMirror)) // the connection may be shared
 		<-s.done
 	}
 	// Apply everything the journal holds.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 var errPowerLost = errors.New("power lost")
@@ -112,7 +113,7 @@ func TestResetCrashAtEveryStep(t *testing.T) {
 				cp := &crashPoint{m: m, step: step}
 				d := resetFixture(t, vfs.WithErrors(m, cp))
 				cp.arm()
-				err := d.beginResync(t.Context(), ResyncBegin{Reset: true, From: from})
+				err := d.beginResync(t.Context(), wire.ResyncBegin{Reset: true, From: from})
 				d.Node().Close()
 				if err == nil {
 					if cp.crashed != nil {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -71,23 +72,23 @@ func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
 	defer st.Cancel(0)
 	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	typ, p, err := st.ReadFrame(nil)
-	if err != nil || MsgType(typ) != MsgHello {
+	if err != nil || wire.MsgType(typ) != wire.MsgHello {
 		return
 	}
-	h, err := DecodeHello(p)
+	h, err := wire.DecodeHello(p)
 	if err != nil {
 		return
 	}
 	m := r.node.Meta()
 	reply, stale := primaryAnswer(m, r.name, r.node.Journal.LastSeq(), h)
-	if buf, err := AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
+	if buf, err := wire.AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
 	// Let the reply reach the peer before the connection closes.
 	linger(st)
 	r.log.Warn("another primary contacted this primary", "peer", conn.PeerName(), "their_epoch", h.Epoch,
 		"our_epoch", m.Epoch, "answer", reply.Code, "reason", reply.Reason)
-	if reply.Code == CodeSplitBrain {
+	if reply.Code == wire.CodeSplitBrain {
 		r.node.NoteSplitBrain(conn.PeerName(), reply.Reason)
 	}
 	if stale {

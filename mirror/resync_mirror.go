@@ -9,61 +9,16 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
 // Resync, mirror side (see resync_primary.go for the protocol and the race
 // rule).
 
-// recentExtents remembers the extents of the last applied records, so a
-// resync chunk tagged T can be checked against records > T applied since.
-type recentExtents struct {
-	buf  [8192]appliedExtent
-	n    int // entries written in total
-	base uint64
-}
-
-type appliedExtent struct {
-	seq      uint64
-	off, end uint64
-}
-
-func (r *recentExtents) add(rec journal.Record) {
-	r.buf[r.n%len(r.buf)] = appliedExtent{seq: rec.Seq, off: rec.Offset, end: rec.Offset + uint64(rec.Length)}
-	r.n++
-}
-
-func (r *recentExtents) reset() { r.n = 0 }
-
-// overlaps reports whether a record with seq in (after, through] that
-// touches [off, end) may have been applied; true when the ring no longer
-// reaches back to after+1.
-func (r *recentExtents) overlaps(after, through, off, end uint64) bool {
-	if after >= through {
-		return false
-	}
-	kept := min(r.n, len(r.buf))
-	if kept == 0 {
-		return true
-	}
-	oldest := r.buf[(r.n-kept)%len(r.buf)].seq
-	if oldest > after+1 {
-		return true
-	}
-	for i := r.n - 1; i >= r.n-kept; i-- {
-		e := r.buf[i%len(r.buf)]
-		if e.seq <= after {
-			break
-		}
-		if e.seq <= through && e.off < end && off < e.end {
-			return true
-		}
-	}
-	return false
-}
-
 // beginResync handles ResyncBegin from the log stream.
-func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
+func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	n := d.node
 	j := n.Journal
 	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
@@ -129,7 +84,7 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		return fmt.Errorf("journal start at %d: %w", m.From, err)
 	}
 	d.appliedSeq = m.From - 1
-	d.recent.reset()
+	d.recent.Reset()
 	d.applyMu.Unlock()
 	d.mu.Lock()
 	hist := d.core.SessionHistory()
@@ -162,11 +117,11 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 // serveResync answers a primary's resync stream.
 func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 	defer st.Cancel(0)
-	h := newHasher(d.node.Store, DefaultSyncChunk)
+	h := resync.NewHasher(d.node.Store, resync.DefaultSyncChunk)
 	var cacheOff, cacheLen uint64
-	var leaves []chunkHash
+	var leaves []resync.Hash
 	var out []byte
-	results := make(chan SyncChunkResult, 4096)
+	results := make(chan wire.SyncChunkResult, 4096)
 	ackErr := make(chan error, 1)
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -181,33 +136,33 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 		if err != nil {
 			return err
 		}
-		switch MsgType(typ) {
-		case MsgSyncHashReq:
-			q, err := DecodeSyncHashReq(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgSyncHashReq:
+			q, err := wire.DecodeSyncHashReq(p)
 			if err != nil {
 				return err
 			}
 			if q.Off != cacheOff || q.Len != cacheLen || leaves == nil {
-				leaves, err = h.hashRange(int64(q.Off), int64(q.Len), leaves[:0])
+				leaves, err = h.HashRange(int64(q.Off), int64(q.Len), leaves[:0])
 				if err != nil {
 					return err
 				}
 				cacheOff, cacheLen = q.Off, q.Len
 			}
-			ans := SyncHashes{Off: q.Off, Len: q.Len, Leaves: q.Leaves, Hashes: leaves}
+			ans := wire.SyncHashes{Off: q.Off, Len: q.Len, Leaves: q.Leaves, Hashes: leaves}
 			if !q.Leaves {
-				ans.Hashes = []chunkHash{summary(leaves)}
+				ans.Hashes = []resync.Hash{resync.Summary(leaves)}
 			} else {
 				cacheOff, cacheLen = 0, 0 // answered in full; do not reuse
 			}
-			if out, err = AppendSyncHashes(out[:0], &ans); err != nil {
+			if out, err = wire.AppendSyncHashes(out[:0], &ans); err != nil {
 				return err
 			}
-			if err := sw.send(MsgSyncHashes, out); err != nil {
+			if err := sw.send(wire.MsgSyncHashes, out); err != nil {
 				return err
 			}
-		case MsgSyncChunk:
-			m, err := DecodeSyncChunk(p)
+		case wire.MsgSyncChunk:
+			m, err := wire.DecodeSyncChunk(p)
 			if err != nil {
 				return err
 			}
@@ -216,23 +171,23 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 				return err
 			}
 			select {
-			case results <- SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
+			case results <- wire.SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
 			case err := <-ackErr:
 				return err
 			}
-		case MsgSyncComplete:
-			m, err := DecodeSyncComplete(p)
+		case wire.MsgSyncComplete:
+			m, err := wire.DecodeSyncComplete(p)
 			if err != nil {
 				return err
 			}
 			if err := d.completeResync(ctx, m.Tag); err != nil {
 				return err
 			}
-			if err := sw.send(MsgSyncCompleteAck, AppendSyncComplete(nil, SyncComplete{Tag: m.Tag})); err != nil {
+			if err := sw.send(wire.MsgSyncCompleteAck, wire.AppendSyncComplete(nil, wire.SyncComplete{Tag: m.Tag})); err != nil {
 				return err
 			}
 		default:
-			return fmt.Errorf("unexpected %v on the resync stream", MsgType(typ))
+			return fmt.Errorf("unexpected %v on the resync stream", wire.MsgType(typ))
 		}
 	}
 }
@@ -244,7 +199,7 @@ type streamWriter struct {
 	st *transport.Stream
 }
 
-func (w *streamWriter) send(typ MsgType, p []byte) error {
+func (w *streamWriter) send(typ wire.MsgType, p []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.st.WriteFrame(uint8(typ), p); err != nil {
@@ -255,11 +210,11 @@ func (w *streamWriter) send(typ MsgType, p []byte) error {
 
 // writeChunk writes a resync chunk unless a later overlapping record was
 // applied already (then it reports false).
-func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
+func (d *Mirror) writeChunk(m wire.SyncChunk) (bool, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	end := m.Off + uint64(m.Len)
-	if m.Tag < d.appliedSeq && d.recent.overlaps(m.Tag, d.appliedSeq, m.Off, end) {
+	if m.Tag < d.appliedSeq && d.recent.Overlaps(m.Tag, d.appliedSeq, m.Off, end) {
 		return false, nil
 	}
 	var err error
@@ -281,16 +236,16 @@ func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
 // every 250 ms, after 64 MiB, or when the stream goes quiet), which is
 // what lets the primary clear them from its bitmap. Transfer and the
 // store's write-back overlap instead of alternating.
-func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan SyncChunkResult) error {
-	var batch, unconfirmed []SyncChunkResult
+func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan wire.SyncChunkResult) error {
+	var batch, unconfirmed []wire.SyncChunkResult
 	var unconfirmedBytes int64
 	var out []byte
-	send := func(durable bool, rs []SyncChunkResult) error {
+	send := func(durable bool, rs []wire.SyncChunkResult) error {
 		var err error
-		if out, err = AppendSyncChunkAck(out[:0], &SyncChunkAck{Durable: durable, Results: rs}); err != nil {
+		if out, err = wire.AppendSyncChunkAck(out[:0], &wire.SyncChunkAck{Durable: durable, Results: rs}); err != nil {
 			return err
 		}
-		return w.send(MsgSyncChunkAck, out)
+		return w.send(wire.MsgSyncChunkAck, out)
 	}
 	flush := func() error {
 		if len(batch) == 0 {
@@ -316,7 +271,7 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 			return err
 		}
 		for len(unconfirmed) > 0 {
-			n := min(len(unconfirmed), MaxSyncAcks)
+			n := min(len(unconfirmed), wire.MaxSyncAcks)
 			if err := send(true, unconfirmed[:n]); err != nil {
 				return err
 			}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/store"
 )
 
@@ -138,7 +139,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		al:       node.activity(),
 	}
 	if m.FencedBy > m.Epoch {
-		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", ErrFenced, m.FencedBy, m.Epoch)
+		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", core.ErrFenced, m.FencedBy, m.Epoch)
 		v.log.Error("this primary was fenced in an earlier run; every write fails", "epoch", m.Epoch, "fenced_by", m.FencedBy)
 	}
 	v.fastZero = probeFastZero(node.fs, node.Dir)

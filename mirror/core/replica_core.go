@@ -1,10 +1,10 @@
-package mirror
+package core
 
 import (
 	"errors"
 	"fmt"
 
-	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // ErrProtocol: a peer sent something the protocol does not allow (records
@@ -48,7 +48,7 @@ type ReplicaConfig struct {
 
 func (c *ReplicaConfig) withDefaults() ReplicaConfig {
 	d := *c
-	d.Identity.History = append([]EpochStart(nil), c.Identity.History...)
+	d.Identity.History = append([]wire.EpochStart(nil), c.Identity.History...)
 	if d.SyncEveryTicks == 0 {
 		d.SyncEveryTicks = DefaultSyncEveryTicks
 	}
@@ -68,7 +68,7 @@ func (c *ReplicaConfig) validate() error {
 	if c.AppliedSeq > c.DurableSeq {
 		return fmt.Errorf("mirror: replica config: applied seq %d is past the durable seq %d", c.AppliedSeq, c.DurableSeq)
 	}
-	if err := validHistory(c.Identity.History, c.Identity.Epoch); err != nil {
+	if err := ValidHistory(c.Identity.History, c.Identity.Epoch); err != nil {
 		return fmt.Errorf("mirror: replica config: %w", err)
 	}
 	if c.SyncEveryTicks < 0 {
@@ -97,7 +97,7 @@ type ReplicaReady struct {
 	SyncLocal uint64
 	// SendAck: send Ack (the current watermarks) to the primary.
 	SendAck bool
-	Ack     Ack
+	Ack     wire.Ack
 	// ApplyThrough, if > 0: apply the journal's records after the last
 	// applied one through this seq to the store, in order, and report
 	// with Applied. Only durable records are released for applying, so the
@@ -109,7 +109,7 @@ type ReplicaReady struct {
 	// NewEpoch, if > 0: the node adopted this epoch and NewHistory from
 	// the primary's Hello; persist them (before sending the HelloReply).
 	NewEpoch   uint64
-	NewHistory []EpochStart
+	NewHistory []wire.EpochStart
 }
 
 // ReplicaStatus is a snapshot of a ReplicaCore.
@@ -121,7 +121,7 @@ type ReplicaStatus struct {
 	Written     uint64
 	Durable     uint64
 	Applied     uint64
-	AckLevel    AckLevel // of the current (or last) session
+	AckLevel    wire.AckLevel // of the current (or last) session
 }
 
 // ReplicaCore is the I/O-free state machine of a mirror: it validates the
@@ -133,8 +133,8 @@ type ReplicaCore struct {
 
 	active       bool
 	sessionEpoch uint64
-	history      []EpochStart // the session primary's history
-	ackLevel     AckLevel
+	history      []wire.EpochStart // the session primary's history
+	ackLevel     wire.AckLevel
 	lastEpoch    uint64 // epoch of the record at received
 
 	received uint64
@@ -162,9 +162,9 @@ func NewReplicaCore(cfg ReplicaConfig) (*ReplicaCore, error) {
 		cfg: c, id: c.Identity,
 		received: c.LastSeq, written: c.LastSeq, durable: c.DurableSeq,
 		applied: c.AppliedSeq, applyAsked: c.AppliedSeq, checkpointAt: c.AppliedSeq,
-		syncAsked: c.DurableSeq, ackLevel: AckWritten,
+		syncAsked: c.DurableSeq, ackLevel: wire.AckWritten,
 	}
-	r.lastEpoch, _ = epochOfSeq(r.id.History, r.written)
+	r.lastEpoch, _ = EpochOfSeq(r.id.History, r.written)
 	r.release()
 	return r, nil
 }
@@ -174,50 +174,50 @@ func NewReplicaCore(cfg ReplicaConfig) (*ReplicaCore, error) {
 // sends the reply and closes. Before a new Hello the driver must have
 // finished (and reported) or abandoned every Persist of the previous
 // session.
-func (r *ReplicaCore) Hello(h Hello) HelloReply {
+func (r *ReplicaCore) Hello(h wire.Hello) wire.HelloReply {
 	r.Disconnect()
-	reply := HelloReply{
-		Version: ProtoVersion, Code: CodeOK, Flags: r.cfg.Flags, Role: PeerRoleMirror,
+	reply := wire.HelloReply{
+		Version: wire.ProtoVersion, Code: wire.CodeOK, Flags: r.cfg.Flags, Role: wire.PeerRoleMirror,
 		Volume: r.id.Volume, Size: r.id.Size, Node: r.cfg.Node,
 	}
-	fill := func() HelloReply {
+	fill := func() wire.HelloReply {
 		reply.Epoch = r.id.Epoch
 		reply.History = r.id.History
 		reply.LastSeq, reply.DurableSeq, reply.AppliedSeq = r.written, r.durable, r.applied
 		return reply
 	}
-	if h.Role != PeerRolePrimary {
-		reply.Code, reply.Reason = CodeRefused, fmt.Sprintf("peer announces role %d, not primary", h.Role)
+	if h.Role != wire.PeerRolePrimary {
+		reply.Code, reply.Reason = wire.CodeRefused, fmt.Sprintf("peer announces role %d, not primary", h.Role)
 		return fill()
 	}
-	if h.AckLevel < AckReceived || h.AckLevel > AckDurable {
-		reply.Code, reply.Reason = CodeRefused, fmt.Sprintf("unknown ack level %d", h.AckLevel)
+	if h.AckLevel < wire.AckReceived || h.AckLevel > wire.AckDurable {
+		reply.Code, reply.Reason = wire.CodeRefused, fmt.Sprintf("unknown ack level %d", h.AckLevel)
 		return fill()
 	}
 	if err := CheckHello(r.id, h); err != nil {
-		reply.Code, reply.Reason = CodeRefused, err.Error()
+		reply.Code, reply.Reason = wire.CodeRefused, err.Error()
 		if errors.Is(err, ErrStaleEpoch) {
-			reply.Code = CodeFenced
+			reply.Code = wire.CodeFenced
 		}
 		return fill()
 	}
 	// Records we hold under an epoch branch the primary does not assign to
 	// that seq, or records beyond the primary's last: our journal diverged.
 	if r.written > h.LastSeq {
-		reply.Flags |= FlagNeedsResync
+		reply.Flags |= wire.FlagNeedsResync
 	} else if len(h.History) > 0 && r.written > 0 {
-		le, lok := entryOfSeq(r.id.History, r.written)
-		re, rok := entryOfSeq(h.History, r.written)
+		le, lok := EntryOfSeq(r.id.History, r.written)
+		re, rok := EntryOfSeq(h.History, r.written)
 		if lok && (!rok || le != re) {
-			reply.Flags |= FlagNeedsResync
+			reply.Flags |= wire.FlagNeedsResync
 		}
 	}
 	// Follow the primary's history once our journal is a prefix of it (a
 	// higher epoch, or a new branch of ours): only then do our records'
 	// seqs mean what the history says. A node that needs a resync takes
 	// it when its journal is reset (Restart).
-	if reply.Flags&FlagNeedsResync == 0 && h.Epoch >= r.id.Epoch && len(h.History) > 0 &&
-		extendsHistory(r.id.History, h.History) && len(h.History) > len(r.id.History) || h.Epoch > r.id.Epoch {
+	if reply.Flags&wire.FlagNeedsResync == 0 && h.Epoch >= r.id.Epoch && len(h.History) > 0 &&
+		ExtendsHistory(r.id.History, h.History) && len(h.History) > len(r.id.History) || h.Epoch > r.id.Epoch {
 		r.adopt(h.Epoch, h.History)
 	}
 	r.active = true
@@ -230,16 +230,16 @@ func (r *ReplicaCore) Hello(h Hello) HelloReply {
 
 // adopt takes epoch and history as the node's own and asks the driver to
 // persist them (NewEpoch, NewHistory).
-func (r *ReplicaCore) adopt(epoch uint64, h []EpochStart) {
+func (r *ReplicaCore) adopt(epoch uint64, h []wire.EpochStart) {
 	r.id.Epoch = epoch
-	r.id.History = append([]EpochStart(nil), h...)
+	r.id.History = append([]wire.EpochStart(nil), h...)
 	r.ready.NewEpoch = epoch
 	r.ready.NewHistory = r.id.History
 }
 
 // SessionHistory is the history of the session's primary (from its Hello).
-func (r *ReplicaCore) SessionHistory() []EpochStart {
-	return append([]EpochStart(nil), r.history...)
+func (r *ReplicaCore) SessionHistory() []wire.EpochStart {
+	return append([]wire.EpochStart(nil), r.history...)
 }
 
 // Restart continues the node at seq from after its journal was reset for a
@@ -249,38 +249,38 @@ func (r *ReplicaCore) SessionHistory() []EpochStart {
 // clears and the inconsistent flag is set until SetConsistent.
 func (r *ReplicaCore) Restart(from uint64) {
 	if n := len(r.history); n > 0 {
-		r.id.History = append([]EpochStart(nil), r.history...)
+		r.id.History = append([]wire.EpochStart(nil), r.history...)
 		r.id.Epoch = r.history[n-1].Epoch
 	}
 	s := from - 1
 	r.received, r.written, r.durable, r.applied = s, s, s, s
 	r.applyAsked, r.checkpointAt, r.syncAsked, r.flushWant = s, s, s, 0
-	r.lastEpoch, _ = epochOfSeq(r.history, s)
-	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent
+	r.lastEpoch, _ = EpochOfSeq(r.history, s)
+	r.cfg.Flags = r.cfg.Flags&^wire.FlagNeedsResync | wire.FlagInconsistent
 }
 
 // SetNeedsResync makes the next HelloReply ask for a resync (the driver
 // found records of its own after the fork point).
-func (r *ReplicaCore) SetNeedsResync() { r.cfg.Flags |= FlagNeedsResync }
+func (r *ReplicaCore) SetNeedsResync() { r.cfg.Flags |= wire.FlagNeedsResync }
 
 // AdoptHistory replaces the node's history and epoch with the common
 // prefix of a diverged history (an operator chose to give up this node's
 // side of a split brain; its records after the fork are quarantined).
-func (r *ReplicaCore) AdoptHistory(h []EpochStart) {
-	r.id.History = append([]EpochStart(nil), h...)
+func (r *ReplicaCore) AdoptHistory(h []wire.EpochStart) {
+	r.id.History = append([]wire.EpochStart(nil), h...)
 	if n := len(h); n > 0 {
 		r.id.Epoch = h[n-1].Epoch
 	}
-	r.cfg.Flags |= FlagNeedsResync
+	r.cfg.Flags |= wire.FlagNeedsResync
 }
 
 // SetInconsistent marks the store inconsistent (a resync resumed).
 func (r *ReplicaCore) SetInconsistent() {
-	r.cfg.Flags = r.cfg.Flags&^FlagNeedsResync | FlagInconsistent
+	r.cfg.Flags = r.cfg.Flags&^wire.FlagNeedsResync | wire.FlagInconsistent
 }
 
 // SetConsistent clears the inconsistent flag after a completed resync.
-func (r *ReplicaCore) SetConsistent() { r.cfg.Flags &^= FlagInconsistent }
+func (r *ReplicaCore) SetConsistent() { r.cfg.Flags &^= wire.FlagInconsistent }
 
 // Flags returns the flags the node reports.
 func (r *ReplicaCore) Flags() uint32 { return r.cfg.Flags }
@@ -294,7 +294,7 @@ func (r *ReplicaCore) Disconnect() {
 	r.ready.SendAck = false
 	if r.received > r.written {
 		r.received = r.written
-		r.lastEpoch, _ = epochOfSeq(r.id.History, r.written)
+		r.lastEpoch, _ = EpochOfSeq(r.id.History, r.written)
 	}
 }
 
@@ -303,11 +303,11 @@ func (r *ReplicaCore) Disconnect() {
 // continue the received ones without a gap; epochs must not decrease,
 // must not exceed the session epoch and must match the primary's history.
 // A rejection wraps ErrProtocol.
-func (r *ReplicaCore) Receive(recs []journal.Record) error {
+func (r *ReplicaCore) Receive(recs []wire.Record) error {
 	if !r.active {
 		return fmt.Errorf("%w: records outside a session", ErrProtocol)
 	}
-	if r.cfg.Flags&FlagNeedsResync != 0 {
+	if r.cfg.Flags&wire.FlagNeedsResync != 0 {
 		return fmt.Errorf("%w: records sent to a mirror that needs a resync", ErrProtocol)
 	}
 	next, epoch := r.received+1, r.lastEpoch
@@ -325,7 +325,7 @@ func (r *ReplicaCore) Receive(recs []journal.Record) error {
 		if rec.Epoch > r.sessionEpoch {
 			return fmt.Errorf("%w: record seq %d has epoch %d, higher than the session's %d", ErrProtocol, rec.Seq, rec.Epoch, r.sessionEpoch)
 		}
-		if want, ok := epochOfSeq(r.history, rec.Seq); ok && want != rec.Epoch {
+		if want, ok := EpochOfSeq(r.history, rec.Seq); ok && want != rec.Epoch {
 			return fmt.Errorf("%w: record seq %d has epoch %d but the primary's history puts it in epoch %d", ErrProtocol, rec.Seq, rec.Epoch, want)
 		}
 		next++
@@ -407,20 +407,20 @@ func (r *ReplicaCore) Ready() ReplicaReady {
 // Status returns a snapshot of the core.
 func (r *ReplicaCore) Status() ReplicaStatus {
 	return ReplicaStatus{
-		Epoch: r.id.Epoch, Connected: r.active, NeedsResync: r.cfg.Flags&FlagNeedsResync != 0,
+		Epoch: r.id.Epoch, Connected: r.active, NeedsResync: r.cfg.Flags&wire.FlagNeedsResync != 0,
 		Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied, AckLevel: r.ackLevel,
 	}
 }
 
 // AckLevel is the level the primary counts acks at (from its Hello).
-func (r *ReplicaCore) AckLevel() AckLevel { return r.ackLevel }
+func (r *ReplicaCore) AckLevel() wire.AckLevel { return r.ackLevel }
 
 // CurrentAck is the ack the core's watermarks make now (for a driver that
 // sends an ack itself instead of through Ready).
-func (r *ReplicaCore) CurrentAck() Ack { return r.ack() }
+func (r *ReplicaCore) CurrentAck() wire.Ack { return r.ack() }
 
-func (r *ReplicaCore) ack() Ack {
-	return Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
+func (r *ReplicaCore) ack() wire.Ack {
+	return wire.Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
 }
 
 // release lets the store apply every durable record.
@@ -436,7 +436,7 @@ func (r *ReplicaCore) maybeSync() {
 	if r.written <= r.durable || r.syncAsked > r.durable {
 		return // nothing to sync, or a sync is in flight
 	}
-	due := r.ackLevel == AckDurable || r.flushWant > r.durable ||
+	due := r.ackLevel == wire.AckDurable || r.flushWant > r.durable ||
 		r.now-r.lastSyncTick >= int64(r.cfg.SyncEveryTicks)
 	if !due {
 		return

@@ -1,8 +1,9 @@
-package mirror
+package core
 
 import (
 	"errors"
 	"fmt"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"math"
 )
 
@@ -34,13 +35,13 @@ type PrimaryConfig struct {
 	// of PrimaryStatus.Peers.
 	Peers []string
 	// Mode is ModeSync (default) or ModeAsync.
-	Mode Mode
+	Mode wire.Mode
 	// SyncAcks is K: in sync mode the number of mirrors that must
 	// acknowledge a write (1..len(Peers), default 1); in async mode the
 	// K-th best mirror is the one whose lag MaxLagTicks bounds.
 	SyncAcks int
 	// AckLevel is the level at which mirror acks count (default AckWritten).
-	AckLevel AckLevel
+	AckLevel wire.AckLevel
 	// AllowDegraded (sync mode): with fewer than SyncAcks in-sync mirrors a
 	// request needs the acks of every in-sync mirror only (none in sync:
 	// local alone), and a mirror that does not ack within AckTimeoutTicks
@@ -71,10 +72,10 @@ func (c *PrimaryConfig) withDefaults() PrimaryConfig {
 	d := *c
 	d.Peers = append([]string(nil), c.Peers...)
 	if d.Mode == 0 {
-		d.Mode = ModeSync
+		d.Mode = wire.ModeSync
 	}
 	if d.AckLevel == 0 {
-		d.AckLevel = AckWritten
+		d.AckLevel = wire.AckWritten
 	}
 	if d.SyncAcks == 0 && len(d.Peers) > 0 {
 		d.SyncAcks = 1
@@ -106,18 +107,18 @@ func (c *PrimaryConfig) validate() error {
 		seen[p] = true
 	}
 	switch c.Mode {
-	case ModeSync:
+	case wire.ModeSync:
 		if len(c.Peers) == 0 {
 			return errors.New("mirror: primary config: sync mode needs at least one mirror")
 		}
-	case ModeAsync:
+	case wire.ModeAsync:
 	default:
 		return fmt.Errorf("mirror: primary config: unknown mode %d", c.Mode)
 	}
 	if c.SyncAcks < 0 || c.SyncAcks > len(c.Peers) {
 		return fmt.Errorf("mirror: primary config: sync acks %d must be between 1 and the number of mirrors (%d)", c.SyncAcks, len(c.Peers))
 	}
-	if c.AckLevel < AckReceived || c.AckLevel > AckDurable {
+	if c.AckLevel < wire.AckReceived || c.AckLevel > wire.AckDurable {
 		return fmt.Errorf("mirror: primary config: unknown ack level %d", c.AckLevel)
 	}
 	if c.AckTimeoutTicks < 0 {
@@ -253,7 +254,7 @@ type PeerStatus struct {
 	Name  string
 	State PeerState
 	// Acks are the mirror's latest cumulative watermarks.
-	Acks Ack
+	Acks wire.Ack
 	// LagRecords is the number of assigned seqs the mirror has not
 	// acknowledged at the ack level.
 	LagRecords uint64
@@ -351,7 +352,7 @@ func (q *reqQueue) clear() {
 type peerState struct {
 	name      string
 	state     PeerState
-	ack       Ack
+	ack       wire.Ack
 	target    uint64 // catching-up: in sync once acked at the level through it
 	flushSent uint64 // highest Flush.Through sent in this session
 	released  uint64 // highest durable watermark reported in Releases
@@ -486,7 +487,7 @@ func (p *PrimaryCore) newRequest(id, seq uint64, kind reqKind) *request {
 
 // enqueue puts a new request into its first waiting stage.
 func (p *PrimaryCore) enqueue(r *request) {
-	sync := p.cfg.Mode == ModeSync
+	sync := p.cfg.Mode == wire.ModeSync
 	switch {
 	case r.kind == kindWrite && sync:
 		r.durOK = true
@@ -513,7 +514,7 @@ func (p *PrimaryCore) askDurable(seq uint64, mirrors bool) {
 		return
 	}
 	p.flushWant = seq
-	if p.cfg.AckLevel == AckDurable {
+	if p.cfg.AckLevel == wire.AckDurable {
 		return
 	}
 	for _, ps := range p.peers {
@@ -602,12 +603,12 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 	ps.flushSent = 0
 	last := p.lastSeq()
 	switch {
-	case info.Flags&(FlagNeedsResync|FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
+	case info.Flags&(wire.FlagNeedsResync|wire.FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
 		p.setState(ps, PeerNeedsResync)
-		ps.ack = Ack{}
+		ps.ack = wire.Ack{}
 		p.rd().NeedResync = append(p.rd().NeedResync, peer)
 	default:
-		ps.ack = Ack{Received: info.LastSeq, Written: info.LastSeq, Durable: info.DurableSeq, Applied: info.AppliedSeq}
+		ps.ack = wire.Ack{Received: info.LastSeq, Written: info.LastSeq, Durable: info.DurableSeq, Applied: info.AppliedSeq}
 		if ps.ack.Applied > ps.ack.Written {
 			ps.ack.Applied = ps.ack.Written
 		}
@@ -618,7 +619,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 			ps.target = last
 			p.setState(ps, PeerCatchingUp)
 		}
-		if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+		if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 			p.sendFlush(ps)
 		}
 	}
@@ -645,7 +646,7 @@ func (p *PrimaryCore) PeerDown(peer string) {
 // fields are ignored; acks from a peer without a session are ignored; an
 // ack beyond the last assigned seq is an error (the driver should end the
 // session).
-func (p *PrimaryCore) PeerAck(peer string, a Ack) error {
+func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 	ps := p.byName[peer]
 	if ps == nil {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
@@ -688,14 +689,14 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	if from < p.journalFirst || from > p.lastSeq()+1 {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
-	ps.ack = Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
+	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
 	if ps.released > ps.ack.Durable {
 		ps.released = ps.ack.Durable
 	}
 	p.setState(ps, PeerResyncing)
 	p.rd().StartStreams = append(p.rd().StartStreams, StreamStart{Peer: peer, From: from})
-	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+	if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 		p.sendFlush(ps)
 	}
 	p.recompute()
@@ -742,7 +743,7 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 		ps.target = last
 		p.setState(ps, PeerCatchingUp)
 	}
-	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+	if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 		p.sendFlush(ps) // flushes asked while it resynced
 	}
 	p.recompute()
@@ -773,9 +774,9 @@ func (p *PrimaryCore) FencedBy() uint64 { return p.fencedBy }
 // are measured in ticks.
 func (p *PrimaryCore) Tick() {
 	p.now++
-	if p.cfg.Mode == ModeSync {
+	if p.cfg.Mode == wire.ModeSync {
 		p.expire(&p.qLevel, p.cfg.AckLevel)
-		p.expire(&p.qDur, AckDurable)
+		p.expire(&p.qDur, wire.AckDurable)
 	}
 	p.pruneLag()
 	p.drain()
@@ -807,7 +808,7 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	// The true K-th best acks (not the degraded rule's watermark, which
 	// is "everything" with no mirror in sync).
 	s.QuorumSeq = p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
-	s.QuorumDurable = p.kth(AckDurable, p.cfg.SyncAcks)
+	s.QuorumDurable = p.kth(wire.AckDurable, p.cfg.SyncAcks)
 	if s.QuorumSeq == math.MaxUint64 { // no mirrors (async)
 		s.QuorumSeq, s.QuorumDurable = 0, 0
 	}
@@ -844,23 +845,13 @@ func (p *PrimaryCore) setState(ps *peerState, s PeerState) {
 func (p *PrimaryCore) degraded() bool { return p.inSync < p.cfg.SyncAcks }
 
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
-// MaxUint64 for k == 0. Peers are few: insertion sort of a scratch slice.
-func (p *PrimaryCore) kth(level AckLevel, k int) uint64 {
-	if k <= 0 {
-		return math.MaxUint64
-	}
+// MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
+func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
 	s := p.scratch[:0]
 	for _, ps := range p.peers {
-		v := ps.ack.Level(level)
-		i := len(s)
-		s = append(s, v)
-		for i > 0 && s[i-1] < v {
-			s[i] = s[i-1]
-			i--
-		}
-		s[i] = v
+		s = append(s, ps.ack.Level(level))
 	}
-	return s[k-1]
+	return quorumInPlace(s, k)
 }
 
 // recompute refreshes the sync quorum watermarks.
@@ -870,7 +861,7 @@ func (p *PrimaryCore) recompute() {
 		k = p.inSync
 	}
 	p.wLevel = p.kth(p.cfg.AckLevel, k)
-	p.wDur = p.kth(AckDurable, k)
+	p.wDur = p.kth(wire.AckDurable, k)
 }
 
 // drain moves requests whose conditions hold out of the queues. O(1) per
@@ -918,7 +909,7 @@ func (p *PrimaryCore) tryComplete(r *request) {
 	if !r.localDone || !r.remoteOK || !r.durOK || r.held {
 		return
 	}
-	if p.cfg.Mode == ModeAsync && r.kind != kindFlush && (p.held.len() > 0 || p.throttled()) {
+	if p.cfg.Mode == wire.ModeAsync && r.kind != kindFlush && (p.held.len() > 0 || p.throttled()) {
 		r.held = true
 		p.held.push(r)
 		return
@@ -938,7 +929,7 @@ func (p *PrimaryCore) complete(r *request, err error) {
 // expire handles requests of q that waited AckTimeoutTicks: with
 // AllowDegraded the in-sync peers that did not ack are demoted so the
 // request completes; otherwise it fails with ErrNoQuorum.
-func (p *PrimaryCore) expire(q *reqQueue, level AckLevel) {
+func (p *PrimaryCore) expire(q *reqQueue, level wire.AckLevel) {
 	for r := q.front(); r != nil && r.tick+int64(p.cfg.AckTimeoutTicks) <= p.now; r = q.front() {
 		if p.cfg.AllowDegraded {
 			last := p.lastSeq()
@@ -1019,7 +1010,7 @@ func less(a, b *request) bool {
 
 // throttled reports whether async completions are held for lag.
 func (p *PrimaryCore) throttled() bool {
-	if p.cfg.Mode != ModeAsync || p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
+	if p.cfg.Mode != wire.ModeAsync || p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
 		return false
 	}
 	w := p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
@@ -1056,7 +1047,7 @@ func (p *PrimaryCore) pruneLag() {
 			keep = min(keep, ps.ack.Level(p.cfg.AckLevel))
 		}
 	}
-	if p.cfg.Mode == ModeAsync && p.cfg.SyncAcks > 0 {
+	if p.cfg.Mode == wire.ModeAsync && p.cfg.SyncAcks > 0 {
 		keep = min(keep, p.kth(p.cfg.AckLevel, p.cfg.SyncAcks))
 	}
 	for p.lagHead+1 < len(p.lag) && p.lag[p.lagHead+1].firstSeq <= keep+1 {
