@@ -36,7 +36,7 @@ type MirrorHostOptions struct {
 type MirrorHost struct {
 	opts MirrorHostOptions
 	log  *slog.Logger
-	ln   *transport.Listener
+	ln   streamListener
 	acc  *acceptor
 
 	mu      sync.Mutex
@@ -46,16 +46,21 @@ type MirrorHost struct {
 
 // NewMirrorHost listens on opts.Listen.
 func NewMirrorHost(opts MirrorHostOptions) (*MirrorHost, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	ln, err := quicListen(opts.Listen, opts.Transport)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: host listen %s: %w", opts.Listen, err)
 	}
+	return newMirrorHostOn(ln, opts), nil
+}
+
+// newMirrorHostOn serves the volumes added later on ln.
+func newMirrorHostOn(ln streamListener, opts MirrorHostOptions) *MirrorHost {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	h := &MirrorHost{opts: opts, log: opts.Logger, ln: ln, vols: make(map[string]*Mirror)}
 	h.acc = &acceptor{ln: ln, log: h.log, route: h.route}
-	return h, nil
+	return h
 }
 
 // AddVolume opens the mirror volume called name (opts.Listen and
@@ -151,7 +156,7 @@ func (h *MirrorHost) Run(ctx context.Context) error {
 // acceptor accepts connections on ln and their streams, reads each
 // stream's first frame and hands the stream to the volume route names.
 type acceptor struct {
-	ln       *transport.Listener
+	ln       streamListener
 	log      *slog.Logger
 	route    func(name string) *Mirror
 	accepted atomic.Int64
@@ -184,7 +189,7 @@ func (a *acceptor) run(ctx context.Context) error {
 }
 
 // serveConn accepts the connection's streams until it ends.
-func (a *acceptor) serveConn(ctx context.Context, conn *transport.Conn) {
+func (a *acceptor) serveConn(ctx context.Context, conn streamConn) {
 	defer conn.Close(0, "")
 	log := a.log.With("peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
 	var wg sync.WaitGroup
@@ -203,7 +208,7 @@ func (a *acceptor) serveConn(ctx context.Context, conn *transport.Conn) {
 }
 
 // serveStream reads the stream's first frame and routes the stream.
-func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+func (a *acceptor) serveStream(conn streamConn, st frameStream, log *slog.Logger) {
 	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	typ, p, err := st.ReadFrame(nil)
 	if err != nil {
@@ -249,7 +254,7 @@ func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *
 }
 
 // refuseStream sends an Error as the stream's last message and cancels it.
-func refuseStream(st *transport.Stream, code wire.ErrCode, reason string, log *slog.Logger) {
+func refuseStream(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
 	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
 	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {

@@ -184,3 +184,12 @@ func randomID() uint64 {
 		}
 	}
 }
+
+// nodeState is what the failover rules (core.Promotion, core.Demotion,
+// core.RestartBranch) read of the metadata.
+func (m *Meta) nodeState() core.NodeState {
+	return core.NodeState{
+		Primary: m.Role == RolePrimary, Epoch: m.Epoch, History: m.History, FencedBy: m.FencedBy,
+		Inconsistent: m.Inconsistent, NeedsResync: m.NeedsResync, WritesOpen: m.WritesOpen,
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/mirror/resync"
 	"github.com/blockmirror/blockmirror/store"
 )
@@ -54,6 +55,9 @@ type NodeOptions struct {
 	// JournalTestWriteDelay: see journal.Options.TestWriteDelay.
 	JournalTestWriteDelay time.Duration
 	Logger                *slog.Logger
+
+	// journalQueueBytes (tests): journal.Options.QueueBytes.
+	journalQueueBytes int64
 }
 
 // errNoVolume: the data directory holds no volume and none was asked for.
@@ -213,6 +217,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		OnSync:       opts.OnSync,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
+		QueueBytes:     opts.journalQueueBytes,
 	})
 	if err != nil {
 		st.Close()
@@ -364,11 +369,11 @@ func (n *Node) BeginWrites() error {
 		}
 	}
 	err := n.UpdateMeta(func(m *Meta) error {
-		if m.WritesOpen {
-			from := n.Journal.LastSeq() + 1
-			m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: from, ID: randomID()})
+		last := n.Journal.LastSeq()
+		var branched bool
+		if m.History, branched = core.RestartBranch(m.nodeState(), last, randomID()); branched {
 			n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
-				"epoch", m.Epoch, "first_seq", from)
+				"epoch", m.Epoch, "first_seq", last+1)
 		}
 		m.WritesOpen = true
 		return nil

@@ -42,8 +42,8 @@ type peerLink struct {
 
 // session is one connected stream to the mirror.
 type session struct {
-	conn    *transport.Conn
-	st      *transport.Stream
+	conn    streamConn
+	st      frameStream
 	writeMu sync.Mutex
 	startCh chan uint64 // capacity 1: the seq to stream from
 	flushCh chan uint64 // capacity 1: the highest flush to send
@@ -86,7 +86,7 @@ func (l *peerLink) run(ctx context.Context) {
 // reports whether the handshake succeeded.
 func (l *peerLink) session(ctx context.Context) (bool, error) {
 	r := l.r
-	conn, release, err := r.opts.Pool.Get(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
+	conn, release, err := r.opts.Pool.get(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
 	}
@@ -134,8 +134,11 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		if derr != nil {
 			return false, fmt.Errorf("mirror sent a malformed error: %w", derr)
 		}
-		l.fenceIf(e.Code)
-		return false, e
+		r.mu.Lock()
+		err = r.core.PeerError(l.addr.Name, e)
+		r.processLocked()
+		r.mu.Unlock()
+		return false, err
 	default:
 		return false, fmt.Errorf("mirror answered the hello with %v", wire.MsgType(typ))
 	}
@@ -143,30 +146,13 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("bad hello reply: %w", err)
 	}
-	if reply.Code == wire.CodeSplitBrain || (reply.Code == wire.CodeNotMirror && reply.Epoch == m.Epoch) {
-		reason := reply.Reason
-		if reply.Code == wire.CodeNotMirror {
-			reason = splitBrainAdvice(r.opts.Node, l.addr.Name, m.Epoch)
-		}
-		r.mu.Lock()
-		l.splitBrain = reason
-		r.mu.Unlock()
-		r.node.NoteSplitBrain(l.addr.Name, reason)
-		return false, fmt.Errorf("mirror %s: %s", l.addr.Name, reason)
-	}
-	if reply.Code != wire.CodeOK {
-		l.fenceIf(reply.Code)
-		if reply.Epoch > m.Epoch {
-			r.mu.Lock()
-			r.core.PeerEpoch(l.addr.Name, reply.Epoch)
-			r.processLocked()
-			r.mu.Unlock()
-		}
-		return false, fmt.Errorf("mirror %s refused the session (%v): %s", l.addr.Name, reply.Code, reply.Reason)
-	}
-	if reply.Volume != m.Volume || reply.Size != uint64(m.Size) {
-		return false, fmt.Errorf("mirror %s holds volume %v of %d bytes, we serve %v of %d bytes",
-			l.addr.Name, reply.Volume, reply.Size, m.Volume, m.Size)
+	// Dirty regions pending (verify found differences, or records were
+	// dropped while the mirror was away)? Then it is resynced even if its
+	// journal could catch up.
+	dirty := false
+	if reply.Code == wire.CodeOK {
+		b, _ := r.node.LoadBitmap(l.addr.Name)
+		dirty = b != nil && b.Count() > 0
 	}
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -176,32 +162,22 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
 	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
 	r.mu.Lock()
-	l.sess = s
-	l.connected = true
-	l.lastErr = ""
-	l.splitBrain = ""
-	r.node.ClearSplitBrain(l.addr.Name)
-	l.acked = reply.LastSeq
-	perr := r.core.PeerUp(l.addr.Name, core.PeerInfo{
-		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
-		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
-	})
-	needResync := perr == nil && r.core.PeerState(l.addr.Name) == core.PeerNeedsResync
+	l.sess = s // before the core's StartStreams reach it
+	kind, perr := r.core.PeerReply(l.addr.Name, reply, dirty)
+	if kind == core.SessionRefused {
+		l.sess = nil
+	} else {
+		l.connected = true
+		l.lastErr = ""
+		l.acked = reply.LastSeq
+	}
 	r.processLocked()
 	r.mu.Unlock()
-	if perr == nil && !needResync {
-		// Dirty regions pending (verify found differences, or records were
-		// dropped while the mirror was away and it still caught up)?
-		b, _ := r.node.LoadBitmap(l.addr.Name)
-		if b != nil && b.Count() > 0 {
-			r.mu.Lock()
-			perr = r.core.RequireResync(l.addr.Name)
-			needResync = perr == nil
-			r.processLocked()
-			r.mu.Unlock()
-		}
+	if kind == core.SessionRefused {
+		return false, perr
 	}
-	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags)
+	needResync := kind == core.SessionResync
+	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags, "session", kind)
 	defer func() {
 		r.mu.Lock()
 		l.sess = nil
@@ -210,9 +186,6 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		r.processLocked()
 		r.mu.Unlock()
 	}()
-	if perr != nil {
-		return true, perr
-	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -256,17 +229,6 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	return true, rerr
 }
 
-func (l *peerLink) fenceIf(code wire.ErrCode) {
-	if code != wire.CodeFenced {
-		return
-	}
-	r := l.r
-	r.mu.Lock()
-	r.core.PeerEpoch(l.addr.Name, r.core.Status().Epoch+1)
-	r.processLocked()
-	r.mu.Unlock()
-}
-
 // startStream is called under r.mu by processLocked.
 func (l *peerLink) startStream(from uint64) {
 	if l.sess == nil {
@@ -290,7 +252,7 @@ func (l *peerLink) queueFlush(through uint64) {
 
 // sendFrame writes one frame and flushes it, holding mu (the stream's
 // writer lock: several goroutines send on a session's stream).
-func sendFrame(mu *sync.Mutex, st *transport.Stream, typ wire.MsgType, p []byte) error {
+func sendFrame(mu *sync.Mutex, st frameStream, typ wire.MsgType, p []byte) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := st.WriteFrame(uint8(typ), p); err != nil {
@@ -418,8 +380,11 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			if err != nil {
 				return fmt.Errorf("mirror sent a malformed error: %w", err)
 			}
-			l.fenceIf(e.Code)
-			return e
+			r.mu.Lock()
+			err = r.core.PeerError(l.addr.Name, e)
+			r.processLocked()
+			r.mu.Unlock()
+			return err
 		default:
 			return fmt.Errorf("unexpected %v from mirror", wire.MsgType(typ))
 		}
@@ -435,7 +400,7 @@ func (l *peerLink) lagBytes(acked, last uint64) uint64 {
 // volume in its first frame (StreamVolume), so a mirror host routes it to
 // the right volume. Ending ctx cancels the stream; done (call it once)
 // cancels it too and releases the context watcher.
-func (l *peerLink) openSideStream(ctx context.Context, conn *transport.Conn) (*transport.Stream, func(), error) {
+func (l *peerLink) openSideStream(ctx context.Context, conn streamConn) (frameStream, func(), error) {
 	st, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open stream: %w", err)

@@ -33,6 +33,12 @@ type MirrorOptions struct {
 	// (default 2 s).
 	CheckpointInterval time.Duration
 	Logger             *slog.Logger
+
+	// onApply (tests) sees every record the applier applies to the store,
+	// in order, under the apply lock; onReset (tests, under d.mu) a
+	// resync's reset of the journal to continue at from.
+	onApply func(rec journal.Record)
+	onReset func(from uint64)
 }
 
 func (o MirrorOptions) withDefaults() MirrorOptions {
@@ -60,8 +66,8 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 type Mirror struct {
 	opts MirrorOptions
 	log  *slog.Logger
-	ln   *transport.Listener // NewMirror only; a MirrorHost's volume has none
-	addr string              // the listener's address (the host's for a host volume)
+	ln   streamListener // NewMirror only; a MirrorHost's volume has none
+	addr string         // the listener's address (the host's for a host volume)
 
 	mu      sync.Mutex
 	node    *Node
@@ -70,12 +76,6 @@ type Mirror struct {
 	started bool
 	applyTo uint64
 	cpHint  uint64
-	// capped: applyCap bounds what the applier applies: the journal's
-	// records after it were found divergent (quarantined) and must never
-	// reach the store, or a resync could compare a chunk before one of
-	// them lands in it. Cleared when a resync resets the journal.
-	capped   bool
-	applyCap uint64
 
 	wake chan struct{} // applier
 
@@ -103,8 +103,8 @@ type Mirror struct {
 }
 
 type mirrorSession struct {
-	conn    *transport.Conn
-	st      *transport.Stream
+	conn    streamConn
+	st      frameStream
 	writeMu sync.Mutex
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -144,12 +144,23 @@ func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := transport.Listen(d.opts.Listen, d.opts.Transport)
+	ln, err := quicListen(d.opts.Listen, d.opts.Transport)
 	if err != nil {
 		if d.node != nil {
 			d.node.Close()
 		}
 		return nil, fmt.Errorf("mirror: listen %s: %w", d.opts.Listen, err)
+	}
+	d.ln = ln
+	d.addr = ln.Addr().String()
+	return d, nil
+}
+
+// newMirrorOn is NewMirror on a listener of the caller's.
+func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*Mirror, error) {
+	d, err := newMirrorVolume(ctx, opts)
+	if err != nil {
+		return nil, err
 	}
 	d.ln = ln
 	d.addr = ln.Addr().String()
@@ -197,15 +208,16 @@ func (d *Mirror) adopt(node *Node) error {
 	if m.NeedsResync {
 		flags |= wire.FlagNeedsResync
 	}
-	core, err := core.NewReplicaCore(core.ReplicaConfig{
+	rc, err := core.NewReplicaCore(core.ReplicaConfig{
 		Identity: core.VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
 		Node:     d.opts.Name, LastSeq: written, DurableSeq: durable, AppliedSeq: written, Flags: flags,
+		AcceptDivergence: m.AcceptDivergence,
 	})
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	d.node, d.core = node, core
+	d.node, d.core = node, rc
 	d.applyTo = written
 	d.mu.Unlock()
 	d.applyMu.Lock()
@@ -284,7 +296,7 @@ func (d *Mirror) finish() error {
 // dispatch serves a stream the acceptor routed to this volume: a log
 // stream (first frame Hello, payload p) or a resync/verify stream (first
 // frame StreamVolume). It returns when the stream is done.
-func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ wire.MsgType, p []byte, log *slog.Logger) {
+func (d *Mirror) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p []byte, log *slog.Logger) {
 	d.mu.Lock()
 	if d.runCtx == nil || d.stopping || d.runCtx.Err() != nil {
 		d.mu.Unlock()
@@ -310,7 +322,7 @@ func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ wire.M
 
 // serveSide serves a resync or verify stream of the active session on the
 // same connection.
-func (d *Mirror) serveSide(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+func (d *Mirror) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 	defer st.Cancel(0)
 	d.mu.Lock()
 	s := d.active
@@ -485,10 +497,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 	}
 	for {
 		d.mu.Lock()
-		target := d.applyTo
-		if d.capped {
-			target = min(target, d.applyCap)
-		}
+		target := d.applyTo // never past a fork point (the core caps it)
 		hint := d.cpHint
 		d.mu.Unlock()
 		applied := d.applied()
@@ -544,6 +553,9 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 				d.log.Error("applying a record to the store failed; stopping the applier (the journal keeps it)", "seq", rec.Seq, "err", err)
 				return
 			}
+			if d.opts.onApply != nil {
+				d.opts.onApply(rec)
+			}
 			d.appliedSeq = rec.Seq
 			d.recent.Add(rec.Seq, rec.Offset, rec.Length)
 		}
@@ -572,7 +584,7 @@ func (d *Mirror) applied() uint64 {
 
 // serveSession runs one primary's session on its log stream st, whose
 // first frame (a Hello) had payload p.
-func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *transport.Stream, p []byte, log *slog.Logger) {
+func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStream, p []byte, log *slog.Logger) {
 	defer st.Cancel(0)
 	h, err := wire.DecodeHello(p)
 	if err != nil {
@@ -608,40 +620,19 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 		d.answerAsPrimary(st, h, log)
 		return
 	}
-	if refusal, err := d.checkDivergence(h, log); err != nil {
-		d.refuse(st, wire.CodeInternal, err.Error(), log)
-		return
-	} else if refusal != nil {
-		d.sendReply(st, refusal)
-		log.Warn("refused primary", "code", refusal.Code, "reason", refusal.Reason)
-		return
-	}
 	d.mu.Lock()
 	if d.active != nil && d.active != old {
 		d.mu.Unlock()
 		d.refuse(st, wire.CodeRefused, "another session is being set up", log)
 		return
 	}
-	reply := d.core.Hello(h)
+	reply := d.core.Hello(h, d.node.Journal.LastSeq())
 	rd := d.core.Ready()
-	if rd.NewEpoch > 0 {
-		hist := append([]EpochStart(nil), rd.NewHistory...)
-		// In the same atomic update: a node whose journal holds records
-		// the new history does not (it needs a resync) says so durably, or
-		// after a crash its stale records would pass for the new history's.
-		needs := reply.Flags&wire.FlagNeedsResync != 0
-		err := d.node.UpdateMeta(func(m *Meta) error {
-			m.Epoch, m.History = rd.NewEpoch, hist
-			m.NeedsResync = m.NeedsResync || needs
-			return nil
-		})
-		if err != nil {
-			d.core.Disconnect()
-			d.mu.Unlock()
-			d.refuse(st, wire.CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
-			return
-		}
-		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(hist))
+	if err := d.persistHandshake(h, reply, &rd, log); err != nil {
+		d.core.Disconnect()
+		d.mu.Unlock()
+		d.refuse(st, wire.CodeInternal, err.Error(), log)
+		return
 	}
 	if reply.Code == wire.CodeOK {
 		d.active = s
@@ -699,6 +690,63 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	}
 }
 
+// persistHandshake carries out what the core decided about a primary's
+// Hello before the reply leaves (d.mu held): a split brain is noted for
+// status; records after a fork are copied to a quarantine file and the
+// node's need for a resync (and, after a diverged history, the common
+// history it now follows) is saved; an adopted epoch is saved. One
+// metadata update holds all of it: a node whose journal holds records the
+// new history does not must say so durably, or after a crash its stale
+// records would pass for the new history's.
+func (d *Mirror) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.ReplicaReady, log *slog.Logger) error {
+	if rd.SplitBrain != "" {
+		d.splitBrain = rd.SplitBrain
+		log.Error("split brain detected", "primary", h.Node, "epoch", reply.Epoch, "detail", rd.SplitBrain)
+	}
+	q := rd.Quarantine
+	if q != nil {
+		// Never applied from now on, not even what was released already.
+		d.applyTo = min(d.applyTo, q.After)
+		rep, err := d.node.Quarantine(q.After, q.Reason)
+		if err != nil {
+			return err
+		}
+		if rep != nil {
+			log.Warn("records after the fork point were quarantined, not discarded; the node will be resynced",
+				"fork_seq", q.After, "records", rep.Records, "bytes", rep.DataBytes, "file", rep.File, "missing_before", rep.MissingBefore)
+			d.quarantined = append(d.quarantined, *rep)
+		}
+		if q.Adopt != nil {
+			d.splitBrain = "" // this node gave up its side
+		}
+	}
+	if q == nil && rd.NewEpoch == 0 {
+		return nil
+	}
+	needs := reply.Flags&wire.FlagNeedsResync != 0
+	err := d.node.UpdateMeta(func(m *Meta) error {
+		if q != nil && q.Adopt != nil {
+			m.History = append([]EpochStart(nil), q.Adopt...)
+			if n := len(q.Adopt); n > 0 {
+				m.Epoch = q.Adopt[n-1].Epoch
+			}
+			m.AcceptDivergence = false
+		}
+		if rd.NewEpoch > 0 {
+			m.Epoch, m.History = rd.NewEpoch, append([]EpochStart(nil), rd.NewHistory...)
+		}
+		m.NeedsResync = m.NeedsResync || needs || q != nil
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot persist the handshake's outcome: %w", err)
+	}
+	if rd.NewEpoch > 0 {
+		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(rd.NewHistory))
+	}
+	return nil
+}
+
 // session reads records, flushes and heartbeats until the stream ends.
 func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 	j := d.node.Journal
@@ -723,25 +771,25 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				return errors.New("session replaced")
 			}
 			err = d.core.Receive(recs)
-			var persist core.SeqRange
-			ackDue := false
-			early := false
+			var rd core.ReplicaReady
 			if err == nil {
 				// The ack for these records is sent from this goroutine:
-				// at once when the primary counts received records,
-				// else once they are written.
-				rd := d.core.Ready()
-				ackDue, rd.SendAck = rd.SendAck, false
-				persist = d.actLocked(rd)
-				early = ackDue && d.core.AckLevel() == wire.AckReceived
+				// at once when the core says so (the primary counts
+				// received records), else once they are written.
+				rd = d.core.Ready()
+				sendAck := rd.SendAck
+				rd.SendAck = false
+				d.actLocked(rd)
+				rd.SendAck = sendAck
 			}
 			d.mu.Unlock()
 			if err != nil {
 				d.sendError(s, wire.CodeProtocol, err.Error())
 				return err
 			}
-			if early {
-				if err := d.ackNow(s, true); err != nil {
+			persist, ackDue := rd.Persist, rd.SendAck
+			if rd.AckNow {
+				if err := d.sendAck(s, rd.Ack); err != nil {
 					return err
 				}
 				ackDue = false
@@ -822,11 +870,15 @@ func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 	due = due || rd.SendAck
 	rd.SendAck = false
 	d.actLocked(rd)
-	a := d.core.CurrentAck()
 	d.mu.Unlock()
 	if !due {
 		return nil
 	}
+	return d.sendAck(s, rd.Ack)
+}
+
+// sendAck sends a on s from the session's goroutine.
+func (d *Mirror) sendAck(s *mirrorSession, a wire.Ack) error {
 	s.ackBuf = wire.AppendAck(s.ackBuf[:0], a)
 	if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, s.ackBuf); err != nil {
 		return fmt.Errorf("send ack: %w", err)
@@ -845,7 +897,7 @@ func (d *Mirror) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
 	s.errorSent.Store(true)
 }
 
-func (d *Mirror) refuse(st *transport.Stream, code wire.ErrCode, reason string, log *slog.Logger) {
+func (d *Mirror) refuse(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
 	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
 	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
@@ -857,7 +909,7 @@ func (d *Mirror) refuse(st *transport.Stream, code wire.ErrCode, reason string, 
 // linger ends our side of a stream after a last message and waits (up to
 // 2 s) for the peer to read it and hang up, so closing the connection does
 // not discard the message (a refusal's reason must reach the primary).
-func linger(st *transport.Stream) {
+func linger(st frameStream) {
 	st.CloseWrite()
 	st.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for {

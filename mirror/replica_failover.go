@@ -9,86 +9,13 @@ import (
 
 	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/mirror/wire"
-	"github.com/blockmirror/blockmirror/transport"
 )
 
 // ErrPromoted is returned by Mirror.Run after an online promotion: the
 // daemon stopped mirroring and the caller serves the node as primary.
 var ErrPromoted = errors.New("mirror: promoted to primary")
 
-// checkDivergence compares the primary's history with ours before the
-// handshake. A split brain (same epoch, other history) is refused unless
-// the operator chose this node as the loser; records we hold after the
-// fork point are quarantined and the node asks for a resync.
-func (d *Mirror) checkDivergence(h wire.Hello, log *slog.Logger) (*wire.HelloReply, error) {
-	n := d.node
-	m := n.Meta()
-	last := n.Journal.LastSeq()
-	id := core.VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History}
-	herr := core.CheckHello(id, h)
-	diverged := errors.Is(herr, core.ErrHistoryDiverged)
-	if herr != nil && !diverged {
-		return nil, nil // the core refuses with the precise reason
-	}
-	if diverged && h.Epoch == m.Epoch && !m.AcceptDivergence {
-		d.mu.Lock()
-		d.splitBrain = splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)
-		d.mu.Unlock()
-		log.Error("split brain detected", "primary", h.Node, "epoch", m.Epoch, "detail", herr.Error())
-		return &wire.HelloReply{Version: wire.ProtoVersion, Code: wire.CodeSplitBrain, Role: wire.PeerRoleMirror, Volume: m.Volume,
-			Size: uint64(m.Size), Epoch: m.Epoch, History: m.History, LastSeq: last, Node: d.opts.Name,
-			Reason: splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)}, nil
-	}
-	fork := core.ForkPoint(m.History, h.History, last, h.LastSeq)
-	if last <= fork && !diverged {
-		return nil, nil
-	}
-	reason := fmt.Sprintf("primary %s (epoch %d) has a history that forks from ours after seq %d", h.Node, h.Epoch, fork)
-	rep, err := n.Quarantine(fork, reason)
-	if err != nil {
-		return nil, err
-	}
-	if rep != nil {
-		log.Warn("records after the fork point were quarantined, not discarded; the node will be resynced",
-			"fork_seq", fork, "records", rep.Records, "bytes", rep.DataBytes, "file", rep.File, "missing_before", rep.MissingBefore)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if rep != nil {
-		d.quarantined = append(d.quarantined, *rep)
-	}
-	// Durably: until a resync resets the journal, its records after the
-	// fork must never pass for the primary's.
-	common := m.History
-	if diverged {
-		common = core.HistoryPrefix(m.History, fork)
-	}
-	err = n.UpdateMeta(func(m *Meta) error {
-		m.NeedsResync = true
-		if diverged {
-			m.History = common
-			if len(common) > 0 {
-				m.Epoch = common[len(common)-1].Epoch
-			}
-			m.AcceptDivergence = false
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if diverged {
-		d.core.AdoptHistory(common)
-		d.splitBrain = ""
-	}
-	// The records after the fork stay in the journal (and the quarantine
-	// file) but are never applied from now on.
-	d.capped, d.applyCap = true, fork
-	d.core.SetNeedsResync()
-	return nil, nil
-}
-
-func (d *Mirror) sendReply(st *transport.Stream, r *wire.HelloReply) {
+func (d *Mirror) sendReply(st frameStream, r *wire.HelloReply) {
 	buf, err := wire.AppendHelloReply(nil, r)
 	if err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
@@ -105,7 +32,7 @@ func (d *Mirror) isPromoted() bool {
 }
 
 // answerAsPrimary answers a primary's Hello after this node was promoted.
-func (d *Mirror) answerAsPrimary(st *transport.Stream, h wire.Hello, log *slog.Logger) {
+func (d *Mirror) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger) {
 	m := d.node.Meta()
 	reply, stale := primaryAnswer(m, d.opts.Name, d.node.Journal.LastSeq(), h)
 	d.sendReply(st, &reply)
@@ -139,12 +66,11 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		d.mu.Unlock()
 		return d.node.Meta(), nil
 	}
-	if m := d.node.Meta(); m.Inconsistent && !force {
-		d.mu.Unlock()
-		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrInconsistent)
-	} else if m.NeedsResync && !force {
-		d.mu.Unlock()
-		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrDiverged)
+	if m := d.node.Meta(); m.Role == RoleMirror {
+		if _, _, err := core.Promotion(m.nodeState(), d.node.Journal.LastSeq(), 1, force); err != nil {
+			d.mu.Unlock()
+			return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", err)
+		}
 	}
 	d.promoted = true
 	s := d.active

@@ -17,7 +17,7 @@ import (
 // epoch learns of the split brain (and so does this node), and a primary
 // of a higher epoch makes this node stale (OnStale fences its volume).
 type Responder struct {
-	ln      *transport.Listener
+	ln      streamListener
 	node    *Node
 	name    string
 	log     *slog.Logger
@@ -29,11 +29,19 @@ func NewResponder(addr, name string, node *Node, tc transport.Config, onStale fu
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ln, err := transport.Listen(addr, tc)
+	ln, err := quicListen(addr, tc)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: responder listen %s: %w", addr, err)
 	}
-	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}, nil
+	return newResponderOn(ln, name, node, onStale, log), nil
+}
+
+// newResponderOn answers on ln.
+func newResponderOn(ln streamListener, name string, node *Node, onStale func(uint64), log *slog.Logger) *Responder {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}
 }
 
 // Addr is the address the responder listens on.
@@ -61,7 +69,7 @@ func (r *Responder) Run(ctx context.Context) {
 	}
 }
 
-func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
+func (r *Responder) answer(ctx context.Context, conn streamConn) {
 	defer conn.Close(0, "answered")
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()

@@ -24,15 +24,13 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
 		return err
 	}
-	if !m.Reset {
-		d.mu.Lock()
-		next := d.core.Status().Received + 1
-		if m.From != next {
-			d.mu.Unlock()
-			return fmt.Errorf("resumed resync starts at seq %d but our next seq is %d", m.From, next)
-		}
-		d.core.SetInconsistent()
-		d.mu.Unlock()
+	d.mu.Lock()
+	reset, err := d.core.BeginResync(m)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !reset {
 		d.log.Info("resync resumed", "from_seq", m.From)
 		return nil
 	}
@@ -42,7 +40,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 		return err
 	}
 	d.mu.Lock()
-	capped, limit := d.capped, d.applyCap
+	limit, capped := d.core.ApplyLimit()
 	d.mu.Unlock()
 	d.applyMu.Lock()
 	last := j.LastSeq()
@@ -54,7 +52,13 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 			if r.Seq > last {
 				return nil
 			}
-			return ApplyRecord(n.Store, r)
+			if err := ApplyRecord(n.Store, r); err != nil {
+				return err
+			}
+			if d.opts.onApply != nil {
+				d.opts.onApply(r)
+			}
+			return nil
 		})
 		if err != nil {
 			d.applyMu.Unlock()
@@ -92,7 +96,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	// The journal is empty: the node now follows the session primary's
 	// history, and its store (inconsistent until the resync completes)
 	// will be made equal to the primary's.
-	err := n.UpdateMeta(func(meta *Meta) error {
+	err = n.UpdateMeta(func(meta *Meta) error {
 		meta.CheckpointSeq = m.From - 1
 		meta.NeedsResync = false
 		if len(hist) > 0 {
@@ -105,7 +109,9 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	}
 	d.mu.Lock()
 	d.core.Restart(m.From)
-	d.capped, d.applyCap = false, 0
+	if d.opts.onReset != nil {
+		d.opts.onReset(m.From)
+	}
 	d.applyTo = m.From - 1
 	d.cpHint = 0
 	d.processLocked()
@@ -115,7 +121,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 }
 
 // serveResync answers a primary's resync stream.
-func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
+func (d *Mirror) serveResync(ctx context.Context, st frameStream) error {
 	defer st.Cancel(0)
 	h := resync.NewHasher(d.node.Store, resync.DefaultSyncChunk)
 	var cacheOff, cacheLen uint64
@@ -196,7 +202,7 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 // the reader, chunk acks from the acker).
 type streamWriter struct {
 	mu sync.Mutex
-	st *transport.Stream
+	st frameStream
 }
 
 func (w *streamWriter) send(typ wire.MsgType, p []byte) error {
@@ -214,7 +220,7 @@ func (d *Mirror) writeChunk(m wire.SyncChunk) (bool, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	end := m.Off + uint64(m.Len)
-	if m.Tag < d.appliedSeq && d.recent.Overlaps(m.Tag, d.appliedSeq, m.Off, end) {
+	if resync.Stale(m.Tag, d.appliedSeq, &d.recent, m.Off, end) {
 		return false, nil
 	}
 	var err error

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/mirror/resync"
 	"github.com/blockmirror/blockmirror/mirror/wire"
-	"github.com/blockmirror/blockmirror/transport"
 )
 
 // Resync, primary side.
@@ -78,21 +78,18 @@ type ResyncProgress struct {
 // resyncer runs one resync session with a peer.
 type resyncer struct {
 	l    *peerLink
-	st   *transport.Stream
+	st   frameStream
 	vol  stableReader
 	opts ResyncOptions
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	bm       *resync.Bitmap
-	inflight int64 // chunk bytes sent, not yet written on the mirror
-	// unconfirmed: chunk bytes written on the mirror, not yet synced there
-	unconfirmed int64
-	maxTag      uint64
-	err         error
-	dirty       bool // bitmap changed since the last save
-	prog        ResyncProgress
-	start       time.Time
+	mu    sync.Mutex
+	cond  *sync.Cond
+	bm    *resync.Bitmap
+	win   resync.Window // chunks in flight and unconfirmed
+	err   error
+	dirty bool // bitmap changed since the last save
+	prog  ResyncProgress
+	start time.Time
 
 	hashes   chan wire.SyncHashes
 	complete chan struct{}
@@ -116,30 +113,19 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 	r.mu.Lock()
 	last := r.core.LastSeq()
 	r.mu.Unlock()
-	begin := wire.ResyncBegin{Chunk: resync.DefaultSyncChunk}
-	agrees := reply.Flags&wire.FlagNeedsResync == 0
-	resumable := agrees && reply.LastSeq+1 >= first && reply.LastSeq <= last
-	// The bitmap covers what the mirror lacks only if its history agrees
-	// with ours and tracking (journal or bitmap) reaches back to its last
-	// seq (see peerstate.go).
 	pm, known := r.node.Meta().Peers[l.addr.Name]
-	covered := agrees && known && reply.LastSeq+1 >= pm.TrackedFrom
-	switch {
-	case resumable && b != nil:
-		// An interrupted resync, or dirty regions of a mirror that is
-		// otherwise current: go on from the mirror's own next seq.
-		begin.From = reply.LastSeq + 1
-	default:
-		begin.From, begin.Reset = first, true
-		if b != nil && !covered {
-			l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
-				"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", !agrees)
-			b = nil
-		}
-		if b == nil {
-			b = resync.NewBitmap(r.node.Store.Size(), resync.DefaultSyncChunk)
-			b.SetAll()
-		}
+	plan := core.PlanResync(core.ResyncInput{
+		MirrorLast: reply.LastSeq, MirrorFlags: reply.Flags, JournalFirst: first, LastSeq: last,
+		Bitmap: b != nil, Tracked: known, TrackedFrom: pm.TrackedFrom,
+	})
+	begin := wire.ResyncBegin{Chunk: resync.DefaultSyncChunk, From: plan.From, Reset: plan.Reset}
+	if plan.BitmapIgnored {
+		l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
+			"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", reply.Flags&wire.FlagNeedsResync != 0)
+	}
+	if plan.WholeDisk {
+		b = resync.NewBitmap(r.node.Store.Size(), resync.DefaultSyncChunk)
+		b.SetAll()
 	}
 	if err := r.node.SaveBitmap(l.addr.Name, b); err != nil {
 		return begin, nil, err
@@ -157,7 +143,7 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 }
 
 // runResync opens the resync stream and copies until the bitmap is empty.
-func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *resync.Bitmap, from uint64) error {
+func (l *peerLink) runResync(ctx context.Context, conn streamConn, bm *resync.Bitmap, from uint64) error {
 	r := l.r
 	if r.source() == nil {
 		return errors.New("resync: no volume to read from")
@@ -168,7 +154,7 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *resy
 	}
 	defer done()
 	rs := &resyncer{
-		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm,
+		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm, win: resync.Window{Limit: r.resyncOpts.Window},
 		hashes: make(chan wire.SyncHashes, 4), complete: make(chan struct{}), start: time.Now(),
 	}
 	rs.cond = sync.NewCond(&rs.mu)
@@ -303,23 +289,10 @@ func (rs *resyncer) readLoop(ctx context.Context) error {
 				return err
 			}
 			rs.mu.Lock()
-			for _, x := range m.Results {
-				if !m.Durable {
-					// Written (or stale, to be sent again): frees the window.
-					rs.inflight -= int64(x.Len)
-					if x.OK {
-						rs.unconfirmed += int64(x.Len)
-					}
-					continue
-				}
-				// Synced on the mirror: no longer dirty.
-				rs.unconfirmed -= int64(x.Len)
-				if c := int64(x.Off) / rs.bm.ChunkSize(); x.OK && rs.bm.Test(c) {
-					rs.bm.ClearChunk(c)
-					rs.prog.DoneBytes += int64(x.Len)
-					rs.dirty = true
-				}
-			}
+			rs.win.Answered(&m, rs.bm, func(_ uint64, n uint32) {
+				rs.prog.DoneBytes += int64(n)
+				rs.dirty = true
+			})
 			rs.cond.Broadcast()
 			rs.mu.Unlock()
 		case wire.MsgSyncCompleteAck:
@@ -501,8 +474,7 @@ func (rs *resyncer) copy(ctx context.Context) error {
 					return err
 				}
 				rs.mu.Lock()
-				rs.inflight += n
-				rs.maxTag = max(rs.maxTag, tag)
+				rs.win.Sent(n, tag)
 				rs.prog.SentBytes += int64(len(msg.Data))
 				rs.mu.Unlock()
 				if err := rs.send(wire.MsgSyncChunk, out); err != nil {
@@ -557,7 +529,7 @@ func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
 	defer stop()
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for rs.err == nil && ((n < 0 && (rs.inflight > 0 || rs.unconfirmed > 0)) || (n >= 0 && rs.inflight > 0 && rs.inflight+n > rs.opts.Window)) {
+	for rs.err == nil && (n < 0 && !rs.win.Drained() || n >= 0 && !rs.win.Fits(n)) {
 		rs.cond.Wait()
 	}
 	return rs.err
@@ -595,7 +567,7 @@ func (rs *resyncer) wait(ctx context.Context, q wire.SyncHashReq) (wire.SyncHash
 // consistent.
 func (rs *resyncer) finish(ctx context.Context) error {
 	rs.mu.Lock()
-	tag := rs.maxTag
+	tag := rs.win.MaxTag
 	rs.mu.Unlock()
 	if err := rs.send(wire.MsgSyncComplete, wire.AppendSyncComplete(nil, wire.SyncComplete{Tag: tag})); err != nil {
 		return err

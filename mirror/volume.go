@@ -30,6 +30,10 @@ type VolumeOptions struct {
 	// journal (durable: FUA writes waiting for fdatasync); for metrics.
 	OnAppend func(durable bool, d time.Duration)
 	Logger   *slog.Logger
+
+	// onSubmit (tests) sees every record submitted to the journal, under
+	// the volume's ordering lock, with its request's context.
+	onSubmit func(ctx context.Context, rec journal.Record)
 }
 
 func (o VolumeOptions) withDefaults() VolumeOptions {
@@ -261,6 +265,9 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		return err
 	}
 	v.lastSeq = rec.Seq
+	if v.opts.onSubmit != nil {
+		v.opts.onSubmit(ctx, rec)
+	}
 	var waits []chan struct{}
 	end := rec.Offset + uint64(rec.Length)
 	for _, e := range v.inflight {

@@ -21,6 +21,12 @@ var (
 	// ErrDuplicateID: a request id was proposed while a request with the
 	// same id is still pending.
 	ErrDuplicateID = errors.New("mirror: duplicate request id")
+	// ErrSplitBrain: a mirror answered that it is (or follows) a primary of
+	// our epoch with another history; nothing is discarded until an
+	// operator resolves it.
+	ErrSplitBrain = errors.New("mirror: split brain")
+	// ErrRefused: a mirror refused the session (the error says why).
+	ErrRefused = errors.New("mirror: session refused")
 )
 
 // Defaults of PrimaryConfig, in ticks (the driver chooses the tick length;
@@ -66,6 +72,14 @@ type PrimaryConfig struct {
 	// LocalDurable is the seq through which the local journal is durable
 	// (default NextSeq-1).
 	LocalDurable uint64
+	// FencedBy, if above Epoch: the node was fenced by this epoch in an
+	// earlier run (the metadata keeps it); the core starts fenced.
+	FencedBy uint64
+	// Node, Volume and Size identify the primary's volume: a mirror's
+	// HelloReply must name the same volume and size (Size 0: not checked).
+	Node   string
+	Volume wire.UUID
+	Size   uint64
 }
 
 func (c *PrimaryConfig) withDefaults() PrimaryConfig {
@@ -229,12 +243,25 @@ type PrimaryReady struct {
 	Releases []Release
 	// NeedResync: peers that cannot catch up from the journal.
 	NeedResync []string
+	// Fenced, if > 0: the core was fenced by this epoch (or a higher one
+	// became known); record it durably, so a restart stays fenced.
+	Fenced uint64
+	// SplitBrain: per peer, a split brain its last handshake showed and
+	// how to resolve it; an empty Reason says an accepted handshake
+	// cleared it.
+	SplitBrain []SplitBrainNote
+}
+
+// SplitBrainNote says what a handshake with Peer showed.
+type SplitBrainNote struct {
+	Peer   string
+	Reason string
 }
 
 // Empty reports whether r carries nothing to do.
 func (r *PrimaryReady) Empty() bool {
 	return len(r.Completions) == 0 && len(r.StartStreams) == 0 && len(r.PeerFlushes) == 0 &&
-		r.SyncLocal == 0 && len(r.Releases) == 0 && len(r.NeedResync) == 0
+		r.SyncLocal == 0 && len(r.Releases) == 0 && len(r.NeedResync) == 0 && r.Fenced == 0 && len(r.SplitBrain) == 0
 }
 
 func (r *PrimaryReady) reset() {
@@ -247,6 +274,8 @@ func (r *PrimaryReady) reset() {
 	r.SyncLocal = 0
 	r.Releases = r.Releases[:0]
 	r.NeedResync = r.NeedResync[:0]
+	r.Fenced = 0
+	r.SplitBrain = r.SplitBrain[:0]
 }
 
 // PeerStatus describes one mirror.
@@ -421,6 +450,10 @@ func NewPrimaryCore(cfg PrimaryConfig) (*PrimaryCore, error) {
 		p.byName[name] = ps
 	}
 	p.recompute()
+	if c.FencedBy > c.Epoch {
+		p.Fence(c.FencedBy)
+		p.rd().Fenced = 0 // recorded already
+	}
 	return p, nil
 }
 
@@ -591,7 +624,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
 	}
 	if info.Epoch > p.cfg.Epoch {
-		p.fence(info.Epoch)
+		p.Fence(info.Epoch)
 		return fmt.Errorf("%w: peer %s has epoch %d, ours is %d", ErrFenced, peer, info.Epoch, p.cfg.Epoch)
 	}
 	if p.fenced {
@@ -763,8 +796,115 @@ func (p *PrimaryCore) PeerState(peer string) PeerState {
 // higher epoch than ours fences the core.
 func (p *PrimaryCore) PeerEpoch(peer string, epoch uint64) {
 	if epoch > p.cfg.Epoch {
-		p.fence(epoch)
+		p.Fence(epoch)
 	}
+}
+
+// Fence reports that a node is primary in epoch, higher than ours (0: a
+// higher epoch whose number we were not told, e.g. a peer's CodeFenced
+// error): every pending and later request fails with ErrFenced, and
+// Ready.Fenced asks the driver to record it. Epochs not above ours are
+// ignored.
+func (p *PrimaryCore) Fence(epoch uint64) {
+	if epoch == 0 {
+		epoch = p.cfg.Epoch + 1
+	}
+	if epoch <= p.cfg.Epoch || epoch <= p.fencedBy {
+		return
+	}
+	p.fence(epoch)
+	p.rd().Fenced = epoch
+}
+
+// Session is what a mirror's session does after its handshake.
+type Session uint8
+
+const (
+	// SessionRefused: no session (PeerReply's error says why).
+	SessionRefused Session = iota
+	// SessionStream: the mirror catches up from the journal
+	// (Ready.StartStreams).
+	SessionStream
+	// SessionResync: the mirror needs a resync (Ready.NeedResync): plan
+	// it (PlanResync) and call StartResync.
+	SessionResync
+)
+
+func (s Session) String() string {
+	switch s {
+	case SessionRefused:
+		return "refused"
+	case SessionStream:
+		return "stream"
+	case SessionResync:
+		return "resync"
+	}
+	return fmt.Sprintf("session(%d)", uint8(s))
+}
+
+// PeerReply handles peer's HelloReply to our Hello (sent with the core's
+// LastSeq) and decides the session: refused, with an error wrapping
+// ErrSplitBrain (a mirror of our epoch with another history, or a primary
+// of our epoch: Ready.SplitBrain says how to resolve it), ErrFenced (the
+// mirror knows a higher epoch: the core is fenced), ErrRefused (the reason
+// the mirror gave) or naming a volume mismatch; or accepted (PeerUp):
+// streaming from the mirror's next seq, or a resync when the mirror cannot
+// catch up from the journal or dirty says a dirty bitmap is pending for it
+// (regions the journal no longer has, or that verify found different).
+func (p *PrimaryCore) PeerReply(peer string, r wire.HelloReply, dirty bool) (Session, error) {
+	ps := p.byName[peer]
+	if ps == nil {
+		return SessionRefused, fmt.Errorf("mirror: unknown peer %q", peer)
+	}
+	if r.Code == wire.CodeSplitBrain || (r.Code == wire.CodeNotMirror && r.Epoch == p.cfg.Epoch) {
+		reason := r.Reason
+		if r.Code == wire.CodeNotMirror {
+			reason = SplitBrainAdvice(p.cfg.Node, peer, p.cfg.Epoch)
+		}
+		p.rd().SplitBrain = append(p.rd().SplitBrain, SplitBrainNote{Peer: peer, Reason: reason})
+		return SessionRefused, fmt.Errorf("%w: mirror %s: %s", ErrSplitBrain, peer, reason)
+	}
+	if r.Code != wire.CodeOK {
+		if r.Code == wire.CodeFenced {
+			if r.Epoch <= p.cfg.Epoch {
+				r.Epoch = 0 // a higher epoch, number unknown
+			}
+			p.Fence(r.Epoch)
+		} else {
+			p.PeerEpoch(peer, r.Epoch)
+		}
+		err := fmt.Errorf("%w: mirror %s refused the session (%v): %s", ErrRefused, peer, r.Code, r.Reason)
+		if p.fenced {
+			err = fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+		return SessionRefused, err
+	}
+	if p.cfg.Size != 0 && (r.Volume != p.cfg.Volume || r.Size != p.cfg.Size) {
+		return SessionRefused, fmt.Errorf("mirror %s holds volume %v of %d bytes, we serve %v of %d bytes",
+			peer, r.Volume, r.Size, p.cfg.Volume, p.cfg.Size)
+	}
+	p.rd().SplitBrain = append(p.rd().SplitBrain, SplitBrainNote{Peer: peer})
+	info := PeerInfo{Epoch: r.Epoch, LastSeq: r.LastSeq, DurableSeq: r.DurableSeq, AppliedSeq: r.AppliedSeq, Flags: r.Flags}
+	if dirty {
+		info.Flags |= wire.FlagNeedsResync
+	}
+	if err := p.PeerUp(peer, info); err != nil {
+		return SessionRefused, err
+	}
+	if ps.state == PeerNeedsResync {
+		return SessionResync, nil
+	}
+	return SessionStream, nil
+}
+
+// PeerError handles an Error message from peer (in answer to our Hello or
+// during the session): CodeFenced fences the core. It returns the error.
+func (p *PrimaryCore) PeerError(peer string, e wire.ErrorMsg) error {
+	if e.Code == wire.CodeFenced {
+		p.Fence(0)
+		return fmt.Errorf("%w: %w", ErrFenced, e)
+	}
+	return e
 }
 
 // FencedBy returns the higher epoch that fenced the core (0: not fenced).

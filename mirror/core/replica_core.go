@@ -44,6 +44,11 @@ type ReplicaConfig struct {
 	// records were applied since the last one (default
 	// DefaultCheckpointEvery).
 	CheckpointEvery uint64
+	// AcceptDivergence: an operator chose this node as the losing side of
+	// a split brain; a primary of the same epoch with another history is
+	// followed (after the records past the fork are quarantined) instead
+	// of refused.
+	AcceptDivergence bool
 }
 
 func (c *ReplicaConfig) withDefaults() ReplicaConfig {
@@ -95,9 +100,14 @@ type ReplicaReady struct {
 	// written already) and report it with LocalProgress. At most one sync
 	// is requested at a time (group commit).
 	SyncLocal uint64
-	// SendAck: send Ack (the current watermarks) to the primary.
+	// SendAck: send Ack to the primary. Ack always holds the current
+	// watermarks (a driver that owes an ack of its own sends it).
 	SendAck bool
 	Ack     wire.Ack
+	// AckNow (with SendAck): the records just received count at the
+	// session's ack level (received): send the ack at once, from the
+	// goroutine that received them, before persisting them.
+	AckNow bool
 	// ApplyThrough, if > 0: apply the journal's records after the last
 	// applied one through this seq to the store, in order, and report
 	// with Applied. Only durable records are released for applying, so the
@@ -110,6 +120,29 @@ type ReplicaReady struct {
 	// the primary's Hello; persist them (before sending the HelloReply).
 	NewEpoch   uint64
 	NewHistory []wire.EpochStart
+	// Quarantine, if set (by Hello): the journal holds records after a
+	// fork from the primary's history. Before sending the HelloReply,
+	// copy the journal's records after Quarantine.After aside (never
+	// discard them) and persist that the node needs a resync (and, with
+	// Adopt, its new history); they are never applied from now on.
+	Quarantine *Quarantine
+	// SplitBrain, if set (by Hello): the primary is of our epoch with
+	// another history; the reply refuses it and this says how an operator
+	// resolves it (for status).
+	SplitBrain string
+}
+
+// Quarantine says which of the journal's records must be set aside.
+type Quarantine struct {
+	// After is the fork point: records ≤ After are the primary's too.
+	After uint64
+	// Reason describes the fork (for the quarantine report).
+	Reason string
+	// Adopt, when not nil, is the common prefix of the two histories: the
+	// node gives up its own branch after the fork (it was the loser of a
+	// split brain, or its epoch was superseded) and persists this history
+	// (and its last epoch); it no longer accepts divergence.
+	Adopt []wire.EpochStart
 }
 
 // ReplicaStatus is a snapshot of a ReplicaCore.
@@ -148,6 +181,10 @@ type ReplicaCore struct {
 	now          int64
 	applyAsked   uint64
 	checkpointAt uint64
+	// capped: records after applyCap were quarantined (a fork) and must
+	// never reach the store; cleared when a resync resets the journal.
+	capped   bool
+	applyCap uint64
 
 	ready ReplicaReady
 }
@@ -171,19 +208,34 @@ func NewReplicaCore(cfg ReplicaConfig) (*ReplicaCore, error) {
 
 // Hello handles the primary's Hello and returns the reply to send. A
 // refusal (Code != CodeOK) leaves the core without a session; the driver
-// sends the reply and closes. Before a new Hello the driver must have
-// finished (and reported) or abandoned every Persist of the previous
-// session.
-func (r *ReplicaCore) Hello(h wire.Hello) wire.HelloReply {
+// sends the reply and closes. journalLast is the last seq of the local
+// journal (at least the written watermark: a record an earlier session
+// submitted may still be on its way to the file). Before a new Hello the
+// driver must have finished (and reported) or abandoned every Persist of
+// the previous session.
+//
+// The answer, in order: refuse a peer that is not a primary, an unknown
+// ack level or a Hello CheckHello rejects (CodeFenced for a stale epoch,
+// CodeRefused otherwise, with the reason); a primary of our epoch whose
+// history diverged from ours is a split brain (CodeSplitBrain, and
+// Ready.SplitBrain), unless the node accepts divergence; if the journal
+// holds records after the fork point of the two histories, Ready carries
+// the Quarantine order and the reply asks for a resync; otherwise the
+// session is accepted, the node adopting the primary's history once its
+// journal is a prefix of it (Ready.NewEpoch), and the primary streams from
+// the reply's LastSeq+1 or resyncs the node.
+func (r *ReplicaCore) Hello(h wire.Hello, journalLast uint64) wire.HelloReply {
 	r.Disconnect()
+	last := max(journalLast, r.written)
 	reply := wire.HelloReply{
-		Version: wire.ProtoVersion, Code: wire.CodeOK, Flags: r.cfg.Flags, Role: wire.PeerRoleMirror,
+		Version: wire.ProtoVersion, Code: wire.CodeOK, Role: wire.PeerRoleMirror,
 		Volume: r.id.Volume, Size: r.id.Size, Node: r.cfg.Node,
 	}
 	fill := func() wire.HelloReply {
 		reply.Epoch = r.id.Epoch
 		reply.History = r.id.History
 		reply.LastSeq, reply.DurableSeq, reply.AppliedSeq = r.written, r.durable, r.applied
+		reply.Flags |= r.cfg.Flags
 		return reply
 	}
 	if h.Role != wire.PeerRolePrimary {
@@ -194,13 +246,38 @@ func (r *ReplicaCore) Hello(h wire.Hello) wire.HelloReply {
 		reply.Code, reply.Reason = wire.CodeRefused, fmt.Sprintf("unknown ack level %d", h.AckLevel)
 		return fill()
 	}
-	if err := CheckHello(r.id, h); err != nil {
-		reply.Code, reply.Reason = wire.CodeRefused, err.Error()
-		if errors.Is(err, ErrStaleEpoch) {
+	herr := CheckHello(r.id, h)
+	diverged := errors.Is(herr, ErrHistoryDiverged)
+	if herr != nil && !diverged {
+		reply.Code, reply.Reason = wire.CodeRefused, herr.Error()
+		if errors.Is(herr, ErrStaleEpoch) {
 			reply.Code = wire.CodeFenced
 		}
 		return fill()
 	}
+	if diverged && h.Epoch == r.id.Epoch && !r.cfg.AcceptDivergence {
+		reply.Code, reply.Reason = wire.CodeSplitBrain, SplitBrainAdvice(r.cfg.Node, h.Node, r.id.Epoch)
+		r.ready.SplitBrain = reply.Reason
+		return fill()
+	}
+	// Records after the fork point are set aside, never applied, and the
+	// node waits for a resync; with a diverged history it takes the common
+	// prefix, which the primary's history extends.
+	if fork := ForkPoint(r.id.History, h.History, last, h.LastSeq); last > fork || diverged {
+		q := &Quarantine{After: fork, Reason: fmt.Sprintf("primary %s (epoch %d) has a history that forks from ours after seq %d", h.Node, h.Epoch, fork)}
+		if diverged {
+			q.Adopt = HistoryPrefix(r.id.History, fork)
+			r.id.History = append([]wire.EpochStart(nil), q.Adopt...)
+			if n := len(q.Adopt); n > 0 {
+				r.id.Epoch = q.Adopt[n-1].Epoch
+			}
+			r.cfg.AcceptDivergence = false
+		}
+		r.capped, r.applyCap = true, fork
+		r.cfg.Flags |= wire.FlagNeedsResync
+		r.ready.Quarantine = q
+	}
+	reply.Flags = r.cfg.Flags
 	// Records we hold under an epoch branch the primary does not assign to
 	// that seq, or records beyond the primary's last: our journal diverged.
 	if r.written > h.LastSeq {
@@ -257,21 +334,27 @@ func (r *ReplicaCore) Restart(from uint64) {
 	r.applyAsked, r.checkpointAt, r.syncAsked, r.flushWant = s, s, s, 0
 	r.lastEpoch, _ = EpochOfSeq(r.history, s)
 	r.cfg.Flags = r.cfg.Flags&^wire.FlagNeedsResync | wire.FlagInconsistent
+	r.capped, r.applyCap = false, 0
 }
 
-// SetNeedsResync makes the next HelloReply ask for a resync (the driver
-// found records of its own after the fork point).
-func (r *ReplicaCore) SetNeedsResync() { r.cfg.Flags |= wire.FlagNeedsResync }
+// ApplyLimit is the highest seq the store may ever hold from the current
+// journal (false: no limit), i.e. the fork point of quarantined records.
+func (r *ReplicaCore) ApplyLimit() (uint64, bool) { return r.applyCap, r.capped }
 
-// AdoptHistory replaces the node's history and epoch with the common
-// prefix of a diverged history (an operator chose to give up this node's
-// side of a split brain; its records after the fork are quarantined).
-func (r *ReplicaCore) AdoptHistory(h []wire.EpochStart) {
-	r.id.History = append([]wire.EpochStart(nil), h...)
-	if n := len(h); n > 0 {
-		r.id.Epoch = h[n-1].Epoch
+// BeginResync handles the primary's ResyncBegin: the store is
+// inconsistent until the resync completes. A resumed resync (no Reset)
+// must continue at the node's own next seq; with Reset, the driver
+// applies what the journal holds (never past ApplyLimit), empties it,
+// persists the session's history and calls Restart(m.From).
+func (r *ReplicaCore) BeginResync(m wire.ResyncBegin) (reset bool, err error) {
+	if m.Reset {
+		return true, nil
 	}
-	r.cfg.Flags |= wire.FlagNeedsResync
+	if next := r.received + 1; m.From != next {
+		return false, fmt.Errorf("resumed resync starts at seq %d but our next seq is %d", m.From, next)
+	}
+	r.SetInconsistent()
+	return false, nil
 }
 
 // SetInconsistent marks the store inconsistent (a resync resumed).
@@ -291,7 +374,7 @@ func (r *ReplicaCore) Flags() uint32 { return r.cfg.Flags }
 func (r *ReplicaCore) Disconnect() {
 	r.active = false
 	r.ready.Persist = SeqRange{}
-	r.ready.SendAck = false
+	r.ready.SendAck, r.ready.AckNow = false, false
 	if r.received > r.written {
 		r.received = r.written
 		r.lastEpoch, _ = EpochOfSeq(r.id.History, r.written)
@@ -341,6 +424,7 @@ func (r *ReplicaCore) Receive(recs []wire.Record) error {
 	r.lastEpoch = epoch
 	r.ready.Persist.Through = r.received
 	r.ready.SendAck = true
+	r.ready.AckNow = r.ready.AckNow || r.ackLevel == wire.AckReceived
 	return nil
 }
 
@@ -397,9 +481,8 @@ func (r *ReplicaCore) Tick() {
 // clears them.
 func (r *ReplicaCore) Ready() ReplicaReady {
 	out := r.ready
-	if out.SendAck {
-		out.Ack = r.ack()
-	}
+	out.Ack = r.ack()
+	out.AckNow = out.AckNow && out.SendAck
 	r.ready = ReplicaReady{}
 	return out
 }
@@ -415,19 +498,20 @@ func (r *ReplicaCore) Status() ReplicaStatus {
 // AckLevel is the level the primary counts acks at (from its Hello).
 func (r *ReplicaCore) AckLevel() wire.AckLevel { return r.ackLevel }
 
-// CurrentAck is the ack the core's watermarks make now (for a driver that
-// sends an ack itself instead of through Ready).
-func (r *ReplicaCore) CurrentAck() wire.Ack { return r.ack() }
-
 func (r *ReplicaCore) ack() wire.Ack {
 	return wire.Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
 }
 
-// release lets the store apply every durable record.
+// release lets the store apply every durable record (never one after a
+// fork point).
 func (r *ReplicaCore) release() {
-	if r.durable > r.applyAsked {
-		r.applyAsked = r.durable
-		r.ready.ApplyThrough = r.durable
+	through := r.durable
+	if r.capped {
+		through = min(through, r.applyCap)
+	}
+	if through > r.applyAsked {
+		r.applyAsked = through
+		r.ready.ApplyThrough = through
 	}
 }
 

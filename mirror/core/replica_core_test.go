@@ -61,7 +61,7 @@ func TestReplicaConfigValidation(t *testing.T) {
 
 func TestReplicaHello(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	reply := r.Hello(primaryHello(wire.AckWritten))
+	reply := r.Hello(primaryHello(wire.AckWritten), 0)
 	if reply.Code != wire.CodeOK || reply.LastSeq != 100 || reply.DurableSeq != 100 || reply.AppliedSeq != 100 ||
 		reply.Epoch != 5 || reply.Role != wire.PeerRoleMirror || reply.Node != "m1" || reply.Flags != 0 {
 		t.Fatalf("reply %+v", reply)
@@ -72,7 +72,7 @@ func TestReplicaHello(t *testing.T) {
 	// Stale epoch: fenced.
 	h := primaryHello(wire.AckWritten)
 	h.Epoch, h.History = 4, h.History[:1]
-	reply = r.Hello(h)
+	reply = r.Hello(h, 0)
 	if reply.Code != wire.CodeFenced || !strings.Contains(reply.Reason, "peer epoch 4 is lower than ours 5") || reply.Epoch != 5 {
 		t.Fatalf("stale epoch reply %+v", reply)
 	}
@@ -82,20 +82,20 @@ func TestReplicaHello(t *testing.T) {
 	// Wrong volume.
 	h = primaryHello(wire.AckWritten)
 	h.Volume[3] ^= 1
-	if reply = r.Hello(h); reply.Code != wire.CodeRefused || !strings.Contains(reply.Reason, "volume UUID differs") {
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeRefused || !strings.Contains(reply.Reason, "volume UUID differs") {
 		t.Fatalf("wrong volume reply %+v", reply)
 	}
 	// Not a primary.
 	h = primaryHello(wire.AckWritten)
 	h.Role = wire.PeerRoleMirror
-	if reply = r.Hello(h); reply.Code != wire.CodeRefused {
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeRefused {
 		t.Fatalf("mirror-role hello accepted: %+v", reply)
 	}
 	// Newer epoch: adopted and reported for persisting.
 	h = primaryHello(wire.AckWritten)
 	h.Epoch = 7
 	h.History = append(h.History, wire.EpochStart{Epoch: 7, FirstSeq: 150})
-	if reply = r.Hello(h); reply.Code != wire.CodeOK || reply.Epoch != 7 {
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeOK || reply.Epoch != 7 {
 		t.Fatalf("newer epoch reply %+v", reply)
 	}
 	if rd := r.Ready(); rd.NewEpoch != 7 || len(rd.NewHistory) != 3 {
@@ -107,7 +107,7 @@ func TestReplicaDivergedNeedsResync(t *testing.T) {
 	r := newReplica(t, replicaConfig())
 	h := primaryHello(wire.AckWritten)
 	h.LastSeq = 90 // we hold records the primary does not have
-	if reply := r.Hello(h); reply.Code != wire.CodeOK || reply.Flags&wire.FlagNeedsResync == 0 {
+	if reply := r.Hello(h, 0); reply.Code != wire.CodeOK || reply.Flags&wire.FlagNeedsResync == 0 {
 		t.Fatalf("reply %+v", reply)
 	}
 	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, core.ErrProtocol) {
@@ -120,7 +120,7 @@ func TestReplicaDivergedNeedsResync(t *testing.T) {
 	h = primaryHello(wire.AckWritten)
 	h.Epoch = 6
 	h.History = []wire.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}, {Epoch: 6, FirstSeq: 100}}
-	if reply := r.Hello(h); reply.Flags&wire.FlagNeedsResync == 0 {
+	if reply := r.Hello(h, 0); reply.Flags&wire.FlagNeedsResync == 0 {
 		t.Fatalf("diverged epoch of last record not flagged: %+v", reply)
 	}
 }
@@ -130,7 +130,7 @@ func TestReplicaReceiveRules(t *testing.T) {
 	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, core.ErrProtocol) {
 		t.Fatalf("records before hello: %v", err)
 	}
-	r.Hello(primaryHello(wire.AckWritten))
+	r.Hello(primaryHello(wire.AckWritten), 0)
 	bad := map[string][]wire.Record{
 		"gap":              recs(5, 102, 103),
 		"repeat":           recs(5, 100, 100),
@@ -165,7 +165,7 @@ func TestReplicaReceiveRules(t *testing.T) {
 
 func TestReplicaWrittenLevelSyncPolicy(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(wire.AckWritten))
+	r.Hello(primaryHello(wire.AckWritten), 0)
 	r.Receive(recs(5, 101, 105))
 	r.Tick()
 	r.Ready()
@@ -214,7 +214,7 @@ func TestReplicaWrittenLevelSyncPolicy(t *testing.T) {
 
 func TestReplicaDurableLevelGroupCommit(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(wire.AckDurable))
+	r.Hello(primaryHello(wire.AckDurable), 0)
 	r.Receive(recs(5, 101, 102))
 	r.LocalProgress(102, 100)
 	if rd := r.Ready(); rd.SyncLocal != 102 {
@@ -233,7 +233,7 @@ func TestReplicaDurableLevelGroupCommit(t *testing.T) {
 
 func TestReplicaDisconnectForgetsUnpersisted(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(wire.AckWritten))
+	r.Hello(primaryHello(wire.AckWritten), 0)
 	r.Receive(recs(5, 101, 104))
 	r.Ready() // persist 101..104 handed out
 	r.Receive(recs(5, 105, 108))
@@ -243,7 +243,7 @@ func TestReplicaDisconnectForgetsUnpersisted(t *testing.T) {
 		t.Fatalf("outputs after disconnect: %+v", rd)
 	}
 	r.LocalProgress(104, 100) // the handed-out append finished
-	reply := r.Hello(primaryHello(wire.AckWritten))
+	reply := r.Hello(primaryHello(wire.AckWritten), 0)
 	if reply.LastSeq != 104 {
 		t.Fatalf("reconnect reports last seq %d, want 104", reply.LastSeq)
 	}
@@ -266,7 +266,7 @@ func BenchmarkReplicaBatch(b *testing.B) {
 	r, _ := core.NewReplicaCore(c)
 	h := primaryHello(wire.AckDurable)
 	h.LastSeq = 1 << 62
-	r.Hello(h)
+	r.Hello(h, 0)
 	batch := recs(5, 101, 164)
 	b.ReportAllocs()
 	for b.Loop() {

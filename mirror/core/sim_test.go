@@ -311,7 +311,7 @@ func (s *sim) mirrorReceive(m *simMirror, msg simMsg) {
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
-		reply := m.core.Hello(h)
+		reply := m.core.Hello(h, m.jLast)
 		if reply.Code != wire.CodeOK {
 			s.fail("%s refused the primary: %s", m.name, reply.Reason)
 		}
