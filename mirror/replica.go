@@ -430,21 +430,20 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 	}
 }
 
-// watchJournal feeds the journal's watermarks into the core.
+// watchJournal feeds the journal's watermarks into the core at every
+// change of the journal. Not only when they differ from the last ones it
+// saw: a resync's reset moves the core's watermarks back, and the
+// journal's may return to the old values before this goroutine runs.
 func (d *Mirror) watchJournal(ctx context.Context) {
 	defer d.wg.Done()
 	j := d.node.Journal
-	var lw, ld uint64
 	for {
 		ch := j.Changed()
 		w, du := j.Watermarks()
-		if w != lw || du != ld {
-			lw, ld = w, du
-			d.mu.Lock()
-			d.core.LocalProgress(w, du)
-			d.processLocked()
-			d.mu.Unlock()
-		}
+		d.mu.Lock()
+		d.core.LocalProgress(w, du)
+		d.processLocked()
+		d.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
