@@ -160,9 +160,16 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 			}
 			return nil, fmt.Errorf("mirror: %s: %w: give --size to create one", opts.Dir, errNoVolume)
 		}
-		if opts.Disk != "" {
-			if _, serr := fsys.Stat(disk); serr == nil {
+		if _, serr := fsys.Stat(disk); serr == nil {
+			if opts.Disk != "" {
 				return nil, fmt.Errorf("mirror: %s exists; not creating a volume over it (drop --size to adopt it)", disk)
+			}
+			// The data directory's own image without metadata is what a
+			// crash in the middle of creating the volume leaves (the image
+			// comes first, meta.json last): nothing uses it yet.
+			log.Warn("replacing the disk image of a volume whose creation did not finish", "disk", disk)
+			if err := fsys.Remove(disk); err != nil {
+				return nil, fmt.Errorf("mirror: remove the unfinished %s: %w", disk, err)
 			}
 		}
 		st, err = store.CreateFS(fsys, disk, opts.Size)
