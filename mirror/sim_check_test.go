@@ -374,11 +374,12 @@ func inFinal(final []wire.EpochStart, last uint64, wr *simWrite) bool {
 // allowed: async mode or AllowDegraded across a failover (the mirrors
 // trail), a failover that chose a mirror without it (the ones with it
 // were down), or a write acknowledged by a primary after a failover away
-// from its branch began (it was never fenced in time: quarantined).
+// from its branch began (it was never fenced in time: quarantined), or one
+// by either side of a split brain (the operator gives up one).
 func (w *simWorld) checkDurableAcks(final []wire.EpochStart, last uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	failedOver := len(w.cutoff) > 0
+	failedOver := w.failovers > 0
 	if w.lossy || failedOver && (w.p.mode != wire.ModeSync || w.p.degraded) {
 		return
 	}
@@ -394,6 +395,9 @@ func (w *simWorld) checkDurableAcks(final []wire.EpochStart, last uint64) {
 		}
 		if t, ok := w.cutoff[wr.branch]; ok && !wr.done.Before(t) {
 			continue
+		}
+		if w.split[wr.epoch] {
+			continue // one side of a split brain is given up by the operator
 		}
 		durable := wr.fua
 		for _, f := range flushes {

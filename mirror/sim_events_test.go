@@ -525,29 +525,34 @@ func (w *simWorld) failover(e simEvent, rng *rand.Rand) bool {
 	if old != nil && e.f {
 		old.stop(false, false, rng)
 	}
-	w.mu.Lock()
-	if old != nil {
-		for _, b := range old.cur.hist {
-			if _, ok := w.cutoff[b.ID]; !ok {
-				w.cutoff[b.ID] = time.Now()
-			}
-		}
-	}
-	// An acknowledged write the target lacks is lost by this choice (a
-	// mirror that had it is down): not the promise's fault.
-	written, _ := target.cur.m.Node().Journal.Watermarks()
-	for _, wr := range w.writes {
-		if wr.finished && wr.err == nil && wr.seq > written && old != nil && wr.node == old.name {
-			w.lossy = true
-		}
-	}
-	w.mu.Unlock()
+	w.noteFailover(target)
 	if err := w.promote(target); err != nil {
 		w.tracef("promote %s refused: %v", target.name, err)
 		return false
 	}
 	w.tracef("%s promoted to epoch %d", target.name, target.cur.epoch)
 	return true
+}
+
+// noteFailover records a promotion of target: the branches of the primary
+// it replaces may be cut from now on, and an acknowledged write the target
+// lacks is lost by this choice (a mirror that had it is down, or is the
+// other side of a split brain): not the promise's fault.
+func (w *simWorld) noteFailover(target *simNode) {
+	written, _ := target.cur.m.Node().Journal.Watermarks()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, b := range w.lastHist {
+		if _, ok := w.cutoff[b.ID]; !ok {
+			w.cutoff[b.ID] = time.Now()
+		}
+	}
+	w.failovers++
+	for _, wr := range w.writes {
+		if wr.finished && wr.err == nil && wr.seq > written && wr.node != target.name {
+			w.lossy = true
+		}
+	}
 }
 
 // splitBrain cuts the two best mirrors off from each other and from the
@@ -566,7 +571,10 @@ func (w *simWorld) splitBrain(rng *rand.Rand) {
 		w.net.partition(a.name, p.name, rng)
 		w.net.partition(b.name, p.name, rng)
 	}
+	hist := w.lastHist
 	for _, n := range []*simNode{a, b} {
+		w.lastHist = hist
+		w.noteFailover(n)
 		if err := w.promote(n); err != nil {
 			w.tracef("split brain: promote %s refused: %v", n.name, err)
 			return

@@ -201,18 +201,20 @@ type simWorld struct {
 	trace []string
 	start time.Time
 
-	mu      sync.Mutex // guards the model below (clients and hooks update it)
-	fail    string     // the first invariant violation
-	writes  []*simWrite
-	truth   map[[2]uint64]*simWrite // (branch id, seq) → the record
-	nextID  uint64
-	clock   uint64                     // logical time of issues and completions
-	ackers  map[uint64]map[string]bool // epoch → nodes that acknowledged writes in it
-	split   map[uint64]bool            // epochs deliberately held by two primaries (split brain)
-	powered bool                       // a primary lost power: its image may hold strays
-	lossy   bool                       // a failover chose a mirror lacking acked writes
-	cutoff  map[uint64]time.Time       // branch → when a failover away from it began
-	reaped  sync.WaitGroup
+	mu        sync.Mutex // guards the model below (clients and hooks update it)
+	fail      string     // the first invariant violation
+	writes    []*simWrite
+	truth     map[[2]uint64]*simWrite // (branch id, seq) → the record
+	nextID    uint64
+	clock     uint64                     // logical time of issues and completions
+	ackers    map[uint64]map[string]bool // epoch → nodes that acknowledged writes in it
+	split     map[uint64]bool            // epochs deliberately held by two primaries (split brain)
+	powered   bool                       // a primary lost power: its image may hold strays
+	lossy     bool                       // a failover chose a mirror lacking acked writes
+	cutoff    map[uint64]time.Time       // branch → when a failover away from it began
+	failovers int
+	lastHist  []wire.EpochStart // the history of the primary started last
+	reaped    sync.WaitGroup
 }
 
 func (w *simWorld) failf(format string, args ...any) {
@@ -388,6 +390,7 @@ func (c *simInc) startPrimary(node *Node) error {
 	w.mu.Lock()
 	c.node, c.repl, c.vol = node, repl, vol
 	c.hist, c.epoch, c.lastSub = m.History, m.Epoch, node.Journal.LastSeq()
+	w.lastHist = m.History
 	w.mu.Unlock()
 	n.role = "primary"
 	c.respStop = func() {}
