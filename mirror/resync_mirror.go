@@ -87,6 +87,15 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 		d.applyMu.Unlock()
 		return fmt.Errorf("journal start at %d: %w", m.From, err)
 	}
+	// The store's release point belongs to the old journal: kept, it would
+	// count the records from From on as released (when From is below where
+	// the old journal had got to), and retention would delete them before
+	// the applier has them.
+	j.RemoveConsumer(storeConsumer)
+	if err := j.AddConsumer(storeConsumer, m.From, false); err != nil {
+		d.applyMu.Unlock()
+		return fmt.Errorf("journal start at %d: %w", m.From, err)
+	}
 	d.appliedSeq = m.From - 1
 	d.recent.Reset()
 	d.applyMu.Unlock()
