@@ -91,23 +91,26 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 	}
 	// Every other node counts that holds the record at the level: a
 	// mirror promoted since it acknowledged still has it.
+	// A node that died since (its ack may still have been on its way)
+	// counts with what its journal had reached when it died.
 	type view struct {
 		inc  *simInc
 		node *Node
 		d    *Mirror
+		dead bool
 	}
 	var vs []view
 	w.mu.Lock()
 	for _, n := range w.nodes {
 		m := n.cur
-		if n == c.n || m == nil || m.dead {
+		if n == c.n || m == nil {
 			continue
 		}
 		switch {
-		case n.role == "primary" && m.node != nil:
-			vs = append(vs, view{m, m.node, nil})
-		case n.role == "mirror" && m.m != nil:
-			vs = append(vs, view{m, nil, m.m})
+		case m.node != nil:
+			vs = append(vs, view{m, m.node, nil, m.dead})
+		case m.m != nil:
+			vs = append(vs, view{m, nil, m.m, m.dead})
 		}
 	}
 	w.mu.Unlock()
@@ -130,7 +133,7 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 		if have < seq {
 			continue
 		}
-		if level != wire.AckReceived && wr.kind != kFlush && !simJournalHolds(node.Journal, seq, wr) {
+		if level != wire.AckReceived && wr.kind != kFlush && !v.dead && !simJournalHolds(node.Journal, seq, wr) {
 			got[len(got)-1] += "(other record)"
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -230,7 +231,11 @@ func runSchedule(t *testing.T, seed uint64, p simParams, evs []simEvent, logw *s
 	var trace []string
 	defer func() {
 		if r := recover(); r != nil {
-			res.err = fmt.Sprintf("panic: %v", r)
+			if res.err != "" {
+				res.err += "\n(and then: " + fmt.Sprint(r) + ")"
+			} else {
+				res.err = fmt.Sprintf("panic: %v", r)
+			}
 		}
 		if logw != nil {
 			logw.WriteString("---- schedule trace\n" + strings.Join(trace, "\n") + "\n")
@@ -463,10 +468,11 @@ func simData(id uint64, n int) []byte {
 }
 
 // best is the mirror an operator promotes: consistent, not waiting for a
-// resync, and the furthest along (the most acknowledged writes).
+// resync, of the highest epoch, and the furthest along (the most
+// acknowledged writes).
 func (w *simWorld) best(exclude ...*simNode) *simNode {
 	var best *simNode
-	var bestSeq uint64
+	var bestSeq, bestEpoch uint64
 	for _, n := range w.mirrors() {
 		if slices.Contains(exclude, n) || n.cur.m == nil || n.cur.m.Node() == nil {
 			continue
@@ -475,14 +481,13 @@ func (w *simWorld) best(exclude ...*simNode) *simNode {
 		if m.Inconsistent || m.NeedsResync || m.Role != RoleMirror {
 			continue
 		}
-		_, durable := n.cur.m.Node().Journal.Watermarks()
-		written, _ := n.cur.m.Node().Journal.Watermarks()
+		written, durable := n.cur.m.Node().Journal.Watermarks()
 		seq := durable
 		if w.p.level != wire.AckDurable {
 			seq = written
 		}
-		if best == nil || seq > bestSeq {
-			best, bestSeq = n, seq
+		if best == nil || m.Epoch > bestEpoch || m.Epoch == bestEpoch && seq > bestSeq {
+			best, bestSeq, bestEpoch = n, seq, m.Epoch
 		}
 	}
 	return best
@@ -499,7 +504,10 @@ func (w *simWorld) promote(n *simNode) error {
 	}
 	var err error
 	select {
-	case err = <-c.mDone:
+	case <-c.mDone:
+		w.mu.Lock()
+		err = c.runErr
+		w.mu.Unlock()
 	case <-ctx.Done():
 		return fmt.Errorf("the mirror did not stop after its promotion")
 	}
@@ -510,7 +518,20 @@ func (w *simWorld) promote(n *simNode) error {
 	w.mu.Lock()
 	c.m = nil
 	w.mu.Unlock()
-	return c.startPrimary(node)
+	if err := c.startPrimary(node); err != nil {
+		return err
+	}
+	// A mirror that did not know the newest epoch yet takes an epoch
+	// another primary holds: a split brain, by the operator's choice.
+	for _, p := range w.primaries() {
+		if p != n && p.cur.epoch == c.epoch {
+			w.mu.Lock()
+			w.split[c.epoch] = true
+			w.mu.Unlock()
+			w.tracef("%s promoted to epoch %d, which %s holds: split brain", n.name, c.epoch, p.name)
+		}
+	}
+	return nil
 }
 
 // failover promotes the best mirror, after crashing the current primary
@@ -644,7 +665,10 @@ func (w *simWorld) observe() {
 		}
 		if n.role == "mirror" {
 			select {
-			case err := <-n.cur.mDone:
+			case <-n.cur.mDone:
+				w.mu.Lock()
+				err := n.cur.runErr
+				w.mu.Unlock()
 				w.failf("%s stopped mirroring on its own: %v", n.name, err)
 			default:
 			}
@@ -751,6 +775,17 @@ func (w *simWorld) teardown() {
 	case <-done:
 	case <-time.After(5 * time.Minute):
 		w.failf("the goroutines of a crashed process never ended")
+	}
+	if *simLeaksFlag {
+		time.Sleep(time.Minute) // whatever is still running now is stuck
+		buf := make([]byte, 1<<22)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "synctest bubble") && !strings.Contains(g, "simWorld).teardown") && !strings.Contains(g, "synctest.Run") &&
+				!strings.Contains(g, "testingSynctestTest") {
+				fmt.Println(g + "\n")
+			}
+		}
 	}
 }
 

@@ -45,6 +45,7 @@ var (
 	simVerboseFlag   = flag.Bool("sim.v", false, "TestSimNodes: log every event and the nodes' log lines")
 	simSoakFlag      = flag.Duration("sim.soak", 0, "TestSimSoak: run random seeds for this long")
 	simShrinkFlag    = flag.Bool("sim.shrink", true, "TestSimNodes: shrink a failing schedule")
+	simLeaksFlag     = flag.Bool("sim.leaks", false, "TestSimNodes: at the end of a run, print the goroutines still in its bubble")
 	simKeepGoingFlag = flag.Bool("sim.keepgoing", false, "TestSimNodes: run every seed and list the failing ones (no shrinking)")
 )
 
@@ -183,7 +184,8 @@ type simInc struct {
 	// as mirror
 	m       *Mirror
 	mStop   context.CancelFunc
-	mDone   chan error
+	mDone   chan struct{} // closed when Run returned (with runErr)
+	runErr  error
 	applied uint64 // the applier's last applied seq (onApply)
 
 	heldScan     uint64 // durable seqs already credited to the writes' heldBy
@@ -427,13 +429,19 @@ func (c *simInc) startMirror() error {
 		return fmt.Errorf("%s: open as mirror: %w", n.name, err)
 	}
 	w.mu.Lock()
-	c.m, c.mStop, c.mDone = d, stop, make(chan error, 1)
+	c.m, c.mStop, c.mDone = d, stop, make(chan struct{})
 	if d.Node() != nil {
 		c.applied = d.applied()
 	}
 	w.mu.Unlock()
 	n.role = "mirror"
-	go func() { c.mDone <- d.Run(ctx) }()
+	go func() {
+		err := d.Run(ctx)
+		w.mu.Lock()
+		c.runErr = err
+		w.mu.Unlock()
+		close(c.mDone)
+	}()
 	w.tracef("%s#%d up as mirror", n.name, c.id)
 	return nil
 }
