@@ -433,14 +433,17 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 // watchJournal feeds the journal's watermarks into the core at every
 // change of the journal. Not only when they differ from the last ones it
 // saw: a resync's reset moves the core's watermarks back, and the
-// journal's may return to the old values before this goroutine runs.
+// journal's may return to the old values before this goroutine runs. They
+// are read under d.mu: the reset empties the journal before it restarts
+// the core under d.mu, so a watermark of the old journal can never reach
+// the new core (it would acknowledge records it does not have).
 func (d *Mirror) watchJournal(ctx context.Context) {
 	defer d.wg.Done()
 	j := d.node.Journal
 	for {
 		ch := j.Changed()
-		w, du := j.Watermarks()
 		d.mu.Lock()
+		w, du := j.Watermarks()
 		d.core.LocalProgress(w, du)
 		d.processLocked()
 		d.mu.Unlock()
@@ -565,6 +568,9 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			rd = nil
 		}
 		d.mu.Lock()
+		// Read again under d.mu: a resync's reset may have moved it back
+		// since, and the core must not hear the old journal's seq.
+		applied = d.applied()
 		d.core.Applied(applied)
 		d.processLocked()
 		d.mu.Unlock()

@@ -149,8 +149,13 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 		w.mu.Unlock()
 	}
 	if held < p.k {
-		w.failf("%s acknowledged %v %d (seq %d) with %d other nodes holding it at level %v, want %d (nodes at %v)",
-			c.n.name, wr.kind, wr.id, seq, held, level, p.k, got)
+		st := c.repl.Status()
+		var acks []string
+		for _, ps := range st.Peers {
+			acks = append(acks, fmt.Sprintf("%s=%s(%d/%d/%d)", ps.Name, ps.State, ps.Received, ps.Written, ps.Durable))
+		}
+		w.failf("%s acknowledged %v %d (seq %d) with %d other nodes holding it at level %v, want %d (nodes at %v; its acks %v)",
+			c.n.name, wr.kind, wr.id, seq, held, level, p.k, got, acks)
 	}
 }
 

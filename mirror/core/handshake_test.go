@@ -156,6 +156,36 @@ func TestReplicaQuarantinedNeverApplied(t *testing.T) {
 	}
 }
 
+// A mirror whose journal diverged acknowledges nothing until its resync
+// resets the journal: its watermarks count records the primary does not
+// have at those seqs.
+func TestReplicaNoAcksWhileDiverged(t *testing.T) {
+	cfg := replicaConfig()
+	cfg.LastSeq, cfg.DurableSeq, cfg.AppliedSeq = 170, 150, 140
+	r := newReplica(t, cfg)
+	h := primaryHello(wire.AckWritten)
+	h.History = append(h.History, wire.EpochStart{Epoch: 5, FirstSeq: 146, ID: 9})
+	h.LastSeq = 145
+	if reply := r.Hello(h, 170); reply.Flags&wire.FlagNeedsResync == 0 {
+		t.Fatal("no resync asked")
+	}
+	r.Ready()
+	r.LocalProgress(170, 170) // the old journal's tail becomes durable
+	r.Applied(150)
+	if rd := r.Ready(); rd.SendAck {
+		t.Fatalf("a diverged mirror acknowledged %+v", rd.Ack)
+	}
+	r.BeginResync(wire.ResyncBegin{From: 146, Reset: true, Chunk: 65536})
+	r.Restart(146)
+	if err := r.Receive(recs(5, 146, 146)); err != nil {
+		t.Fatal(err)
+	}
+	r.LocalProgress(146, 146)
+	if rd := r.Ready(); !rd.SendAck || rd.Ack.Durable != 146 {
+		t.Fatalf("after the reset: %+v", rd)
+	}
+}
+
 func TestReplicaBeginResync(t *testing.T) {
 	r := newReplica(t, replicaConfig())
 	r.Hello(primaryHello(wire.AckWritten), 100)

@@ -439,11 +439,11 @@ func (r *ReplicaCore) LocalProgress(written, durable uint64) {
 		if r.received < written {
 			r.received = written
 		}
-		r.ready.SendAck = r.active
+		r.ready.SendAck = r.acking()
 	}
 	if durable > r.durable {
 		r.durable = durable
-		r.ready.SendAck = r.active
+		r.ready.SendAck = r.acking()
 		r.release()
 	}
 	r.maybeSync()
@@ -455,7 +455,7 @@ func (r *ReplicaCore) Applied(seq uint64) {
 		return
 	}
 	r.applied = seq
-	r.ready.SendAck = r.active
+	r.ready.SendAck = r.acking()
 	if r.applied-r.checkpointAt >= r.cfg.CheckpointEvery {
 		r.checkpointAt = r.applied
 		r.ready.Checkpoint = r.applied
@@ -497,6 +497,15 @@ func (r *ReplicaCore) Status() ReplicaStatus {
 
 // AckLevel is the level the primary counts acks at (from its Hello).
 func (r *ReplicaCore) AckLevel() wire.AckLevel { return r.ackLevel }
+
+// acking reports whether the node's watermarks may be acknowledged: in a
+// session, and not while it waits for a resync. Then its journal holds
+// records after a fork from the primary's history, and a watermark of
+// them (a sync of one of them completing) would make the primary count
+// records of its own at those seqs as held here.
+func (r *ReplicaCore) acking() bool {
+	return r.active && r.cfg.Flags&wire.FlagNeedsResync == 0
+}
 
 func (r *ReplicaCore) ack() wire.Ack {
 	return wire.Ack{Received: r.received, Written: r.written, Durable: r.durable, Applied: r.applied}
