@@ -51,6 +51,7 @@ func (w *simWorld) complete(c *simInc, wr *simWrite, err error) {
 	w.mu.Lock()
 	w.clock++
 	wr.finished, wr.done, wr.doneN, wr.err = true, time.Now(), w.clock, err
+	wr.stale = wr.epoch < w.maxEpoch
 	dead := c.dead
 	n := c.n
 	w.mu.Unlock()
@@ -406,6 +407,9 @@ func (w *simWorld) checkDurableAcks(final []wire.EpochStart, last uint64) {
 		}
 		if w.split[wr.epoch] {
 			continue // one side of a split brain is given up by the operator
+		}
+		if wr.stale {
+			continue // acknowledged by a primary of an epoch a promotion superseded: fenced later, quarantined
 		}
 		durable := wr.fua
 		for _, f := range flushes {

@@ -521,16 +521,6 @@ func (w *simWorld) promote(n *simNode) error {
 	if err := c.startPrimary(node); err != nil {
 		return err
 	}
-	// A mirror that did not know the newest epoch yet takes an epoch
-	// another primary holds: a split brain, by the operator's choice.
-	for _, p := range w.primaries() {
-		if p != n && p.cur.epoch == c.epoch {
-			w.mu.Lock()
-			w.split[c.epoch] = true
-			w.mu.Unlock()
-			w.tracef("%s promoted to epoch %d, which %s holds: split brain", n.name, c.epoch, p.name)
-		}
-	}
 	return nil
 }
 

@@ -126,6 +126,7 @@ type simWrite struct {
 	barrier uint64
 
 	finished  bool
+	stale     bool // acknowledged while a higher epoch than its primary's existed
 	done      time.Time
 	err       error
 	cancelled bool
@@ -216,6 +217,8 @@ type simWorld struct {
 	cutoff    map[uint64]time.Time       // branch → when a failover away from it began
 	failovers int
 	lastHist  []wire.EpochStart // the history of the primary started last
+	maxEpoch  uint64            // the highest epoch a primary has started in
+	holders   map[uint64]string // epoch → the node that became primary in it
 	reaped    sync.WaitGroup
 }
 
@@ -280,7 +283,7 @@ func newSimWorld(seed uint64, p simParams, logw *strings.Builder) *simWorld {
 	w := &simWorld{
 		seed: seed, p: p, net: newSimNet(seed), start: time.Now(),
 		truth: map[[2]uint64]*simWrite{}, ackers: map[uint64]map[string]bool{}, split: map[uint64]bool{},
-		cutoff: map[uint64]time.Time{},
+		cutoff: map[uint64]time.Time{}, holders: map[uint64]string{},
 	}
 	w.log = slog.New(slog.DiscardHandler)
 	if logw != nil {
@@ -393,6 +396,15 @@ func (c *simInc) startPrimary(node *Node) error {
 	c.node, c.repl, c.vol = node, repl, vol
 	c.hist, c.epoch, c.lastSub = m.History, m.Epoch, node.Journal.LastSeq()
 	w.lastHist = m.History
+	w.maxEpoch = max(w.maxEpoch, m.Epoch)
+	// A promotion into an epoch another node already became primary in
+	// (a mirror that did not know the newest epoch yet): a split brain by
+	// the operator's choice; both sides may acknowledge in it.
+	if h, ok := w.holders[m.Epoch]; ok && h != n.name {
+		w.split[m.Epoch] = true
+		w.tracef("%s primary in epoch %d, which %s held already: split brain", n.name, m.Epoch, h)
+	}
+	w.holders[m.Epoch] = n.name
 	w.mu.Unlock()
 	n.role = "primary"
 	c.respStop = func() {}
