@@ -214,8 +214,19 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		}()
 	}
 	wg.Add(2)
-	go func() { defer wg.Done(); errc <- l.sendRecords(sctx, s) }()
-	go func() { defer wg.Done(); errc <- l.sendControl(sctx, s) }()
+	// A sender that stops (records gone, a write failed) ends the session:
+	// the next handshake decides anew. Left up, nobody would send.
+	send := func(f func(context.Context, *session) error) {
+		defer wg.Done()
+		err := f(sctx, s)
+		errc <- err
+		if sctx.Err() == nil {
+			cancel()
+			st.Cancel(0)
+		}
+	}
+	go send(l.sendRecords)
+	go send(l.sendControl)
 	rerr := l.receive(sctx, s)
 	cancel()
 	st.Cancel(0)
@@ -306,6 +317,9 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 func (l *peerLink) markNeedsResync() {
 	l.r.mu.Lock()
 	l.needsResync = true
+	// The next handshake must see the journal as it is now, not as of
+	// the last tick: the mirror is resynced instead of streamed to again.
+	l.r.core.JournalFirst(l.r.j.FirstSeq())
 	l.r.mu.Unlock()
 	l.log.Warn("records this mirror needs were dropped from the journal; it needs a resync")
 }
