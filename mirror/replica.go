@@ -39,6 +39,9 @@ type MirrorOptions struct {
 	// resync's reset of the journal to continue at from.
 	onApply func(rec journal.Record)
 	onReset func(from uint64)
+	// onQuarantine (tests, under d.mu) sees the fork point after which
+	// the journal's records were quarantined.
+	onQuarantine func(fork uint64)
 }
 
 func (o MirrorOptions) withDefaults() MirrorOptions {
@@ -723,6 +726,9 @@ func (d *Mirror) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.
 		}
 		if q.Adopt != nil {
 			d.splitBrain = "" // this node gave up its side
+		}
+		if d.opts.onQuarantine != nil {
+			d.opts.onQuarantine(q.After)
 		}
 	}
 	if q == nil && rd.NewEpoch == 0 {

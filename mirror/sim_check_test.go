@@ -33,9 +33,9 @@ import (
 //     the schedule deliberately gave two primaries), and a node never
 //     acknowledges a write after it was seen fenced in its epoch
 //     (checkAck, observeFences).
-//   - Divergent records (of a branch the final history does not keep) that
-//     a node's journal held durably are in that node's quarantine files,
-//     never dropped (checkQuarantined).
+//   - Divergent records are quarantined, never dropped: when a node sets
+//     aside its records after a fork point, every one of them its journal
+//     held durably is in its quarantine files (checkQuarantines).
 //   - Durably acknowledged writes (FUA, or followed by a completed flush)
 //     survive: they are in the final history, unless a failover or the
 //     mode allows their loss (checkDurableAcks).
@@ -189,7 +189,7 @@ func (w *simWorld) observeFences() {
 }
 
 // observeHeld credits every record durable in a node's journal to the
-// node (checkQuarantined needs to know who held a divergent record).
+// node (checkQuarantines needs to know what a node held).
 func (w *simWorld) observeHeld() {
 	for _, n := range w.nodes {
 		c := n.cur
@@ -320,7 +320,6 @@ func (w *simWorld) finalChecks(res *simResult) {
 	final := p.cur.node.Meta().History
 	last := p.cur.repl.Status().LastSeq
 	w.checkDurableAcks(final, last)
-	res.quar = w.checkQuarantined(final)
 	w.mu.Lock()
 	powered := w.powered
 	w.mu.Unlock()
@@ -426,60 +425,58 @@ func (w *simWorld) checkDurableAcks(final []wire.EpochStart, last uint64) {
 	}
 }
 
-// checkQuarantined: every divergent record a node's journal held
-// durably is in one of that node's quarantine files (or its report says
-// the journal no longer had it: MissingBefore). It returns how many
-// divergent records were found quarantined.
-func (w *simWorld) checkQuarantined(final []wire.EpochStart) int {
-	last := w.primaries()[0].cur.repl.Status().LastSeq
-	type key struct {
-		node string
-		seq  uint64
-	}
-	need := map[key]*simWrite{}
-	w.mu.Lock()
-	for _, wr := range w.writes {
-		if wr.seq == 0 || inFinal(final, last, wr) {
-			continue
-		}
-		for node := range wr.heldBy {
-			need[key{node, wr.seq}] = wr
-		}
-	}
-	w.mu.Unlock()
-	if len(need) == 0 {
-		return 0
-	}
+// checkQuarantines: when a node quarantines its journal's records after a
+// fork point F (onQuarantine), every record after F that its journal held
+// durably (observeHeld; a resync's reset forgets them) is in its
+// quarantine files, never dropped; the quarantine report may instead say
+// it was missing (MissingBefore) for a record the node received as a
+// mirror (applied and checkpointed before the fork was known: its data is
+// in the store only) or one the journal's size bound dropped
+// (--journal-max), both documented. Otherwise a primary keeps its own
+// records for its mirrors until it has compared histories (the peer
+// guards). It returns how many records it found quarantined.
+func (w *simWorld) checkQuarantines() int {
 	found := 0
 	for _, n := range w.nodes {
+		c := n.cur
+		w.mu.Lock()
+		forks := c.quarantines
+		c.quarantines = nil
+		w.mu.Unlock()
+		if len(forks) == 0 {
+			continue
+		}
 		var reps []QuarantineReport
 		recs := map[uint64][]journal.Record{}
-		if err := simReadQuarantine(n.cur.disk.fs, recs, &reps); err != nil {
+		if err := simReadQuarantine(n.mem, recs, &reps); err != nil {
 			w.failf("%s: read its quarantine: %v", n.name, err)
 			return found
 		}
-		for k, wr := range need {
-			if k.node != n.name {
-				continue
-			}
-			ok := false
-			for _, r := range recs[k.seq] {
-				if simSameRecord(wr, r) {
-					ok = true
+		w.mu.Lock()
+		for _, q := range forks {
+			fork := q.fork
+			for _, wr := range q.held {
+				ok := false
+				for _, r := range recs[wr.seq] {
+					ok = ok || simSameRecord(wr, r)
 				}
-			}
-			for _, rep := range reps {
-				if rep.MissingBefore > k.seq && rep.ForkSeq < k.seq {
-					ok = true // documented: checkpointed and dropped before the fork was known
+				for _, rep := range reps {
+					// Reported missing: a record it received as a mirror
+					// and checkpointed before the fork was known, or one
+					// the journal's size bound dropped (both documented).
+					sized := w.p.journalMax > 0
+					ok = ok || rep.MissingBefore > wr.seq && rep.ForkSeq < wr.seq && (wr.node != n.name || sized)
 				}
+				if !ok {
+					w.failLocked("%s quarantined its records after seq %d, but not %v %d (seq %d of branch %x), which its journal held durably (%d reports)",
+						n.name, fork, wr.kind, wr.id, wr.seq, wr.branch, len(reps))
+					w.mu.Unlock()
+					return found
+				}
+				found++
 			}
-			if !ok {
-				w.failf("%s held divergent %v %d (seq %d of branch %x) durably, and it is in none of its quarantine files (%d reports)",
-					n.name, wr.kind, wr.id, k.seq, wr.branch, len(reps))
-				return found
-			}
-			found++
 		}
+		w.mu.Unlock()
 	}
 	return found
 }

@@ -666,6 +666,7 @@ func (w *simWorld) observe() {
 	}
 	w.observeFences()
 	w.observeHeld()
+	w.quarantined += w.checkQuarantines()
 }
 
 // settle heals every fault, lets an operator resolve the roles (one
@@ -698,6 +699,7 @@ func (w *simWorld) settle(res *simResult) {
 		w.resolve()
 		if why = w.converged(); why == "" {
 			w.finalChecks(res)
+			res.quar = w.quarantined
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

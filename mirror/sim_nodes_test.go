@@ -188,6 +188,11 @@ type simInc struct {
 	mDone   chan struct{} // closed when Run returned (with runErr)
 	runErr  error
 	applied uint64 // the applier's last applied seq (onApply)
+	fork    uint64 // records after it were quarantined (forked); none may be applied until a reset
+	forked  bool
+	// quarantines: what quarantines since the last quiescent point had to
+	// set aside (checkQuarantines checks the files there).
+	quarantines []simQuarantine
 
 	heldScan     uint64 // durable seqs already credited to the writes' heldBy
 	ackedWritten uint64 // highest seq counted on it as acked at level written (I1')
@@ -204,22 +209,23 @@ type simWorld struct {
 	trace []string
 	start time.Time
 
-	mu        sync.Mutex // guards the model below (clients and hooks update it)
-	fail      string     // the first invariant violation
-	writes    []*simWrite
-	truth     map[[2]uint64]*simWrite // (branch id, seq) → the record
-	nextID    uint64
-	clock     uint64                     // logical time of issues and completions
-	ackers    map[uint64]map[string]bool // epoch → nodes that acknowledged writes in it
-	split     map[uint64]bool            // epochs deliberately held by two primaries (split brain)
-	powered   bool                       // a primary lost power: its image may hold strays
-	lossy     bool                       // a failover chose a mirror lacking acked writes
-	cutoff    map[uint64]time.Time       // branch → when a failover away from it began
-	failovers int
-	lastHist  []wire.EpochStart // the history of the primary started last
-	maxEpoch  uint64            // the highest epoch a primary has started in
-	holders   map[uint64]string // epoch → the node that became primary in it
-	reaped    sync.WaitGroup
+	mu          sync.Mutex // guards the model below (clients and hooks update it)
+	fail        string     // the first invariant violation
+	writes      []*simWrite
+	truth       map[[2]uint64]*simWrite // (branch id, seq) → the record
+	nextID      uint64
+	clock       uint64                     // logical time of issues and completions
+	ackers      map[uint64]map[string]bool // epoch → nodes that acknowledged writes in it
+	split       map[uint64]bool            // epochs deliberately held by two primaries (split brain)
+	powered     bool                       // a primary lost power: its image may hold strays
+	lossy       bool                       // a failover chose a mirror lacking acked writes
+	cutoff      map[uint64]time.Time       // branch → when a failover away from it began
+	failovers   int
+	lastHist    []wire.EpochStart // the history of the primary started last
+	maxEpoch    uint64            // the highest epoch a primary has started in
+	holders     map[uint64]string // epoch → the node that became primary in it
+	quarantined int               // records found quarantined (checkQuarantines)
+	reaped      sync.WaitGroup
 }
 
 func (w *simWorld) failf(format string, args ...any) {
@@ -433,7 +439,7 @@ func (c *simInc) startMirror() error {
 	ctx, stop := context.WithCancel(context.Background())
 	d, err := newMirrorOn(ctx, ln, MirrorOptions{
 		Name: n.name, Node: c.nodeOptions(false), Tick: 10 * time.Millisecond, CheckpointInterval: w.p.mirrorCkpt,
-		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset,
+		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset, onQuarantine: c.onQuarantine,
 	})
 	if err != nil {
 		stop()
@@ -504,6 +510,9 @@ func (c *simInc) onApply(rec journal.Record) {
 	if c.dead {
 		return
 	}
+	if c.forked && rec.Seq > c.fork {
+		w.failLocked("%s applied seq %d, after the fork point %d it quarantined the journal's records after", c.n.name, rec.Seq, c.fork)
+	}
 	if c.applied != 0 && rec.Seq != c.applied+1 {
 		w.failLocked("%s applied seq %d after %d: a record skipped or applied twice", c.n.name, rec.Seq, c.applied)
 	}
@@ -515,10 +524,40 @@ func (c *simInc) onApply(rec journal.Record) {
 	}
 }
 
+// simQuarantine is a quarantine decision and the records it must keep.
+type simQuarantine struct {
+	fork uint64
+	held []*simWrite
+}
+
+func (c *simInc) onQuarantine(fork uint64) {
+	w := c.n.w
+	w.mu.Lock()
+	if !c.forked || fork < c.fork {
+		c.fork, c.forked = fork, true
+	}
+	// What the journal held durably after the fork, as of now (the file
+	// is written already): all of it must be in the quarantine.
+	q := simQuarantine{fork: fork}
+	for _, wr := range w.writes {
+		if wr.heldBy[c.n.name] && wr.seq > fork {
+			q.held = append(q.held, wr)
+		}
+	}
+	c.quarantines = append(c.quarantines, q)
+	w.mu.Unlock()
+}
+
 func (c *simInc) onReset(from uint64) {
 	w := c.n.w
 	w.mu.Lock()
+	c.forked = false
 	c.applied, c.heldScan = from-1, from-1
+	// The journal is empty now: what it held is the primary's (up to the
+	// fork) or quarantined (checked when it was).
+	for _, wr := range w.writes {
+		delete(wr.heldBy, c.n.name)
+	}
 	c.ackedWritten, c.ackedDurable = 0, 0
 	w.mu.Unlock()
 }
