@@ -222,6 +222,7 @@ type simNodeEnd struct {
 	fenced      bool  // seen fenced as a primary
 	quarantined int   // quarantine reports on its disk
 	resynced    int64 // resync chunks it wrote (all incarnations)
+	splitBrain  bool  // it reported a split brain as a mirror
 }
 
 // runSchedule runs one schedule in its own synctest bubble. It reports
@@ -257,7 +258,7 @@ func (w *simWorld) run(evs []simEvent) (res simResult) {
 			res.epoch = cur.cur.epoch
 		}
 		for _, n := range w.nodes {
-			e := simNodeEnd{role: n.role, fenced: n.fencedIn != 0, resynced: n.resynced}
+			e := simNodeEnd{role: n.role, fenced: n.fencedIn != 0, resynced: n.resynced, splitBrain: n.splitBrain}
 			if n.role == "mirror" && n.cur.m != nil {
 				e.resynced += n.cur.m.Status().ResyncChunks
 			}
@@ -652,6 +653,9 @@ func (w *simWorld) observe() {
 			w.tracef("%s crashed at an armed file operation (power loss %v)", n.name, n.armedPower)
 			n.stop(false, n.armedPower, rand.New(rand.NewPCG(w.seed, uint64(n.cur.id)<<8|uint64(len(w.trace)))))
 			continue
+		}
+		if n.role == "mirror" && n.cur.m != nil && n.cur.m.Status().SplitBrain != "" {
+			n.splitBrain = true
 		}
 		if n.role == "mirror" {
 			select {

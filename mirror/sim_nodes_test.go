@@ -161,6 +161,7 @@ type simNode struct {
 	fencedIn   uint64  // the epoch in which it was seen fenced as primary
 	armedPower bool    // the armed crash is a power loss
 	resynced   int64   // resync chunks its finished mirror incarnations wrote
+	splitBrain bool    // it reported a split brain (as a mirror)
 }
 
 // simInc is one incarnation of a node's process. Its hooks run in the

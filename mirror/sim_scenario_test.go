@@ -25,7 +25,8 @@ import (
 //	  number per line, each line may end in a # comment
 //	expect
 //	  converged | quarantined NODE [N] | resynced NODE | fenced NODE |
-//	  not-fenced NODE | role NODE primary|mirror | epoch N
+//	  not-fenced NODE | split-brain NODE | no-split-brain NODE |
+//	  role NODE primary|mirror | epoch N
 //
 // Every story runs the simulation's invariants too, and after its events
 // the faults heal and the cluster must converge.
@@ -212,6 +213,14 @@ func parseExpect(line string) (scenarioExpect, error) {
 			n, msg := end(r)
 			if msg == "" && n.fenced != (f[0] == "fenced") {
 				msg = fmt.Sprintf("fenced %v", n.fenced)
+			}
+			return msg
+		}
+	case "split-brain", "no-split-brain":
+		e.check = func(r simResult) string {
+			n, msg := end(r)
+			if msg == "" && n.splitBrain != (f[0] == "split-brain") {
+				msg = fmt.Sprintf("reported a split brain: %v", n.splitBrain)
 			}
 			return msg
 		}
