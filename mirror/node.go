@@ -58,6 +58,10 @@ type NodeOptions struct {
 
 	// journalQueueBytes (tests): journal.Options.QueueBytes.
 	journalQueueBytes int64
+	// history, when not empty, is the epoch history a newly created volume
+	// starts with (a new mirror takes its first primary's, in the same
+	// metadata write that creates the volume).
+	history []EpochStart
 }
 
 // errNoVolume: the data directory holds no volume and none was asked for.
@@ -206,6 +210,10 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
 			History: []EpochStart{{Epoch: 1, FirstSeq: 1, ID: randomID()}}}
+		if n := len(opts.history); n > 0 {
+			meta.History = append([]EpochStart(nil), opts.history...)
+			meta.Epoch = opts.history[n-1].Epoch
+		}
 		if err := meta.Save(fsys, opts.Dir); err != nil {
 			st.Close()
 			return nil, err

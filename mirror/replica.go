@@ -947,22 +947,14 @@ func (d *Mirror) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logge
 	nopts.Volume = h.Volume
 	nopts.Role = RoleMirror
 	nopts.Logger = d.log
+	// A new, empty mirror takes the primary's history: it holds no record
+	// of its own that could differ. In the metadata write that creates
+	// the volume: a crash between two writes would leave a mirror with a
+	// history of its own, which would take its primary for a split brain.
+	nopts.history = h.History
 	node, err := OpenNode(ctx, nopts)
 	if err != nil {
 		return fmt.Errorf("create the volume: %w", err)
-	}
-	// A new, empty mirror takes the primary's history: it holds no record
-	// of its own that could differ.
-	hist := append([]EpochStart(nil), h.History...)
-	if len(hist) > 0 {
-		err = node.UpdateMeta(func(m *Meta) error {
-			m.History, m.Epoch = hist, hist[len(hist)-1].Epoch
-			return nil
-		})
-		if err != nil {
-			node.Close()
-			return err
-		}
 	}
 	// A new mirror starts at seq 0 with a zeroed disk: it can catch up
 	// from the journal only if the primary still has seq 1 and its disk
