@@ -21,28 +21,30 @@ import (
 type simOp uint8
 
 const (
-	evWrite    simOp = iota // a write of n blocks at block a (FUA with f)
-	evZero                  // write zeroes at block a
-	evTrim                  // trim block a
-	evFlush                 // a flush
-	evCancel                // cancel the a-th request in flight
-	evSleep                 // let d pass
-	evCut                   // cut the connections between nodes a and b
-	evPart                  // partition nodes a and b (until heal)
-	evHeal                  // heal every partition
-	evSlow                  // add d to the delay between a and b
-	evCrash                 // crash node a's process (power loss with f)
-	evArm                   // node a dies at its n-th next file change (power loss with f)
-	evRestart               // start node a again if it is down
-	evBounce                // stop node a cleanly and start it again
-	evFailover              // promote the best mirror (crash the primary first with f)
-	evDemote                // demote a primary older than the current one, or a split brain's loser
-	evSplit                 // split brain: cut two mirrors off and promote both
+	evWrite     simOp = iota // a write of n blocks at block a (FUA with f)
+	evZero                   // write zeroes at block a
+	evTrim                   // trim block a
+	evFlush                  // a flush
+	evCancel                 // cancel the a-th request in flight
+	evSleep                  // let d pass
+	evCut                    // cut the connections between nodes a and b
+	evPart                   // partition nodes a and b (until heal)
+	evHeal                   // heal every partition
+	evSlow                   // add d to the delay between a and b
+	evCrash                  // crash node a's process (power loss with f)
+	evArm                    // node a dies at its n-th next file change (power loss with f)
+	evRestart                // start node a again if it is down
+	evBounce                 // stop node a cleanly and start it again
+	evFailover               // promote the best mirror (crash the primary first with f)
+	evDemote                 // demote a primary older than the current one, or a split brain's loser
+	evSplit                  // split brain: cut two mirrors off and promote both
+	evIOErr                  // node a's next store write (journal write with f) fails with EIO
+	evArmResync              // a mirror waiting for a resync loses power at its n-th next file change
 	simOps
 )
 
 var simOpNames = [...]string{"w", "z", "t", "flush", "cancel", "s", "cut", "part", "heal", "slow", "crash", "arm", "restart",
-	"bounce", "failover", "demote", "split"}
+	"bounce", "failover", "demote", "split", "eio", "armresync"}
 
 // simEvent is one event of a schedule. Node and block arguments are taken
 // modulo what exists when it is applied; an event that does not apply
@@ -64,7 +66,7 @@ func (e simEvent) String() string {
 		if e.n > 1 {
 			s += "x" + strconv.Itoa(e.n)
 		}
-	case evZero, evTrim, evCancel, evRestart, evBounce, evFailover, evDemote:
+	case evZero, evTrim, evCancel, evRestart, evBounce, evFailover, evDemote, evIOErr:
 		s += strconv.Itoa(e.a)
 	case evSleep:
 		s += e.d.String()
@@ -74,7 +76,7 @@ func (e simEvent) String() string {
 		s += fmt.Sprintf("%d-%d:%v", e.a, e.b, e.d)
 	case evCrash:
 		s += strconv.Itoa(e.a)
-	case evArm:
+	case evArm, evArmResync:
 		s += fmt.Sprintf("%d:%d", e.a, e.n)
 	}
 	if e.f {
@@ -120,7 +122,7 @@ func parseSchedule(s string) ([]simEvent, error) {
 					e.n, err = strconv.Atoi(n)
 				}
 			}
-		case evZero, evTrim, evCancel, evRestart, evBounce, evFailover, evDemote, evCrash:
+		case evZero, evTrim, evCancel, evRestart, evBounce, evFailover, evDemote, evCrash, evIOErr:
 			e.a, err = strconv.Atoi(arg)
 		case evSleep:
 			e.d, err = time.ParseDuration(arg)
@@ -131,7 +133,7 @@ func parseSchedule(s string) ([]simEvent, error) {
 			if _, err = fmt.Sscanf(pair, "%d-%d", &e.a, &e.b); err == nil {
 				e.d, err = time.ParseDuration(d)
 			}
-		case evArm:
+		case evArm, evArmResync:
 			_, err = fmt.Sscanf(arg, "%d:%d", &e.a, &e.n)
 		}
 		if err != nil {
@@ -146,6 +148,12 @@ func parseSchedule(s string) ([]simEvent, error) {
 func drawSchedule(seed uint64) []simEvent {
 	rng := rand.New(rand.NewPCG(seed, 0x5c4ed))
 	faults := []int{0, 1, 3, 6}[rng.IntN(4)] // how faulty this schedule is
+	// A third of the schedules are about failover: promotions, crashes and
+	// restarts of primaries, demotions, more often.
+	failovers := rng.IntN(3) == 0
+	if failovers {
+		faults = max(faults, 3)
+	}
 	n := 40 + rng.IntN(120)
 	evs := make([]simEvent, 0, n)
 	for len(evs) < n {
@@ -153,24 +161,32 @@ func drawSchedule(seed uint64) []simEvent {
 		e.a, e.b = rng.IntN(4), rng.IntN(4)
 		x := rng.IntN(100)
 		if x >= 100-faults*4 {
-			switch y := rng.IntN(100); {
-			case y < 20:
+			y := rng.IntN(100)
+			if failovers && y < 30 {
+				y = 84 + y%16 // failover, demote, split
+			}
+			switch {
+			case y < 18:
 				e.op = evCut
-			case y < 30:
+			case y < 27:
 				e.op = evPart
-			case y < 36:
+			case y < 33:
 				e.op = evHeal
-			case y < 41:
+			case y < 37:
 				e.op, e.d = evSlow, time.Duration(1+rng.IntN(50))*time.Millisecond
-			case y < 56:
+			case y < 51:
 				e.op, e.f = evCrash, rng.IntN(2) == 0
-			case y < 66:
+			case y < 59:
 				e.op, e.n, e.f = evArm, 1+rng.IntN(30), rng.IntN(2) == 0
-			case y < 78:
+			case y < 63:
+				e.op, e.n = evArmResync, 1+rng.IntN(40)
+			case y < 66:
+				e.op, e.f = evIOErr, rng.IntN(3) == 0
+			case y < 77:
 				e.op = evRestart
 			case y < 84:
 				e.op = evBounce
-			case y < 91:
+			case y < 92:
 				e.op, e.f = evFailover, rng.IntN(2) == 0
 			case y < 97:
 				e.op = evDemote
@@ -407,6 +423,37 @@ func (w *simWorld) apply(i int, e simEvent, res *simResult) {
 		w.demoteOne(e.a)
 	case evSplit:
 		w.splitBrain(rng)
+	case evIOErr:
+		n := node(e.a)
+		if n.role != "down" {
+			target := "disk.img"
+			if e.f {
+				target = "journal"
+			}
+			n.cur.disk.failNextWrite(target)
+			n.ioErr = true
+		}
+	case evArmResync:
+		var waiting []*simNode
+		for _, m := range w.mirrors() {
+			if m.cur.m != nil && m.cur.m.Node() != nil {
+				if meta := m.cur.m.Node().Meta(); meta.NeedsResync || meta.Inconsistent {
+					waiting = append(waiting, m)
+				}
+			}
+		}
+		if len(waiting) > 0 {
+			n := waiting[e.a%len(waiting)]
+			c := n.cur
+			n.armedPower = true
+			c.disk.arm(e.n, func() {
+				w.mu.Lock()
+				c.dead = true
+				w.mu.Unlock()
+				w.net.silence(n.name, rand.New(rand.NewPCG(w.seed, uint64(c.id)<<8|uint64(i))))
+			})
+			w.tracef("%s armed to lose power at its %d-th next file change", n.name, e.n)
+		}
 	}
 }
 
@@ -693,6 +740,13 @@ func (w *simWorld) settle(res *simResult) {
 			return
 		}
 		for _, n := range w.nodes {
+			if n.role != "down" && n.ioErr {
+				// The operator restarts a daemon that an I/O error stopped
+				// (its journal or volume fails every later write).
+				n.stop(true, false, nil)
+				w.tracef("settle: %s restarted after its I/O error", n.name)
+			}
+			n.ioErr = false
 			if n.role == "down" {
 				if err := n.boot(); err != nil {
 					w.failf("restart %s after the faults healed: %v", n.name, err)

@@ -45,6 +45,7 @@ var (
 	simVerboseFlag   = flag.Bool("sim.v", false, "TestSimNodes: log every event and the nodes' log lines")
 	simSoakFlag      = flag.Duration("sim.soak", 0, "TestSimSoak: run random seeds for this long")
 	simShrinkFlag    = flag.Bool("sim.shrink", true, "TestSimNodes: shrink a failing schedule")
+	simProcsFlag     = flag.Int("sim.procs", 1, "TestSimNodes: GOMAXPROCS while it runs (above 1 goroutines race for real: more interleavings, replays not exact)")
 	simLeaksFlag     = flag.Bool("sim.leaks", false, "TestSimNodes: at the end of a run, print the goroutines still in its bubble")
 	simKeepGoingFlag = flag.Bool("sim.keepgoing", false, "TestSimNodes: run every seed and list the failing ones (no shrinking)")
 )
@@ -162,6 +163,7 @@ type simNode struct {
 	armedPower bool    // the armed crash is a power loss
 	resynced   int64   // resync chunks its finished mirror incarnations wrote
 	splitBrain bool    // it reported a split brain (as a mirror)
+	ioErr      bool    // an I/O error was injected: the operator restarts it when the faults heal
 }
 
 // simInc is one incarnation of a node's process. Its hooks run in the
@@ -315,7 +317,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 
 func (c *simInc) nodeOptions(create bool) NodeOptions {
 	w := c.n.w
-	o := NodeOptions{Dir: simDir, FS: c.disk.fs, JournalSegment: 16 << 10, JournalMax: w.p.journalMax,
+	o := NodeOptions{Dir: simDir, FS: c.disk.fs, JournalSegment: 4 << 10, JournalMax: w.p.journalMax,
 		Logger: w.log.With("node", c.n.name, "inc", c.id)}
 	if create {
 		o.Size, o.Role = simSize, RolePrimary

@@ -14,7 +14,7 @@ import (
 func TestSimNodes(t *testing.T) {
 	// One P: goroutines between two quiescent points run one at a time,
 	// so a schedule replays (select's random choices aside).
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(*simProcsFlag))
 	if *simSeedFlag != 0 {
 		evs := drawSchedule(*simSeedFlag)
 		if *simScheduleFlag != "" {

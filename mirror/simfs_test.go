@@ -2,7 +2,10 @@ package mirror
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 )
@@ -26,7 +29,13 @@ type simDisk struct {
 	armed   int // > 0: the process dies at the armed-th next mutating op
 	ops     int // mutating operations so far
 	onCrash func()
+	// failWrite, if set: the next write to a path containing it fails with
+	// EIO (once), as a disk's transient error would.
+	failWrite string
 }
+
+// errSimIO is an injected I/O error.
+var errSimIO = fmt.Errorf("sim: injected I/O error: %w", syscall.EIO)
 
 func newSimDisk(mem *vfs.MemFS) *simDisk {
 	d := &simDisk{mem: mem}
@@ -43,6 +52,11 @@ func (d *simDisk) maybeError(op vfs.Op, path string) error {
 	if !op.Mutates() {
 		d.mu.Unlock()
 		return nil
+	}
+	if d.failWrite != "" && op == vfs.OpWrite && strings.Contains(path, d.failWrite) {
+		d.failWrite = ""
+		d.mu.Unlock()
+		return errSimIO
 	}
 	d.ops++
 	if d.armed > 0 {
@@ -79,4 +93,11 @@ func (d *simDisk) isDead() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.dead
+}
+
+// failNextWrite makes the next write to a path containing sub fail.
+func (d *simDisk) failNextWrite(sub string) {
+	d.mu.Lock()
+	d.failWrite = sub
+	d.mu.Unlock()
 }
