@@ -75,6 +75,15 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	d.promoted = true
 	s := d.active
 	d.mu.Unlock()
+	// Until the promotion is recorded the node is a mirror: a failure on
+	// the way leaves it one (following its primary again, and closing its
+	// volume when it stops).
+	failed := func(m *Meta, err error) (*Meta, error) {
+		d.mu.Lock()
+		d.promoted = false
+		d.mu.Unlock()
+		return m, fmt.Errorf("mirror: promote: %w", err)
+	}
 	if s != nil {
 		s.cancel()
 		s.st.Cancel(uint64(wire.CodeNotMirror)) // the connection may be shared
@@ -83,7 +92,7 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	// Apply everything the journal holds.
 	j := d.node.Journal
 	if err := j.Sync(ctx); err != nil {
-		return nil, err
+		return failed(nil, fmt.Errorf("sync the journal: %w", err))
 	}
 	last := j.LastSeq()
 	d.mu.Lock()
@@ -93,7 +102,8 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	for d.applied() < last {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return failed(nil, fmt.Errorf("the store holds the journal only through seq %d of %d (has the applier stopped? see the log): %w",
+				d.applied(), last, ctx.Err()))
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
