@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -169,7 +170,17 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	if err := vfs.MkdirAllSynced(n.fs, dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: quarantine: %w", err)
 	}
+	// A name no earlier quarantine has: two quarantines of the same range
+	// within a second (a node meeting its primary again before its resync)
+	// must not replace each other (the first may hold records the journal
+	// has released since).
 	base := fmt.Sprintf("q-%s-seq%d-%d", rep.Time.Format("20060102T150405Z"), fork+1, last)
+	for i := 2; ; i++ {
+		if _, err := n.fs.Stat(filepath.Join(dir, base+".rec")); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		base = fmt.Sprintf("q-%s-seq%d-%d-%d", rep.Time.Format("20060102T150405Z"), fork+1, last, i)
+	}
 	rep.File = filepath.Join(dir, base+".rec")
 	m := n.Meta()
 	buf := append([]byte(quarantineMagic), 0, 1)
