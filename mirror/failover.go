@@ -66,9 +66,12 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	if err := n.Checkpoint(last); err != nil {
 		return m, err
 	}
-	if err := n.ReleasePeerGuards(); err != nil {
-		return m, err
-	}
+	// A demoted primary that has not compared histories with a primary yet
+	// still guards the records none of its mirrors acknowledged (see
+	// peerstate.go): as primary again it keeps guarding them for its
+	// mirrors (StartReplication keeps the consumers of the mirrors it is
+	// configured with). Released now, they would be in the store only, and
+	// lost if this node later gives up its side of a split brain.
 	err := n.UpdateMeta(func(m *Meta) error {
 		epoch, history, err := core.Promotion(m.nodeState(), last, randomID(), force)
 		if err != nil {
@@ -77,7 +80,6 @@ func Promote(n *Node, force bool) (*Meta, error) {
 		m.Role = RolePrimary
 		m.Epoch, m.History = epoch, history
 		m.FencedBy = 0
-		m.Peers = nil
 		m.Inconsistent = false
 		m.NeedsResync = false
 		m.AcceptDivergence = false
