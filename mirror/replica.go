@@ -36,9 +36,10 @@ type MirrorOptions struct {
 
 	// onApply (tests) sees every record the applier applies to the store,
 	// in order, under the apply lock; onReset (tests, under d.mu) a
-	// resync's reset of the journal to continue at from.
+	// resync's reset of the journal to continue at from, with the store
+	// holding every record ≤ applied.
 	onApply func(rec journal.Record)
-	onReset func(from uint64)
+	onReset func(from, applied uint64)
 	// onQuarantine (tests, under d.mu) sees the fork point after which
 	// the journal's records were quarantined.
 	onQuarantine func(fork uint64)

@@ -41,6 +41,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	}
 	d.mu.Lock()
 	limit, capped := d.core.ApplyLimit()
+	diverged := d.core.Flags()&wire.FlagNeedsResync != 0
 	d.mu.Unlock()
 	d.applyMu.Lock()
 	last := j.LastSeq()
@@ -79,6 +80,17 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 		d.applyMu.Unlock()
 		return err
 	}
+	// The records from From on that the store holds already (the primary's
+	// too: up to the fork point, or all of them when the journal agrees with
+	// the primary's history) are not applied again: applied over chunks the
+	// resync copies meanwhile, an older record would rewrite bytes that the
+	// primary's image may hold differently (after its power loss, sectors of
+	// a record its journal lost). A diverged journal whose fork point is not
+	// known any more (a restart since) holds nothing sure.
+	held := m.From - 1
+	if capped || !diverged {
+		held = max(held, last)
+	}
 	if err := j.Empty(); err != nil { // (retention may release segments meanwhile)
 		d.applyMu.Unlock()
 		return fmt.Errorf("empty journal: %w", err)
@@ -96,7 +108,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 		d.applyMu.Unlock()
 		return fmt.Errorf("journal start at %d: %w", m.From, err)
 	}
-	d.appliedSeq = m.From - 1
+	d.appliedSeq = held
 	d.recent.Reset()
 	d.applyMu.Unlock()
 	d.mu.Lock()
@@ -106,7 +118,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	// history, and its store (inconsistent until the resync completes)
 	// will be made equal to the primary's.
 	err = n.UpdateMeta(func(meta *Meta) error {
-		meta.CheckpointSeq = m.From - 1
+		meta.CheckpointSeq = held
 		meta.NeedsResync = false
 		if len(hist) > 0 {
 			meta.History, meta.Epoch = hist, hist[len(hist)-1].Epoch
@@ -118,8 +130,9 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	}
 	d.mu.Lock()
 	d.core.Restart(m.From)
+	d.core.Applied(held)
 	if d.opts.onReset != nil {
-		d.opts.onReset(m.From)
+		d.opts.onReset(m.From, held)
 	}
 	d.applyTo = m.From - 1
 	d.cpHint = 0

@@ -551,11 +551,11 @@ func (c *simInc) onQuarantine(fork uint64) {
 	w.mu.Unlock()
 }
 
-func (c *simInc) onReset(from uint64) {
+func (c *simInc) onReset(from, applied uint64) {
 	w := c.n.w
 	w.mu.Lock()
 	c.forked = false
-	c.applied, c.heldScan = from-1, from-1
+	c.applied, c.heldScan = applied, from-1
 	// The journal is empty now: what it held is the primary's (up to the
 	// fork) or quarantined (checked when it was).
 	for _, wr := range w.writes {

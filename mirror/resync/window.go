@@ -66,7 +66,8 @@ func (w *Window) Answered(a *wire.SyncChunkAck, bm *Bitmap, cleared func(off uin
 // (applied is the mirror's applied seq; recent its applied extents): the
 // mirror answers not-OK and the primary reads and sends the chunk again.
 // Records ≤ tag applied after the chunk rewrite bytes it already holds, in
-// order, so writing it then is safe.
+// order, so writing it then is safe (see resync_primary.go in package
+// mirror for the one exception and how a reset avoids it).
 func Stale(tag, applied uint64, recent *RecentExtents, off, end uint64) bool {
 	return tag < applied && recent.Overlaps(tag, applied, off, end)
 }
