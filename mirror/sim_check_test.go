@@ -206,7 +206,13 @@ func (w *simWorld) observeHeld() {
 				continue
 			}
 			node = c.m.Node()
-			hist = node.Meta().History
+			m := node.Meta()
+			if m.NeedsResync {
+				// Its history is the primary's now, its journal's records
+				// after the fork are not: until the reset, nothing new.
+				continue
+			}
+			hist = m.History
 		}
 		_, durable := node.Journal.Watermarks()
 		first := node.Journal.FirstSeq()
