@@ -295,7 +295,10 @@ func (w *simWorld) converged() string {
 				n.name, ms.Connected, ms.Inconsistent, ms.NeedsResync, ms.Applied, st.LastSeq, ms.Epoch, st.Epoch)
 		}
 		if b := simDiffBlocks(p.cur.node, n.cur.m.Node()); len(b) > 0 {
-			return fmt.Sprintf("%s's image differs from the primary's in blocks %v", n.name, b)
+			pi, mi := simImage(p.cur.node), simImage(n.cur.m.Node())
+			blk := func(img []byte) string { return simDescribe(img[b[0]*simBlock : (b[0]+1)*simBlock]) }
+			return fmt.Sprintf("%s's image differs from the primary's in blocks %v (block %d: %s there, %s on the primary)",
+				n.name, b, b[0], blk(mi), blk(pi))
 		}
 	}
 	return ""
@@ -347,11 +350,21 @@ func (w *simWorld) finalChecks(res *simResult) {
 	}
 }
 
+// simDescribe names the writes a block's sectors come from.
 func simDescribe(b []byte) string {
-	if bytes.Equal(b, make([]byte, len(b))) {
-		return "zeroes"
+	var parts []string
+	for off := 0; off < len(b); off += vfs.SectorSize {
+		sec := b[off : off+vfs.SectorSize]
+		name := "0"
+		if !bytes.Equal(sec, make([]byte, len(sec))) {
+			name = fmt.Sprint(uint64(binary.LittleEndian.Uint32(sec[:4])) | uint64(sec[4])<<32)
+		}
+		if n := len(parts); n > 0 && strings.HasSuffix(parts[n-1], "="+name) {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%d=%s", off/vfs.SectorSize, name))
 	}
-	return fmt.Sprintf("write %d", uint64(binary.LittleEndian.Uint32(b[:4]))|uint64(b[4])<<32)
+	return "sectors " + strings.Join(parts, ",")
 }
 
 // historyImage is the image the history's records 1..last make.

@@ -176,7 +176,7 @@ func drawSchedule(seed uint64) []simEvent {
 				e.op, e.d = evSlow, time.Duration(1+rng.IntN(50))*time.Millisecond
 			case y < 51:
 				e.op, e.f = evCrash, rng.IntN(2) == 0
-			case y < 59:
+			case y < 57:
 				e.op, e.n, e.f = evArm, 1+rng.IntN(30), rng.IntN(2) == 0
 			case y < 63:
 				e.op, e.n = evArmResync, 1+rng.IntN(40)
@@ -434,10 +434,18 @@ func (w *simWorld) apply(i int, e simEvent, res *simResult) {
 			n.ioErr = true
 		}
 	case evArmResync:
+		// A mirror about to be resynced: it waits for one (diverged, or
+		// interrupted), or its primary has not got it in sync.
+		notInSync := map[string]bool{}
+		if p := w.current(); p != nil {
+			for _, ps := range p.cur.repl.Status().Peers {
+				notInSync[ps.Name] = ps.State != "in-sync"
+			}
+		}
 		var waiting []*simNode
 		for _, m := range w.mirrors() {
 			if m.cur.m != nil && m.cur.m.Node() != nil {
-				if meta := m.cur.m.Node().Meta(); meta.NeedsResync || meta.Inconsistent {
+				if meta := m.cur.m.Node().Meta(); meta.NeedsResync || meta.Inconsistent || notInSync[m.name] {
 					waiting = append(waiting, m)
 				}
 			}
