@@ -194,6 +194,13 @@ func (d *Mirror) serveResync(ctx context.Context, st frameStream) error {
 			if err != nil {
 				return err
 			}
+			// Written only once every record ≤ its tag is applied: an older
+			// record applied after the chunk would rewrite bytes of it, and
+			// the primary's image is not always what its records make (a
+			// power loss can keep sectors of a record its journal lost).
+			if err := d.waitApplied(ctx, m.Tag); err != nil {
+				return err
+			}
 			ok, err := d.writeChunk(m)
 			if err != nil {
 				return err
@@ -350,15 +357,23 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 	}
 }
 
-// completeResync waits until every record ≤ tag is applied, then marks the
-// store consistent.
-func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
-	for d.applied() < tag {
+// waitApplied waits until the store holds every record ≤ seq.
+func (d *Mirror) waitApplied(ctx context.Context, seq uint64) error {
+	for d.applied() < seq {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+	return nil
+}
+
+// completeResync waits until every record ≤ tag is applied, then marks the
+// store consistent.
+func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
+	if err := d.waitApplied(ctx, tag); err != nil {
+		return err
 	}
 	if err := d.node.Store.Sync(); err != nil {
 		return err

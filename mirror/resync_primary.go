@@ -32,16 +32,16 @@ import (
 //     with the seq it reflects.
 //
 // The race rule, on the mirror: a chunk tagged T reflects every record ≤ T
-// that touches it and none after. The mirror writes it unless a record
-// > T that overlaps it was already applied there (then it answers not-OK
-// and the primary sends the chunk again, read anew). Records ≤ T applied
-// after the chunk rewrite bytes the chunk already holds, in order, so
-// the result is the same — as long as the primary's image is what its
-// records make. After a power loss of the primary it may also hold
-// sectors of records its journal lost, so a reset does not apply again
-// the records before From that the mirror's store holds already (they
-// would rewrite those sectors on the mirror only). Hence no write that
-// races with the copy of its chunk leaves the mirror stale.
+// that touches it and none after. The mirror writes it once it applied
+// every record ≤ T, unless a record > T that overlaps it was already
+// applied there (then it answers not-OK and the primary sends the chunk
+// again, read anew). It waits because the primary's image is not always
+// what its records make: after a power loss of the primary it may hold
+// sectors of records its journal lost, which a record ≤ T applied after
+// the chunk would overwrite on the mirror only. For the same reason a
+// reset does not apply again the records before From that the mirror's
+// store holds already. Hence no write that races with the copy of its
+// chunk leaves the mirror stale.
 //
 // The mirror acks chunks twice: once written (freeing the window) and once
 // its store is synced (at least every 250 ms); only the second clears

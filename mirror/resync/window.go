@@ -65,9 +65,9 @@ func (w *Window) Answered(a *wire.SyncChunkAck, bm *Bitmap, cleared func(off uin
 // written if a record after tag that overlaps it was applied already
 // (applied is the mirror's applied seq; recent its applied extents): the
 // mirror answers not-OK and the primary reads and sends the chunk again.
-// Records ≤ tag applied after the chunk rewrite bytes it already holds, in
-// order, so writing it then is safe (see resync_primary.go in package
-// mirror for the one exception and how a reset avoids it).
+// The caller writes a chunk only once applied ≥ tag (see resync_primary.go
+// in package mirror for why: the primary's image is not always what its
+// records make).
 func Stale(tag, applied uint64, recent *RecentExtents, off, end uint64) bool {
 	return tag < applied && recent.Overlaps(tag, applied, off, end)
 }
