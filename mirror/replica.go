@@ -93,17 +93,22 @@ type Mirror struct {
 
 	resyncChunks atomic.Int64
 
-	// failover state, guarded by mu
+	// failover state, guarded by mu. promoted is set while an online
+	// promotion runs and after it succeeded; promoting is closed when the
+	// last one ended (nil before any).
 	promoted    bool
+	promoting   chan struct{}
 	splitBrain  string
 	quarantined []QuarantineReport
 	stopRun     context.CancelFunc
 
 	// runCtx is the context of the running volume (set by start); stopping
 	// is set before finish waits for the volume's goroutines, after which
-	// no stream is admitted any more. Both guarded by mu.
+	// no stream is admitted any more. Both guarded by mu. halted is closed
+	// when stopping is set.
 	runCtx   context.Context
 	stopping bool
+	halted   chan struct{}
 }
 
 type mirrorSession struct {
@@ -174,7 +179,7 @@ func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*M
 // newMirrorVolume opens the volume (if the data directory has one).
 func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	opts = opts.withDefaults()
-	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1)}
+	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{})}
 	nopts := opts.Node
 	nopts.Size = 0
 	nopts.Logger = opts.Logger
@@ -279,9 +284,20 @@ func (d *Mirror) start(ctx context.Context, stop context.CancelFunc) {
 // ErrPromoted and leaves the volume open.
 func (d *Mirror) finish() error {
 	d.mu.Lock()
-	d.stopping = true
+	if !d.stopping {
+		d.stopping = true
+		close(d.halted)
+	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	// An online promotion still running decides whether the volume is
+	// left to the caller (it stops too: the applier it waits for is gone).
+	d.mu.Lock()
+	promoting := d.promoting
+	d.mu.Unlock()
+	if promoting != nil {
+		<-promoting
+	}
 	d.mu.Lock()
 	node, promoted := d.node, d.promoted
 	d.mu.Unlock()

@@ -63,8 +63,17 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		return nil, errors.New("mirror: no volume to promote yet")
 	}
 	if d.promoted {
+		promoting := d.promoting
 		d.mu.Unlock()
-		return d.node.Meta(), nil
+		<-promoting // (another call's)
+		if d.isPromoted() {
+			return d.node.Meta(), nil
+		}
+		return nil, errors.New("mirror: promote: another promotion failed meanwhile")
+	}
+	if d.stopping {
+		d.mu.Unlock()
+		return nil, errors.New("mirror: promote: the volume is stopping")
 	}
 	if m := d.node.Meta(); m.Role == RoleMirror {
 		if _, _, err := core.Promotion(m.nodeState(), d.node.Journal.LastSeq(), 1, force); err != nil {
@@ -73,15 +82,18 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		}
 	}
 	d.promoted = true
+	done := make(chan struct{})
+	d.promoting = done
 	s := d.active
 	d.mu.Unlock()
 	// Until the promotion is recorded the node is a mirror: a failure on
 	// the way leaves it one (following its primary again, and closing its
-	// volume when it stops).
+	// volume when it stops; Run's finish waits for done to know which).
 	failed := func(m *Meta, err error) (*Meta, error) {
 		d.mu.Lock()
 		d.promoted = false
 		d.mu.Unlock()
+		close(done)
 		return m, fmt.Errorf("mirror: promote: %w", err)
 	}
 	if s != nil {
@@ -104,6 +116,8 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		case <-ctx.Done():
 			return failed(nil, fmt.Errorf("the store holds the journal only through seq %d of %d (has the applier stopped? see the log): %w",
 				d.applied(), last, ctx.Err()))
+		case <-d.halted:
+			return failed(nil, errors.New("the volume stopped"))
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -112,8 +126,10 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		d.mu.Lock()
 		d.promoted = false
 		d.mu.Unlock()
+		close(done)
 		return m, err
 	}
+	close(done)
 	d.log.Info("promoted online; serving as primary", "epoch", m.Epoch)
 	d.stopRun()
 	return m, nil

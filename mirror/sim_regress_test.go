@@ -3,11 +3,15 @@ package mirror
 import (
 	"bytes"
 	"context"
+	"errors"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
+	"github.com/blockmirror/blockmirror/journal"
 )
 
 // TestSenderFailureEndsSession protects liveness: a session whose sender
@@ -83,5 +87,67 @@ func TestSenderFailureEndsSession(t *testing.T) {
 		node.Close()
 		stop()
 		<-done
+	})
+}
+
+// TestPromoteWhileStopping: a mirror stopped while an online promotion
+// waits for its applier (here: the store's writes fail, so it never
+// catches up) closes its volume and Run does not return ErrPromoted; the
+// promotion fails. Found by the simulation (seed 1276: a mirror lost power
+// while the operator promoted it); before the fix Run saw the promotion's
+// flag, returned ErrPromoted and left the volume open, and the promotion
+// failed afterwards: nobody served or closed the node.
+func TestPromoteWhileStopping(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		var broken atomic.Bool
+		fsys := vfs.WithErrors(vfs.NewCrashableMem(), vfs.InjectorFunc(func(op vfs.Op, path string) error {
+			if broken.Load() && op == vfs.OpWrite && filepath.Base(path) == DiskFile {
+				return errors.New("injected I/O error")
+			}
+			return nil
+		}))
+		n, err := OpenNode(ctx, NodeOptions{FS: fsys, Dir: "/m", Size: simSize, Role: RoleMirror})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Close()
+		net := newSimNet(1)
+		ln, err := net.listen("m", "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mctx, stop := context.WithCancel(ctx)
+		d, err := newMirrorOn(mctx, ln, MirrorOptions{Name: "m", Node: NodeOptions{Dir: "/m", FS: fsys}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		broken.Store(true)
+		for s := uint64(1); s <= 3; s++ {
+			r := journal.Record{Op: journal.OpWrite, Epoch: 1, Seq: s, Offset: s * simBlock, Length: simBlock, Data: bytes.Repeat([]byte{byte(s)}, simBlock)}
+			if err := d.Node().Journal.Submit(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		done := make(chan error, 1)
+		go func() { done <- d.Run(mctx) }()
+		promoted := make(chan error, 1)
+		go func() {
+			pctx, cancel := context.WithTimeout(ctx, time.Hour)
+			defer cancel()
+			_, err := d.Promote(pctx, false)
+			promoted <- err
+		}()
+		time.Sleep(time.Second) // the promotion waits for the applier
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run returned %v; want nil (the promotion did not happen)", err)
+		}
+		if err := <-promoted; err == nil {
+			t.Errorf("the promotion succeeded on a volume that stopped")
+		}
+		if node := d.Node(); node.Meta().Role != RoleMirror {
+			t.Errorf("the node's role is %s", node.Meta().Role)
+		}
 	})
 }
