@@ -223,7 +223,9 @@ func (w *simWorld) observeHeld() {
 				continue
 			}
 			if wr := w.truth[[2]uint64{e.ID, seq}]; wr != nil {
-				wr.heldBy[n.name] = true
+				if _, ok := wr.heldBy[n.name]; !ok {
+					wr.heldBy[n.name] = n.role == "mirror"
+				}
 			}
 		}
 		c.heldScan = max(c.heldScan, durable)
@@ -474,7 +476,8 @@ func (w *simWorld) checkQuarantines() int {
 		w.mu.Lock()
 		for _, q := range forks {
 			fork := q.fork
-			for _, wr := range q.held {
+			for _, h := range q.held {
+				wr := h.wr
 				ok := false
 				for _, r := range recs[wr.seq] {
 					ok = ok || simSameRecord(wr, r)
@@ -484,7 +487,7 @@ func (w *simWorld) checkQuarantines() int {
 					// and checkpointed before the fork was known, or one
 					// the journal's size bound dropped (both documented).
 					sized := w.p.journalMax > 0
-					ok = ok || rep.MissingBefore > wr.seq && rep.ForkSeq < wr.seq && (wr.node != n.name || sized)
+					ok = ok || rep.MissingBefore > wr.seq && rep.ForkSeq < wr.seq && (h.asMirror || wr.node != n.name || sized)
 				}
 				if !ok {
 					w.failLocked("%s quarantined its records after seq %d, but not %v %d (seq %d of branch %x), which its journal held durably (%d reports)",

@@ -131,7 +131,9 @@ type simWrite struct {
 	done      time.Time
 	err       error
 	cancelled bool
-	heldBy    map[string]bool // nodes whose journal held it durably
+	// heldBy: the nodes whose journal held it durably, true where it
+	// got there as a mirror's (received, not written as primary).
+	heldBy map[string]bool
 }
 
 type simKind uint8
@@ -530,7 +532,12 @@ func (c *simInc) onApply(rec journal.Record) {
 // simQuarantine is a quarantine decision and the records it must keep.
 type simQuarantine struct {
 	fork uint64
-	held []*simWrite
+	held []simHeld
+}
+
+type simHeld struct {
+	wr       *simWrite
+	asMirror bool // received as a mirror
 }
 
 func (c *simInc) onQuarantine(fork uint64) {
@@ -543,8 +550,8 @@ func (c *simInc) onQuarantine(fork uint64) {
 	// is written already): all of it must be in the quarantine.
 	q := simQuarantine{fork: fork}
 	for _, wr := range w.writes {
-		if wr.heldBy[c.n.name] && wr.seq > fork {
-			q.held = append(q.held, wr)
+		if asMirror, ok := wr.heldBy[c.n.name]; ok && wr.seq > fork {
+			q.held = append(q.held, simHeld{wr, asMirror})
 		}
 	}
 	c.quarantines = append(c.quarantines, q)
