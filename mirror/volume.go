@@ -415,7 +415,9 @@ func (v *Volume) Flush(ctx context.Context) error {
 // ReadStable reads [off, off+len(p)) as it is after every record ≤ tag
 // that touches it and before any later one: overlapping writes in flight
 // finish first, and overlapping writes admitted meanwhile wait for the
-// read. Resync and verify use it to tag the chunks they read.
+// read. Resync and verify use it to tag the chunks they read. A failed
+// volume fails it: its store may lack records ≤ tag (the write that
+// failed is not in flight any more, nor in the store).
 func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint64, err error) {
 	end := uint64(off) + uint64(len(p))
 	me := &extent{off: uint64(off), end: end, done: make(chan struct{})}
@@ -441,6 +443,12 @@ func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint6
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
+	}
+	v.mu.Lock()
+	failed := v.failed
+	v.mu.Unlock()
+	if failed != nil {
+		return 0, failed
 	}
 	_, err = v.st.ReadAt(p, off)
 	return tag, err
