@@ -1,4 +1,4 @@
-package mirror
+package wire
 
 // MsgStreamVolume is the first frame of every resync or verify stream: on
 // a connection that several volumes share, it names the volume the stream

@@ -1,8 +1,9 @@
-package mirror
+package core
 
 import (
 	"errors"
 	"fmt"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"math"
 )
 
@@ -20,6 +21,12 @@ var (
 	// ErrDuplicateID: a request id was proposed while a request with the
 	// same id is still pending.
 	ErrDuplicateID = errors.New("mirror: duplicate request id")
+	// ErrSplitBrain: a mirror answered that it is (or follows) a primary of
+	// our epoch with another history; nothing is discarded until an
+	// operator resolves it.
+	ErrSplitBrain = errors.New("mirror: split brain")
+	// ErrRefused: a mirror refused the session (the error says why).
+	ErrRefused = errors.New("mirror: session refused")
 )
 
 // Defaults of PrimaryConfig, in ticks (the driver chooses the tick length;
@@ -34,13 +41,13 @@ type PrimaryConfig struct {
 	// of PrimaryStatus.Peers.
 	Peers []string
 	// Mode is ModeSync (default) or ModeAsync.
-	Mode Mode
+	Mode wire.Mode
 	// SyncAcks is K: in sync mode the number of mirrors that must
 	// acknowledge a write (1..len(Peers), default 1); in async mode the
 	// K-th best mirror is the one whose lag MaxLagTicks bounds.
 	SyncAcks int
 	// AckLevel is the level at which mirror acks count (default AckWritten).
-	AckLevel AckLevel
+	AckLevel wire.AckLevel
 	// AllowDegraded (sync mode): with fewer than SyncAcks in-sync mirrors a
 	// request needs the acks of every in-sync mirror only (none in sync:
 	// local alone), and a mirror that does not ack within AckTimeoutTicks
@@ -65,16 +72,24 @@ type PrimaryConfig struct {
 	// LocalDurable is the seq through which the local journal is durable
 	// (default NextSeq-1).
 	LocalDurable uint64
+	// FencedBy, if above Epoch: the node was fenced by this epoch in an
+	// earlier run (the metadata keeps it); the core starts fenced.
+	FencedBy uint64
+	// Node, Volume and Size identify the primary's volume: a mirror's
+	// HelloReply must name the same volume and size (Size 0: not checked).
+	Node   string
+	Volume wire.UUID
+	Size   uint64
 }
 
 func (c *PrimaryConfig) withDefaults() PrimaryConfig {
 	d := *c
 	d.Peers = append([]string(nil), c.Peers...)
 	if d.Mode == 0 {
-		d.Mode = ModeSync
+		d.Mode = wire.ModeSync
 	}
 	if d.AckLevel == 0 {
-		d.AckLevel = AckWritten
+		d.AckLevel = wire.AckWritten
 	}
 	if d.SyncAcks == 0 && len(d.Peers) > 0 {
 		d.SyncAcks = 1
@@ -106,18 +121,18 @@ func (c *PrimaryConfig) validate() error {
 		seen[p] = true
 	}
 	switch c.Mode {
-	case ModeSync:
+	case wire.ModeSync:
 		if len(c.Peers) == 0 {
 			return errors.New("mirror: primary config: sync mode needs at least one mirror")
 		}
-	case ModeAsync:
+	case wire.ModeAsync:
 	default:
 		return fmt.Errorf("mirror: primary config: unknown mode %d", c.Mode)
 	}
 	if c.SyncAcks < 0 || c.SyncAcks > len(c.Peers) {
 		return fmt.Errorf("mirror: primary config: sync acks %d must be between 1 and the number of mirrors (%d)", c.SyncAcks, len(c.Peers))
 	}
-	if c.AckLevel < AckReceived || c.AckLevel > AckDurable {
+	if c.AckLevel < wire.AckReceived || c.AckLevel > wire.AckDurable {
 		return fmt.Errorf("mirror: primary config: unknown ack level %d", c.AckLevel)
 	}
 	if c.AckTimeoutTicks < 0 {
@@ -228,12 +243,25 @@ type PrimaryReady struct {
 	Releases []Release
 	// NeedResync: peers that cannot catch up from the journal.
 	NeedResync []string
+	// Fenced, if > 0: the core was fenced by this epoch (or a higher one
+	// became known); record it durably, so a restart stays fenced.
+	Fenced uint64
+	// SplitBrain: per peer, a split brain its last handshake showed and
+	// how to resolve it; an empty Reason says an accepted handshake
+	// cleared it.
+	SplitBrain []SplitBrainNote
+}
+
+// SplitBrainNote says what a handshake with Peer showed.
+type SplitBrainNote struct {
+	Peer   string
+	Reason string
 }
 
 // Empty reports whether r carries nothing to do.
 func (r *PrimaryReady) Empty() bool {
 	return len(r.Completions) == 0 && len(r.StartStreams) == 0 && len(r.PeerFlushes) == 0 &&
-		r.SyncLocal == 0 && len(r.Releases) == 0 && len(r.NeedResync) == 0
+		r.SyncLocal == 0 && len(r.Releases) == 0 && len(r.NeedResync) == 0 && r.Fenced == 0 && len(r.SplitBrain) == 0
 }
 
 func (r *PrimaryReady) reset() {
@@ -246,6 +274,8 @@ func (r *PrimaryReady) reset() {
 	r.SyncLocal = 0
 	r.Releases = r.Releases[:0]
 	r.NeedResync = r.NeedResync[:0]
+	r.Fenced = 0
+	r.SplitBrain = r.SplitBrain[:0]
 }
 
 // PeerStatus describes one mirror.
@@ -253,7 +283,7 @@ type PeerStatus struct {
 	Name  string
 	State PeerState
 	// Acks are the mirror's latest cumulative watermarks.
-	Acks Ack
+	Acks wire.Ack
 	// LagRecords is the number of assigned seqs the mirror has not
 	// acknowledged at the ack level.
 	LagRecords uint64
@@ -351,7 +381,7 @@ func (q *reqQueue) clear() {
 type peerState struct {
 	name      string
 	state     PeerState
-	ack       Ack
+	ack       wire.Ack
 	target    uint64 // catching-up: in sync once acked at the level through it
 	flushSent uint64 // highest Flush.Through sent in this session
 	released  uint64 // highest durable watermark reported in Releases
@@ -420,6 +450,10 @@ func NewPrimaryCore(cfg PrimaryConfig) (*PrimaryCore, error) {
 		p.byName[name] = ps
 	}
 	p.recompute()
+	if c.FencedBy > c.Epoch {
+		p.Fence(c.FencedBy)
+		p.rd().Fenced = 0 // recorded already
+	}
 	return p, nil
 }
 
@@ -486,7 +520,7 @@ func (p *PrimaryCore) newRequest(id, seq uint64, kind reqKind) *request {
 
 // enqueue puts a new request into its first waiting stage.
 func (p *PrimaryCore) enqueue(r *request) {
-	sync := p.cfg.Mode == ModeSync
+	sync := p.cfg.Mode == wire.ModeSync
 	switch {
 	case r.kind == kindWrite && sync:
 		r.durOK = true
@@ -513,7 +547,7 @@ func (p *PrimaryCore) askDurable(seq uint64, mirrors bool) {
 		return
 	}
 	p.flushWant = seq
-	if p.cfg.AckLevel == AckDurable {
+	if p.cfg.AckLevel == wire.AckDurable {
 		return
 	}
 	for _, ps := range p.peers {
@@ -590,7 +624,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
 	}
 	if info.Epoch > p.cfg.Epoch {
-		p.fence(info.Epoch)
+		p.Fence(info.Epoch)
 		return fmt.Errorf("%w: peer %s has epoch %d, ours is %d", ErrFenced, peer, info.Epoch, p.cfg.Epoch)
 	}
 	if p.fenced {
@@ -602,12 +636,12 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 	ps.flushSent = 0
 	last := p.lastSeq()
 	switch {
-	case info.Flags&(FlagNeedsResync|FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
+	case info.Flags&(wire.FlagNeedsResync|wire.FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
 		p.setState(ps, PeerNeedsResync)
-		ps.ack = Ack{}
+		ps.ack = wire.Ack{}
 		p.rd().NeedResync = append(p.rd().NeedResync, peer)
 	default:
-		ps.ack = Ack{Received: info.LastSeq, Written: info.LastSeq, Durable: info.DurableSeq, Applied: info.AppliedSeq}
+		ps.ack = wire.Ack{Received: info.LastSeq, Written: info.LastSeq, Durable: info.DurableSeq, Applied: info.AppliedSeq}
 		if ps.ack.Applied > ps.ack.Written {
 			ps.ack.Applied = ps.ack.Written
 		}
@@ -618,7 +652,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 			ps.target = last
 			p.setState(ps, PeerCatchingUp)
 		}
-		if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+		if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 			p.sendFlush(ps)
 		}
 	}
@@ -645,7 +679,7 @@ func (p *PrimaryCore) PeerDown(peer string) {
 // fields are ignored; acks from a peer without a session are ignored; an
 // ack beyond the last assigned seq is an error (the driver should end the
 // session).
-func (p *PrimaryCore) PeerAck(peer string, a Ack) error {
+func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 	ps := p.byName[peer]
 	if ps == nil {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
@@ -688,14 +722,14 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	if from < p.journalFirst || from > p.lastSeq()+1 {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
-	ps.ack = Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
+	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
 	if ps.released > ps.ack.Durable {
 		ps.released = ps.ack.Durable
 	}
 	p.setState(ps, PeerResyncing)
 	p.rd().StartStreams = append(p.rd().StartStreams, StreamStart{Peer: peer, From: from})
-	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+	if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 		p.sendFlush(ps)
 	}
 	p.recompute()
@@ -742,7 +776,7 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 		ps.target = last
 		p.setState(ps, PeerCatchingUp)
 	}
-	if p.cfg.Mode == ModeSync && p.cfg.AckLevel != AckDurable {
+	if p.cfg.Mode == wire.ModeSync && p.cfg.AckLevel != wire.AckDurable {
 		p.sendFlush(ps) // flushes asked while it resynced
 	}
 	p.recompute()
@@ -762,8 +796,115 @@ func (p *PrimaryCore) PeerState(peer string) PeerState {
 // higher epoch than ours fences the core.
 func (p *PrimaryCore) PeerEpoch(peer string, epoch uint64) {
 	if epoch > p.cfg.Epoch {
-		p.fence(epoch)
+		p.Fence(epoch)
 	}
+}
+
+// Fence reports that a node is primary in epoch, higher than ours (0: a
+// higher epoch whose number we were not told, e.g. a peer's CodeFenced
+// error): every pending and later request fails with ErrFenced, and
+// Ready.Fenced asks the driver to record it. Epochs not above ours are
+// ignored.
+func (p *PrimaryCore) Fence(epoch uint64) {
+	if epoch == 0 {
+		epoch = p.cfg.Epoch + 1
+	}
+	if epoch <= p.cfg.Epoch || epoch <= p.fencedBy {
+		return
+	}
+	p.fence(epoch)
+	p.rd().Fenced = epoch
+}
+
+// Session is what a mirror's session does after its handshake.
+type Session uint8
+
+const (
+	// SessionRefused: no session (PeerReply's error says why).
+	SessionRefused Session = iota
+	// SessionStream: the mirror catches up from the journal
+	// (Ready.StartStreams).
+	SessionStream
+	// SessionResync: the mirror needs a resync (Ready.NeedResync): plan
+	// it (PlanResync) and call StartResync.
+	SessionResync
+)
+
+func (s Session) String() string {
+	switch s {
+	case SessionRefused:
+		return "refused"
+	case SessionStream:
+		return "stream"
+	case SessionResync:
+		return "resync"
+	}
+	return fmt.Sprintf("session(%d)", uint8(s))
+}
+
+// PeerReply handles peer's HelloReply to our Hello (sent with the core's
+// LastSeq) and decides the session: refused, with an error wrapping
+// ErrSplitBrain (a mirror of our epoch with another history, or a primary
+// of our epoch: Ready.SplitBrain says how to resolve it), ErrFenced (the
+// mirror knows a higher epoch: the core is fenced), ErrRefused (the reason
+// the mirror gave) or naming a volume mismatch; or accepted (PeerUp):
+// streaming from the mirror's next seq, or a resync when the mirror cannot
+// catch up from the journal or dirty says a dirty bitmap is pending for it
+// (regions the journal no longer has, or that verify found different).
+func (p *PrimaryCore) PeerReply(peer string, r wire.HelloReply, dirty bool) (Session, error) {
+	ps := p.byName[peer]
+	if ps == nil {
+		return SessionRefused, fmt.Errorf("mirror: unknown peer %q", peer)
+	}
+	if r.Code == wire.CodeSplitBrain || (r.Code == wire.CodeNotMirror && r.Epoch == p.cfg.Epoch) {
+		reason := r.Reason
+		if r.Code == wire.CodeNotMirror {
+			reason = SplitBrainAdvice(p.cfg.Node, peer, p.cfg.Epoch)
+		}
+		p.rd().SplitBrain = append(p.rd().SplitBrain, SplitBrainNote{Peer: peer, Reason: reason})
+		return SessionRefused, fmt.Errorf("%w: mirror %s: %s", ErrSplitBrain, peer, reason)
+	}
+	if r.Code != wire.CodeOK {
+		if r.Code == wire.CodeFenced {
+			if r.Epoch <= p.cfg.Epoch {
+				r.Epoch = 0 // a higher epoch, number unknown
+			}
+			p.Fence(r.Epoch)
+		} else {
+			p.PeerEpoch(peer, r.Epoch)
+		}
+		err := fmt.Errorf("%w: mirror %s refused the session (%v): %s", ErrRefused, peer, r.Code, r.Reason)
+		if p.fenced {
+			err = fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+		return SessionRefused, err
+	}
+	if p.cfg.Size != 0 && (r.Volume != p.cfg.Volume || r.Size != p.cfg.Size) {
+		return SessionRefused, fmt.Errorf("mirror %s holds volume %v of %d bytes, we serve %v of %d bytes",
+			peer, r.Volume, r.Size, p.cfg.Volume, p.cfg.Size)
+	}
+	p.rd().SplitBrain = append(p.rd().SplitBrain, SplitBrainNote{Peer: peer})
+	info := PeerInfo{Epoch: r.Epoch, LastSeq: r.LastSeq, DurableSeq: r.DurableSeq, AppliedSeq: r.AppliedSeq, Flags: r.Flags}
+	if dirty {
+		info.Flags |= wire.FlagNeedsResync
+	}
+	if err := p.PeerUp(peer, info); err != nil {
+		return SessionRefused, err
+	}
+	if ps.state == PeerNeedsResync {
+		return SessionResync, nil
+	}
+	return SessionStream, nil
+}
+
+// PeerError handles an Error message from peer (in answer to our Hello or
+// during the session): CodeFenced fences the core. It returns the error.
+func (p *PrimaryCore) PeerError(peer string, e wire.ErrorMsg) error {
+	if e.Code == wire.CodeFenced {
+		p.Fence(0)
+		return fmt.Errorf("%w: %w", ErrFenced, e)
+	}
+	return e
 }
 
 // FencedBy returns the higher epoch that fenced the core (0: not fenced).
@@ -773,9 +914,9 @@ func (p *PrimaryCore) FencedBy() uint64 { return p.fencedBy }
 // are measured in ticks.
 func (p *PrimaryCore) Tick() {
 	p.now++
-	if p.cfg.Mode == ModeSync {
+	if p.cfg.Mode == wire.ModeSync {
 		p.expire(&p.qLevel, p.cfg.AckLevel)
-		p.expire(&p.qDur, AckDurable)
+		p.expire(&p.qDur, wire.AckDurable)
 	}
 	p.pruneLag()
 	p.drain()
@@ -807,7 +948,7 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	// The true K-th best acks (not the degraded rule's watermark, which
 	// is "everything" with no mirror in sync).
 	s.QuorumSeq = p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
-	s.QuorumDurable = p.kth(AckDurable, p.cfg.SyncAcks)
+	s.QuorumDurable = p.kth(wire.AckDurable, p.cfg.SyncAcks)
 	if s.QuorumSeq == math.MaxUint64 { // no mirrors (async)
 		s.QuorumSeq, s.QuorumDurable = 0, 0
 	}
@@ -844,23 +985,13 @@ func (p *PrimaryCore) setState(ps *peerState, s PeerState) {
 func (p *PrimaryCore) degraded() bool { return p.inSync < p.cfg.SyncAcks }
 
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
-// MaxUint64 for k == 0. Peers are few: insertion sort of a scratch slice.
-func (p *PrimaryCore) kth(level AckLevel, k int) uint64 {
-	if k <= 0 {
-		return math.MaxUint64
-	}
+// MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
+func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
 	s := p.scratch[:0]
 	for _, ps := range p.peers {
-		v := ps.ack.Level(level)
-		i := len(s)
-		s = append(s, v)
-		for i > 0 && s[i-1] < v {
-			s[i] = s[i-1]
-			i--
-		}
-		s[i] = v
+		s = append(s, ps.ack.Level(level))
 	}
-	return s[k-1]
+	return quorumInPlace(s, k)
 }
 
 // recompute refreshes the sync quorum watermarks.
@@ -870,7 +1001,7 @@ func (p *PrimaryCore) recompute() {
 		k = p.inSync
 	}
 	p.wLevel = p.kth(p.cfg.AckLevel, k)
-	p.wDur = p.kth(AckDurable, k)
+	p.wDur = p.kth(wire.AckDurable, k)
 }
 
 // drain moves requests whose conditions hold out of the queues. O(1) per
@@ -918,7 +1049,7 @@ func (p *PrimaryCore) tryComplete(r *request) {
 	if !r.localDone || !r.remoteOK || !r.durOK || r.held {
 		return
 	}
-	if p.cfg.Mode == ModeAsync && r.kind != kindFlush && (p.held.len() > 0 || p.throttled()) {
+	if p.cfg.Mode == wire.ModeAsync && r.kind != kindFlush && (p.held.len() > 0 || p.throttled()) {
 		r.held = true
 		p.held.push(r)
 		return
@@ -938,7 +1069,7 @@ func (p *PrimaryCore) complete(r *request, err error) {
 // expire handles requests of q that waited AckTimeoutTicks: with
 // AllowDegraded the in-sync peers that did not ack are demoted so the
 // request completes; otherwise it fails with ErrNoQuorum.
-func (p *PrimaryCore) expire(q *reqQueue, level AckLevel) {
+func (p *PrimaryCore) expire(q *reqQueue, level wire.AckLevel) {
 	for r := q.front(); r != nil && r.tick+int64(p.cfg.AckTimeoutTicks) <= p.now; r = q.front() {
 		if p.cfg.AllowDegraded {
 			last := p.lastSeq()
@@ -1019,7 +1150,7 @@ func less(a, b *request) bool {
 
 // throttled reports whether async completions are held for lag.
 func (p *PrimaryCore) throttled() bool {
-	if p.cfg.Mode != ModeAsync || p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
+	if p.cfg.Mode != wire.ModeAsync || p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
 		return false
 	}
 	w := p.kth(p.cfg.AckLevel, p.cfg.SyncAcks)
@@ -1056,7 +1187,7 @@ func (p *PrimaryCore) pruneLag() {
 			keep = min(keep, ps.ack.Level(p.cfg.AckLevel))
 		}
 	}
-	if p.cfg.Mode == ModeAsync && p.cfg.SyncAcks > 0 {
+	if p.cfg.Mode == wire.ModeAsync && p.cfg.SyncAcks > 0 {
 		keep = min(keep, p.kth(p.cfg.AckLevel, p.cfg.SyncAcks))
 	}
 	for p.lagHead+1 < len(p.lag) && p.lag[p.lagHead+1].firstSeq <= keep+1 {

@@ -1,4 +1,4 @@
-package mirror
+package resync
 
 import (
 	"encoding/binary"
@@ -133,6 +133,19 @@ func (b *Bitmap) Or(o *Bitmap) {
 }
 
 var errBitmap = errors.New("bad bitmap file")
+
+// castagnoli is the CRC32C table of the file format.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Clone returns a copy of b.
+func (b *Bitmap) Clone() *Bitmap {
+	c := *b
+	c.words = append([]uint64(nil), b.words...)
+	return &c
+}
+
+// Size is the volume size the bitmap covers.
+func (b *Bitmap) Size() int64 { return b.size }
 
 // Save writes the bitmap to path on fsys atomically.
 func (b *Bitmap) Save(fsys vfs.FS, path string) error {

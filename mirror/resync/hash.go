@@ -1,9 +1,9 @@
-package mirror
+package resync
 
 import (
 	"fmt"
 
-	"github.com/blockmirror/blockmirror/store"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/zeebo/xxh3"
 )
 
@@ -16,33 +16,43 @@ import (
 // DefaultSyncChunk is the resync and verify chunk size.
 const DefaultSyncChunk = 64 << 10
 
-// chunksPerSegment is how many chunks a summary hash covers (the upper
+// ChunksPerSegment is how many chunks a summary hash covers (the upper
 // level of the two-level hash tree): equal segments are settled with one
 // request and one 16-byte answer.
-const chunksPerSegment = 1024
+const ChunksPerSegment = 1024
 
-type chunkHash = [hashLen]byte
+// Hash is a chunk hash (xxh3-128).
+type Hash = [wire.HashLen]byte
 
-func sum128(p []byte) chunkHash {
+func sum128(p []byte) Hash {
 	return xxh3.Hash128(p).Bytes()
 }
 
-// hasher hashes chunks of a store, reusing its buffers. Not safe for
+// Source is what a Hasher reads: a store (store.File), whose DataRanges
+// reports the ranges that may hold data (holes hash as zeroes unread).
+type Source interface {
+	Size() int64
+	ReadAt(p []byte, off int64) (int, error)
+	DataRanges(off, n int64, fn func(off, n int64) error) error
+}
+
+// Hasher hashes chunks of a store, reusing its buffers. Not safe for
 // concurrent use.
-type hasher struct {
-	st    *store.File
+type Hasher struct {
+	st    Source
 	chunk int64
 	buf   []byte
-	zero  map[int64]chunkHash
+	zero  map[int64]Hash
 	// data is scratch for the data ranges of the current request.
 	data [][2]int64
 }
 
-func newHasher(st *store.File, chunk int64) *hasher {
-	return &hasher{st: st, chunk: chunk, buf: make([]byte, chunk), zero: make(map[int64]chunkHash)}
+// NewHasher returns a hasher of st in chunks of chunk bytes.
+func NewHasher(st Source, chunk int64) *Hasher {
+	return &Hasher{st: st, chunk: chunk, buf: make([]byte, chunk), zero: make(map[int64]Hash)}
 }
 
-func (h *hasher) zeroHash(n int64) chunkHash {
+func (h *Hasher) zeroHash(n int64) Hash {
 	if z, ok := h.zero[n]; ok {
 		return z
 	}
@@ -51,9 +61,9 @@ func (h *hasher) zeroHash(n int64) chunkHash {
 	return z
 }
 
-// hashRange returns one hash per chunk of [off, off+n) (off chunk-aligned;
+// HashRange returns one hash per chunk of [off, off+n) (off chunk-aligned;
 // the last chunk may be short at the end of the volume).
-func (h *hasher) hashRange(off, n int64, out []chunkHash) ([]chunkHash, error) {
+func (h *Hasher) HashRange(off, n int64, out []Hash) ([]Hash, error) {
 	size := h.st.Size()
 	if off < 0 || off%h.chunk != 0 || n <= 0 || off+n > size {
 		return out, fmt.Errorf("mirror: hash range [%d, +%d) of a %d-byte volume with %d-byte chunks", off, n, size, h.chunk)
@@ -85,16 +95,17 @@ func (h *hasher) hashRange(off, n int64, out []chunkHash) ([]chunkHash, error) {
 	return out, nil
 }
 
-// summary is the segment-level hash over leaf hashes.
-func summary(leaves []chunkHash) chunkHash {
-	b := make([]byte, 0, len(leaves)*hashLen)
+// Summary is the segment-level hash over leaf hashes.
+func Summary(leaves []Hash) Hash {
+	b := make([]byte, 0, len(leaves)*wire.HashLen)
 	for i := range leaves {
 		b = append(b, leaves[i][:]...)
 	}
 	return sum128(b)
 }
 
-func isZero(p []byte) bool {
+// IsZero reports whether p holds only zero bytes.
+func IsZero(p []byte) bool {
 	for len(p) >= 8 {
 		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
 			return false

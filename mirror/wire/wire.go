@@ -1,13 +1,10 @@
-package mirror
+package wire
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"slices"
-
-	"github.com/blockmirror/blockmirror/journal"
 )
 
 // Replication protocol constants. Everything in this block is part of the
@@ -551,8 +548,8 @@ func DecodeHelloReply(p []byte) (HelloReply, error) {
 // ---- Records ----
 
 // RecordSize returns the number of bytes rec takes in a Records message.
-func RecordSize(rec *journal.Record) int {
-	if rec.Op == journal.OpWrite {
+func RecordSize(rec *Record) int {
+	if rec.Op == OpWrite {
 		return recordOverhead + len(rec.Data)
 	}
 	return recordOverhead
@@ -561,19 +558,19 @@ func RecordSize(rec *journal.Record) int {
 // RecordsHeaderLen is the size of the Records message header (the count).
 const RecordsHeaderLen = 4
 
-func checkRecord(rec *journal.Record) error {
+func checkRecord(rec *Record) error {
 	if !rec.Op.Valid() {
 		return fmt.Errorf("record %d has unknown op %d", rec.Seq, uint8(rec.Op))
 	}
 	switch rec.Op {
-	case journal.OpWrite:
+	case OpWrite:
 		if len(rec.Data) != int(rec.Length) {
 			return fmt.Errorf("write record %d has length %d but %d data bytes", rec.Seq, rec.Length, len(rec.Data))
 		}
 		if rec.Length > MaxRecordData {
 			return fmt.Errorf("write record %d has %d data bytes, more than %d", rec.Seq, rec.Length, MaxRecordData)
 		}
-	case journal.OpEpoch:
+	case OpEpoch:
 		if rec.Length != 0 || len(rec.Data) != 0 {
 			return fmt.Errorf("epoch record %d has length %d and %d data bytes, want none", rec.Seq, rec.Length, len(rec.Data))
 		}
@@ -589,7 +586,7 @@ func checkRecord(rec *journal.Record) error {
 // non-empty, at most MaxRecordsPerFrame long and each record well formed
 // (OpWrite: len(Data) == Length ≤ MaxRecordData; others: no data; OpEpoch:
 // Length 0). It does not check that seqs are consecutive.
-func AppendRecords(b []byte, recs []journal.Record) ([]byte, error) {
+func AppendRecords(b []byte, recs []Record) ([]byte, error) {
 	if len(recs) == 0 || len(recs) > MaxRecordsPerFrame {
 		return b, fmt.Errorf("mirror: encode records: %d records, want 1..%d", len(recs), MaxRecordsPerFrame)
 	}
@@ -605,14 +602,14 @@ func AppendRecords(b []byte, recs []journal.Record) ([]byte, error) {
 	return b, nil
 }
 
-func appendRecord(b []byte, rec *journal.Record) []byte {
+func appendRecord(b []byte, rec *Record) []byte {
 	start := len(b)
 	b = appendU64(b, rec.Epoch)
 	b = appendU64(b, rec.Seq)
 	b = append(b, byte(rec.Op))
 	b = appendU64(b, rec.Offset)
 	b = appendU32(b, rec.Length)
-	if rec.Op == journal.OpWrite {
+	if rec.Op == OpWrite {
 		b = append(b, rec.Data...)
 	}
 	return appendCRC(b, start)
@@ -624,7 +621,7 @@ func appendRecord(b []byte, rec *journal.Record) []byte {
 // only as long as p is and must be copied by a caller that keeps it beyond
 // that. Non-write records have nil Data. The only allocation is growing dst
 // (bounded by the count, which is checked against the payload length first).
-func DecodeRecords(dst []journal.Record, p []byte) ([]journal.Record, error) {
+func DecodeRecords(dst []Record, p []byte) ([]Record, error) {
 	r := reader{p: p, msg: "records"}
 	n := r.u32("record count")
 	if r.err != nil {
@@ -642,10 +639,10 @@ func DecodeRecords(dst []journal.Record, p []byte) ([]journal.Record, error) {
 	dst = growRecords(dst, int(n))
 	for i := 0; i < int(n); i++ {
 		start := r.off
-		var rec journal.Record
+		var rec Record
 		rec.Epoch = r.u64("epoch")
 		rec.Seq = r.u64("seq")
-		rec.Op = journal.Op(r.u8("op"))
+		rec.Op = Op(r.u8("op"))
 		rec.Offset = r.u64("offset")
 		rec.Length = r.u32("length")
 		if r.err != nil {
@@ -656,13 +653,13 @@ func DecodeRecords(dst []journal.Record, p []byte) ([]journal.Record, error) {
 			return dst[:base], r.err
 		}
 		switch rec.Op {
-		case journal.OpWrite:
+		case OpWrite:
 			if rec.Length > MaxRecordData {
 				r.fail("record %d (seq %d) has %d data bytes, more than %d", i, rec.Seq, rec.Length, MaxRecordData)
 				return dst[:base], r.err
 			}
 			rec.Data = r.bytes(int(rec.Length), "record data")
-		case journal.OpEpoch:
+		case OpEpoch:
 			if rec.Length != 0 {
 				r.fail("epoch record %d (seq %d) has length %d", i, rec.Seq, rec.Length)
 				return dst[:base], r.err
@@ -685,11 +682,11 @@ func DecodeRecords(dst []journal.Record, p []byte) ([]journal.Record, error) {
 	return dst, nil
 }
 
-func growRecords(s []journal.Record, n int) []journal.Record {
+func growRecords(s []Record, n int) []Record {
 	if cap(s)-len(s) >= n {
 		return s
 	}
-	ns := make([]journal.Record, len(s), len(s)+n)
+	ns := make([]Record, len(s), len(s)+n)
 	copy(ns, s)
 	return ns
 }
@@ -779,169 +776,4 @@ func DecodeError(p []byte) (ErrorMsg, error) {
 		return ErrorMsg{}, err
 	}
 	return e, nil
-}
-
-// ---- handshake checks ----
-
-// VolumeIdentity is what a node knows about its copy of the volume, as
-// compared against a peer's Hello.
-type VolumeIdentity struct {
-	Volume  UUID
-	Size    uint64
-	Epoch   uint64
-	History []EpochStart
-}
-
-// Handshake check errors; CheckHello wraps one of them with the details.
-var (
-	ErrVersion         = errors.New("protocol version differs")
-	ErrVolumeMismatch  = errors.New("volume UUID differs")
-	ErrSizeMismatch    = errors.New("size differs")
-	ErrStaleEpoch      = errors.New("peer epoch is stale")
-	ErrHistoryDiverged = errors.New("epoch history diverged")
-	ErrBadHistory      = errors.New("malformed epoch history")
-)
-
-// CheckHello compares a peer's Hello against the local identity and returns
-// nil if records from that peer may be accepted, or an error wrapping one
-// of ErrVersion, ErrVolumeMismatch, ErrSizeMismatch, ErrStaleEpoch,
-// ErrBadHistory or ErrHistoryDiverged that says exactly what differs. A
-// remote epoch higher than ours is accepted (the caller adopts it).
-//
-// History rules: the remote history must have strictly increasing epochs
-// and non-decreasing first seqs, ending at most at the remote epoch; every
-// epoch of the local history must appear in the remote history with the
-// same first seq (otherwise the two nodes wrote different records under
-// the same seqs). An empty history on either side skips the comparison.
-func CheckHello(local VolumeIdentity, remote Hello) error {
-	if remote.Version != ProtoVersion {
-		return fmt.Errorf("%w: local %d remote %d", ErrVersion, ProtoVersion, remote.Version)
-	}
-	if remote.Volume != local.Volume {
-		return fmt.Errorf("%w: local %v remote %v", ErrVolumeMismatch, local.Volume, remote.Volume)
-	}
-	if remote.Size != local.Size {
-		return fmt.Errorf("%w: local %d remote %d", ErrSizeMismatch, local.Size, remote.Size)
-	}
-	if remote.Epoch < local.Epoch {
-		return fmt.Errorf("%w: peer epoch %d is lower than ours %d: refusing records", ErrStaleEpoch, remote.Epoch, local.Epoch)
-	}
-	if err := validHistory(remote.History, remote.Epoch); err != nil {
-		return fmt.Errorf("%w: peer's %v", ErrBadHistory, err)
-	}
-	if len(local.History) == 0 || len(remote.History) == 0 {
-		return nil
-	}
-	// Our history must be a prefix of the peer's: the peer went on from
-	// where we are (a later epoch, or a new branch of ours after an
-	// unclean restart), never elsewhere.
-	for i, l := range local.History {
-		if i == len(remote.History) {
-			return fmt.Errorf("%w: our history goes on after the peer's: epoch %d from seq %d (id %x) is not in the peer's history",
-				ErrHistoryDiverged, l.Epoch, l.FirstSeq, l.ID)
-		}
-		r := remote.History[i]
-		switch {
-		case r.Epoch != l.Epoch:
-			return fmt.Errorf("%w: our epoch %d (from seq %d) is not in the peer's history", ErrHistoryDiverged, l.Epoch, l.FirstSeq)
-		case r.FirstSeq != l.FirstSeq:
-			return fmt.Errorf("%w: epoch %d starts at seq %d here but at seq %d at the peer",
-				ErrHistoryDiverged, l.Epoch, l.FirstSeq, r.FirstSeq)
-		case r.ID != l.ID:
-			return fmt.Errorf("%w: epoch %d from seq %d was started by another node or restart here (id %x) than at the peer (id %x): split brain",
-				ErrHistoryDiverged, l.Epoch, l.FirstSeq, l.ID, r.ID)
-		}
-	}
-	return nil
-}
-
-// extendsHistory reports whether b is a (not necessarily proper) extension
-// of a: every entry of a is b's entry at the same place.
-func extendsHistory(a, b []EpochStart) bool {
-	if len(b) < len(a) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// validHistory checks a history: epochs never decrease and each entry
-// starts no earlier than the one before. An epoch may have several
-// entries: every unclean restart of its primary starts a new branch of the
-// epoch (a new ID at the seq after the last one it holds), so that records
-// a mirror received from before the restart are told apart from the new
-// ones with the same seqs.
-func validHistory(h []EpochStart, epoch uint64) error {
-	for i := 1; i < len(h); i++ {
-		if h[i].Epoch < h[i-1].Epoch {
-			return fmt.Errorf("history entry %d: epoch %d does not follow epoch %d", i, h[i].Epoch, h[i-1].Epoch)
-		}
-		if h[i].Epoch == h[i-1].Epoch && h[i].ID == h[i-1].ID {
-			return fmt.Errorf("history entry %d: epoch %d has two entries with id %x", i, h[i].Epoch, h[i].ID)
-		}
-		if h[i].FirstSeq < h[i-1].FirstSeq {
-			return fmt.Errorf("history entry %d: epoch %d starts at seq %d, before epoch %d (seq %d)",
-				i, h[i].Epoch, h[i].FirstSeq, h[i-1].Epoch, h[i-1].FirstSeq)
-		}
-	}
-	if n := len(h); n > 0 && h[n-1].Epoch > epoch {
-		return fmt.Errorf("history ends at epoch %d, after the current epoch %d", h[n-1].Epoch, epoch)
-	}
-	return nil
-}
-
-// entryOfSeq returns the history entry (epoch branch) seq was written in,
-// and false if the history is empty or seq precedes it.
-func entryOfSeq(h []EpochStart, seq uint64) (EpochStart, bool) {
-	for i := len(h) - 1; i >= 0; i-- {
-		if h[i].FirstSeq <= seq {
-			return h[i], true
-		}
-	}
-	return EpochStart{}, false
-}
-
-// ForkPoint returns the highest seq through which two histories agree:
-// every seq ≤ it was written in the same epoch (number and ID) by both,
-// so two journals holding records ≤ it hold the same records. Seqs after
-// min(lastA, lastB) are not compared.
-func ForkPoint(a, b []EpochStart, lastA, lastB uint64) uint64 {
-	limit := min(lastA, lastB)
-	var bounds []uint64
-	for _, e := range a {
-		bounds = append(bounds, e.FirstSeq)
-	}
-	for _, e := range b {
-		bounds = append(bounds, e.FirstSeq)
-	}
-	slices.Sort(bounds)
-	for _, s := range bounds {
-		if s == 0 || s > limit {
-			continue
-		}
-		ea, oka := entryOfSeq(a, s)
-		eb, okb := entryOfSeq(b, s)
-		if oka != okb || ea.Epoch != eb.Epoch || ea.ID != eb.ID {
-			return s - 1
-		}
-	}
-	return limit
-}
-
-// epochOfSeq returns the epoch the history assigns to seq, and false if
-// the history is empty or seq precedes it.
-func epochOfSeq(h []EpochStart, seq uint64) (uint64, bool) {
-	var e uint64
-	ok := false
-	for i := len(h) - 1; i >= 0; i-- {
-		if h[i].FirstSeq <= seq {
-			e, ok = h[i].Epoch, true
-			break
-		}
-	}
-	return e, ok
 }

@@ -1,59 +1,59 @@
-package mirror_test
+package core_test
 
 import (
 	"errors"
 	"strings"
 	"testing"
 
-	"github.com/blockmirror/blockmirror/journal"
-	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
-func replicaConfig() mirror.ReplicaConfig {
+func replicaConfig() core.ReplicaConfig {
 	h := sampleHello()
-	return mirror.ReplicaConfig{
-		Identity: mirror.VolumeIdentity{Volume: h.Volume, Size: h.Size, Epoch: 5, History: h.History},
+	return core.ReplicaConfig{
+		Identity: core.VolumeIdentity{Volume: h.Volume, Size: h.Size, Epoch: 5, History: h.History},
 		Node:     "m1", LastSeq: 100, DurableSeq: 100, AppliedSeq: 100, SyncEveryTicks: 4, CheckpointEvery: 3,
 	}
 }
 
-func newReplica(t *testing.T, cfg mirror.ReplicaConfig) *mirror.ReplicaCore {
+func newReplica(t *testing.T, cfg core.ReplicaConfig) *core.ReplicaCore {
 	t.Helper()
-	r, err := mirror.NewReplicaCore(cfg)
+	r, err := core.NewReplicaCore(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
 }
 
-func primaryHello(level mirror.AckLevel) mirror.Hello {
+func primaryHello(level wire.AckLevel) wire.Hello {
 	h := sampleHello()
 	h.AckLevel = level
 	h.LastSeq = 200
 	return h
 }
 
-func recs(epoch, from, through uint64) []journal.Record {
-	var rs []journal.Record
+func recs(epoch, from, through uint64) []wire.Record {
+	var rs []wire.Record
 	for s := from; s <= through; s++ {
-		rs = append(rs, journal.Record{Epoch: epoch, Seq: s, Op: journal.OpZero, Length: 512})
+		rs = append(rs, wire.Record{Epoch: epoch, Seq: s, Op: wire.OpZero, Length: 512})
 	}
 	return rs
 }
 
 func TestReplicaConfigValidation(t *testing.T) {
-	for name, mut := range map[string]func(*mirror.ReplicaConfig){
-		"durable > last": func(c *mirror.ReplicaConfig) { c.DurableSeq = 101 },
-		"applied > dur":  func(c *mirror.ReplicaConfig) { c.DurableSeq = 90 },
-		"no epoch":       func(c *mirror.ReplicaConfig) { c.Identity.Epoch = 0 },
-		"bad history": func(c *mirror.ReplicaConfig) {
-			c.Identity.History = []mirror.EpochStart{{Epoch: 5, FirstSeq: 1}, {Epoch: 2, FirstSeq: 3}}
+	for name, mut := range map[string]func(*core.ReplicaConfig){
+		"durable > last": func(c *core.ReplicaConfig) { c.DurableSeq = 101 },
+		"applied > dur":  func(c *core.ReplicaConfig) { c.DurableSeq = 90 },
+		"no epoch":       func(c *core.ReplicaConfig) { c.Identity.Epoch = 0 },
+		"bad history": func(c *core.ReplicaConfig) {
+			c.Identity.History = []wire.EpochStart{{Epoch: 5, FirstSeq: 1}, {Epoch: 2, FirstSeq: 3}}
 		},
-		"negative ticks:": func(c *mirror.ReplicaConfig) { c.SyncEveryTicks = -1 },
+		"negative ticks:": func(c *core.ReplicaConfig) { c.SyncEveryTicks = -1 },
 	} {
 		c := replicaConfig()
 		mut(&c)
-		if _, err := mirror.NewReplicaCore(c); err == nil {
+		if _, err := core.NewReplicaCore(c); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -61,41 +61,41 @@ func TestReplicaConfigValidation(t *testing.T) {
 
 func TestReplicaHello(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	reply := r.Hello(primaryHello(mirror.AckWritten))
-	if reply.Code != mirror.CodeOK || reply.LastSeq != 100 || reply.DurableSeq != 100 || reply.AppliedSeq != 100 ||
-		reply.Epoch != 5 || reply.Role != mirror.PeerRoleMirror || reply.Node != "m1" || reply.Flags != 0 {
+	reply := r.Hello(primaryHello(wire.AckWritten), 0)
+	if reply.Code != wire.CodeOK || reply.LastSeq != 100 || reply.DurableSeq != 100 || reply.AppliedSeq != 100 ||
+		reply.Epoch != 5 || reply.Role != wire.PeerRoleMirror || reply.Node != "m1" || reply.Flags != 0 {
 		t.Fatalf("reply %+v", reply)
 	}
 	if rd := r.Ready(); rd.NewEpoch != 0 {
 		t.Fatalf("epoch change without a newer epoch: %+v", rd)
 	}
 	// Stale epoch: fenced.
-	h := primaryHello(mirror.AckWritten)
+	h := primaryHello(wire.AckWritten)
 	h.Epoch, h.History = 4, h.History[:1]
-	reply = r.Hello(h)
-	if reply.Code != mirror.CodeFenced || !strings.Contains(reply.Reason, "peer epoch 4 is lower than ours 5") || reply.Epoch != 5 {
+	reply = r.Hello(h, 0)
+	if reply.Code != wire.CodeFenced || !strings.Contains(reply.Reason, "peer epoch 4 is lower than ours 5") || reply.Epoch != 5 {
 		t.Fatalf("stale epoch reply %+v", reply)
 	}
-	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, mirror.ErrProtocol) {
+	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, core.ErrProtocol) {
 		t.Fatalf("records after a refused hello: %v", err)
 	}
 	// Wrong volume.
-	h = primaryHello(mirror.AckWritten)
+	h = primaryHello(wire.AckWritten)
 	h.Volume[3] ^= 1
-	if reply = r.Hello(h); reply.Code != mirror.CodeRefused || !strings.Contains(reply.Reason, "volume UUID differs") {
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeRefused || !strings.Contains(reply.Reason, "volume UUID differs") {
 		t.Fatalf("wrong volume reply %+v", reply)
 	}
 	// Not a primary.
-	h = primaryHello(mirror.AckWritten)
-	h.Role = mirror.PeerRoleMirror
-	if reply = r.Hello(h); reply.Code != mirror.CodeRefused {
+	h = primaryHello(wire.AckWritten)
+	h.Role = wire.PeerRoleMirror
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeRefused {
 		t.Fatalf("mirror-role hello accepted: %+v", reply)
 	}
 	// Newer epoch: adopted and reported for persisting.
-	h = primaryHello(mirror.AckWritten)
+	h = primaryHello(wire.AckWritten)
 	h.Epoch = 7
-	h.History = append(h.History, mirror.EpochStart{Epoch: 7, FirstSeq: 150})
-	if reply = r.Hello(h); reply.Code != mirror.CodeOK || reply.Epoch != 7 {
+	h.History = append(h.History, wire.EpochStart{Epoch: 7, FirstSeq: 150})
+	if reply = r.Hello(h, 0); reply.Code != wire.CodeOK || reply.Epoch != 7 {
 		t.Fatalf("newer epoch reply %+v", reply)
 	}
 	if rd := r.Ready(); rd.NewEpoch != 7 || len(rd.NewHistory) != 3 {
@@ -105,43 +105,43 @@ func TestReplicaHello(t *testing.T) {
 
 func TestReplicaDivergedNeedsResync(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	h := primaryHello(mirror.AckWritten)
+	h := primaryHello(wire.AckWritten)
 	h.LastSeq = 90 // we hold records the primary does not have
-	if reply := r.Hello(h); reply.Code != mirror.CodeOK || reply.Flags&mirror.FlagNeedsResync == 0 {
+	if reply := r.Hello(h, 0); reply.Code != wire.CodeOK || reply.Flags&wire.FlagNeedsResync == 0 {
 		t.Fatalf("reply %+v", reply)
 	}
-	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, mirror.ErrProtocol) {
+	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, core.ErrProtocol) {
 		t.Fatalf("records to a diverged mirror: %v", err)
 	}
 	// Our seq 100 is in epoch 5 (from seq 100); the primary says epoch 5
 	// began at 100 too but it has epoch 6 from 100 on... simulate a primary
 	// whose history puts seq 100 in another epoch.
 	r = newReplica(t, replicaConfig())
-	h = primaryHello(mirror.AckWritten)
+	h = primaryHello(wire.AckWritten)
 	h.Epoch = 6
-	h.History = []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}, {Epoch: 6, FirstSeq: 100}}
-	if reply := r.Hello(h); reply.Flags&mirror.FlagNeedsResync == 0 {
+	h.History = []wire.EpochStart{{Epoch: 1, FirstSeq: 1}, {Epoch: 5, FirstSeq: 100}, {Epoch: 6, FirstSeq: 100}}
+	if reply := r.Hello(h, 0); reply.Flags&wire.FlagNeedsResync == 0 {
 		t.Fatalf("diverged epoch of last record not flagged: %+v", reply)
 	}
 }
 
 func TestReplicaReceiveRules(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, mirror.ErrProtocol) {
+	if err := r.Receive(recs(5, 101, 101)); !errors.Is(err, core.ErrProtocol) {
 		t.Fatalf("records before hello: %v", err)
 	}
-	r.Hello(primaryHello(mirror.AckWritten))
-	bad := map[string][]journal.Record{
+	r.Hello(primaryHello(wire.AckWritten), 0)
+	bad := map[string][]wire.Record{
 		"gap":              recs(5, 102, 103),
 		"repeat":           recs(5, 100, 100),
 		"gap inside":       append(recs(5, 101, 101), recs(5, 103, 103)...),
 		"epoch too high":   recs(6, 101, 101),
 		"epoch too low":    recs(4, 101, 101),
-		"history mismatch": {{Epoch: 1, Seq: 101, Op: journal.OpZero}},
+		"history mismatch": {{Epoch: 1, Seq: 101, Op: wire.OpZero}},
 		"bad op":           {{Epoch: 5, Seq: 101, Op: 0}},
 	}
 	for name, batch := range bad {
-		if err := r.Receive(batch); !errors.Is(err, mirror.ErrProtocol) {
+		if err := r.Receive(batch); !errors.Is(err, core.ErrProtocol) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
@@ -158,14 +158,14 @@ func TestReplicaReceiveRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	rd := r.Ready()
-	if rd.Persist != (mirror.SeqRange{From: 101, Through: 104}) || !rd.SendAck || rd.Ack.Received != 104 || rd.Ack.Written != 100 {
+	if rd.Persist != (core.SeqRange{From: 101, Through: 104}) || !rd.SendAck || rd.Ack.Received != 104 || rd.Ack.Written != 100 {
 		t.Fatalf("ready %+v", rd)
 	}
 }
 
 func TestReplicaWrittenLevelSyncPolicy(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(mirror.AckWritten))
+	r.Hello(primaryHello(wire.AckWritten), 0)
 	r.Receive(recs(5, 101, 105))
 	r.Tick()
 	r.Ready()
@@ -214,7 +214,7 @@ func TestReplicaWrittenLevelSyncPolicy(t *testing.T) {
 
 func TestReplicaDurableLevelGroupCommit(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(mirror.AckDurable))
+	r.Hello(primaryHello(wire.AckDurable), 0)
 	r.Receive(recs(5, 101, 102))
 	r.LocalProgress(102, 100)
 	if rd := r.Ready(); rd.SyncLocal != 102 {
@@ -233,7 +233,7 @@ func TestReplicaDurableLevelGroupCommit(t *testing.T) {
 
 func TestReplicaDisconnectForgetsUnpersisted(t *testing.T) {
 	r := newReplica(t, replicaConfig())
-	r.Hello(primaryHello(mirror.AckWritten))
+	r.Hello(primaryHello(wire.AckWritten), 0)
 	r.Receive(recs(5, 101, 104))
 	r.Ready() // persist 101..104 handed out
 	r.Receive(recs(5, 105, 108))
@@ -243,7 +243,7 @@ func TestReplicaDisconnectForgetsUnpersisted(t *testing.T) {
 		t.Fatalf("outputs after disconnect: %+v", rd)
 	}
 	r.LocalProgress(104, 100) // the handed-out append finished
-	reply := r.Hello(primaryHello(mirror.AckWritten))
+	reply := r.Hello(primaryHello(wire.AckWritten), 0)
 	if reply.LastSeq != 104 {
 		t.Fatalf("reconnect reports last seq %d, want 104", reply.LastSeq)
 	}
@@ -263,10 +263,10 @@ func TestReplicaRestartReplays(t *testing.T) {
 
 func BenchmarkReplicaBatch(b *testing.B) {
 	c := replicaConfig()
-	r, _ := mirror.NewReplicaCore(c)
-	h := primaryHello(mirror.AckDurable)
+	r, _ := core.NewReplicaCore(c)
+	h := primaryHello(wire.AckDurable)
 	h.LastSeq = 1 << 62
-	r.Hello(h)
+	r.Hello(h, 0)
 	batch := recs(5, 101, 164)
 	b.ReportAllocs()
 	for b.Loop() {

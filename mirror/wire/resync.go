@@ -1,4 +1,4 @@
-package mirror
+package wire
 
 import "fmt"
 
@@ -23,8 +23,8 @@ const (
 	MaxSyncHashes = 1 << 16
 	// MaxSyncAcks bounds the entries of one SyncChunkAck.
 	MaxSyncAcks = 1 << 16
-	// hashLen is the size of one chunk hash (xxh3-128).
-	hashLen = 16
+	// HashLen is the size of one chunk hash (xxh3-128).
+	HashLen = 16
 )
 
 // ResyncBegin tells a mirror that a resync starts: its store is
@@ -55,7 +55,7 @@ type SyncHashReq struct {
 type SyncHashes struct {
 	Off, Len uint64
 	Leaves   bool
-	Hashes   [][hashLen]byte
+	Hashes   [][HashLen]byte
 }
 
 // SyncChunk carries one chunk of the primary's store as it was after
@@ -174,10 +174,10 @@ func DecodeSyncHashes(p []byte) (SyncHashes, error) {
 	if r.err == nil && n > MaxSyncHashes {
 		r.fail("%d hashes, more than %d", n, MaxSyncHashes)
 	}
-	if r.need(int(n)*hashLen, "hashes") && n > 0 {
-		m.Hashes = make([][hashLen]byte, n)
+	if r.need(int(n)*HashLen, "hashes") && n > 0 {
+		m.Hashes = make([][HashLen]byte, n)
 		for i := range m.Hashes {
-			copy(m.Hashes[i][:], r.bytes(hashLen, "hash"))
+			copy(m.Hashes[i][:], r.bytes(HashLen, "hash"))
 		}
 	}
 	return m, r.done()

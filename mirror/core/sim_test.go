@@ -1,4 +1,4 @@
-package mirror_test
+package core_test
 
 // A seeded, deterministic simulation of one PrimaryCore and 1..3
 // ReplicaCores exchanging real wire messages over simulated connections,
@@ -14,8 +14,8 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/blockmirror/blockmirror/journal"
-	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 var (
@@ -30,13 +30,13 @@ const (
 	simSettle    = 4000 // ticks allowed for convergence afterwards
 )
 
-var simVolume = mirror.UUID{0xb1, 0x0c, 0x4d, 0x11}
+var simVolume = wire.UUID{0xb1, 0x0c, 0x4d, 0x11}
 
 type simParams struct {
 	mirrors    int
 	k          int
-	mode       mirror.Mode
-	level      mirror.AckLevel
+	mode       wire.Mode
+	level      wire.AckLevel
 	degraded   bool
 	maxLag     int
 	faultRate  float64 // per mirror per tick
@@ -52,7 +52,7 @@ func (p simParams) String() string {
 
 type simMsg struct {
 	at      int64
-	typ     mirror.MsgType
+	typ     wire.MsgType
 	payload []byte
 }
 
@@ -93,13 +93,13 @@ type simSync struct {
 
 type simMirror struct {
 	name  string
-	core  *mirror.ReplicaCore
+	core  *core.ReplicaCore
 	conn  simConn
 	down  bool
 	upAt  int64
-	inbox map[uint64]journal.Record
+	inbox map[uint64]wire.Record
 	// journal
-	jrecs    map[uint64]journal.Record
+	jrecs    map[uint64]wire.Record
 	jLast    uint64
 	jDurable uint64
 	appends  []simAppend
@@ -112,8 +112,8 @@ type simMirror struct {
 	ckptSeq   uint64
 	replaying uint64 // > 0: replay after restart runs through this seq
 	// ground truth for the quorum checks
-	acked     mirror.Ack // what the primary has been told (truthful)
-	powerLoss int64      // tick of the last power loss
+	acked     wire.Ack // what the primary has been told (truthful)
+	powerLoss int64    // tick of the last power loss
 }
 
 type sim struct {
@@ -122,9 +122,9 @@ type sim struct {
 	rng    *rand.Rand
 	p      simParams
 	now    int64
-	core   *mirror.PrimaryCore
-	recs   []journal.Record // recs[seq-1]
-	tick   []int64          // proposal tick per seq
+	core   *core.PrimaryCore
+	recs   []wire.Record // recs[seq-1]
+	tick   []int64       // proposal tick per seq
 	reqs   map[uint64]*simReq
 	nextID uint64
 	local  []simLocalOp
@@ -159,13 +159,13 @@ func newSim(t *testing.T, seed uint64) *sim {
 	var p simParams
 	p.mirrors = 1 + rng.IntN(3)
 	p.k = 1 + rng.IntN(p.mirrors)
-	p.mode = mirror.ModeSync
+	p.mode = wire.ModeSync
 	if rng.IntN(3) == 0 {
-		p.mode = mirror.ModeAsync
+		p.mode = wire.ModeAsync
 		p.maxLag = []int{0, 5, 20, 60}[rng.IntN(4)]
 	}
-	p.level = mirror.AckLevel(1 + rng.IntN(3))
-	p.degraded = p.mode == mirror.ModeSync && rng.IntN(3) == 0
+	p.level = wire.AckLevel(1 + rng.IntN(3))
+	p.degraded = p.mode == wire.ModeSync && rng.IntN(3) == 0
 	p.faultRate = []float64{0, 0.002, 0.01, 0.03}[rng.IntN(4)]
 	p.maxDelay = rng.IntN(7)
 	p.ioDelay = rng.IntN(4)
@@ -178,7 +178,7 @@ func newSim(t *testing.T, seed uint64) *sim {
 	var names []string
 	for i := 0; i < p.mirrors; i++ {
 		m := &simMirror{
-			name: fmt.Sprintf("m%d", i), inbox: map[uint64]journal.Record{}, jrecs: map[uint64]journal.Record{},
+			name: fmt.Sprintf("m%d", i), inbox: map[uint64]wire.Record{}, jrecs: map[uint64]wire.Record{},
 			store: map[uint64]uint64{}, ckpt: map[uint64]uint64{}, powerLoss: -1,
 		}
 		m.conn.maxDelay = rng.IntN(p.maxDelay + 1)
@@ -189,7 +189,7 @@ func newSim(t *testing.T, seed uint64) *sim {
 		s.senders[m.name] = &simSender{}
 		s.restartMirror(m)
 	}
-	core, err := mirror.NewPrimaryCore(mirror.PrimaryConfig{
+	core, err := core.NewPrimaryCore(core.PrimaryConfig{
 		Peers: names, Mode: p.mode, SyncAcks: p.k, AckLevel: p.level, AllowDegraded: p.degraded,
 		AckTimeoutTicks: 80, MaxLagTicks: p.maxLag, Epoch: 1,
 	})
@@ -200,14 +200,14 @@ func newSim(t *testing.T, seed uint64) *sim {
 	return s
 }
 
-func (s *sim) identity() mirror.VolumeIdentity {
-	return mirror.VolumeIdentity{Volume: simVolume, Size: simBlocks * simBlockSize, Epoch: 1,
-		History: []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}}}
+func (s *sim) identity() core.VolumeIdentity {
+	return core.VolumeIdentity{Volume: simVolume, Size: simBlocks * simBlockSize, Epoch: 1,
+		History: []wire.EpochStart{{Epoch: 1, FirstSeq: 1}}}
 }
 
 // restartMirror starts a new incarnation of m from its journal and checkpoint.
 func (s *sim) restartMirror(m *simMirror) {
-	core, err := mirror.NewReplicaCore(mirror.ReplicaConfig{
+	core, err := core.NewReplicaCore(core.ReplicaConfig{
 		Identity: s.identity(), Node: m.name, LastSeq: m.jLast, DurableSeq: m.jDurable,
 		AppliedSeq: m.ckptSeq, SyncEveryTicks: 1 + s.rng.IntN(15), CheckpointEvery: uint64(1 + s.rng.IntN(64)),
 	})
@@ -230,7 +230,7 @@ func (s *sim) restartMirror(m *simMirror) {
 
 // ---- network ----
 
-func (s *sim) send(c *simConn, toMirror bool, typ mirror.MsgType, payload []byte) {
+func (s *sim) send(c *simConn, toMirror bool, typ wire.MsgType, payload []byte) {
 	if !c.up {
 		return
 	}
@@ -272,16 +272,16 @@ func (s *sim) connect(m *simMirror) {
 	c.up = true
 	c.gen++
 	c.lastM, c.lastP = s.now, s.now
-	h := mirror.Hello{
-		Version: mirror.ProtoVersion, Role: mirror.PeerRolePrimary, Mode: s.p.mode, AckLevel: s.p.level,
+	h := wire.Hello{
+		Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: s.p.mode, AckLevel: s.p.level,
 		Volume: simVolume, Size: simBlocks * simBlockSize, Epoch: 1, LastSeq: uint64(len(s.recs)),
-		Node: "primary", History: []mirror.EpochStart{{Epoch: 1, FirstSeq: 1}},
+		Node: "primary", History: []wire.EpochStart{{Epoch: 1, FirstSeq: 1}},
 	}
-	b, err := mirror.AppendHello(nil, &h)
+	b, err := wire.AppendHello(nil, &h)
 	if err != nil {
 		s.fail("encode hello: %v", err)
 	}
-	s.send(c, true, mirror.MsgHello, b)
+	s.send(c, true, wire.MsgHello, b)
 }
 
 // deliver hands over the messages due on m's connection.
@@ -289,7 +289,7 @@ func (s *sim) deliver(m *simMirror) {
 	c := &m.conn
 	for len(c.toMirror) > 0 && c.up && c.toMirror[0].at <= s.now && !m.down {
 		msg := c.toMirror[0]
-		if msg.typ == mirror.MsgHello && len(m.appends) > 0 {
+		if msg.typ == wire.MsgHello && len(m.appends) > 0 {
 			break // the driver finishes the previous session's appends first
 		}
 		c.toMirror = c.toMirror[1:]
@@ -306,23 +306,23 @@ func (s *sim) deliver(m *simMirror) {
 
 func (s *sim) mirrorReceive(m *simMirror, msg simMsg) {
 	switch msg.typ {
-	case mirror.MsgHello:
-		h, err := mirror.DecodeHello(msg.payload)
+	case wire.MsgHello:
+		h, err := wire.DecodeHello(msg.payload)
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
-		reply := m.core.Hello(h)
-		if reply.Code != mirror.CodeOK {
+		reply := m.core.Hello(h, m.jLast)
+		if reply.Code != wire.CodeOK {
 			s.fail("%s refused the primary: %s", m.name, reply.Reason)
 		}
 		m.handed = m.jLast
-		b, err := mirror.AppendHelloReply(nil, &reply)
+		b, err := wire.AppendHelloReply(nil, &reply)
 		if err != nil {
 			s.fail("encode reply: %v", err)
 		}
-		s.send(&m.conn, false, mirror.MsgHelloReply, b)
-	case mirror.MsgRecords:
-		recs, err := mirror.DecodeRecords(nil, msg.payload)
+		s.send(&m.conn, false, wire.MsgHelloReply, b)
+	case wire.MsgRecords:
+		recs, err := wire.DecodeRecords(nil, msg.payload)
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
@@ -332,8 +332,8 @@ func (s *sim) mirrorReceive(m *simMirror, msg simMsg) {
 		for _, r := range recs {
 			m.inbox[r.Seq] = r
 		}
-	case mirror.MsgFlush:
-		f, err := mirror.DecodeFlush(msg.payload)
+	case wire.MsgFlush:
+		f, err := wire.DecodeFlush(msg.payload)
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
@@ -345,8 +345,8 @@ func (s *sim) mirrorReceive(m *simMirror, msg simMsg) {
 
 func (s *sim) primaryReceive(m *simMirror, msg simMsg) {
 	switch msg.typ {
-	case mirror.MsgHelloReply:
-		r, err := mirror.DecodeHelloReply(msg.payload)
+	case wire.MsgHelloReply:
+		r, err := wire.DecodeHelloReply(msg.payload)
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
@@ -356,14 +356,14 @@ func (s *sim) primaryReceive(m *simMirror, msg simMsg) {
 			// drained before a handshake.
 			s.fail("%s: reply says last %d durable %d, journal has %d/%d", m.name, r.LastSeq, r.DurableSeq, m.jLast, m.jDurable)
 		}
-		m.acked = mirror.Ack{Received: r.LastSeq, Written: r.LastSeq, Durable: r.DurableSeq, Applied: r.AppliedSeq}
+		m.acked = wire.Ack{Received: r.LastSeq, Written: r.LastSeq, Durable: r.DurableSeq, Applied: r.AppliedSeq}
 		m.conn.handshakeDone = true
-		if err := s.core.PeerUp(m.name, mirror.PeerInfo{Epoch: r.Epoch, LastSeq: r.LastSeq, DurableSeq: r.DurableSeq,
+		if err := s.core.PeerUp(m.name, core.PeerInfo{Epoch: r.Epoch, LastSeq: r.LastSeq, DurableSeq: r.DurableSeq,
 			AppliedSeq: r.AppliedSeq, Flags: r.Flags}); err != nil {
 			s.fail("PeerUp %s: %v", m.name, err)
 		}
-	case mirror.MsgAck:
-		a, err := mirror.DecodeAck(msg.payload)
+	case wire.MsgAck:
+		a, err := wire.DecodeAck(msg.payload)
 		if err != nil {
 			s.fail("%s: %v", m.name, err)
 		}
@@ -371,7 +371,7 @@ func (s *sim) primaryReceive(m *simMirror, msg simMsg) {
 		if a.Received > st.Received || a.Written > m.jLast || a.Durable > m.jDurable || a.Applied > m.applied {
 			s.fail("%s: untruthful ack %+v: received %d journal %d/%d applied %d", m.name, a, st.Received, m.jLast, m.jDurable, m.applied)
 		}
-		m.acked = mirror.Ack{Received: max(m.acked.Received, a.Received), Written: max(m.acked.Written, a.Written),
+		m.acked = wire.Ack{Received: max(m.acked.Received, a.Received), Written: max(m.acked.Written, a.Written),
 			Durable: max(m.acked.Durable, a.Durable), Applied: max(m.acked.Applied, a.Applied)}
 		if err := s.core.PeerAck(m.name, a); err != nil {
 			s.fail("PeerAck %s: %v", m.name, err)
@@ -409,7 +409,7 @@ func (s *sim) pump() {
 	}
 }
 
-func (s *sim) handlePrimaryReady(rd mirror.PrimaryReady) {
+func (s *sim) handlePrimaryReady(rd core.PrimaryReady) {
 	for _, c := range rd.Completions {
 		s.checkCompletion(c)
 	}
@@ -422,7 +422,7 @@ func (s *sim) handlePrimaryReady(rd mirror.PrimaryReady) {
 	}
 	for _, f := range rd.PeerFlushes {
 		m := s.byName[f.Peer]
-		s.send(&m.conn, true, mirror.MsgFlush, mirror.AppendFlush(nil, mirror.Flush{Through: f.Through}))
+		s.send(&m.conn, true, wire.MsgFlush, wire.AppendFlush(nil, wire.Flush{Through: f.Through}))
 	}
 	if rd.SyncLocal > s.syncWant {
 		s.syncWant = rd.SyncLocal
@@ -446,7 +446,7 @@ func (s *sim) handlePrimaryReady(rd mirror.PrimaryReady) {
 	}
 }
 
-func (s *sim) handleMirrorReady(m *simMirror, rd mirror.ReplicaReady) bool {
+func (s *sim) handleMirrorReady(m *simMirror, rd core.ReplicaReady) bool {
 	progress := false
 	if !rd.Persist.Empty() {
 		progress = true
@@ -470,7 +470,7 @@ func (s *sim) handleMirrorReady(m *simMirror, rd mirror.ReplicaReady) bool {
 	if rd.SendAck {
 		progress = true
 		if m.conn.up {
-			s.send(&m.conn, false, mirror.MsgAck, mirror.AppendAck(nil, rd.Ack))
+			s.send(&m.conn, false, wire.MsgAck, wire.AppendAck(nil, rd.Ack))
 		}
 	}
 	if rd.ApplyThrough > 0 {
@@ -523,12 +523,12 @@ func (s *sim) apply(m *simMirror, through uint64) {
 	}
 }
 
-func applyRecord(store map[uint64]uint64, r journal.Record) {
+func applyRecord(store map[uint64]uint64, r wire.Record) {
 	b := r.Offset / simBlockSize
 	switch r.Op {
-	case journal.OpWrite:
+	case wire.OpWrite:
 		store[b] = binary.BigEndian.Uint64(r.Data)
-	case journal.OpTrim, journal.OpZero:
+	case wire.OpTrim, wire.OpZero:
 		delete(store, b)
 	}
 }
@@ -545,14 +545,14 @@ func (s *sim) checkStore(m *simMirror) {
 }
 
 // checkCompletion verifies the durability promise of a completed request.
-func (s *sim) checkCompletion(c mirror.Completion) {
+func (s *sim) checkCompletion(c core.Completion) {
 	r := s.reqs[c.ID]
 	if r == nil {
 		s.fail("completion of unknown or already completed request %d", c.ID)
 	}
 	delete(s.reqs, c.ID)
 	if c.Err != nil {
-		if !errors.Is(c.Err, mirror.ErrNoQuorum) || s.p.mode != mirror.ModeSync || s.p.degraded {
+		if !errors.Is(c.Err, core.ErrNoQuorum) || s.p.mode != wire.ModeSync || s.p.degraded {
 			s.fail("request %d (seq %d) failed: %v", r.id, r.seq, c.Err)
 		}
 		// The core's clock trails the sim's by one tick within a step.
@@ -569,12 +569,12 @@ func (s *sim) checkCompletion(c mirror.Completion) {
 	if r.kind != 0 && s.jDurable < r.seq {
 		s.fail("request %d (kind %d, seq %d) completed but local journal durable only through %d", r.id, r.kind, r.seq, s.jDurable)
 	}
-	if s.p.mode != mirror.ModeSync || s.p.degraded || r.seq == 0 {
+	if s.p.mode != wire.ModeSync || s.p.degraded || r.seq == 0 {
 		return
 	}
 	level := s.p.level
 	if r.kind != 0 {
-		level = mirror.AckDurable
+		level = wire.AckDurable
 	}
 	acked, held := 0, 0
 	for _, m := range s.mirrors {
@@ -583,9 +583,9 @@ func (s *sim) checkCompletion(c mirror.Completion) {
 		}
 		var have uint64
 		switch {
-		case level == mirror.AckDurable:
+		case level == wire.AckDurable:
 			have = m.jDurable
-		case level == mirror.AckWritten && m.powerLoss < r.proposed:
+		case level == wire.AckWritten && m.powerLoss < r.proposed:
 			have = m.jLast
 		default:
 			have = r.seq // received level: not checkable after the fact
@@ -630,11 +630,11 @@ func (s *sim) propose() {
 	}
 	r.seq = seq
 	block := uint64(s.rng.IntN(simBlocks))
-	rec := journal.Record{Epoch: 1, Seq: seq, Offset: block * simBlockSize}
+	rec := wire.Record{Epoch: 1, Seq: seq, Offset: block * simBlockSize}
 	if s.rng.IntN(10) == 0 {
-		rec.Op, rec.Length = journal.OpTrim, simBlockSize
+		rec.Op, rec.Length = wire.OpTrim, simBlockSize
 	} else {
-		rec.Op, rec.Length = journal.OpWrite, 8
+		rec.Op, rec.Length = wire.OpWrite, 8
 		rec.Data = binary.BigEndian.AppendUint64(nil, seq)
 	}
 	s.recs = append(s.recs, rec)
@@ -733,11 +733,11 @@ func (s *sim) step(active bool) {
 		}
 		for snd.next <= uint64(len(s.recs)) {
 			end := min(snd.next+uint64(1+s.rng.IntN(8)), uint64(len(s.recs))+1)
-			b, err := mirror.AppendRecords(s.buf[:0], s.recs[snd.next-1:end-1])
+			b, err := wire.AppendRecords(s.buf[:0], s.recs[snd.next-1:end-1])
 			if err != nil {
 				s.fail("encode records: %v", err)
 			}
-			s.send(&m.conn, true, mirror.MsgRecords, append([]byte(nil), b...))
+			s.send(&m.conn, true, wire.MsgRecords, append([]byte(nil), b...))
 			s.buf = b
 			snd.next = end
 		}
@@ -796,7 +796,7 @@ func (s *sim) converged() bool {
 	}
 	st := s.core.Status()
 	for _, ps := range st.Peers {
-		if ps.State != mirror.PeerInSync {
+		if ps.State != core.PeerInSync {
 			return false
 		}
 	}

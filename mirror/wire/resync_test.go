@@ -1,4 +1,4 @@
-package mirror
+package wire
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ func TestResyncWireRoundTrip(t *testing.T) {
 	if got, err := DecodeSyncHashReq(AppendSyncHashReq(nil, hr)); err != nil || got != hr {
 		t.Fatalf("hash req: %+v %v", got, err)
 	}
-	hs := SyncHashes{Off: 4096, Len: 8192, Leaves: true, Hashes: [][hashLen]byte{{1, 2}, {3}}}
+	hs := SyncHashes{Off: 4096, Len: 8192, Leaves: true, Hashes: [][HashLen]byte{{1, 2}, {3}}}
 	b, err := AppendSyncHashes(nil, &hs)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +74,7 @@ func TestResyncWireRejects(t *testing.T) {
 func FuzzResyncMessages(f *testing.F) {
 	f.Add(uint8(0), AppendResyncBegin(nil, ResyncBegin{From: 3, Chunk: 65536}))
 	f.Add(uint8(1), AppendSyncHashReq(nil, SyncHashReq{Off: 1, Len: 2}))
-	b, _ := AppendSyncHashes(nil, &SyncHashes{Off: 1, Len: 2, Hashes: [][hashLen]byte{{9}}})
+	b, _ := AppendSyncHashes(nil, &SyncHashes{Off: 1, Len: 2, Hashes: [][HashLen]byte{{9}}})
 	f.Add(uint8(2), b)
 	b, _ = AppendSyncChunk(nil, &SyncChunk{Off: 1, Len: 3, Tag: 4, Data: []byte("xyz")})
 	f.Add(uint8(3), b)

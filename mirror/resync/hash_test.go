@@ -1,10 +1,8 @@
-package mirror
+package resync
 
 import (
-	"os"
-
-	"github.com/blockmirror/blockmirror/journal"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -20,8 +18,8 @@ func TestHashRangeHolesAndData(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	h := newHasher(st, 64<<10)
-	before, err := h.hashRange(0, 4<<20, nil)
+	h := NewHasher(st, 64<<10)
+	before, err := h.HashRange(0, 4<<20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +32,7 @@ func TestHashRangeHolesAndData(t *testing.T) {
 		}
 	}
 	st.WriteAt([]byte{1}, 3*(64<<10)+5)
-	after, _ := h.hashRange(0, 4<<20, nil)
+	after, _ := h.HashRange(0, 4<<20, nil)
 	for i := range after {
 		if (after[i] != before[i]) != (i == 3) {
 			t.Fatalf("chunk %d changed=%v", i, after[i] != before[i])
@@ -42,11 +40,11 @@ func TestHashRangeHolesAndData(t *testing.T) {
 	}
 	// Writing zeroes back makes it equal again (content, not allocation).
 	st.WriteAt([]byte{0}, 3*(64<<10)+5)
-	again, _ := h.hashRange(0, 4<<20, nil)
+	again, _ := h.HashRange(0, 4<<20, nil)
 	if again[3] != before[3] {
 		t.Fatal("allocated zero chunk hashes differently from a hole")
 	}
-	if _, err := h.hashRange(100, 64<<10, nil); err == nil {
+	if _, err := h.HashRange(100, 64<<10, nil); err == nil {
 		t.Fatal("unaligned range accepted")
 	}
 }
@@ -102,20 +100,20 @@ func FuzzBitmapDecode(f *testing.F) {
 }
 
 func TestRecentExtents(t *testing.T) {
-	var r recentExtents
-	if !r.overlaps(1, 2, 0, 10) {
+	var r RecentExtents
+	if !r.Overlaps(1, 2, 0, 10) {
 		t.Fatal("an empty ring must answer 'maybe'")
 	}
 	for s := uint64(1); s <= 10; s++ {
-		r.add(journalRecord(s, s*100, 10))
+		r.Add(s, s*100, 10)
 	}
-	if r.overlaps(5, 10, 0, 100) {
+	if r.Overlaps(5, 10, 0, 100) {
 		t.Fatal("no record in (5,10] touches [0,100)")
 	}
-	if !r.overlaps(5, 10, 700, 705) {
+	if !r.Overlaps(5, 10, 700, 705) {
 		t.Fatal("record 7 touches [700,705)")
 	}
-	if r.overlaps(7, 10, 700, 705) {
+	if r.Overlaps(7, 10, 700, 705) {
 		t.Fatal("record 7 is not after 7")
 	}
 }
@@ -145,7 +143,3 @@ func BenchmarkChunkHash(b *testing.B) {
 }
 
 func readFileForFuzz(p string) ([]byte, error) { return os.ReadFile(p) }
-
-func journalRecord(seq, off uint64, n uint32) journal.Record {
-	return journal.Record{Seq: seq, Op: journal.OpWrite, Offset: off, Length: n}
-}
