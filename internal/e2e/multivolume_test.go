@@ -92,7 +92,7 @@ func TestMultiVolume(t *testing.T) {
 		proxy = fp
 	} else {
 		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
-		proxy = inprocProxy{testutil.StartUDPProxy(t, testutil.FreeUDPAddr(t), h2Listen)}
+		proxy = startInprocProxy(t, h2Listen)
 	}
 
 	writeFile := func(name, s string) string {
