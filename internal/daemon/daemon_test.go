@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -122,21 +123,16 @@ func (r *running) primaryStatus(timeout time.Duration) *PrimaryStatus {
 
 func (r *running) control() string { return r.p.cfg.Node.Control }
 
-// nbdAddr is HOST:PORT of an nbd:// URI.
-func nbdAddr(t *testing.T, uri string) string {
+// connect connects to the export of an nbd:// URI.
+func connect(t *testing.T, uri string) *nbd.Client {
 	t.Helper()
 	u, err := url.Parse(uri)
 	if err != nil || u.Scheme != "nbd" {
 		t.Fatalf("NBD URI %q: %v", uri, err)
 	}
-	return u.Host
-}
-
-func connect(t *testing.T, uri string) *nbd.Client {
-	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := nbd.Connect(ctx, nbdAddr(t, uri), nbd.ConnectOptions{Export: "disk"})
+	c, err := nbd.Connect(ctx, u.Host, nbd.ConnectOptions{Export: strings.TrimPrefix(u.Path, "/")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,5 +353,95 @@ func TestOpenRefusesAMirrorAsPrimary(t *testing.T) {
 	_, err = New(t.Context(), &config.Process{Role: config.RolePrimary, Node: nodeConfig(t, "p1", certs), Volumes: []config.VolumeConfig{vol}}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "blockmirror promote --data") {
 		t.Fatalf("New on a mirror's volume: %v", err)
+	}
+}
+
+// TestSeveralVolumesShareConnections: a primary process of two volumes
+// replicates to a mirror process of two volumes over one QUIC connection
+// (one per mirror host); the mirror host routes each session by volume
+// name, and each volume's writes reach its own mirror.
+func TestSeveralVolumesShareConnections(t *testing.T) {
+	certs := certsDir(t, "p1", "h1")
+	listen := testutil.FreeUDPAddr(t)
+	var mvols, pvols []config.VolumeConfig
+	for _, name := range []string{"a", "b"} {
+		mvols = append(mvols, config.VolumeConfig{Name: name, Role: config.RoleMirror, Data: t.TempDir(), Listen: listen,
+			NBD: config.DefaultNBD, Export: name, JournalMax: 64 << 20})
+		pv := primaryVolume(t, config.MirrorConfig{Name: "h1", Address: listen})
+		pv.Name, pv.Export, pv.NBD = name, name, "127.0.0.1:0"
+		pvols = append(pvols, pv)
+	}
+	m := start(t, &config.Process{Role: config.RoleMirror, Node: nodeConfig(t, "h1", certs), Volumes: mvols})
+	p := start(t, &config.Process{Role: config.RolePrimary, Node: nodeConfig(t, "p1", certs), Volumes: pvols})
+	var st NodeStatus
+	testutil.WaitFor(t, 20*time.Second, "both volumes replicating in sync", func() (bool, string) {
+		st = p.p.Status()
+		for _, name := range []string{"a", "b"} {
+			ps := st.Volumes[name].Primary
+			if ps == nil || ps.Replication == nil || len(ps.Replication.Peers) != 1 || ps.Replication.Peers[0].State != "in-sync" {
+				return false, name + " not in sync"
+			}
+		}
+		return true, ""
+	})
+	for i, name := range []string{"a", "b"} {
+		c := connect(t, st.Volumes[name].Primary.NBD)
+		if err := c.WriteAt(t.Context(), pattern(byte('a'+i), 4096), 0, true); err != nil {
+			t.Fatalf("write to %s: %v", name, err)
+		}
+	}
+	testutil.WaitFor(t, 20*time.Second, "the mirror volumes applied the writes", func() (bool, string) {
+		ms := m.p.Status()
+		for _, name := range []string{"a", "b"} {
+			if mv := ms.Volumes[name].Mirror; mv == nil || mv.Applied < 1 {
+				return false, name + " has not applied"
+			}
+		}
+		return true, ""
+	})
+	if c := m.p.Status().Connections; c == nil || c.Accepted != 1 {
+		t.Errorf("mirror host accepted %+v connections, want 1 for both volumes", c)
+	}
+	if c := p.p.Status().Connections; c == nil || c.Open != 1 {
+		t.Errorf("primary pool %+v, want 1 open connection", c)
+	}
+	p.stop()
+	m.stop()
+	for i, v := range mvols {
+		img, err := os.ReadFile(filepath.Join(v.Data, mirror.DiskFile))
+		if err != nil || img[0] != byte('a'+i) {
+			t.Errorf("mirror volume %s: %v, first byte %q", v.Name, err, img[:1])
+		}
+	}
+}
+
+// TestMirrorVolumesNeedOneListener: the volumes of a mirror process share
+// one QUIC listener; different addresses are refused with what to do.
+func TestMirrorVolumesNeedOneListener(t *testing.T) {
+	certs := certsDir(t, "h1")
+	vols := []config.VolumeConfig{
+		{Name: "a", Role: config.RoleMirror, Data: t.TempDir(), Listen: testutil.FreeUDPAddr(t), JournalMax: 64 << 20},
+		{Name: "b", Role: config.RoleMirror, Data: t.TempDir(), Listen: testutil.FreeUDPAddr(t), JournalMax: 64 << 20},
+	}
+	_, err := New(t.Context(), &config.Process{Role: config.RoleMirror, Node: nodeConfig(t, "h1", certs), Volumes: vols}, Options{})
+	if err == nil || !strings.Contains(err.Error(), "listen on different addresses") || !strings.Contains(err.Error(), "--volume") {
+		t.Fatalf("two listeners: %v", err)
+	}
+}
+
+func TestNBDURI(t *testing.T) {
+	for _, tc := range []struct {
+		addr   net.Addr
+		export string
+		tls    bool
+		want   string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 10809}, "disk", false, "nbd://127.0.0.1:10809/disk"},
+		{&net.TCPAddr{IP: net.IPv4zero, Port: 10809}, "a b", true, "nbds://127.0.0.1:10809/a%20b"},
+		{&net.UnixAddr{Name: "/run/bm/nbd.sock", Net: "unix"}, "disk", false, "nbd+unix:///disk?socket=/run/bm/nbd.sock"},
+	} {
+		if got := nbdURI(tc.addr, tc.export, tc.tls); got != tc.want {
+			t.Errorf("nbdURI(%v, %q, %v) = %q, want %q", tc.addr, tc.export, tc.tls, got, tc.want)
+		}
 	}
 }
