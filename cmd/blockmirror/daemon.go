@@ -144,20 +144,12 @@ func serveFlags(stderr io.Writer) (*daemonFlags, *flag.FlagSet) {
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	d, fs := serveFlags(stderr)
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if v := &d.vol; d.path == "" && v.Data == "" {
-		fmt.Fprintln(stderr, "--data is required")
-		fs.Usage()
-		return errUsage
-	}
-	p, err := d.process(fs, config.RolePrimary)
-	if err != nil {
-		return err
-	}
-	return runDaemon(ctx, p, d, stderr)
+	return runDaemon(ctx, args, stderr, config.RolePrimary, serveFlags, func(v *config.VolumeConfig) string {
+		if v.Data == "" {
+			return "--data is required"
+		}
+		return ""
+	})
 }
 
 // mirrorFlags returns mirror's flags.
@@ -183,25 +175,33 @@ func mirrorFlags(stderr io.Writer) (*daemonFlags, *flag.FlagSet) {
 }
 
 func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	d, fs := mirrorFlags(stderr)
+	return runDaemon(ctx, args, stderr, config.RoleMirror, mirrorFlags, func(v *config.VolumeConfig) string {
+		if v.Data == "" || v.Listen == "" {
+			return "--data and --listen are required"
+		}
+		return ""
+	})
+}
+
+// runDaemon parses a daemon command's flags (without --config, missing
+// says what the command cannot do without) into the process of role, and
+// runs it: its logger, one CPU left to the kernel, internal/daemon's
+// Process.
+func runDaemon(ctx context.Context, args []string, stderr io.Writer, role string,
+	flags func(io.Writer) (*daemonFlags, *flag.FlagSet), missing func(*config.VolumeConfig) string) error {
+	d, fs := flags(stderr)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	if v := &d.vol; d.path == "" && (v.Data == "" || v.Listen == "") {
-		fmt.Fprintln(stderr, "--data and --listen are required")
+	if msg := missing(&d.vol); d.path == "" && msg != "" {
+		fmt.Fprintln(stderr, msg)
 		fs.Usage()
 		return errUsage
 	}
-	p, err := d.process(fs, config.RoleMirror)
+	p, err := d.process(fs, role)
 	if err != nil {
 		return err
 	}
-	return runDaemon(ctx, p, d, stderr)
-}
-
-// runDaemon runs the process p: its logger, one CPU left to the kernel,
-// and internal/daemon's Process.
-func runDaemon(ctx context.Context, p *config.Process, d *daemonFlags, stderr io.Writer) error {
 	log, err := newLogger(p.Node, stderr)
 	if err != nil {
 		return err
