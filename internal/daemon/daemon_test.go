@@ -445,3 +445,22 @@ func TestNBDURI(t *testing.T) {
 		}
 	}
 }
+
+// TestBusyNBDAddressEndsRun: a primary whose NBD address is taken fails
+// at once with the address in the error, also when its responder was
+// already started (every goroutine of the volume is stopped and waited
+// for on the way out).
+func TestBusyNBDAddressEndsRun(t *testing.T) {
+	certs := certsDir(t, "p1")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	vol := primaryVolume(t)
+	vol.NBD, vol.Listen = busy.Addr().String(), testutil.FreeUDPAddr(t)
+	r := start(t, &config.Process{Role: config.RolePrimary, Node: nodeConfig(t, "p1", certs), Volumes: []config.VolumeConfig{vol}})
+	if err := r.ended(10 * time.Second); err == nil || !strings.Contains(err.Error(), busy.Addr().String()) {
+		t.Fatalf("Run with a busy NBD address: %v", err)
+	}
+}

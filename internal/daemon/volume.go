@@ -120,7 +120,10 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 			log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", err)
 		}
 	}()
-	defer p.owned.Wait() // the goroutines below end with ctx
+	defer func() {
+		stop() // the goroutines below end with ctx
+		p.owned.Wait()
+	}()
 	if v.cfg.Listen != "" {
 		tc, err := v.env.transport()
 		if err != nil {
