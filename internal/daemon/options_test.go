@@ -10,7 +10,7 @@ import (
 
 // TestControlSocketAndGroup: the default socket is named after the node,
 // else the volume, else the export, and only after plain file names; an
-// explicit path or '' wins; a named group is explicit, none is the default
+// explicit path or ” wins; a named group is explicit, none is the default
 // group (whose absence is only a warning).
 func TestControlSocketAndGroup(t *testing.T) {
 	auto := config.NodeConfig{Control: config.ControlAuto}

@@ -71,11 +71,12 @@ type env struct {
 
 	// servers are the NBD servers by listen address, each serving until
 	// nbdCtx ends; nbdWG waits for them.
-	nbdCtx  context.Context
-	nbdMu   sync.Mutex
-	servers map[string]*nbdEntry
-	nbdWG   sync.WaitGroup
-	nbdErr  func(error)
+	nbdCtx     context.Context
+	nbdMu      sync.Mutex
+	nbdStopped bool
+	servers    map[string]*nbdEntry
+	nbdWG      sync.WaitGroup
+	nbdErr     func(error)
 	// roleChanged tells the process that a volume's role changed.
 	roleChanged func()
 }
@@ -95,6 +96,9 @@ func (e *env) nbdServer(addr string) (*nbd.Server, net.Addr, error) {
 	defer e.nbdMu.Unlock()
 	if s := e.servers[addr]; s != nil {
 		return s.srv, s.addr, nil
+	}
+	if e.nbdStopped {
+		return nil, nil, errors.New("the process is stopping")
 	}
 	srv, err := nbd.NewServerChecked(e.nbdOpts)
 	if err != nil {
@@ -303,14 +307,20 @@ func (p *Process) Run(ctx context.Context) error {
 		})
 	}
 	if len(p.volumes) > 1 {
-		p.log.Info(fmt.Sprintf("%s several volumes in one process", map[bool]string{true: "serving", false: "mirroring"}[p.cfg.Role == config.RolePrimary]),
-			"volumes", strings.Join(p.cfg.Names(), ", "))
+		what := "mirroring several volumes in one process"
+		if p.cfg.Role == config.RolePrimary {
+			what = "serving several volumes in one process"
+		}
+		p.log.Info(what, "volumes", strings.Join(p.cfg.Names(), ", "))
 	}
 	select {
 	case <-ctx.Done():
 	case <-p.stopped:
 	}
 	stopNBD()
+	p.env.nbdMu.Lock()
+	p.env.nbdStopped = true // no server starts after this
+	p.env.nbdMu.Unlock()
 	p.env.nbdWG.Wait()
 	stopVolumes()
 	wg.Wait()
