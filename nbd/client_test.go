@@ -72,11 +72,6 @@ const (
 	cCmdFlagDF       = 1 << 2
 	cCmdFlagFastZero = 1 << 4
 
-	cReplyNone        = 0
-	cReplyOffsetData  = 1
-	cReplyError       = 1<<15 + 1
-	cReplyErrorOffset = 1<<15 + 2
-
 	eEPERM   = 1
 	eEIO     = 5
 	eEINVAL  = 22

@@ -64,13 +64,6 @@ func (a *adminServer) serveStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// setStatus replaces what GET /v1/status reports (after a role change).
-func (a *adminServer) setStatus(fn func() NodeStatus) {
-	a.mu.Lock()
-	a.status = fn
-	a.mu.Unlock()
-}
-
 // enablePprof serves Go's profiler under /debug/pprof/ (only with --pprof:
 // profiles reveal internals and cost CPU).
 func (a *adminServer) enablePprof() {
