@@ -64,7 +64,7 @@ func (d *daemonFlags) registerNode(fs *flag.FlagSet, admin string) {
 	d.str(fs, &n.NBDTLSCert, "nbd-tls-cert", "nbd_tls_cert", "", "NBD server certificate, PEM (default: this node's certificate from --certs and --node)")
 	d.str(fs, &n.NBDTLSKey, "nbd-tls-key", "nbd_tls_key", "", "key of --nbd-tls-cert, PEM")
 	d.str(fs, &n.NBDTLSClientCA, "nbd-tls-client-ca", "nbd_tls_client_ca", "", "require NBD clients to present a certificate from this CA: a PEM file, or 'cluster' for the cluster CA of --certs")
-	d.str(fs, &n.Certs, "certs", "certs", "", "directory with ca.crt and this node's NAME.crt/NAME.key (made by `blockmirror certs init`)")
+	d.str(fs, &n.Certs, "certs", "certs", "", "directory with ca.crt and this node's NAME.crt/NAME.key (made by 'blockmirror certs init')")
 	d.str(fs, &n.Name, "node", "name", "", "this node's name, as in its certificate")
 	d.str(fs, &n.LogLevel, "log-level", "log_level", config.DefaultLogLevel, "log level: debug, info, warn or error")
 	d.str(fs, &n.LogFormat, "log-format", "log_format", config.DefaultLogFormat, "log format: text or json")
