@@ -12,7 +12,7 @@
 //     promotion and demotion, the start of a resync. The drivers feed them
 //     events (method calls) and act on the outputs they collect with
 //     Ready. They never block, read clocks, start goroutines or do I/O;
-//     time is a Tick counter. TestCorePurity (deps_test.go) holds them to
+//     time is a Tick counter. TestDependencyRules (deps_test.go) holds them to
 //     that.
 //   - mirror/resync: chunk hashing, the dirty bitmap and the race rule of
 //     a resync.

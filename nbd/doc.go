@@ -1,7 +1,10 @@
 // Package nbd is a Network Block Device (NBD) protocol server: it serves
 // one or more Exports, each backed by a Device, to NBD clients (the Linux
 // kernel via nbd-client, qemu, libnbd/nbdinfo/nbdsh, fio's nbd engine) over
-// any net.Listener — TCP or unix sockets (see Listen).
+// any net.Listener — TCP or unix sockets (see Listen). It also has the
+// project's one NBD client (Client, Connect): `blockmirror attach`
+// negotiates with it before handing the socket to the kernel, and the
+// tests drive servers with it.
 //
 // # Protocol coverage
 //

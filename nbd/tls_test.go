@@ -1,7 +1,6 @@
 package nbd_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -121,21 +121,16 @@ func (p *testPKI) clientConfig(cert *tls.Certificate) *tls.Config {
 var overTLS *testPKI
 
 // startTLS sends NBD_OPT_STARTTLS, expects its ACK and runs the TLS
-// handshake; the client then speaks through TLS.
+// handshake; the client then speaks through TLS. A refused STARTTLS fails
+// the test; a failed handshake is returned.
 func (c *client) startTLS(cfg *tls.Config) error {
 	c.t.Helper()
-	c.sendOpt(cOptStartTLS, nil)
-	if r := c.mustOptReply(cOptStartTLS); r.typ != cRepAck {
-		c.t.Fatalf("STARTTLS: reply %#x %q", r.typ, r.data)
+	err := c.StartTLS(cfg)
+	var oe *nbd.OptionError
+	if errors.As(err, &oe) || errors.Is(err, nbd.ErrProtocol) {
+		c.t.Fatalf("STARTTLS: %v", err)
 	}
-	tc := tls.Client(c.nc, cfg)
-	if err := tc.Handshake(); err != nil {
-		return err
-	}
-	c.nc = tc
-	c.br = bufio.NewReaderSize(tc, 1<<20)
-	c.bw = bufio.NewWriterSize(tc, 1<<20)
-	return nil
+	return err
 }
 
 // TestConformanceOverTLS runs the protocol tests of server_test.go again,
@@ -201,13 +196,13 @@ func tlsServer(t *testing.T, p *testPKI, require, clientCerts bool) (*testServer
 // expectClosed checks that the server closes the connection.
 func expectClosed(t *testing.T, c *client, what string) {
 	t.Helper()
-	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.br.ReadByte(); err == nil {
+	c.Conn().SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Reader().ReadByte(); err == nil {
 		t.Fatalf("%s: the server answered instead of closing", what)
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatalf("%s: the connection stayed open", what)
 	}
-	c.nc.Close()
+	c.Conn().Close()
 }
 
 // readSecret negotiates "disk" over c (already in TLS or not), checks the
@@ -290,7 +285,7 @@ func TestOptionalTLS(t *testing.T) {
 	if r := plainOpt(t, c, cOptStartTLS, nil); r.typ != cRepErrUnsup {
 		t.Fatalf("STARTTLS on a server without TLS: %#x", r.typ)
 	}
-	c.nc.Close()
+	c.Conn().Close()
 }
 
 // TestStartTLSForgetsEarlierOptions: structured replies negotiated before
@@ -333,7 +328,7 @@ func TestTLSClientCertificates(t *testing.T) {
 		if err == nil {
 			t.Fatalf("%s: served", tc.name)
 		}
-		c.nc.Close()
+		c.Conn().Close()
 	}
 	c := dialRaw(t, ts.addr, 3)
 	if err := c.startTLS(p.clientConfig(&p.client)); err != nil {
@@ -401,11 +396,11 @@ func TestTLSClientHelloBeforeAck(t *testing.T) {
 	p := sharedPKI(t)
 	ts, _ := tlsServer(t, p, true, false)
 	c := dialRaw(t, ts.addr, 3)
-	tc := tls.Client(&eagerConn{Conn: c.nc, t: t, first: appendOpt(nil, cOptStartTLS, nil)}, p.clientConfig(nil))
+	tc := tls.Client(&eagerConn{Conn: c.Conn(), t: t, first: appendOpt(nil, cOptStartTLS, nil)}, p.clientConfig(nil))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
-	c.nc, c.br, c.bw = tc, bufio.NewReader(tc), bufio.NewWriter(tc)
+	c.SetConn(tc)
 	readSecret(t, c)
 }
 
@@ -427,5 +422,5 @@ func TestNewServerKeepsTLS(t *testing.T) {
 	if r := plainOpt(t, c, cOptStartTLS, nil); r.typ != cRepErrUnsup {
 		t.Fatalf("STARTTLS without a TLS config: %#x", r.typ)
 	}
-	c.nc.Close()
+	c.Conn().Close()
 }

@@ -107,14 +107,14 @@ func TestNBDCertificatesCannotJoinCluster(t *testing.T) {
 	hv, _ := ca.IssueClient("m2", transport.KeyECDSAP256, 0)
 	nbdSrv, _ := ca.IssueServer("m1", []string{"127.0.0.1"}, transport.KeyECDSAP256, 0)
 
-	err, serverLog := dialErr(t, m1, hv, "m1", nil)
+	serverLog, err := dialErr(t, m1, hv, "m1", nil)
 	if !errors.Is(err, transport.ErrRejected) {
 		t.Errorf("NBD client certificate as a dialer: %v, want ErrRejected", err)
 	}
 	if !strings.Contains(serverLog, "not a node certificate") {
 		t.Errorf("listener log lacks the reason:\n%s", serverLog)
 	}
-	err, _ = dialErr(t, nbdSrv, m2, "m1", nil)
+	_, err = dialErr(t, nbdSrv, m2, "m1", nil)
 	if !errors.Is(err, transport.ErrUntrustedPeer) || !strings.Contains(err.Error(), "not a node certificate") {
 		t.Errorf("NBD server certificate as a listener: %v, want ErrUntrustedPeer (not a node certificate)", err)
 	}

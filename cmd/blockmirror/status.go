@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,35 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/internal/daemon"
 )
-
-// nodeStatus is what GET /v1/status returns: one of the two is set.
-//
-// A process running several volumes (serve or mirror --config without
-// --volume) sets Volumes instead: each volume's status by name, with the
-// process's QUIC connection counts in Connections.
-type nodeStatus struct {
-	Primary     *primaryStatus        `json:"primary,omitempty"`
-	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
-	Volumes     map[string]nodeStatus `json:"volumes,omitempty"`
-	Connections *connStatus           `json:"connections,omitempty"`
-	// Control is the node's control socket (promote, demote, verify),
-	// "" without one; set by the admin server for the whole process. It
-	// comes last so that the JSON still starts with the role.
-	Control string `json:"control,omitempty"`
-}
-
-type primaryStatus struct {
-	Role        string                    `json:"role"`
-	Volume      string                    `json:"volume"`
-	Size        int64                     `json:"size"`
-	Epoch       uint64                    `json:"epoch"`
-	NBD         string                    `json:"nbd"`
-	Checkpoint  uint64                    `json:"checkpoint_seq"`
-	SplitBrain  string                    `json:"split_brain,omitempty"`
-	Replication *mirror.ReplicationStatus `json:"replication,omitempty"`
-}
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("status", "status [--admin ADDR | --control PATH] [--json] [--watch]", stderr)
@@ -53,13 +25,13 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for {
-		var st *nodeStatus
+		var st *daemon.NodeStatus
 		var raw []byte
 		var err error
 		if *control != "" {
-			st, raw, err = controlStatus(ctx, *control)
+			st, raw, err = daemon.ControlStatus(ctx, *control)
 		} else {
-			st, raw, err = fetchStatus(ctx, client, *admin)
+			st, raw, err = daemon.FetchStatus(ctx, client, *admin)
 		}
 		if err != nil {
 			return err
@@ -82,43 +54,6 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		case <-time.After(*interval):
 		}
 	}
-}
-
-func fetchStatus(ctx context.Context, c *http.Client, admin string) (*nodeStatus, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+admin+"/v1/status", nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
-	}
-	return decodeStatus(resp, admin)
-}
-
-// controlStatus reads GET /v1/status from the control socket sock.
-func controlStatus(ctx context.Context, sock string) (*nodeStatus, []byte, error) {
-	resp, err := controlDo(ctx, sock, "GET", "/v1/status")
-	if err != nil {
-		return nil, nil, err
-	}
-	return decodeStatus(resp, sock)
-}
-
-func decodeStatus(resp *http.Response, from string) (*nodeStatus, []byte, error) {
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("status from %s: %w", from, responseError(resp))
-	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, nil, err
-	}
-	var st nodeStatus
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, nil, fmt.Errorf("bad status from %s: %w", from, err)
-	}
-	return &st, raw, nil
 }
 
 // progressLine renders a resync's progress as a bar with numbers.
@@ -147,7 +82,7 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-func printStatus(w io.Writer, st *nodeStatus) {
+func printStatus(w io.Writer, st *daemon.NodeStatus) {
 	if len(st.Volumes) > 0 {
 		if st.Control != "" {
 			fmt.Fprintf(w, "control:      %s\n", st.Control)

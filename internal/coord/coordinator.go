@@ -466,14 +466,14 @@ func (c *Coordinator) stepMirror(ctx context.Context, sess *concurrency.Session,
 		return nil
 	}
 	c.setVerdict("campaigning: " + v.Reason)
-	return c.campaign(ctx, sess, st)
+	return c.campaign(ctx, sess)
 }
 
 // campaign runs for the leader key and, having won it, re-checks the
 // decision on a fresh read and takes the next epoch (or, for a primary,
 // confirms its own) in one Txn that fails if anything it decided on
 // changed.
-func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, st NodeStatus) error {
+func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session) error {
 	// Campaign returns once this key is the oldest; a candidate queued
 	// behind another that got there first gives up after TTL/3 (Campaign
 	// then withdraws its key) and decides again on the next round.
@@ -499,7 +499,7 @@ func (c *Coordinator) campaign(ctx context.Context, sess *concurrency.Session, s
 		c.resignElection(ctx, e)
 		return errors.New("campaign: won the election but the leader key is not ours")
 	}
-	st = c.node.Status()
+	st := c.node.Status()
 	v := DecideCampaign(c.campaignInput(st, snap, false))
 	if !v.Campaign {
 		c.resignElection(ctx, e)
@@ -631,7 +631,7 @@ func (c *Coordinator) stepPrimary(ctx context.Context, sess *concurrency.Session
 			c.setVerdict("not reclaiming the leader key: " + v.Reason)
 			return nil
 		}
-		return c.campaign(ctx, sess, st)
+		return c.campaign(ctx, sess)
 	}
 	return c.maintainSync(ctx, e, st, snap)
 }

@@ -8,7 +8,6 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -448,12 +447,6 @@ func foStartProxy(t *testing.T, ip, target string) *faultProxy {
 		t.Fatal(err)
 	}
 	return fp
-}
-
-// foSha is the hex sha256 of p.
-func foSha(p []byte) string {
-	h := sha256.Sum256(p)
-	return hex.EncodeToString(h[:])
 }
 
 // foReadImage reads n bytes at off from a disk image file.

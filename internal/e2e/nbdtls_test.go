@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -17,9 +16,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blockmirror/blockmirror/nbd"
 )
 
-const repErrTLSReqd = repErrBit | 5
+// NBD option numbers and the TLS-required reply (the protocol's numbers)
+// for the raw options the tests send.
+const (
+	optExportName = 1
+	optGo         = 7
+	repErrTLSReqd = 1<<31 | 5
+)
 
 // nbdPKI is a cluster CA with an NBD server certificate for 127.0.0.1 and
 // localhost, and client certificate directories in qemu/libnbd layout.
@@ -129,25 +136,24 @@ func TestClientsOverTLS(t *testing.T) {
 // returns the reply type and message (or the error: a closed connection).
 func plainOption(t *testing.T, addr string, opt uint32, data []byte) (uint32, string, error) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.ReadFull(c, make([]byte, 18)); err != nil {
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	c, err := nbd.NewClient(nc)
+	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rawConn{c: c}
-	binary.Write(c, binary.BigEndian, uint32(flagFixedNewstyle|flagNoZeroes))
-	r.sendOpt(opt, data)
-	var h [20]byte
-	if _, err := io.ReadFull(c, h[:]); err != nil {
+	if err := c.SendOption(opt, data); err != nil {
 		return 0, "", err
 	}
-	msg := make([]byte, binary.BigEndian.Uint32(h[16:]))
-	io.ReadFull(c, msg)
-	return binary.BigEndian.Uint32(h[12:]), string(msg), nil
+	r, err := c.ReadOptionReply()
+	if err != nil {
+		return 0, "", err
+	}
+	return r.Type, string(r.Data), nil
 }
 
 func TestNBDTLSRequire(t *testing.T) {

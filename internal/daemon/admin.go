@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,11 +14,9 @@ import (
 	"strings"
 	"sync"
 	"time"
-)
 
-// defaultAdmin is where daemons serve status and metrics, and where
-// `blockmirror status` looks, unless told otherwise. Loopback only.
-const defaultAdmin = "127.0.0.1:7480"
+	"github.com/blockmirror/blockmirror/internal/unixsock"
+)
 
 // controlFunc is one control operation (POST /v1/OP on the control
 // socket); its error becomes a 409 with the message, so the CLI can show
@@ -44,14 +42,14 @@ type adminServer struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	status   func() nodeStatus
+	status   func() NodeStatus
 	controls map[string]controlFunc
 	control  string // the control socket's path, once listening
 	servers  []*http.Server
 	wg       sync.WaitGroup
 }
 
-func newAdminServer(log *slog.Logger, status func() nodeStatus) *adminServer {
+func newAdminServer(log *slog.Logger, status func() NodeStatus) *adminServer {
 	a := &adminServer{mux: http.NewServeMux(), log: log, status: status, controls: make(map[string]controlFunc)}
 	a.mux.HandleFunc("GET /v1/status", a.serveStatus)
 	return a
@@ -64,13 +62,6 @@ func (a *adminServer) serveStatus(w http.ResponseWriter, r *http.Request) {
 	st := fn()
 	st.Control = control
 	writeJSON(w, http.StatusOK, st)
-}
-
-// setStatus replaces what GET /v1/status reports (after a role change).
-func (a *adminServer) setStatus(fn func() nodeStatus) {
-	a.mu.Lock()
-	a.status = fn
-	a.mu.Unlock()
 }
 
 // enablePprof serves Go's profiler under /debug/pprof/ (only with --pprof:
@@ -208,7 +199,7 @@ func ownHost(host string, local net.Addr) bool {
 type credKey struct{}
 
 type credResult struct {
-	cred peerCred
+	cred unixsock.PeerCred
 	err  error
 }
 
@@ -232,7 +223,7 @@ func (a *adminServer) runControl(path, group string, explicit bool) error {
 	srv := &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			cred, err := peerCredOf(c)
+			cred, err := unixsock.PeerCredOf(c)
 			return context.WithValue(ctx, credKey{}, credResult{cred, err})
 		},
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

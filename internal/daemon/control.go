@@ -1,11 +1,9 @@
-package main
+package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,12 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/blockmirror/blockmirror/internal/config"
 	"github.com/blockmirror/blockmirror/internal/unixsock"
@@ -42,6 +35,32 @@ const (
 	// defaultControlGroup may use the control socket besides root.
 	defaultControlGroup = "blockmirror"
 )
+
+// ControlDir is where the default control sockets live.
+const ControlDir = controlDir
+
+// DefaultControlGroup may use the control socket besides root when the
+// node names no group.
+const DefaultControlGroup = defaultControlGroup
+
+// controlSocket returns the control socket path of node n ("" when
+// disabled): n.Control, or for ControlAuto the default path named after
+// the first of names that makes a plain file name.
+func controlSocket(n config.NodeConfig, names ...string) string {
+	if n.Control == controlAuto {
+		return defaultControlPath(names...)
+	}
+	return n.Control
+}
+
+// controlGroup returns the control group of node n and whether it was
+// named (then a missing group is an error rather than a warning).
+func controlGroup(n config.NodeConfig) (string, bool) {
+	if n.ControlGroup == "" {
+		return defaultControlGroup, false
+	}
+	return n.ControlGroup, true
+}
 
 // defaultControlPath is /run/blockmirror/NAME.sock for the first name
 // that makes a plain file name (the node name, then the volume's, then
@@ -69,130 +88,6 @@ func plainFileName(n string) bool {
 	return true
 }
 
-// controlFlags are --control and --control-group (serve and mirror).
-type controlFlags struct {
-	path  string
-	group string
-	// explicit: the group was given (flag or file), so a missing group is
-	// an error rather than a warning.
-	explicit bool
-}
-
-func (c *controlFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.path, "control", controlAuto,
-		"unix socket for control (promote, demote, verify): "+controlAuto+" is "+controlDir+"/NAME.sock, NAME the node name (or the volume's, or the export's); '' disables online control")
-	fs.StringVar(&c.group, "control-group", defaultControlGroup,
-		"group whose members may use the control socket besides root (the socket is 0660 root:GROUP; without the group, 0600)")
-}
-
-// resolve returns the socket path ("" when disabled).
-func (c *controlFlags) resolve(names ...string) string {
-	if c.path == controlAuto {
-		return defaultControlPath(names...)
-	}
-	return c.path
-}
-
-// peerCred is the process at the other end of a unix socket connection,
-// as the kernel recorded it when it connected.
-type peerCred struct {
-	PID    int32
-	UID    uint32
-	GID    uint32
-	Groups []uint32 // supplementary groups
-}
-
-func (p peerCred) String() string {
-	return fmt.Sprintf("pid %d (uid %d, gid %d)", p.PID, p.UID, p.GID)
-}
-
-// peerCredOf reads the credentials of c's peer: SO_PEERCRED, and the
-// supplementary groups from SO_PEERGROUPS (Linux 4.13+) or, failing that,
-// /proc/PID/status.
-func peerCredOf(c net.Conn) (peerCred, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return peerCred{}, fmt.Errorf("peer credentials: %T is not a unix socket", c)
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return peerCred{}, fmt.Errorf("peer credentials: %w", err)
-	}
-	var (
-		cred       *unix.Ucred
-		groups     []uint32
-		credErr    error
-		groupsErr  error
-		controlErr = rc.Control(func(fd uintptr) {
-			cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-			if credErr == nil {
-				groups, groupsErr = peerGroups(int(fd))
-			}
-		})
-	)
-	switch {
-	case controlErr != nil:
-		return peerCred{}, fmt.Errorf("peer credentials: %w", controlErr)
-	case credErr != nil:
-		return peerCred{}, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
-	}
-	p := peerCred{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, Groups: groups}
-	if groupsErr != nil {
-		if p.Groups, err = procGroups(p.PID); err != nil {
-			return p, fmt.Errorf("peer credentials: groups of pid %d: SO_PEERGROUPS: %v; %w", p.PID, groupsErr, err)
-		}
-	}
-	return p, nil
-}
-
-// peerGroups is getsockopt(SO_PEERGROUPS): the peer's supplementary groups
-// at connect time.
-func peerGroups(fd int) ([]uint32, error) {
-	buf := make([]uint32, 64)
-	for {
-		n := uint32(len(buf) * 4)
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
-		if e == unix.ERANGE && int(n/4) > len(buf) {
-			buf = make([]uint32, n/4)
-			continue
-		}
-		if e != 0 {
-			return nil, e
-		}
-		return buf[:n/4], nil
-	}
-}
-
-// procGroups reads the Groups: line of /proc/PID/status.
-func procGroups(pid int32) ([]uint32, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
-		if !ok {
-			continue
-		}
-		var gs []uint32
-		for _, g := range strings.Fields(rest) {
-			v, err := strconv.ParseUint(g, 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("/proc/%d/status: bad group %q", pid, g)
-			}
-			gs = append(gs, uint32(v))
-		}
-		return gs, nil
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf("/proc/%d/status has no Groups line", pid)
-}
-
 // controlAccess decides who may use a control socket: root, the daemon's
 // own user, and members of the control group (if the socket has one).
 type controlAccess struct {
@@ -203,7 +98,7 @@ type controlAccess struct {
 
 // check returns nil when p may use the socket, else an error saying why
 // not and what to do.
-func (a controlAccess) check(p peerCred) error {
+func (a controlAccess) check(p unixsock.PeerCred) error {
 	if p.UID == 0 || p.UID == a.self {
 		return nil
 	}
@@ -275,48 +170,12 @@ func listenControl(path, group string, explicit bool, log *slog.Logger) (*net.Un
 	return ln, access, nil
 }
 
-// The client side: the CLI's state-changing commands.
+// The client side: the CLI's commands.
 
-// controlTarget is where a command sends control requests: the socket
-// (--control), or the socket a running node names in its status
-// (--admin).
-type controlTarget struct {
-	control string
-	admin   string
-}
-
-// register adds --admin (default admin) and --control; what names the
-// node.
-func (t *controlTarget) register(fs *flag.FlagSet, admin, what string) {
-	fs.StringVar(&t.admin, "admin", admin, "admin endpoint of "+what+": the command reads the node's control socket from its status")
-	fs.StringVar(&t.control, "control", "", "control socket of "+what+" (instead of --admin)")
-}
-
-func (t controlTarget) empty() bool { return t.admin == "" && t.control == "" }
-
-// socket returns the control socket path: --control, else the one the
-// node at --admin reports.
-func (t controlTarget) socket(ctx context.Context) (string, error) {
-	if t.control != "" {
-		return t.control, nil
-	}
-	st, _, err := fetchStatus(ctx, &http.Client{Timeout: 5 * time.Second}, t.admin)
-	if err != nil {
-		return "", err
-	}
-	if st.Control == "" {
-		return "", fmt.Errorf("the node at %s has no control socket (it was started with --control ''): restart it with one, or use the offline command with --data", t.admin)
-	}
-	return st.Control, nil
-}
-
-// post sends a control request to the target and decodes the answer into
-// out; a refusal comes back as an error with the node's message.
-func (t controlTarget) post(ctx context.Context, path string, out any) error {
-	sock, err := t.socket(ctx)
-	if err != nil {
-		return err
-	}
+// Post sends a control request (POST path) to the control socket sock
+// and decodes the answer into out; a refusal comes back as an error with
+// the node's message.
+func Post(ctx context.Context, sock, path string, out any) error {
 	resp, err := controlDo(ctx, sock, "POST", path)
 	if err != nil {
 		return err
@@ -349,7 +208,7 @@ func controlDo(ctx context.Context, sock, method, path string) (*http.Response, 
 			if err != nil {
 				return nil, dialControlError(sock, err)
 			}
-			p, err := peerCredOf(c)
+			p, err := unixsock.PeerCredOf(c)
 			if err != nil {
 				c.Close()
 				return nil, fmt.Errorf("control socket %s: %w", sock, err)
@@ -398,4 +257,43 @@ func dialControlError(sock string, err error) error {
 		return fmt.Errorf("nothing listens on the control socket %s: the node is not running (the socket is stale)", sock)
 	}
 	return fmt.Errorf("connect to the control socket %s: %w", sock, err)
+}
+
+// FetchStatus reads GET /v1/status from the admin endpoint at admin
+// (HOST:PORT); it returns the decoded status and the raw JSON.
+func FetchStatus(ctx context.Context, c *http.Client, admin string) (*NodeStatus, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+admin+"/v1/status", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
+	}
+	return decodeStatus(resp, admin)
+}
+
+// ControlStatus reads GET /v1/status from the control socket sock.
+func ControlStatus(ctx context.Context, sock string) (*NodeStatus, []byte, error) {
+	resp, err := controlDo(ctx, sock, "GET", "/v1/status")
+	if err != nil {
+		return nil, nil, err
+	}
+	return decodeStatus(resp, sock)
+}
+
+func decodeStatus(resp *http.Response, from string) (*NodeStatus, []byte, error) {
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("status from %s: %w", from, responseError(resp))
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, nil, err
+	}
+	var st NodeStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, nil, fmt.Errorf("bad status from %s: %w", from, err)
+	}
+	return &st, raw, nil
 }

@@ -1,10 +1,9 @@
-package main
+package daemon
 
 import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,22 +14,6 @@ import (
 	"github.com/blockmirror/blockmirror/transport"
 )
 
-// nbdTLSFlags are --nbd-tls and the certificates it uses (serve and
-// mirror; a mirror uses them once promoted).
-type nbdTLSFlags struct {
-	mode     string
-	cert     string
-	key      string
-	clientCA string
-}
-
-func (t *nbdTLSFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&t.mode, "nbd-tls", config.NBDTLSOff, "NBD over TLS (NBD_OPT_STARTTLS): off; on (clients may use TLS); require (plaintext clients are refused)")
-	fs.StringVar(&t.cert, "nbd-tls-cert", "", "NBD server certificate, PEM (default: this node's certificate from --certs and --node)")
-	fs.StringVar(&t.key, "nbd-tls-key", "", "key of --nbd-tls-cert, PEM")
-	fs.StringVar(&t.clientCA, "nbd-tls-client-ca", "", "require NBD clients to present a certificate from this CA: a PEM file, or 'cluster' for the cluster CA of --certs")
-}
-
 // nbdTLSCiphers are the TLS 1.2 suites offered: forward-secret AEAD only
 // (TLS 1.3 suites are not configurable and all qualify).
 var nbdTLSCiphers = []uint16{
@@ -39,10 +22,12 @@ var nbdTLSCiphers = []uint16{
 	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
-// config returns the NBD server's TLS configuration (nil when off) and
-// whether TLS is required. id supplies the node certificate and the
-// cluster CA when no files are given.
-func (t *nbdTLSFlags) config(id identityFlags) (*tls.Config, bool, error) {
+// nbdTLS returns the NBD server's TLS configuration (nil when off) and
+// whether TLS is required, from the node's nbd_tls settings; the node
+// certificate (certs, name) and the cluster CA serve when no files are
+// given.
+func nbdTLS(n config.NodeConfig) (*tls.Config, bool, error) {
+	t := struct{ mode, cert, key, clientCA string }{n.NBDTLS, n.NBDTLSCert, n.NBDTLSKey, n.NBDTLSClientCA}
 	switch t.mode {
 	case config.NBDTLSOff:
 		if t.cert != "" || t.key != "" || t.clientCA != "" {
@@ -63,8 +48,8 @@ func (t *nbdTLSFlags) config(id identityFlags) (*tls.Config, bool, error) {
 			return nil, false, fmt.Errorf("--nbd-tls-cert %s / --nbd-tls-key %s: %w", t.cert, t.key, err)
 		}
 		cert = c
-	case id.certs != "" && id.node != "":
-		nodeID, err := transport.LoadNode(id.certs, id.node)
+	case n.Certs != "" && n.Name != "":
+		nodeID, err := transport.LoadNode(n.Certs, n.Name)
 		if err != nil {
 			return nil, false, fmt.Errorf("--nbd-tls %s: the node certificate: %w", t.mode, err)
 		}
@@ -76,10 +61,10 @@ func (t *nbdTLSFlags) config(id identityFlags) (*tls.Config, bool, error) {
 	if t.clientCA != "" {
 		file := t.clientCA
 		if file == config.NBDTLSClientCACluster {
-			if id.certs == "" {
+			if n.Certs == "" {
 				return nil, false, errors.New("--nbd-tls-client-ca cluster needs --certs DIR (the directory with the cluster's ca.crt)")
 			}
-			file = filepath.Join(id.certs, transport.CACertFile)
+			file = filepath.Join(n.Certs, transport.CACertFile)
 		}
 		pem, err := os.ReadFile(file)
 		if err != nil {
@@ -94,10 +79,10 @@ func (t *nbdTLSFlags) config(id identityFlags) (*tls.Config, bool, error) {
 	return cfg, t.mode == config.NBDTLSRequire, nil
 }
 
-// newServerOptions returns the options of the process's NBD servers:
+// nbdServerOptions returns the options of the process's NBD servers:
 // logger and TLS.
-func (t *nbdTLSFlags) newServerOptions(id identityFlags, log *slog.Logger) (nbd.Options, error) {
-	cfg, require, err := t.config(id)
+func nbdServerOptions(n config.NodeConfig, log *slog.Logger) (nbd.Options, error) {
+	cfg, require, err := nbdTLS(n)
 	if err != nil {
 		return nbd.Options{}, err
 	}
@@ -106,7 +91,7 @@ func (t *nbdTLSFlags) newServerOptions(id identityFlags, log *slog.Logger) (nbd.
 		if cfg.ClientCAs != nil {
 			verify = "client certificates required"
 		}
-		log.Info("NBD over TLS", "mode", t.mode, "clients", verify)
+		log.Info("NBD over TLS", "mode", n.NBDTLS, "clients", verify)
 	}
 	return nbd.Options{Logger: log, TLS: cfg, RequireTLS: require}, nil
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/unixsock"
 	"github.com/blockmirror/blockmirror/mirror"
 )
 
@@ -50,7 +51,7 @@ func testLogger(b *syncBuf) *slog.Logger { return slog.New(slog.NewTextHandler(b
 // counts its calls.
 func testAdmin(t *testing.T, log *slog.Logger) (*adminServer, *atomic.Int32) {
 	t.Helper()
-	a := newAdminServer(log, func() nodeStatus { return nodeStatus{Mirror: &mirror.MirrorStatus{Role: "mirror"}} })
+	a := newAdminServer(log, func() NodeStatus { return NodeStatus{Mirror: &mirror.MirrorStatus{Role: "mirror"}} })
 	var calls atomic.Int32
 	a.handle("promote", func(ctx context.Context, q url.Values) (any, error) {
 		calls.Add(1)
@@ -163,14 +164,14 @@ func TestOwnHost(t *testing.T) {
 func TestControlAccess(t *testing.T) {
 	a := controlAccess{group: "ops", gid: 990, self: 0}
 	for _, tc := range []struct {
-		p  peerCred
+		p  unixsock.PeerCred
 		ok bool
 	}{
-		{peerCred{PID: 1, UID: 0, GID: 0}, true},
-		{peerCred{PID: 2, UID: 1000, GID: 990}, true},
-		{peerCred{PID: 3, UID: 1000, GID: 1000, Groups: []uint32{27, 990}}, true},
-		{peerCred{PID: 4, UID: 65534, GID: 65534}, false},
-		{peerCred{PID: 5, UID: 1000, GID: 1000, Groups: []uint32{27}}, false},
+		{unixsock.PeerCred{PID: 1, UID: 0, GID: 0}, true},
+		{unixsock.PeerCred{PID: 2, UID: 1000, GID: 990}, true},
+		{unixsock.PeerCred{PID: 3, UID: 1000, GID: 1000, Groups: []uint32{27, 990}}, true},
+		{unixsock.PeerCred{PID: 4, UID: 65534, GID: 65534}, false},
+		{unixsock.PeerCred{PID: 5, UID: 1000, GID: 1000, Groups: []uint32{27}}, false},
 	} {
 		err := a.check(tc.p)
 		if (err == nil) != tc.ok {
@@ -181,11 +182,11 @@ func TestControlAccess(t *testing.T) {
 		}
 	}
 	rootOnly := controlAccess{self: 0}
-	if err := rootOnly.check(peerCred{UID: 1000, GID: 990}); err == nil || !strings.Contains(err.Error(), "root-only") {
+	if err := rootOnly.check(unixsock.PeerCred{UID: 1000, GID: 990}); err == nil || !strings.Contains(err.Error(), "root-only") {
 		t.Errorf("root-only socket: %v", err)
 	}
 	self := controlAccess{self: 1000}
-	if err := self.check(peerCred{UID: 1000}); err != nil {
+	if err := self.check(unixsock.PeerCred{UID: 1000}); err != nil {
 		t.Errorf("the daemon's own user refused: %v", err)
 	}
 }
@@ -238,7 +239,7 @@ func TestControlSocketFile(t *testing.T) {
 		t.Errorf("second listener on a live socket: %v", err)
 	}
 	// The status names the socket; the control answers as root.
-	st, _, err := controlStatus(t.Context(), path)
+	st, _, err := ControlStatus(t.Context(), path)
 	if err != nil || st.Control != path {
 		t.Fatalf("status over the socket: %+v %v", st, err)
 	}
@@ -301,7 +302,7 @@ func TestControlHelper(t *testing.T) {
 	switch mode {
 	case "promote":
 		var out map[string]any
-		err := controlTarget{control: sock}.post(context.Background(), "/v1/promote", &out)
+		err := Post(context.Background(), sock, "/v1/promote", &out)
 		os.Stdout.WriteString("RESULT: " + strings.TrimSpace(fmtResult(out, err)) + "\n")
 	case "serve":
 		ln, err := net.Listen("unix", sock)
@@ -415,7 +416,7 @@ func TestControlSocketPeers(t *testing.T) {
 		}
 	}
 	var out map[string]any
-	err = controlTarget{control: fake}.post(t.Context(), "/v1/promote", &out)
+	err = Post(t.Context(), fake, "/v1/promote", &out)
 	if err == nil || !strings.Contains(err.Error(), "neither root nor you") {
 		t.Errorf("root used a socket served by nobody: %v", err)
 	}
