@@ -227,6 +227,7 @@ type simResult struct {
 	crashes  int
 	resyncs  int64
 	quar     int
+	simTime  time.Duration // simulated (fake) time the schedule took
 	// the end state, for scenarios (sim_scenario_test.go)
 	nodes map[string]simNodeEnd
 	epoch uint64 // the final primary's
@@ -261,7 +262,9 @@ func runSchedule(t *testing.T, seed uint64, p simParams, evs []simEvent, logw *s
 	synctest.Test(t, func(*testing.T) {
 		w := newSimWorld(seed, p, logw)
 		defer func() { trace = w.trace }()
+		t0 := time.Now() // the bubble's fake clock
 		res = w.run(evs)
+		res.simTime = time.Since(t0)
 	})
 	return res
 }
