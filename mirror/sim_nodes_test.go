@@ -57,8 +57,12 @@ const (
 	simBlocks    = 64 // the volume: 256 KiB, four resync chunks
 	simSize      = simBlocks * simBlock
 	simHot       = 24 // writes go to the first simHot blocks
-	simDir       = "/d"
-	simVolName   = "v"
+	// simActivityExtent: four blocks, so an unclean start marks the
+	// extents its last writes touched, not the whole disk (production's
+	// 64 MiB extent would), and a resync after it uses a partial bitmap.
+	simActivityExtent = 4 * simBlock
+	simDir            = "/d"
+	simVolName        = "v"
 )
 
 // simParams is the cluster a seed draws.
@@ -325,6 +329,7 @@ func (c *simInc) nodeOptions(create bool) NodeOptions {
 		o.Size, o.Role = simSize, RolePrimary
 	}
 	o.journalQueueBytes = w.p.queueBytes
+	o.activityExtent = simActivityExtent
 	return o
 }
 
