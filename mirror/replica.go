@@ -704,7 +704,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStre
 	switch {
 	case s.replaced.Load():
 		log.Info("primary session replaced by a newer one", "err", err)
-	case err != nil && ctx.Err() == nil:
+	case ctx.Err() == nil:
 		log.Warn("primary session ended", "err", err)
 	default:
 		log.Info("primary session ended")
