@@ -43,6 +43,9 @@ type MirrorOptions struct {
 	// onQuarantine (tests, under d.mu) sees the fork point after which
 	// the journal's records were quarantined.
 	onQuarantine func(fork uint64)
+	// onResyncBegin (tests) is called when a resync begins, before its
+	// first file change.
+	onResyncBegin func()
 }
 
 func (o MirrorOptions) withDefaults() MirrorOptions {

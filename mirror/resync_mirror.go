@@ -21,6 +21,9 @@ import (
 func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	n := d.node
 	j := n.Journal
+	if d.opts.onResyncBegin != nil {
+		d.opts.onResyncBegin()
+	}
 	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@
 #    tool directive in go.mod: go tool staticcheck)
 # 3. go test ./...  (unit tests, fuzz seed corpora, end-to-end tests in
 #    internal/e2e against the real binary and real NBD clients; mirror's
-#    whole-node simulation runs its fixed CI seed set, 300 schedules,
+#    whole-node simulation runs its fixed CI seed set, 500 schedules,
 #    within a budget of 2 minutes: about 15 s on one core; its soak is
 #    scripts/soak.sh, its mutation check mirror/testdata/mutations/run.sh)
 # 4. a short fuzz smoke run of every Fuzz target (FUZZTIME each, default 2s;

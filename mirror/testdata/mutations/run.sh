@@ -3,7 +3,7 @@
 # simulation: for each patch here (default: all), which reverts one of the
 # data-integrity fixes of issue 12, copy the repository's tracked files,
 # apply the patch, and run the simulation's CI seed set (TestSimNodes,
-# seeds 1..SEEDS, default 300, the CI count) on the mutant. Prints one row
+# seeds 1..SEEDS, default 500, the CI count) on the mutant. Prints one row
 # per mutation: whether the simulation found the bug, the first seed that
 # failed (= schedules run to find it), how many seeds failed, the seconds
 # the whole seed set took on the mutant (every seed runs: -sim.keepgoing)
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 command -v go >/dev/null 2>&1 || export PATH=/usr/local/go/bin:$PATH
 
-seeds=${1:-300}
+seeds=${1:-500}
 shift || true
 patches=("$@")
 if [ ${#patches[@]} -eq 0 ]; then
