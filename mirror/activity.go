@@ -33,7 +33,9 @@ import (
 // written one whose records are all durable in the journal makes room
 // (after a journal sync if needed). Checkpoints drop the extents idle
 // since the one before. Extent size and capacity bound the compare after
-// a crash: 64 MiB × 1024 = 64 GiB at most.
+// a crash: 64 MiB × 1024 = 64 GiB at most. The file records its extent
+// size, so a log written with another size (the simulation uses small
+// extents, NodeOptions.activityExtent) is read as it was written.
 //
 // File DIR/activity, replaced atomically (little endian):
 //
@@ -45,14 +47,19 @@ const (
 	activityVersion = 1
 	// ActivityExtent is the size of an activity log extent.
 	ActivityExtent = 64 << 20
+	// minActivityExtent and maxActivityExtent bound the extent size a log
+	// file may name (a power of two).
+	minActivityExtent = 4 << 10
+	maxActivityExtent = 1 << 40
 	// activityExtents bounds the extents in the log.
 	activityExtents = 1024
 )
 
 type activityLog struct {
-	fs   vfs.FS
-	path string
-	j    *journal.Journal
+	fs     vfs.FS
+	path   string
+	j      *journal.Journal
+	extent uint64 // bytes per extent
 
 	persistMu sync.Mutex // one writer of the file at a time (group commit)
 
@@ -69,32 +76,32 @@ type activityExtent struct {
 	gen  uint64 // the extent is in the file once durable ≥ gen
 }
 
-func newActivityLog(fsys vfs.FS, dir string, j *journal.Journal) *activityLog {
-	return &activityLog{fs: fsys, path: filepath.Join(dir, activityFile), j: j, hot: make(map[uint32]*activityExtent)}
+func newActivityLog(fsys vfs.FS, dir string, j *journal.Journal, extent uint64) *activityLog {
+	return &activityLog{fs: fsys, path: filepath.Join(dir, activityFile), j: j, extent: extent, hot: make(map[uint32]*activityExtent)}
 }
 
-// loadActivity reads the extents a previous run left in the log (nil if
-// it has none).
-func loadActivity(fsys vfs.FS, dir string) ([]uint32, error) {
+// loadActivity reads the extents a previous run left in the log and their
+// size (no extents if it has none).
+func loadActivity(fsys vfs.FS, dir string) (extent uint64, ext []uint32, err error) {
 	p := filepath.Join(dir, activityFile)
 	b, err := vfs.ReadFile(fsys, p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return ActivityExtent, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mirror: read the activity log: %w", err)
+		return 0, nil, fmt.Errorf("mirror: read the activity log: %w", err)
 	}
-	ext, err := decodeActivity(b)
+	extent, ext, err = decodeActivity(b)
 	if err != nil {
-		return nil, fmt.Errorf("mirror: activity log %s: %w", p, err)
+		return 0, nil, fmt.Errorf("mirror: activity log %s: %w", p, err)
 	}
-	return ext, nil
+	return extent, ext, nil
 }
 
-func encodeActivity(ext []uint32) []byte {
+func encodeActivity(extent uint64, ext []uint32) []byte {
 	b := append([]byte(activityMagic), 0, 0, 0, 0)
 	binary.LittleEndian.PutUint16(b[4:], activityVersion)
-	b = binary.LittleEndian.AppendUint64(b, ActivityExtent)
+	b = binary.LittleEndian.AppendUint64(b, extent)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(ext)))
 	for _, e := range ext {
 		b = binary.LittleEndian.AppendUint32(b, e)
@@ -107,45 +114,46 @@ var errActivity = errors.New("bad activity log")
 // castagnoli is the CRC32C table of the file format.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func decodeActivity(b []byte) ([]uint32, error) {
+func decodeActivity(b []byte) (extent uint64, ext []uint32, err error) {
 	const head = 4 + 2 + 2 + 8 + 4
 	if len(b) < head+4 || string(b[:4]) != activityMagic {
-		return nil, fmt.Errorf("%w: short or bad magic", errActivity)
+		return 0, nil, fmt.Errorf("%w: short or bad magic", errActivity)
 	}
 	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
 	if crc32.Checksum(body, castagnoli) != sum {
-		return nil, fmt.Errorf("%w: checksum mismatch", errActivity)
+		return 0, nil, fmt.Errorf("%w: checksum mismatch", errActivity)
 	}
 	if v := binary.LittleEndian.Uint16(b[4:]); v != activityVersion {
-		return nil, fmt.Errorf("%w: version %d, this build reads %d", errActivity, v, activityVersion)
+		return 0, nil, fmt.Errorf("%w: version %d, this build reads %d", errActivity, v, activityVersion)
 	}
-	if sz := binary.LittleEndian.Uint64(b[8:]); sz != ActivityExtent {
-		return nil, fmt.Errorf("%w: extent size %d, want %d", errActivity, sz, ActivityExtent)
+	extent = binary.LittleEndian.Uint64(b[8:])
+	if extent < minActivityExtent || extent > maxActivityExtent || extent&(extent-1) != 0 {
+		return 0, nil, fmt.Errorf("%w: extent size %d (a power of two from %d to %d)", errActivity, extent, minActivityExtent, uint64(maxActivityExtent))
 	}
 	n := binary.LittleEndian.Uint32(b[16:])
 	if uint64(n) > activityExtents*16 || len(body) != head+4*int(n) {
-		return nil, fmt.Errorf("%w: %d extents in %d bytes", errActivity, n, len(b))
+		return 0, nil, fmt.Errorf("%w: %d extents in %d bytes", errActivity, n, len(b))
 	}
-	ext := make([]uint32, n)
+	ext = make([]uint32, n)
 	for i := range ext {
 		ext[i] = binary.LittleEndian.Uint32(b[head+4*i:])
 	}
-	return ext, nil
+	return extent, ext, nil
 }
 
 // extentsOf returns the extents [off, off+n) touches.
-func extentsOf(off, n uint64) (first, last uint32) {
+func (a *activityLog) extentsOf(off, n uint64) (first, last uint32) {
 	if n == 0 {
 		n = 1
 	}
-	return uint32(off / ActivityExtent), uint32((off + n - 1) / ActivityExtent)
+	return uint32(off / a.extent), uint32((off + n - 1) / a.extent)
 }
 
 // Ensure returns once every extent of [off, off+n) is in the log durably,
 // recording that seq is the latest write there. Called before the store
 // write of every record.
 func (a *activityLog) Ensure(ctx context.Context, off, n, seq uint64) error {
-	first, last := extentsOf(off, n)
+	first, last := a.extentsOf(off, n)
 	a.mu.Lock()
 	var need uint64
 	for e := first; e <= last; e++ {
@@ -197,7 +205,7 @@ func (a *activityLog) persist(ctx context.Context, need uint64) error {
 	}
 	gen, ext := a.gen, a.snapshotLocked()
 	a.mu.Unlock()
-	if err := atomicfile.WriteFS(a.fs, a.path, encodeActivity(ext), 0o600); err != nil {
+	if err := atomicfile.WriteFS(a.fs, a.path, encodeActivity(a.extent, ext), 0o600); err != nil {
 		return fmt.Errorf("mirror: activity log: %w", err)
 	}
 	a.mu.Lock()

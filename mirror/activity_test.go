@@ -19,7 +19,7 @@ func TestActivityLogEnsureAndTrim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	a := newActivityLog(fsys, "/d", j)
+	a := newActivityLog(fsys, "/d", j, ActivityExtent)
 	ctx := context.Background()
 	// A write spanning two extents, then one in a third.
 	if err := a.Ensure(ctx, ActivityExtent-4096, 8192, 1); err != nil {
@@ -29,7 +29,7 @@ func TestActivityLogEnsureAndTrim(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Durable before the store write: a power loss now keeps them.
-	got, err := loadActivity(fsys.CrashCloneDropUnsynced(), "/d")
+	_, got, err := loadActivity(fsys.CrashCloneDropUnsynced(), "/d")
 	if err != nil || !slices.Equal(got, []uint32{0, 1, 5}) {
 		t.Fatalf("after a power loss the log lists %v (%v), want [0 1 5]", got, err)
 	}
@@ -43,28 +43,32 @@ func TestActivityLogEnsureAndTrim(t *testing.T) {
 	if err := a.Checkpointed(3, false); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := loadActivity(fsys, "/d"); !slices.Equal(got, []uint32{5}) {
+	if _, got, _ := loadActivity(fsys, "/d"); !slices.Equal(got, []uint32{5}) {
 		t.Fatalf("after two checkpoints the log lists %v, want [5] (the busy extent)", got)
 	}
 	if err := a.Checkpointed(3, true); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := loadActivity(fsys, "/d"); len(got) != 0 {
+	if _, got, _ := loadActivity(fsys, "/d"); len(got) != 0 {
 		t.Fatalf("after a clean stop the log lists %v", got)
 	}
 }
 
 func FuzzDecodeActivity(f *testing.F) {
-	f.Add(encodeActivity(nil))
-	f.Add(encodeActivity([]uint32{0, 7, 1 << 20}))
+	f.Add(encodeActivity(ActivityExtent, nil))
+	f.Add(encodeActivity(ActivityExtent, []uint32{0, 7, 1 << 20}))
+	f.Add(encodeActivity(16<<10, []uint32{3}))
 	f.Add([]byte("BMAL"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ext, err := decodeActivity(b)
+		extent, ext, err := decodeActivity(b)
 		if err != nil {
 			return
 		}
-		if got, err := decodeActivity(encodeActivity(ext)); err != nil || !slices.Equal(got, ext) {
-			t.Fatalf("round trip: %v %v, want %v", got, err, ext)
+		if extent < minActivityExtent || extent&(extent-1) != 0 {
+			t.Fatalf("accepted extent size %d", extent)
+		}
+		if gotExtent, got, err := decodeActivity(encodeActivity(extent, ext)); err != nil || gotExtent != extent || !slices.Equal(got, ext) {
+			t.Fatalf("round trip: %d %v %v, want %d %v", gotExtent, got, err, extent, ext)
 		}
 	})
 }

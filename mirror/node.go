@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,10 @@ type NodeOptions struct {
 
 	// journalQueueBytes (tests): journal.Options.QueueBytes.
 	journalQueueBytes int64
+	// activityExtent (tests): the activity log's extent size (0:
+	// ActivityExtent); the simulation's small disks need small extents for
+	// an unclean start to mark less than the whole disk.
+	activityExtent uint64
 	// history, when not empty, is the epoch history a newly created volume
 	// starts with (a new mirror takes its first primary's, in the same
 	// metadata write that creates the volume).
@@ -75,6 +80,8 @@ type Node struct {
 	Journal *journal.Journal
 	fs      vfs.FS
 	log     *slog.Logger
+	// activityExtent: the activity log's extent size for this run's log.
+	activityExtent uint64
 
 	mu      sync.Mutex
 	meta    *Meta
@@ -220,7 +227,8 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*resync.Bitmap)}
+	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*resync.Bitmap),
+		activityExtent: cmp.Or(opts.activityExtent, ActivityExtent)}
 	j, err := journal.Open(journal.Options{
 		FS:           fsys,
 		Dir:          filepath.Join(opts.Dir, JournalDir),
@@ -398,7 +406,7 @@ func (n *Node) BeginWrites() error {
 	}
 	n.mu.Lock()
 	n.writing = true
-	n.al = newActivityLog(n.fs, n.Dir, n.Journal)
+	n.al = newActivityLog(n.fs, n.Dir, n.Journal, n.activityExtent)
 	n.mu.Unlock()
 	return nil
 }
@@ -406,7 +414,7 @@ func (n *Node) BeginWrites() error {
 // markActivity marks the extents the last (unclean) run's activity log
 // lists as dirty for every mirror the node knows, and empties the log.
 func (n *Node) markActivity(m *Meta) error {
-	ext, err := loadActivity(n.fs, n.Dir)
+	extent, ext, err := loadActivity(n.fs, n.Dir)
 	if err != nil {
 		// Nothing says where unsynced writes may have landed: every mirror
 		// is compared over the whole disk.
@@ -421,11 +429,11 @@ func (n *Node) markActivity(m *Meta) error {
 	}
 	if len(ext) > 0 && len(m.Peers) > 0 {
 		n.log.Warn("the image may hold writes whose journal records were lost; their extents will be compared with every mirror",
-			"extents", len(ext), "extent_bytes", ActivityExtent)
+			"extents", len(ext), "extent_bytes", extent)
 		for name := range m.Peers {
 			err := n.MarkDirty(name, func(b *resync.Bitmap) {
 				for _, e := range ext {
-					b.SetRange(int64(e)*ActivityExtent, ActivityExtent)
+					b.SetRange(int64(e)*int64(extent), int64(extent))
 				}
 			})
 			if err != nil {
@@ -443,7 +451,7 @@ func (n *Node) markActivity(m *Meta) error {
 			return err
 		}
 	}
-	if err := atomicfile.WriteFS(n.fs, filepath.Join(n.Dir, activityFile), encodeActivity(nil), 0o600); err != nil {
+	if err := atomicfile.WriteFS(n.fs, filepath.Join(n.Dir, activityFile), encodeActivity(n.activityExtent, nil), 0o600); err != nil {
 		return fmt.Errorf("mirror: reset the activity log: %w", err)
 	}
 	return nil

@@ -43,6 +43,9 @@ type MirrorOptions struct {
 	// onQuarantine (tests, under d.mu) sees the fork point after which
 	// the journal's records were quarantined.
 	onQuarantine func(fork uint64)
+	// onResyncBegin (tests) is called when a resync begins, before its
+	// first file change.
+	onResyncBegin func()
 }
 
 func (o MirrorOptions) withDefaults() MirrorOptions {
@@ -704,7 +707,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStre
 	switch {
 	case s.replaced.Load():
 		log.Info("primary session replaced by a newer one", "err", err)
-	case err != nil && ctx.Err() == nil:
+	case ctx.Err() == nil:
 		log.Warn("primary session ended", "err", err)
 	default:
 		log.Info("primary session ended")

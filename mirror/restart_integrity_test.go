@@ -17,12 +17,8 @@ import (
 	"github.com/blockmirror/blockmirror/transport"
 )
 
-// startSyncPrimary opens (or creates) the primary in dir and replicates it
-// synchronously, at ack level durable, to the mirror "m" at addr.
-func startSyncPrimary(t *testing.T, dir, addr string, id *transport.Identity) *primaryVol {
-	return startPrimaryMode(t, dir, addr, id, wire.ModeSync)
-}
-
+// startPrimaryMode opens (or creates) the primary in dir and replicates it
+// in mode, at ack level durable, to the mirror "m" at addr.
 func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mode wire.Mode) *primaryVol {
 	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary, JournalSegment: 64 << 10})

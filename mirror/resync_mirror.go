@@ -21,6 +21,9 @@ import (
 func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	n := d.node
 	j := n.Journal
+	if d.opts.onResyncBegin != nil {
+		d.opts.onResyncBegin()
+	}
 	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
 		return err
 	}
@@ -75,8 +78,14 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	// loss at any later step then leaves a journal ending at or below the
 	// checkpoint, which recovery continues after, on a node marked
 	// inconsistent; SetStart first would leave a journal starting above
-	// the checkpoint, a node that cannot open.
-	if err := n.UpdateMeta(func(meta *Meta) error { meta.CheckpointSeq = max(last, m.From-1); return nil }); err != nil {
+	// the checkpoint, a node that cannot open. It never moves down here:
+	// last stops at a fork point, below records a demoted primary's store
+	// holds and its checkpoint counts, and the emptied journal still
+	// starts at its old first seq, which only the old checkpoint covers.
+	if err := n.UpdateMeta(func(meta *Meta) error {
+		meta.CheckpointSeq = max(meta.CheckpointSeq, last, m.From-1)
+		return nil
+	}); err != nil {
 		d.applyMu.Unlock()
 		return err
 	}

@@ -39,7 +39,7 @@ const (
 	evDemote                 // demote a primary older than the current one, or a split brain's loser
 	evSplit                  // split brain: cut two mirrors off and promote both
 	evIOErr                  // node a's next store write (journal write with f) fails with EIO
-	evArmResync              // a mirror waiting for a resync loses power at its n-th next file change
+	evArmResync              // a mirror waiting for a resync loses power at the n-th file change of that resync
 	simOps
 )
 
@@ -227,6 +227,7 @@ type simResult struct {
 	crashes  int
 	resyncs  int64
 	quar     int
+	simTime  time.Duration // simulated (fake) time the schedule took
 	// the end state, for scenarios (sim_scenario_test.go)
 	nodes map[string]simNodeEnd
 	epoch uint64 // the final primary's
@@ -261,7 +262,9 @@ func runSchedule(t *testing.T, seed uint64, p simParams, evs []simEvent, logw *s
 	synctest.Test(t, func(*testing.T) {
 		w := newSimWorld(seed, p, logw)
 		defer func() { trace = w.trace }()
+		t0 := time.Now() // the bubble's fake clock
 		res = w.run(evs)
+		res.simTime = time.Since(t0)
 	})
 	return res
 }
@@ -314,6 +317,9 @@ func (w *simWorld) run(evs []simEvent) (res simResult) {
 		w.observe()
 		if w.failed() != "" {
 			return res
+		}
+		if a := w.armResync; a != nil && w.armWaitingMirror(a.e, a.i) {
+			w.armResync = nil
 		}
 		res.events++
 		w.apply(i, e, &res)
@@ -434,35 +440,55 @@ func (w *simWorld) apply(i int, e simEvent, res *simResult) {
 			n.ioErr = true
 		}
 	case evArmResync:
-		// A mirror about to be resynced: it waits for one (diverged, or
-		// interrupted), or its primary has not got it in sync.
-		notInSync := map[string]bool{}
-		if p := w.current(); p != nil {
-			for _, ps := range p.cur.repl.Status().Peers {
-				notInSync[ps.Name] = ps.State != "in-sync"
-			}
-		}
-		var waiting []*simNode
-		for _, m := range w.mirrors() {
-			if m.cur.m != nil && m.cur.m.Node() != nil {
-				if meta := m.cur.m.Node().Meta(); meta.NeedsResync || meta.Inconsistent || notInSync[m.name] {
-					waiting = append(waiting, m)
-				}
-			}
-		}
-		if len(waiting) > 0 {
-			n := waiting[e.a%len(waiting)]
-			c := n.cur
-			n.armedPower = true
-			c.disk.arm(e.n, func() {
-				w.mu.Lock()
-				c.dead = true
-				w.mu.Unlock()
-				w.net.silence(n.name, rand.New(rand.NewPCG(w.seed, uint64(c.id)<<8|uint64(i))))
-			})
-			w.tracef("%s armed to lose power at its %d-th next file change", n.name, e.n)
+		// If no mirror waits for a resync now, the first that does before
+		// a later event is armed then (the event would rarely find one).
+		if !w.armWaitingMirror(e, i) {
+			w.armResync = &simPendingArm{e: e, i: i}
+			w.tracef("armresync pending: no mirror waits for a resync yet")
 		}
 	}
+}
+
+// armWaitingMirror arms a mirror about to be resynced — it waits for one
+// (diverged, or interrupted), or its primary has not got it in sync — to
+// lose power at the e.n-th file change from the start of its next resync
+// (counted from then, so that the reset's steps — checkpoint, journal
+// emptied and restarted, metadata — are where it lands, whatever the
+// mirror does before). It reports whether one was.
+func (w *simWorld) armWaitingMirror(e simEvent, i int) bool {
+	notInSync := map[string]bool{}
+	if p := w.current(); p != nil {
+		for _, ps := range p.cur.repl.Status().Peers {
+			notInSync[ps.Name] = ps.State != "in-sync"
+		}
+	}
+	var waiting []*simNode
+	for _, m := range w.mirrors() {
+		if m.cur.m != nil && m.cur.m.Node() != nil {
+			if meta := m.cur.m.Node().Meta(); meta.NeedsResync || meta.Inconsistent || notInSync[m.name] {
+				waiting = append(waiting, m)
+			}
+		}
+	}
+	if len(waiting) == 0 {
+		return false
+	}
+	n := waiting[e.a%len(waiting)]
+	c := n.cur
+	arm := func() {
+		c.disk.arm(e.n, func() {
+			w.mu.Lock()
+			c.dead = true
+			w.mu.Unlock()
+			w.net.silence(n.name, rand.New(rand.NewPCG(w.seed, uint64(c.id)<<8|uint64(i))))
+		})
+	}
+	n.armedPower = true
+	w.mu.Lock()
+	c.armAtResync = arm
+	w.mu.Unlock()
+	w.tracef("%s armed to lose power at the %d-th file change of its next resync", n.name, e.n)
+	return true
 }
 
 // issue sends a client request to a primary: the current one mostly,

@@ -51,14 +51,18 @@ var (
 )
 
 const (
-	simCISeeds   = 300
+	simCISeeds   = 500
 	simShortSeed = 60
 	simBlock     = 4096
 	simBlocks    = 64 // the volume: 256 KiB, four resync chunks
 	simSize      = simBlocks * simBlock
 	simHot       = 24 // writes go to the first simHot blocks
-	simDir       = "/d"
-	simVolName   = "v"
+	// simActivityExtent: four blocks, so an unclean start marks the
+	// extents its last writes touched, not the whole disk (production's
+	// 64 MiB extent would), and a resync after it uses a partial bitmap.
+	simActivityExtent = 4 * simBlock
+	simDir            = "/d"
+	simVolName        = "v"
 )
 
 // simParams is the cluster a seed draws.
@@ -198,6 +202,9 @@ type simInc struct {
 	// quarantines: what quarantines since the last quiescent point had to
 	// set aside (checkQuarantines checks the files there).
 	quarantines []simQuarantine
+	// armAtResync (under w.mu): arms its disk when its next resync begins
+	// (an armresync event).
+	armAtResync func()
 
 	heldScan     uint64 // durable seqs already credited to the writes' heldBy
 	ackedWritten uint64 // highest seq counted on it as acked at level written (I1')
@@ -231,6 +238,15 @@ type simWorld struct {
 	holders     map[uint64]string // epoch → the node that became primary in it
 	quarantined int               // records found quarantined (checkQuarantines)
 	reaped      sync.WaitGroup
+
+	// armResync: an armresync event (and its index) that found no mirror
+	// waiting for a resync; the first mirror that waits later is armed.
+	armResync *simPendingArm
+}
+
+type simPendingArm struct {
+	e simEvent
+	i int
 }
 
 func (w *simWorld) failf(format string, args ...any) {
@@ -325,6 +341,7 @@ func (c *simInc) nodeOptions(create bool) NodeOptions {
 		o.Size, o.Role = simSize, RolePrimary
 	}
 	o.journalQueueBytes = w.p.queueBytes
+	o.activityExtent = simActivityExtent
 	return o
 }
 
@@ -445,6 +462,7 @@ func (c *simInc) startMirror() error {
 	d, err := newMirrorOn(ctx, ln, MirrorOptions{
 		Name: n.name, Node: c.nodeOptions(false), Tick: 10 * time.Millisecond, CheckpointInterval: w.p.mirrorCkpt,
 		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset, onQuarantine: c.onQuarantine,
+		onResyncBegin: c.onResyncBegin,
 	})
 	if err != nil {
 		stop()
@@ -556,6 +574,19 @@ func (c *simInc) onQuarantine(fork uint64) {
 	}
 	c.quarantines = append(c.quarantines, q)
 	w.mu.Unlock()
+}
+
+// onResyncBegin arms the power loss an armresync event left for this
+// incarnation's next resync.
+func (c *simInc) onResyncBegin() {
+	w := c.n.w
+	w.mu.Lock()
+	arm := c.armAtResync
+	c.armAtResync = nil
+	w.mu.Unlock()
+	if arm != nil {
+		arm()
+	}
 }
 
 func (c *simInc) onReset(from, applied uint64) {

@@ -55,13 +55,16 @@ func TestSimNodes(t *testing.T) {
 		tot.crashes += res.crashes
 		tot.quar += res.quar
 		tot.resyncs += res.resyncs
+		tot.simTime += res.simTime
 	}
 	if *simKeepGoingFlag {
 		t.Logf("%d schedules in %v, %d failed: %v", n, time.Since(start).Round(time.Millisecond), len(failed), failed)
 		return
 	}
+	wall := time.Since(start)
 	t.Logf("%d schedules in %v: %d events, %d requests (%d acknowledged), %d crashes, %d failovers, %d resync chunks, %d divergent records quarantined",
-		n, time.Since(start).Round(time.Millisecond), tot.events, tot.writes, tot.acked, tot.crashes, tot.failover, tot.resyncs, tot.quar)
+		n, wall.Round(time.Millisecond), tot.events, tot.writes, tot.acked, tot.crashes, tot.failover, tot.resyncs, tot.quar)
+	t.Logf("speed: %s", simSpeed(n, tot.events, tot.simTime, wall))
 }
 
 // simOne runs one schedule; on a violation it shrinks the schedule and
@@ -127,18 +130,24 @@ func TestSimSoak(t *testing.T) {
 		t.Skip("give -sim.soak=DURATION")
 	}
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	deadline := time.Now().Add(*simSoakFlag)
+	start := time.Now()
+	deadline := start.Add(*simSoakFlag)
 	base := uint64(time.Now().UnixNano())
-	var runs int
+	var runs, events int
+	var simTime time.Duration
 	var failed []string
 	for seed := base; time.Now().Before(deadline); seed++ {
 		runs++
-		if res := runSchedule(t, seed, simParamsOf(seed), drawSchedule(seed), nil); res.err != "" {
+		res := runSchedule(t, seed, simParamsOf(seed), drawSchedule(seed), nil)
+		events += res.events
+		simTime += res.simTime
+		if res.err != "" {
 			failed = append(failed, fmt.Sprintf("seed %d: %s", seed, strings.SplitN(res.err, "\n", 2)[0]))
 			t.Logf("FAIL seed %d: %s\n  replay: go test ./mirror -run 'TestSimNodes$' -sim.seed=%d -sim.v", seed, res.err, seed)
 		}
 	}
-	fmt.Printf("soak: %d schedules in %v, %d failed\n", runs, *simSoakFlag, len(failed))
+	wall := time.Since(start)
+	fmt.Printf("soak: %d schedules in %v, %d failed (%s)\n", runs, wall.Round(time.Second), len(failed), simSpeed(runs, events, simTime, wall))
 	for _, f := range failed {
 		fmt.Println("  " + f)
 	}
@@ -164,4 +173,17 @@ func simFailureKind(msg string) string {
 		}
 	}
 	return b.String()
+}
+
+// simSpeed is the simulation's throughput: schedules per wall minute,
+// events per wall second and simulated seconds per wall second. The
+// simulation runs on one P (GOMAXPROCS 1, see TestSimNodes), so a wall
+// minute is about a CPU minute of the simulated nodes' goroutines plus the
+// runtime's (GC) on an otherwise idle core.
+func simSpeed(schedules, events int, simTime, wall time.Duration) string {
+	if wall <= 0 {
+		return "no time measured"
+	}
+	return fmt.Sprintf("%.0f schedules/min, %.0f events/s, %.1f simulated s per wall s",
+		float64(schedules)/wall.Minutes(), float64(events)/wall.Seconds(), simTime.Seconds()/wall.Seconds())
 }

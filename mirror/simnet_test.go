@@ -251,13 +251,6 @@ func (n *simNet) blackholeLocked(c *simConn, d time.Duration) {
 	time.AfterFunc(d, func() { c.kill(fmt.Errorf("sim: the peer went silent (idle timeout): %w", errSimDown)) })
 }
 
-// live counts the live connections (for the schedule's log).
-func (n *simNet) live() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.conns)
-}
-
 type simListener struct {
 	net    *simNet
 	node   string

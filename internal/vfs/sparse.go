@@ -11,7 +11,7 @@ type sparse struct {
 	owner *byte
 }
 
-const chunkSize = 64 << 10
+const chunkSize = 4 << 10
 
 type chunk struct {
 	owner *byte

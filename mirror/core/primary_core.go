@@ -792,9 +792,9 @@ func (p *PrimaryCore) PeerState(peer string) PeerState {
 	return PeerDisconnected
 }
 
-// PeerEpoch reports an epoch seen from peer (in a reply or error). A
+// PeerEpoch reports an epoch seen from a peer (in a reply or error). A
 // higher epoch than ours fences the core.
-func (p *PrimaryCore) PeerEpoch(peer string, epoch uint64) {
+func (p *PrimaryCore) PeerEpoch(epoch uint64) {
 	if epoch > p.cfg.Epoch {
 		p.Fence(epoch)
 	}
@@ -871,7 +871,7 @@ func (p *PrimaryCore) PeerReply(peer string, r wire.HelloReply, dirty bool) (Ses
 			}
 			p.Fence(r.Epoch)
 		} else {
-			p.PeerEpoch(peer, r.Epoch)
+			p.PeerEpoch(r.Epoch)
 		}
 		err := fmt.Errorf("%w: mirror %s refused the session (%v): %s", ErrRefused, peer, r.Code, r.Reason)
 		if p.fenced {

@@ -197,9 +197,9 @@ func TestPrimaryFencing(t *testing.T) {
 	p.ProposeWrite(1, false)
 	p.ProposeWrite(2, false)
 	p.LocalDone(1)
-	p.PeerEpoch("a", 3) // not higher: nothing
+	p.PeerEpoch(3) // not higher: nothing
 	wantDone(t, p, nil)
-	p.PeerEpoch("a", 4)
+	p.PeerEpoch(4)
 	wantDone(t, p, map[uint64]error{1: core.ErrFenced, 2: core.ErrFenced})
 	if _, err := p.ProposeWrite(3, false); !errors.Is(err, core.ErrFenced) {
 		t.Fatalf("propose after fence: %v", err)

@@ -3,9 +3,8 @@ package resync
 // RecentExtents remembers the extents of the last applied records, so a
 // resync chunk tagged T can be checked against records > T applied since.
 type RecentExtents struct {
-	buf  [8192]appliedExtent
-	n    int // entries written in total
-	base uint64
+	buf [8192]appliedExtent
+	n   int // entries written in total
 }
 
 type appliedExtent struct {
