@@ -340,7 +340,9 @@ type PrimaryStatus struct {
 	// same at the durable level (sync mode: with the degraded rule).
 	QuorumSeq     uint64
 	QuorumDurable uint64
-	// Degraded: fewer than SyncAcks mirrors are in sync.
+	// InSyncLagTicks is the bound of PeerInSync (the configured value).
+	InSyncLagTicks int
+	// Degraded: fewer than SyncAcks mirrors count for the degraded rules.
 	Degraded bool
 	// Throttled (async): completions are being held for lag.
 	Throttled bool
@@ -1039,7 +1041,7 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	s := PrimaryStatus{
 		Epoch: p.cfg.Epoch, LastSeq: p.lastSeq(), LocalDurable: p.localDurable, JournalFirst: p.journalFirst,
 		QuorumSeq: p.wLevel, QuorumDurable: p.wDur, Degraded: p.degraded(), Throttled: p.throttled(),
-		Fenced: p.fenced, Pending: len(p.pending),
+		Fenced: p.fenced, Pending: len(p.pending), InSyncLagTicks: p.cfg.InSyncLagTicks,
 	}
 	// The true K-th best acks (not the degraded rule's watermark, which
 	// is "everything" with no mirror in sync).
