@@ -81,14 +81,22 @@ func TestReplCatchUpState(t *testing.T) {
 	if behind == nil {
 		t.Errorf("m2 was never shown catching-up (connected, with records and bytes behind) during a 3 s partition")
 	} else {
-		t.Logf("partitioned: m2 %s, %d records, %d bytes, %.2f s behind, eta %v", behind.State,
-			behind.LagRecords, behind.LagBytes, behind.LagSeconds, fmtETA(behind.ETASeconds))
+		t.Logf("partitioned: m2 %s, %d records, %d bytes, %.2f s behind, eta %v, age %.2f s", behind.State,
+			behind.LagRecords, behind.LagBytes, behind.LagSeconds, fmtETA(behind.ETASeconds), behind.AgeSeconds)
+		// Writes m1 acknowledged went on: a failover to m2 would lose
+		// about as much as it lags.
+		if behind.AgeSeconds < behind.LagSeconds-0.5 {
+			t.Errorf("m2's age %.2f s while %.2f s behind", behind.AgeSeconds, behind.LagSeconds)
+		}
 	}
 	m := metricValues(t, c.Primary.Admin)
 	const series = `blockmirror_peer_state{peer="m2",state="%s",volume="disk"}`
 	if m[fmt.Sprintf(series, "catching-up")] != 1 || m[fmt.Sprintf(series, "in-sync")] != 0 {
 		t.Errorf("/metrics during the partition: catching-up %v, in-sync %v (want 1, 0)",
 			m[fmt.Sprintf(series, "catching-up")], m[fmt.Sprintf(series, "in-sync")])
+	}
+	if age := m[`blockmirror_peer_age_seconds{peer="m2",volume="disk"}`]; age < 1 {
+		t.Errorf("/metrics: peer_age_seconds of m2 %v after 3 s of partition", age)
 	}
 	if n := countStarted(w.Results(), tp.Add(100*time.Millisecond), true); n < 10 {
 		t.Errorf("only %d writes completed during the partition with m1 acking", n)
