@@ -24,13 +24,7 @@ func TestReplCatchUpState(t *testing.T) {
 	c := newReplCluster(t, "64M", "m1", "m2")
 	c.StartMirror("m1")
 	c.StartMirror("m2")
-	var proxy partitioner
-	if fp, err := startFaultProxy(t, c.M("m2").Listen); err == nil {
-		proxy = fp
-	} else {
-		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
-		proxy = startInprocProxy(t, c.M("m2").Listen)
-	}
+	proxy := startPartitioner(t, c.M("m2").Listen)
 	const ackTimeout = 2 * time.Second
 	const bound = 0.2 // seconds: ackTimeout/10
 	c.StartPrimary(primaryOpts{
