@@ -40,11 +40,11 @@ type inprocProxy struct{ *faultproxy.Proxy }
 // startPartitioner starts cmd/faultproxy in front of target, or the
 // in-process proxy when the binary cannot be built.
 func startPartitioner(t *testing.T, target string) partitioner {
-	if fp, err := startFaultProxy(t, target); err == nil {
+	fp, err := startFaultProxy(t, target)
+	if err == nil {
 		return fp
-	} else {
-		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
 	}
+	t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
 	return startInprocProxy(t, target)
 }
 
