@@ -54,8 +54,11 @@ type ReplicationOptions struct {
 	Resync ResyncOptions
 	// OnAck, when set, gets the time from a write's admission to a mirror's
 	// acknowledgement of it at the ack level (for metrics; must not block).
-	OnAck  func(peer string, d time.Duration)
-	Logger *slog.Logger
+	OnAck func(peer string, d time.Duration)
+	// OnResyncSent, when set, counts chunk data bytes a resync sent to peer
+	// (what ResyncProgress.SentBytes adds up; for metrics, must not block).
+	OnResyncSent func(peer string, n int)
+	Logger       *slog.Logger
 }
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
@@ -346,6 +349,10 @@ func (r *Replication) tickLoop() {
 	defer t.Stop()
 	persist := time.NewTicker(time.Second)
 	defer persist.Stop()
+	// The core's clock follows the real time: a ticker drops ticks when
+	// this loop is late, so every tick period elapsed is a core tick (the
+	// --max-lag and in-sync bounds are in ticks).
+	start, ticked := time.Now(), int64(0)
 	for {
 		select {
 		case <-r.ctx.Done():
@@ -353,9 +360,12 @@ func (r *Replication) tickLoop() {
 			return
 		case <-t.C:
 			first := r.j.FirstSeq()
+			due := int64(time.Since(start) / r.opts.Tick)
 			r.mu.Lock()
 			r.core.JournalFirst(first)
-			r.core.Tick()
+			for ; ticked < due; ticked++ {
+				r.core.Tick()
+			}
 			r.processLocked()
 			r.mu.Unlock()
 		case <-persist.C:
@@ -485,13 +495,17 @@ func (r *Replication) Status() ReplicationStatus {
 		AllowDegraded: r.opts.AllowDegraded, Epoch: cs.Epoch, LastSeq: cs.LastSeq,
 		LocalDurable: cs.LocalDurable, JournalFirst: cs.JournalFirst, QuorumSeq: cs.QuorumSeq,
 		Degraded: cs.Degraded, Throttled: cs.Throttled, Fenced: cs.Fenced, Pending: cs.Pending,
+		InSyncLagSeconds: r.seconds(int64(cs.InSyncLagTicks)),
 	}
 	for _, p := range cs.Peers {
 		l := r.links[p.Name]
 		ps := PeerReport{
 			Name: p.Name, State: p.State.String(), Received: p.Acks.Received, Written: p.Acks.Written,
 			Durable: p.Acks.Durable, Applied: p.Acks.Applied, LagRecords: p.LagRecords,
-			LagSeconds: (time.Duration(p.LagTicks) * r.opts.Tick).Seconds(),
+			LagSeconds: r.seconds(p.LagTicks), AgeSeconds: r.seconds(p.AgeTicks),
+		}
+		if p.ETATicks >= 0 && p.State == core.PeerCatchingUp {
+			ps.ETASeconds = ptrTo(r.seconds(p.ETATicks))
 		}
 		if l != nil {
 			ps.Addr = l.addr.Addr
@@ -515,6 +529,11 @@ func (r *Replication) Status() ReplicationStatus {
 	return st
 }
 
+// seconds converts core ticks to seconds.
+func (r *Replication) seconds(ticks int64) float64 {
+	return (time.Duration(ticks) * r.opts.Tick).Seconds()
+}
+
 // ReplicationStatus is the primary's replication state, as JSON for status.
 type ReplicationStatus struct {
 	Mode          string `json:"mode"`
@@ -530,6 +549,10 @@ type ReplicationStatus struct {
 	Throttled     bool   `json:"throttled"`
 	Fenced        bool   `json:"fenced"`
 	Pending       int    `json:"pending_requests"`
+	// InSyncLagSeconds: a mirror is in-sync only while it has acknowledged
+	// every write older than this (a tenth of --ack-timeout); further
+	// behind it is catching-up.
+	InSyncLagSeconds float64 `json:"in_sync_lag_seconds"`
 	// SplitBrain, when set, describes a split brain seen on contact with a
 	// peer and names the command that resolves it.
 	SplitBrain string       `json:"split_brain,omitempty"`
@@ -538,8 +561,12 @@ type ReplicationStatus struct {
 
 // PeerReport is one mirror's state in ReplicationStatus.
 type PeerReport struct {
-	Name       string  `json:"name"`
-	Addr       string  `json:"addr"`
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+	// State is in-sync only within in_sync_lag_seconds of the primary;
+	// catching-up: connected and behind (lag_records, lag_bytes,
+	// lag_seconds, eta_seconds); also resyncing, needs-resync,
+	// disconnected.
 	State      string  `json:"state"`
 	Connected  bool    `json:"connected"`
 	Received   uint64  `json:"received_seq"`
@@ -549,6 +576,14 @@ type PeerReport struct {
 	LagRecords uint64  `json:"lag_records"`
 	LagBytes   uint64  `json:"lag_bytes"`
 	LagSeconds float64 `json:"lag_seconds"`
+	// ETASeconds (catching-up): when the lag will be gone at the recent
+	// rates of acks and new writes; absent when the mirror does not gain.
+	ETASeconds *float64 `json:"eta_seconds,omitempty"`
+	// AgeSeconds: how long ago the oldest write the mirror has not
+	// applied was acknowledged to its client (0: it applied every
+	// acknowledged write). A failover to it now loses the writes
+	// acknowledged since then.
+	AgeSeconds float64 `json:"age_seconds"`
 	RTTMicros  int64   `json:"rtt_us"`
 	// QUIC describes the connection to the mirror while one is up.
 	QUIC       *QUICReport `json:"quic,omitempty"`

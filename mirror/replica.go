@@ -33,6 +33,10 @@ type MirrorOptions struct {
 	// (default 2 s).
 	CheckpointInterval time.Duration
 	Logger             *slog.Logger
+	// OnResyncChunk, when set, gets every resync chunk's data bytes
+	// received and the disk bytes it wrote (0 for a stale chunk, which the
+	// primary sends again); for metrics, must not block.
+	OnResyncChunk func(received, applied int)
 
 	// onApply (tests) sees every record the applier applies to the store,
 	// in order, under the apply lock; onReset (tests, under d.mu) a

@@ -214,6 +214,13 @@ func (d *Mirror) serveResync(ctx context.Context, st frameStream) error {
 			if err != nil {
 				return err
 			}
+			if f := d.opts.OnResyncChunk; f != nil {
+				applied := 0
+				if ok {
+					applied = int(m.Len)
+				}
+				f(len(m.Data), applied)
+			}
 			select {
 			case results <- wire.SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
 			case err := <-ackErr:

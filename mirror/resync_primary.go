@@ -481,6 +481,9 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				rs.win.Sent(n, tag)
 				rs.prog.SentBytes += int64(len(msg.Data))
 				rs.mu.Unlock()
+				if f := rs.l.r.opts.OnResyncSent; f != nil {
+					f(rs.l.addr.Name, len(msg.Data))
+				}
 				if err := rs.send(wire.MsgSyncChunk, out); err != nil {
 					return err
 				}

@@ -166,7 +166,8 @@ func printStatus(w io.Writer, st *daemon.NodeStatus) {
 	fmt.Fprintf(tw, "replication:\t%s, %d of %d mirrors at ack level %s (allow degraded: %v)\nstate:\t%s\n",
 		r.Mode, r.SyncAcks, len(r.Peers), r.AckLevel, r.AllowDegraded, state)
 	fmt.Fprintf(tw, "seqs:\tlast %d, local durable %d, quorum %d, journal from %d\n\n", r.LastSeq, r.LocalDurable, r.QuorumSeq, r.JournalFirst)
-	fmt.Fprintf(tw, "MIRROR\tADDRESS\tSTATE\tACKED\tLAG RECORDS\tLAG BYTES\tLAG SECONDS\tRTT\tLAST ERROR\n")
+	fmt.Fprintf(tw, "(in-sync: within %.2fs of the primary; age: since the oldest write it has not applied was acknowledged)\n", r.InSyncLagSeconds)
+	fmt.Fprintf(tw, "MIRROR\tADDRESS\tSTATE\tACKED\tLAG RECORDS\tLAG BYTES\tLAG SECONDS\tETA\tAGE\tRTT\tLAST ERROR\n")
 	for _, m := range r.Peers {
 		acked := m.Written
 		switch r.AckLevel {
@@ -179,8 +180,12 @@ func printStatus(w io.Writer, st *daemon.NodeStatus) {
 		if !m.Connected && state != "disconnected" {
 			state += " (disconnected)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.2f\t%dµs\t%s\n", m.Name, m.Addr, state, acked,
-			m.LagRecords, m.LagBytes, m.LagSeconds, m.RTTMicros, m.LastError)
+		eta := "-"
+		if m.ETASeconds != nil {
+			eta = fmt.Sprintf("%.1fs", *m.ETASeconds)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%.2f\t%s\t%.2fs\t%dµs\t%s\n", m.Name, m.Addr, state, acked,
+			m.LagRecords, m.LagBytes, m.LagSeconds, eta, m.AgeSeconds, m.RTTMicros, m.LastError)
 	}
 	for _, m := range r.Peers {
 		if rs := m.Resync; rs != nil && rs.TotalBytes > 0 {

@@ -68,6 +68,18 @@ func (h *volumeHooks) observeNBD(op string, bytes int, d time.Duration, err erro
 	}
 }
 
+func (h *volumeHooks) onResyncSent(peer string, n int) {
+	if h != nil {
+		h.peer(peer).AddResyncSent(n)
+	}
+}
+
+func (h *volumeHooks) onResyncChunk(received, applied int) {
+	if h != nil {
+		h.j.AddResync(received, applied)
+	}
+}
+
 func (h *volumeHooks) onAck(peer string, d time.Duration) {
 	if h != nil {
 		h.peer(peer).ObserveAck(d)
@@ -93,6 +105,7 @@ func (h *volumeHooks) run(ctx context.Context, j *journal.Journal, repl func() *
 			for _, p := range rs.Peers {
 				pm := h.peer(p.Name)
 				pm.SetLag(p.LagRecords, p.LagBytes, p.LagSeconds)
+				pm.SetAge(p.AgeSeconds)
 				pm.SetConnected(p.Connected)
 				if q := p.QUIC; q != nil {
 					pm.SetQUIC(time.Duration(q.SmoothedRTTMicros)*time.Microsecond, q.CongestionWindow, q.PacketsSent, q.PacketsLost)

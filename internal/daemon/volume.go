@@ -86,7 +86,7 @@ func (v *Volume) openPrimary(ctx context.Context) (*mirror.Node, error) {
 func (v *Volume) mirrorOptions() mirror.MirrorOptions {
 	c := &v.cfg
 	return mirror.MirrorOptions{
-		Listen: c.Listen, Name: v.env.node.Name, Transport: v.env.tc, Logger: v.log,
+		Listen: c.Listen, Name: v.env.node.Name, Transport: v.env.tc, Logger: v.log, OnResyncChunk: v.hooks.onResyncChunk,
 		Node: mirror.NodeOptions{Dir: c.Data, Disk: c.Disk, JournalMax: c.JournalMax.Bytes(), OnSync: v.hooks.onSync},
 	}
 }
@@ -203,7 +203,7 @@ func (v *Volume) startReplication(node *mirror.Node, log *slog.Logger) (*mirror.
 		AllowDegraded: c.AllowDegraded, AckTimeout: c.AckTimeout.Duration(), MaxLag: c.MaxLag.Duration(),
 		Node: v.env.node.Name, VolumeName: c.Name, Pool: v.env.pool, Transport: tc, Logger: log,
 		Resync: mirror.ResyncOptions{Rate: c.ResyncRate.Bytes()},
-		OnAck:  v.hooks.onAck,
+		OnAck:  v.hooks.onAck, OnResyncSent: v.hooks.onResyncSent,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start replication: %w", err)

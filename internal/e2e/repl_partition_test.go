@@ -37,6 +37,17 @@ type partitioner interface {
 // when cmd/faultproxy cannot be built.
 type inprocProxy struct{ *faultproxy.Proxy }
 
+// startPartitioner starts cmd/faultproxy in front of target, or the
+// in-process proxy when the binary cannot be built.
+func startPartitioner(t *testing.T, target string) partitioner {
+	fp, err := startFaultProxy(t, target)
+	if err == nil {
+		return fp
+	}
+	t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
+	return startInprocProxy(t, target)
+}
+
 func startInprocProxy(t *testing.T, target string) inprocProxy {
 	return inprocProxy{testutil.StartProxy(t, testutil.FreeUDPAddr(t), target)}
 }
@@ -163,13 +174,7 @@ func TestReplPartition(t *testing.T) {
 	c := newReplCluster(t, "64M", "m1", "m2")
 	c.StartMirror("m1")
 	c.StartMirror("m2")
-	var proxy partitioner
-	if fp, err := startFaultProxy(t, c.M("m2").Listen); err == nil {
-		proxy = fp
-	} else {
-		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
-		proxy = startInprocProxy(t, c.M("m2").Listen)
-	}
+	proxy := startPartitioner(t, c.M("m2").Listen)
 	c.StartPrimary(primaryOpts{
 		Via:  map[string]string{"m2": proxy.Addr()},
 		Args: []string{"--mode", "sync", "--sync-acks", "2", "--ack-timeout", "60s"},

@@ -163,8 +163,10 @@ wait:
 
 // TestResyncStatus: while a rate-limited resync runs, the primary reports
 // the peer as resyncing with done_bytes growing and sent_bytes > 0, and
-// the mirror reports inconsistent; afterwards the peer is in sync, the
-// progress inactive and complete, and the mirror consistent.
+// the mirror reports inconsistent; the byte counters in /metrics move on
+// both sides (sent on the primary, received and applied on the mirror).
+// Afterwards the peer is in sync, the progress inactive and complete, the
+// mirror consistent, and the counters agree with status's sent_bytes.
 func TestResyncStatus(t *testing.T) {
 	s := newResyncSetup(t, 103)
 	c := s.c
@@ -172,6 +174,10 @@ func TestResyncStatus(t *testing.T) {
 	c.StartPrimary(primaryOpts{Args: []string{"--resync-rate", "40M"}})
 	var done []int64
 	var sawInconsistent bool
+	const sentSeries = `blockmirror_peer_resync_sent_bytes_total{peer="m1",volume="disk"}`
+	const recvSeries = `blockmirror_resync_received_bytes_total{volume="disk"}`
+	const applSeries = `blockmirror_resync_applied_bytes_total{volume="disk"}`
+	var sent, recv []float64 // counter samples while the resync runs
 	testutil.WaitFor(t, 30*time.Second, "resync progress moving in 4 samples", func() (bool, string) {
 		prog, state, err := peerResync(c, "m1")
 		if err != nil {
@@ -189,11 +195,18 @@ func TestResyncStatus(t *testing.T) {
 		if ms, err := c.MirrorStatus("m1"); err == nil && ms.Inconsistent {
 			sawInconsistent = true
 		}
+		if v := metricValues(t, c.Primary.Admin)[sentSeries]; len(sent) == 0 || v > sent[len(sent)-1] {
+			sent = append(sent, v)
+		}
+		if v := metricValues(t, c.M("m1").Admin)[recvSeries]; len(recv) == 0 || v > recv[len(recv)-1] {
+			recv = append(recv, v)
+		}
 		time.Sleep(150 * time.Millisecond)
-		return len(done) >= 4 && sawInconsistent && prog.SentBytes > 0 && prog.Rate > 0,
-			fmt.Sprintf("done_bytes samples %v, mirror inconsistent seen %v, progress %+v", done, sawInconsistent, prog)
+		return len(done) >= 4 && sawInconsistent && prog.SentBytes > 0 && prog.Rate > 0 && len(sent) >= 3 && len(recv) >= 3,
+			fmt.Sprintf("done_bytes samples %v, mirror inconsistent seen %v, progress %+v, %s samples %v, %s samples %v",
+				done, sawInconsistent, prog, sentSeries, sent, recvSeries, recv)
 	})
-	t.Logf("done_bytes while resyncing: %v", done)
+	t.Logf("done_bytes while resyncing: %v; sent counter %v; received counter %v", done, sent, recv)
 	c.WaitPeerState(2*time.Minute, "in-sync", "m1")
 	prog, _, err := peerResync(c, "m1")
 	if err != nil {
@@ -201,6 +214,20 @@ func TestResyncStatus(t *testing.T) {
 	}
 	if prog.Active || prog.DoneBytes != prog.TotalBytes {
 		t.Errorf("after the resync: progress %+v, want inactive with done = total", prog)
+	}
+	// One resync in the processes' lifetime: the counters are its bytes.
+	pm, mm := metricValues(t, c.Primary.Admin), metricValues(t, c.M("m1").Admin)
+	t.Logf("after the resync: sent_bytes %d; %s %v; %s %v; %s %v", prog.SentBytes, sentSeries, pm[sentSeries],
+		recvSeries, mm[recvSeries], applSeries, mm[applSeries])
+	if pm[sentSeries] != float64(prog.SentBytes) || prog.SentBytes == 0 {
+		t.Errorf("%s = %v, status resync.sent_bytes = %d: want equal and > 0", sentSeries, pm[sentSeries], prog.SentBytes)
+	}
+	if mm[recvSeries] != float64(prog.SentBytes) {
+		t.Errorf("mirror %s = %v, primary sent %d", recvSeries, mm[recvSeries], prog.SentBytes)
+	}
+	if mm[applSeries] < float64(prog.SentBytes) || mm[applSeries] > float64(resyncDiskSize)*2 {
+		t.Errorf("mirror %s = %v: want at least the %d data bytes received, and not far above the disk's %d bytes",
+			applSeries, mm[applSeries], prog.SentBytes, resyncDiskSize)
 	}
 	ms, err := c.MirrorStatus("m1")
 	if err != nil {

@@ -32,6 +32,10 @@
 //	blockmirror_peer_state{volume,peer,state}                    gauge, 1 for the current state
 //	blockmirror_peer_resync_done_bytes{volume,peer}              gauge
 //	blockmirror_peer_resync_target_bytes{volume,peer}            gauge
+//	blockmirror_peer_resync_sent_bytes_total{volume,peer}        counter (chunk data sent)
+//	blockmirror_peer_age_seconds{volume,peer}                    gauge
+//	blockmirror_resync_received_bytes_total{volume}              counter (mirror: chunk data received)
+//	blockmirror_resync_applied_bytes_total{volume}               counter (mirror: disk bytes written)
 //
 // op is read, write, trim, zero, flush, cache, block_status or other.
 // Latency histograms share LatencyBuckets (10µs doubling to ~21s). The Go

@@ -111,6 +111,11 @@ type Registry struct {
 	peerState       *prometheus.GaugeVec
 	peerResyncDone  *prometheus.GaugeVec
 	peerResyncTotal *prometheus.GaugeVec
+	peerAge         *prometheus.GaugeVec
+	peerResyncSent  *prometheus.CounterVec
+
+	resyncReceived *prometheus.CounterVec
+	resyncApplied  *prometheus.CounterVec
 
 	volumeVecs []deleter // everything labelled by volume
 	peerVecs   []deleter // everything labelled by volume and peer
@@ -177,8 +182,13 @@ func NewWith(o Options) *Registry {
 	r.peerResyncDone = gauge("peer_resync_done_bytes", "Bytes of the current full resync already sent to the mirror.", volPeer)
 	r.peerResyncTotal = gauge("peer_resync_target_bytes", "Bytes the current full resync of the mirror covers (0 when none runs).", volPeer)
 
-	r.volumeVecs = []deleter{r.nbdRequests, r.nbdBytes, r.nbdErrors, r.nbdLatency, r.jAppend, r.jFsync, r.jSize, r.jSegments, r.jRecords, r.jBytes}
-	r.peerVecs = []deleter{r.peerAck, r.peerLagRecords, r.peerLagBytes, r.peerLagSeconds, r.peerConnected, r.peerQUICSRTT, r.peerQUICCwnd, r.peerQUICSent, r.peerQUICLost, r.peerState, r.peerResyncDone, r.peerResyncTotal}
+	r.peerAge = gauge("peer_age_seconds", "How long ago the oldest write the mirror has not applied was acknowledged to its client (0: it applied every acknowledged write); a failover to it now loses the writes acknowledged since.", volPeer)
+	r.peerResyncSent = counter("peer_resync_sent_bytes_total", "Chunk data bytes resyncs sent to the mirror (zero chunks send none); status --json's resync.sent_bytes counts the same for the current resync.", volPeer)
+	r.resyncReceived = counter("resync_received_bytes_total", "Mirror side: chunk data bytes received from the primary's resyncs.", vol)
+	r.resyncApplied = counter("resync_applied_bytes_total", "Mirror side: disk bytes resync chunks wrote (zero chunks count their length; stale chunks, sent again later, do not count).", vol)
+
+	r.volumeVecs = []deleter{r.nbdRequests, r.nbdBytes, r.nbdErrors, r.nbdLatency, r.jAppend, r.jFsync, r.jSize, r.jSegments, r.jRecords, r.jBytes, r.resyncReceived, r.resyncApplied}
+	r.peerVecs = []deleter{r.peerAck, r.peerLagRecords, r.peerLagBytes, r.peerLagSeconds, r.peerConnected, r.peerQUICSRTT, r.peerQUICCwnd, r.peerQUICSent, r.peerQUICLost, r.peerState, r.peerResyncDone, r.peerResyncTotal, r.peerAge, r.peerResyncSent}
 
 	if !o.NoRuntimeMetrics {
 		r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -294,19 +304,22 @@ type JournalMetrics struct {
 	fsync                                     prometheus.Observer
 	size, segments                            prometheus.Gauge
 	records, bytes                            prometheus.Counter
+	resyncReceived, resyncApplied             prometheus.Counter
 }
 
 // Journal returns the journal hooks of volume.
 func (r *Registry) Journal(volume string) *JournalMetrics {
 	return &JournalMetrics{
-		appendWritten: r.jAppend.WithLabelValues(volume, LevelWritten),
-		appendDurable: r.jAppend.WithLabelValues(volume, LevelDurable),
-		appendOther:   r.jAppend.WithLabelValues(volume, LevelOther),
-		fsync:         r.jFsync.WithLabelValues(volume),
-		size:          r.jSize.WithLabelValues(volume),
-		segments:      r.jSegments.WithLabelValues(volume),
-		records:       r.jRecords.WithLabelValues(volume),
-		bytes:         r.jBytes.WithLabelValues(volume),
+		appendWritten:  r.jAppend.WithLabelValues(volume, LevelWritten),
+		appendDurable:  r.jAppend.WithLabelValues(volume, LevelDurable),
+		appendOther:    r.jAppend.WithLabelValues(volume, LevelOther),
+		fsync:          r.jFsync.WithLabelValues(volume),
+		size:           r.jSize.WithLabelValues(volume),
+		segments:       r.jSegments.WithLabelValues(volume),
+		records:        r.jRecords.WithLabelValues(volume),
+		bytes:          r.jBytes.WithLabelValues(volume),
+		resyncReceived: r.resyncReceived.WithLabelValues(volume),
+		resyncApplied:  r.resyncApplied.WithLabelValues(volume),
 	}
 }
 
@@ -340,6 +353,20 @@ func (m *JournalMetrics) AddRecords(records, bytes int) {
 	}
 }
 
+// AddResync counts, on a mirror, the chunk data bytes a resync received
+// and the disk bytes its chunks wrote.
+func (m *JournalMetrics) AddResync(received, applied int) {
+	if m == nil {
+		return
+	}
+	if received > 0 {
+		m.resyncReceived.Add(float64(received))
+	}
+	if applied > 0 {
+		m.resyncApplied.Add(float64(applied))
+	}
+}
+
 // ObserveFsync records one fdatasync of the journal.
 func (m *JournalMetrics) ObserveFsync(d time.Duration) {
 	if m == nil {
@@ -363,6 +390,8 @@ type PeerMetrics struct {
 	ack                                prometheus.Observer
 	lagRecords, lagBytes, lagSeconds   prometheus.Gauge
 	connected, resyncDone, resyncTotal prometheus.Gauge
+	age                                prometheus.Gauge
+	resyncSent                         prometheus.Counter
 	quicSRTT, quicCwnd                 prometheus.Gauge
 	quicSent, quicLost                 prometheus.Gauge
 	stateVec                           *prometheus.GaugeVec
@@ -386,6 +415,8 @@ func (r *Registry) Peer(volume, peer string) *PeerMetrics {
 		quicLost:    r.peerQUICLost.WithLabelValues(volume, peer),
 		resyncDone:  r.peerResyncDone.WithLabelValues(volume, peer),
 		resyncTotal: r.peerResyncTotal.WithLabelValues(volume, peer),
+		age:         r.peerAge.WithLabelValues(volume, peer),
+		resyncSent:  r.peerResyncSent.WithLabelValues(volume, peer),
 		stateVec:    r.peerState,
 		volume:      volume,
 		peer:        peer,
@@ -410,6 +441,23 @@ func (m *PeerMetrics) SetLag(records, bytes uint64, seconds float64) {
 	m.lagRecords.Set(float64(records))
 	m.lagBytes.Set(float64(bytes))
 	m.lagSeconds.Set(seconds)
+}
+
+// SetAge sets how long ago, in seconds, the oldest write the mirror has
+// not applied was acknowledged.
+func (m *PeerMetrics) SetAge(seconds float64) {
+	if m == nil {
+		return
+	}
+	m.age.Set(seconds)
+}
+
+// AddResyncSent counts chunk data bytes a resync sent to the mirror.
+func (m *PeerMetrics) AddResyncSent(bytes int) {
+	if m == nil || bytes <= 0 {
+		return
+	}
+	m.resyncSent.Add(float64(bytes))
 }
 
 // SetConnected sets whether a session with the mirror is up.

@@ -26,26 +26,39 @@
 //     seq at the durable level. A request still waiting for mirrors after
 //     AckTimeoutTicks fails with ErrNoQuorum (EIO: content undefined; the
 //     data may already be local and may still reach mirrors).
-//   - sync mode with AllowDegraded: with only n < K mirrors in sync, K is
-//     taken as n (n = 0: local alone), i.e. a request completes once every
-//     in-sync mirror acked; an in-sync mirror that does not ack within
-//     AckTimeoutTicks is demoted to catching-up, so requests never fail for
-//     lack of acks. Status reports Degraded.
-//   - async mode: a write completes once local. If at least K mirrors are in
-//     sync and MaxLagTicks > 0, completions of writes are held while the
+//   - sync mode with AllowDegraded: with only n < K mirrors counted (see
+//     below), K is taken as n (n = 0: local alone), i.e. a request completes
+//     once every counted mirror acked; a counted mirror that does not ack
+//     within AckTimeoutTicks is demoted to catching-up and stops counting,
+//     so requests never fail for lack of acks. Status reports Degraded.
+//   - async mode: a write completes once local. If at least K mirrors are
+//     counted and MaxLagTicks > 0, completions of writes are held while the
 //     oldest seq the K-th best mirror has not acked at the ack level was
-//     proposed more than MaxLagTicks ago. With fewer than K mirrors in sync
-//     there is no throttle (Degraded). FUA and FLUSH need local durability
-//     only: the recovery point on losing the primary is the mirrors' lag
-//     (bounded by MaxLagTicks while not degraded).
+//     proposed MaxLagTicks or more ticks ago (at the bound, not after it:
+//     the tick counter may be up to a period behind the real time, so this
+//     keeps the span of acknowledged writes a failure can lose within
+//     MaxLagTicks periods). With fewer than K counted mirrors there is no
+//     throttle (Degraded). FUA and FLUSH need local durability only: the
+//     recovery point on losing the primary is the mirrors' lag (bounded by
+//     MaxLagTicks while not degraded). PeerStatus.AgeTicks is how long ago
+//     the oldest write a mirror has not applied was acknowledged: that may
+//     exceed MaxLagTicks, since the throttle holds later writes rather than
+//     letting them be acknowledged.
 //   - a peer epoch higher than ours fences the primary: every pending and
 //     later request fails with ErrFenced (the driver also records the fence
 //     in the metadata, so it survives a restart).
 //   - a request the driver gives up on (Forget) leaves without a completion.
 //
-// A mirror is catching-up after a handshake until it acks the seq that was
-// last when it connected, then in-sync. Only in-sync mirrors count for the
-// degraded rules; acks of every mirror count for quorum seqs.
+// A mirror is catching-up after a handshake (a resync, an ack timeout
+// demotion) until it acks the seq that was last when it started catching
+// up; from then on it counts for the degraded and throttle rules until its
+// session ends or it misses an ack timeout. It is reported in-sync (Status,
+// PeerState) only while it also has acknowledged, at the ack level, every
+// record proposed more than InSyncLagTicks ago (default AckTimeoutTicks/10):
+// a counted mirror further behind is reported catching-up, with its lag in
+// records and ticks and an ETA. So an in-sync mirror is one that, if the
+// others went away, would have no write waiting for it longer than that
+// bound. Acks of every mirror count for quorum seqs.
 //
 // # Mirror rules (ReplicaCore)
 //

@@ -58,9 +58,18 @@ type PrimaryConfig struct {
 	// acks (default DefaultAckTimeoutTicks).
 	AckTimeoutTicks int
 	// MaxLagTicks (async mode) bounds how long ago the oldest seq that the
-	// K-th best mirror has not acknowledged may have been proposed; above
-	// it, completions of writes are held. 0 disables the throttle.
+	// K-th best mirror has not acknowledged may have been proposed; at it,
+	// completions of writes are held. 0 disables the throttle. The bound is
+	// on the span of acknowledgements a failure can lose: a write completes
+	// only while that oldest seq was proposed fewer than MaxLagTicks ticks
+	// ago (measured by the tick counter, so within MaxLagTicks tick periods
+	// of real time, whatever part of a tick has passed).
 	MaxLagTicks int
+	// InSyncLagTicks bounds how far behind a mirror reported in-sync may
+	// be: it must have acknowledged, at the ack level, every record proposed
+	// more than InSyncLagTicks ticks ago (default AckTimeoutTicks/10, at
+	// least 1). See PeerInSync.
+	InSyncLagTicks int
 	// Epoch is this primary's epoch (≥ 1).
 	Epoch uint64
 	// NextSeq is the first seq to assign (default 1): the local journal's
@@ -96,6 +105,9 @@ func (c *PrimaryConfig) withDefaults() PrimaryConfig {
 	}
 	if d.AckTimeoutTicks == 0 {
 		d.AckTimeoutTicks = DefaultAckTimeoutTicks
+	}
+	if d.InSyncLagTicks == 0 {
+		d.InSyncLagTicks = max(1, d.AckTimeoutTicks/10)
 	}
 	if d.NextSeq == 0 {
 		d.NextSeq = 1
@@ -141,6 +153,9 @@ func (c *PrimaryConfig) validate() error {
 	if c.MaxLagTicks < 0 {
 		return fmt.Errorf("mirror: primary config: negative max lag %d", c.MaxLagTicks)
 	}
+	if c.InSyncLagTicks < 0 {
+		return fmt.Errorf("mirror: primary config: negative in-sync lag %d", c.InSyncLagTicks)
+	}
 	if c.Epoch == 0 {
 		return errors.New("mirror: primary config: epoch must be at least 1")
 	}
@@ -157,12 +172,21 @@ type PeerState uint8
 const (
 	// PeerDisconnected: no session.
 	PeerDisconnected PeerState = iota
-	// PeerCatchingUp: a session streams records the mirror missed; it
-	// becomes in-sync once it acknowledges (at the ack level) the last seq
-	// assigned when it started catching up.
+	// PeerCatchingUp: a session streams records the mirror lacks. After a
+	// handshake (or a resync, or a demotion for a missed ack) it joins the
+	// mirrors the degraded and async-throttle rules count once it
+	// acknowledges (at the ack level) the last seq assigned when it started
+	// catching up; it is reported catching-up, not in-sync, until it also
+	// is within InSyncLagTicks (see PeerInSync).
 	PeerCatchingUp
-	// PeerInSync: connected and caught up; counts as available for the
-	// degraded rules.
+	// PeerInSync: connected, caught up once in this session, and it has
+	// acknowledged (at the ack level) every record proposed more than
+	// InSyncLagTicks ago: if every other mirror went away now, the writes
+	// waiting for it are younger than that bound. A mirror that falls
+	// further behind (a partition the session survives, a slow disk) is
+	// reported PeerCatchingUp again until it is back within the bound;
+	// it still counts for the degraded and throttle rules until it misses
+	// an ack timeout (AllowDegraded) or its session ends.
 	PeerInSync
 	// PeerNeedsResync: the mirror cannot be served from the journal (the
 	// records it needs were dropped, it is ahead of us, or it says so).
@@ -288,8 +312,22 @@ type PeerStatus struct {
 	// acknowledged at the ack level.
 	LagRecords uint64
 	// LagTicks is how long ago the oldest of those was proposed (a lower
-	// bound for a mirror far behind; 0 when LagRecords is 0).
+	// bound for a mirror far behind; 0 when LagRecords is 0). A mirror is
+	// in-sync only while LagTicks ≤ InSyncLagTicks.
 	LagTicks int64
+	// AckRate is the recent rate (records per tick, averaged over about
+	// rateTicks ticks) at which the mirror's ack at the ack level advances.
+	AckRate float64
+	// ETATicks estimates when a catching-up mirror has no lag left: its
+	// LagRecords over the rate at which it gains on the primary (AckRate
+	// minus the recent rate of new seqs); -1 when it does not gain (or is
+	// not connected), 0 with no lag.
+	ETATicks int64
+	// AgeTicks is how long ago the primary acknowledged (completed without
+	// error) the oldest write the mirror has not applied: what a failover
+	// to it now would lose reaches back that far. 0 when it applied every
+	// acknowledged write; a lower bound for a mirror without a session.
+	AgeTicks int64
 }
 
 // PrimaryStatus is a snapshot of a PrimaryCore.
@@ -302,7 +340,9 @@ type PrimaryStatus struct {
 	// same at the durable level (sync mode: with the degraded rule).
 	QuorumSeq     uint64
 	QuorumDurable uint64
-	// Degraded: fewer than SyncAcks mirrors are in sync.
+	// InSyncLagTicks is the bound of PeerInSync (the configured value).
+	InSyncLagTicks int
+	// Degraded: fewer than SyncAcks mirrors count for the degraded rules.
 	Degraded bool
 	// Throttled (async): completions are being held for lag.
 	Throttled bool
@@ -381,6 +421,8 @@ func (q *reqQueue) clear() {
 type peerState struct {
 	name      string
 	state     PeerState
+	rate      float64 // AckRate
+	rateAck   uint64  // ack at the level at the previous tick
 	ack       wire.Ack
 	target    uint64 // catching-up: in sync once acked at the level through it
 	flushSent uint64 // highest Flush.Through sent in this session
@@ -388,11 +430,58 @@ type peerState struct {
 }
 
 // lagSeg says that seqs from firstSeq on (to the next segment) were
-// proposed at tick.
+// proposed (lag) or first covered by an acknowledgement (acked) at tick.
 type lagSeg struct {
 	firstSeq uint64
 	tick     int64
 }
+
+// segList is a seq → tick map of lagSegs in seq and tick order.
+type segList struct {
+	segs []lagSeg
+	head int
+}
+
+// add records that seqs from first on belong to tick (now).
+func (l *segList) add(first uint64, now int64) {
+	if n := len(l.segs); n == l.head || l.segs[n-1].tick != now {
+		l.segs = append(l.segs, lagSeg{firstSeq: first, tick: now})
+	}
+}
+
+// tickOf returns the tick of seq (the oldest kept tick for seqs already
+// pruned; now for an empty list).
+func (l *segList) tickOf(seq uint64, now int64) int64 {
+	segs := l.segs[l.head:]
+	if len(segs) == 0 {
+		return now
+	}
+	lo, hi := 0, len(segs) // find last segment with firstSeq ≤ seq
+	for lo+1 < hi {
+		m := (lo + hi) / 2
+		if segs[m].firstSeq <= seq {
+			lo = m
+		} else {
+			hi = m
+		}
+	}
+	return segs[lo].tick
+}
+
+// prune drops the segments that only hold seqs ≤ keep.
+func (l *segList) prune(keep uint64) {
+	for l.head+1 < len(l.segs) && l.segs[l.head+1].firstSeq <= keep+1 {
+		l.head++
+	}
+	if l.head > 64 && l.head > len(l.segs)/2 {
+		n := copy(l.segs, l.segs[l.head:])
+		l.segs = l.segs[:n]
+		l.head = 0
+	}
+}
+
+// rateTicks is the time constant, in ticks, of the rates behind ETATicks.
+const rateTicks = 50
 
 // PrimaryCore is the I/O-free replication state machine of a primary: it
 // assigns seqs, tracks mirror acks and decides when NBD requests complete.
@@ -422,8 +511,11 @@ type PrimaryCore struct {
 	qDur    reqQueue // sync FUA/flush waiting for wDur
 	qLocal  reqQueue // FUA/flush waiting for localDurable
 	held    reqQueue // async writes held by the throttle
-	lag     []lagSeg
-	lagHead int
+	lag     segList  // seq → tick it was proposed
+	acked   segList  // seq → tick of the first acknowledgement covering it
+	ackedHi uint64   // highest seq acknowledged to a client
+	seqRate float64  // recent rate of new seqs per tick
+	rateSeq uint64   // last seq at the previous tick
 
 	ready [2]PrimaryReady
 	cur   int
@@ -443,7 +535,12 @@ func NewPrimaryCore(cfg PrimaryConfig) (*PrimaryCore, error) {
 		byName:       make(map[string]*peerState, len(c.Peers)),
 		scratch:      make([]uint64, len(c.Peers)),
 		pending:      make(map[uint64]*request),
+		rateSeq:      c.NextSeq - 1,
+		ackedHi:      c.NextSeq - 1,
 	}
+	// An earlier run's writes count as acknowledged at the start: their
+	// age is a lower bound.
+	p.acked.add(1, 0)
 	for _, name := range c.Peers {
 		ps := &peerState{name: name}
 		p.peers = append(p.peers, ps)
@@ -473,9 +570,7 @@ func (p *PrimaryCore) ProposeWrite(id uint64, fua bool) (uint64, error) {
 	}
 	seq := p.nextSeq
 	p.nextSeq++
-	if n := len(p.lag); n == p.lagHead || p.lag[n-1].tick != p.now {
-		p.lag = append(p.lag, lagSeg{firstSeq: seq, tick: p.now})
-	}
+	p.lag.add(seq, p.now)
 	kind := kindWrite
 	if fua {
 		kind = kindFUA
@@ -659,6 +754,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 	if ps.released > ps.ack.Durable {
 		ps.released = ps.ack.Durable
 	}
+	ps.rate, ps.rateAck = 0, ps.ack.Level(p.cfg.AckLevel)
 	p.recompute()
 	p.drain()
 	return nil
@@ -724,6 +820,7 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	}
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
+	ps.rate, ps.rateAck = 0, from-1
 	if ps.released > ps.ack.Durable {
 		ps.released = ps.ack.Durable
 	}
@@ -784,10 +881,10 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 	return nil
 }
 
-// PeerState returns peer's state.
+// PeerState returns peer's state as Status reports it.
 func (p *PrimaryCore) PeerState(peer string) PeerState {
 	if ps := p.byName[peer]; ps != nil {
-		return ps.state
+		return p.reported(ps)
 	}
 	return PeerDisconnected
 }
@@ -914,6 +1011,7 @@ func (p *PrimaryCore) FencedBy() uint64 { return p.fencedBy }
 // are measured in ticks.
 func (p *PrimaryCore) Tick() {
 	p.now++
+	p.updateRates()
 	if p.cfg.Mode == wire.ModeSync {
 		p.expire(&p.qLevel, p.cfg.AckLevel)
 		p.expire(&p.qDur, wire.AckDurable)
@@ -943,7 +1041,7 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	s := PrimaryStatus{
 		Epoch: p.cfg.Epoch, LastSeq: p.lastSeq(), LocalDurable: p.localDurable, JournalFirst: p.journalFirst,
 		QuorumSeq: p.wLevel, QuorumDurable: p.wDur, Degraded: p.degraded(), Throttled: p.throttled(),
-		Fenced: p.fenced, Pending: len(p.pending),
+		Fenced: p.fenced, Pending: len(p.pending), InSyncLagTicks: p.cfg.InSyncLagTicks,
 	}
 	// The true K-th best acks (not the degraded rule's watermark, which
 	// is "everything" with no mirror in sync).
@@ -952,16 +1050,41 @@ func (p *PrimaryCore) Status() PrimaryStatus {
 	if s.QuorumSeq == math.MaxUint64 { // no mirrors (async)
 		s.QuorumSeq, s.QuorumDurable = 0, 0
 	}
-	last := p.lastSeq()
 	for _, ps := range p.peers {
-		st := PeerStatus{Name: ps.name, State: ps.state, Acks: ps.ack}
-		if a := ps.ack.Level(p.cfg.AckLevel); a < last {
-			st.LagRecords = last - a
-			st.LagTicks = p.now - p.tickOf(a+1)
+		st := PeerStatus{Name: ps.name, State: p.reported(ps), Acks: ps.ack, AckRate: ps.rate, ETATicks: -1}
+		st.LagRecords, st.LagTicks = p.lagOf(ps)
+		if st.LagRecords == 0 {
+			st.ETATicks = 0
+		} else if gain := ps.rate - p.seqRate; ps.state != PeerDisconnected && gain > 1e-9 {
+			st.ETATicks = int64(math.Ceil(float64(st.LagRecords) / gain))
+		}
+		if a := ps.ack.Applied; a < p.ackedHi {
+			st.AgeTicks = p.now - p.acked.tickOf(a+1, p.now)
 		}
 		s.Peers = append(s.Peers, st)
 	}
 	return s
+}
+
+// lagOf returns how many assigned seqs ps has not acknowledged at the ack
+// level and how many ticks ago the oldest of them was proposed.
+func (p *PrimaryCore) lagOf(ps *peerState) (records uint64, ticks int64) {
+	a, last := ps.ack.Level(p.cfg.AckLevel), p.lastSeq()
+	if a >= last {
+		return 0, 0
+	}
+	return last - a, p.now - p.lag.tickOf(a+1, p.now)
+}
+
+// reported is ps's state as Status and PeerState show it: in-sync only
+// within InSyncLagTicks (see PeerInSync).
+func (p *PrimaryCore) reported(ps *peerState) PeerState {
+	if ps.state == PeerInSync {
+		if _, ticks := p.lagOf(ps); ticks > int64(p.cfg.InSyncLagTicks) {
+			return PeerCatchingUp
+		}
+	}
+	return ps.state
 }
 
 // LastSeq returns the last assigned seq (cheaper than Status).
@@ -1060,6 +1183,10 @@ func (p *PrimaryCore) tryComplete(r *request) {
 func (p *PrimaryCore) complete(r *request, err error) {
 	if !r.forgotten {
 		p.rd().Completions = append(p.rd().Completions, Completion{ID: r.id, Err: err})
+		if err == nil && r.kind != kindFlush && r.seq > p.ackedHi {
+			p.acked.add(p.ackedHi+1, p.now)
+			p.ackedHi = r.seq
+		}
 	}
 	delete(p.pending, r.id)
 	*r = request{}
@@ -1157,45 +1284,45 @@ func (p *PrimaryCore) throttled() bool {
 	if w >= p.lastSeq() {
 		return false
 	}
-	return p.now-p.tickOf(w+1) > int64(p.cfg.MaxLagTicks)
+	// The tick counter says only that the seq was proposed in tick
+	// tickOf and that this is tick now: up to one tick period more may
+	// have passed than their difference says. Holding at the bound itself
+	// keeps the span of acknowledgements a failure can lose within
+	// MaxLagTicks periods.
+	return p.now-p.lag.tickOf(w+1, p.now) >= int64(p.cfg.MaxLagTicks)
 }
 
-// tickOf returns the tick at which seq was proposed (the oldest known
-// tick for seqs already pruned).
-func (p *PrimaryCore) tickOf(seq uint64) int64 {
-	segs := p.lag[p.lagHead:]
-	if len(segs) == 0 {
-		return p.now
-	}
-	lo, hi := 0, len(segs) // find last segment with firstSeq ≤ seq
-	for lo+1 < hi {
-		m := (lo + hi) / 2
-		if segs[m].firstSeq <= seq {
-			lo = m
-		} else {
-			hi = m
+// updateRates refreshes the recent ack rates and the rate of new seqs
+// (exponential averages over about rateTicks ticks), once per tick.
+func (p *PrimaryCore) updateRates() {
+	last := p.lastSeq()
+	p.seqRate += (float64(last-min(p.rateSeq, last)) - p.seqRate) / rateTicks
+	p.rateSeq = last
+	for _, ps := range p.peers {
+		a := ps.ack.Level(p.cfg.AckLevel)
+		if ps.state == PeerDisconnected || ps.state == PeerNeedsResync || a < ps.rateAck {
+			ps.rate, ps.rateAck = 0, a // no session, or a resync restarted its acks
+			continue
 		}
+		ps.rate += (float64(a-ps.rateAck) - ps.rate) / rateTicks
+		ps.rateAck = a
 	}
-	return segs[lo].tick
 }
 
-// pruneLag drops lag segments no in-sync peer (nor the async quorum) needs.
+// pruneLag drops the lag segments no peer in a session (nor the async
+// quorum) needs, and the acknowledgement segments below what every such
+// peer applied.
 func (p *PrimaryCore) pruneLag() {
-	keep := p.lastSeq()
+	keep, keepApplied := p.lastSeq(), p.ackedHi
 	for _, ps := range p.peers {
 		if ps.state == PeerInSync || ps.state == PeerCatchingUp || ps.state == PeerResyncing {
 			keep = min(keep, ps.ack.Level(p.cfg.AckLevel))
+			keepApplied = min(keepApplied, ps.ack.Applied)
 		}
 	}
 	if p.cfg.Mode == wire.ModeAsync && p.cfg.SyncAcks > 0 {
 		keep = min(keep, p.kth(p.cfg.AckLevel, p.cfg.SyncAcks))
 	}
-	for p.lagHead+1 < len(p.lag) && p.lag[p.lagHead+1].firstSeq <= keep+1 {
-		p.lagHead++
-	}
-	if p.lagHead > 64 && p.lagHead > len(p.lag)/2 {
-		n := copy(p.lag, p.lag[p.lagHead:])
-		p.lag = p.lag[:n]
-		p.lagHead = 0
-	}
+	p.lag.prune(keep)
+	p.acked.prune(keepApplied)
 }
