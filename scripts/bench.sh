@@ -27,6 +27,12 @@
 #   BENCH_DIR  where the backing files go (default: a new dir in /var/tmp;
 #              must be a real disk, not tmpfs)
 #   BASELINE   target the ratio column divides by (default nbdkit)
+#   BASE_BIN   another blockmirror binary (e.g. built from main): a target
+#              NAME@base (blockmirror@base, bm-sync1@base, ...) runs it, so a
+#              change is measured side by side with the code before it
+#              (mkdir /tmp/src && git archive main | tar -x -C /tmp/src &&
+#              (cd /tmp/src && go build -o /tmp/bm-main ./cmd/blockmirror);
+#              BASE_BIN=/tmp/bm-main)
 #   OUT        also write the raw results (TSV) to this file
 #   BM_ARGS    extra arguments for every blockmirror process (e.g.
 #              "--log-level debug")
@@ -127,9 +133,9 @@ wait_nbd() {
 # blockmirror serve, backing file DIR/disk.img created by blockmirror.
 target_blockmirror_start() {
 	local dir=$1 port
-	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	[ -x "$BM" ] || die "$BM missing"
 	port=$(free_port)
-	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$BM" serve --data "$dir/data" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
@@ -140,19 +146,19 @@ target_blockmirror_start() {
 # this machine: bm_repl_start DIR MODE N ACKS.
 bm_repl_start() {
 	local dir=$1 mode=$2 n=$3 acks=$4 port i mport names=() margs=()
-	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	[ -x "$BM" ] || die "$BM missing"
 	for i in $(seq "$n"); do names+=("m$i"); done
-	"$ROOT/bin/blockmirror" certs init --out "$dir/certs" p1 "${names[@]}" >"$dir/certs.log" 2>&1 ||
+	"$BM" certs init --out "$dir/certs" p1 "${names[@]}" >"$dir/certs.log" 2>&1 ||
 		die "certs init failed: $(cat "$dir/certs.log")"
 	for name in "${names[@]}"; do
 		mport=$(free_port udp)
-		env ${BM_ENV:-} "$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
+		env ${BM_ENV:-} "$BM" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
 			--certs "$dir/certs" --node "$name" --admin "" ${BM_ARGS:-} >"$dir/$name.log" 2>&1 &
 		PIDS+=($!)
 		margs+=(--mirror "$name=127.0.0.1:$mport")
 	done
 	port=$(free_port)
-	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$BM" serve --data "$dir/p1" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
 		--mode "$mode" --sync-acks "$acks" "${margs[@]}" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
@@ -322,7 +328,7 @@ RSS=$BENCH_DIR/rss.tsv
 record_rss() {
 	local pid role kb
 	for pid in "${PIDS[@]}"; do
-		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$ROOT/bin/blockmirror" ] || continue
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(realpath "$BM")" ] || continue
 		role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | awk '{print $2}')
 		[ "$role" != mirror ] || role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -n 's/.*--node \([^ ]*\).*/mirror-\1/p')
 		kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
@@ -338,11 +344,17 @@ if [[ " $TARGETS " == *" blockmirror "* || " $TARGETS " == *" bm-"* ]]; then
 fi
 
 for target in $TARGETS; do
-	declare -F "target_${target}_start" >/dev/null || die "unknown target $target"
+	kind=${target%@base}
+	BM=$ROOT/bin/blockmirror
+	if [ "$kind" != "$target" ]; then
+		[ -n "${BASE_BIN:-}" ] || die "target $target needs BASE_BIN"
+		BM=$(realpath "$BASE_BIN")
+	fi
+	declare -F "target_${kind}_start" >/dev/null || die "unknown target $target"
 	dir=$BENCH_DIR/$target
 	mkdir -p "$dir"
 	say "== $target: starting"
-	"target_${target}_start" "$dir"
+	"target_${kind}_start" "$dir"
 	say "$target: $URI; prefilling $PREFILL"
 	fio --name=prefill --ioengine=nbd --uri="$URI" --size="$PREFILL" --rw=write \
 		--bs=1M --iodepth=8 --output="$dir/prefill.txt" >/dev/null ||
@@ -417,11 +429,14 @@ goals = [("blockmirror", "nbdkit", 0.8), ("bm-sync1", "blockmirror", 0.8),
          ("bm-sync1", "quic-go", 0.7), ("bm-async1", "blockmirror", 0.9)]
 lines = []
 for j in ("seqwrite-1M-qd8", "seqwrite-1M-qd8-flush256"):
-    for t, b, goal in goals:
+    for (t, b, goal), sfx in [(g, sfx) for sfx in ("", "@base") for g in goals]:
+        t = t + sfx
+        if b.startswith(("blockmirror", "bm-")):
+            b = b + sfx
         bj = "bulk-1M-1stream" if b == "quic-go" else j
         a, d = one(t, j), one(b, bj)
         if a is not None and d:
-            lines.append("%-26s %-12s / %-12s %5.2f  (goal >= %.1f)%s" % (
+            lines.append("%-26s %-17s / %-17s %5.2f  (goal >= %.1f)%s" % (
                 j, t, b, a / d, goal, "" if a / d >= goal else "  NOT MET"))
 if lines:
     print()
