@@ -70,14 +70,6 @@ func (j *Journal) pass(closing bool) {
 	}
 }
 
-// writebacker is implemented by files that can start writeback early
-// (vfs.OS: sync_file_range).
-type writebacker interface{ StartWriteback(off, n int64) error }
-
-// writebackStep is how much a segment grows between the early writeback
-// requests that keep its rotation fdatasync short.
-const writebackStep = 4 << 20
-
 // writeQueued writes every queued record; false if that failed (the
 // failure is recorded). Called with ioMu held, by the flusher or by a
 // WriteThrough caller.
@@ -141,14 +133,12 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			i++
 		}
 		if i > start {
+			// Only written: the pages reach the disk when a waiter asks for
+			// durability (or the kernel's writeback gets to them), so records
+			// released before that — the usual fate of a checkpointed
+			// segment — need never be written to the disk at all.
 			if _, err := j.active.WriteAt(j.buf, base); err != nil {
 				return fmt.Errorf("write %s at %d: %w", seg.path, base, err)
-			}
-			if wb, ok := j.active.(writebacker); ok && base+int64(len(j.buf))-seg.kicked >= writebackStep {
-				// Best effort; a real I/O error shows at the next sync.
-				end := base + int64(len(j.buf))
-				_ = wb.StartWriteback(seg.kicked, end-seg.kicked)
-				seg.kicked = end
 			}
 			j.mu.Lock()
 			seg.idx = append(seg.idx, idx...)
@@ -178,7 +168,6 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			if err := j.rotate(batch[i].Seq); err != nil {
 				return err
 			}
-			durable = max(durable, batch[i].Seq-1) // rotate synced the rest
 		}
 	}
 	return nil
@@ -208,20 +197,39 @@ func (j *Journal) syncer() {
 	}
 }
 
-// syncActive makes every written record durable with one fdatasync of the
-// active segment (earlier segments were synced when they were closed).
+// syncActive makes every written record durable: one fdatasync of the
+// active segment, preceded by one of each older segment that rotation
+// left unsynced (durability is per segment: a segment is synced when a
+// waiter needs one of its records durable, not when it is closed).
 func (j *Journal) syncActive() error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	target, durable := j.written, j.durable
-	path := j.segs[len(j.segs)-1].path
+	seg := j.segs[len(j.segs)-1] // the active one: replaced only under syncMu, which we hold
+	path := seg.path
 	j.mu.Unlock()
 	if target <= durable {
 		return nil
 	}
+	start := time.Now()
 	if !j.opts.NoSync {
-		start := time.Now()
+		if err := j.syncUnsynced(); err != nil {
+			return err
+		}
+	}
+	// Every older record is durable now: the active segment's header says
+	// so (made durable by the fdatasync below, with the records), which
+	// is what lets recovery tell damage in an older segment from a torn
+	// tail once nothing is written after this sync.
+	if !seg.olderDurable && seg.version >= 3 {
+		hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: seg.first, OlderDurable: true})
+		if _, err := j.active.WriteAt(hdr, 0); err != nil {
+			return fmt.Errorf("write segment header %s: %w", path, err)
+		}
+		seg.olderDurable = true
+	}
+	if !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", path, err)
 		}
@@ -237,30 +245,45 @@ func (j *Journal) syncActive() error {
 	return nil
 }
 
-// rotate syncs and closes the active segment and starts a new one whose
-// first record is first.
+// rotate closes the active segment and starts a new one whose first
+// record is first. The old segment is not synced: when it holds records
+// the last sync did not cover, it goes on the unsynced list with its file
+// open, and the next sync covers it (syncActive); retention may remove it
+// before that, and its pages then die in the page cache. (A segment of an
+// older format, appended to after an upgrade, is synced as its format
+// promises.)
 func (j *Journal) rotate(first uint64) error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	old := j.segs[len(j.segs)-1]
-	if !j.opts.NoSync {
+	if old.version < 3 && !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", old.path, err)
 		}
+		j.mu.Lock()
+		j.st.Syncs++
+		j.durable = max(j.durable, j.written) // the older segments were synced at rotation too
+		j.broadcastLocked()
+		j.mu.Unlock()
 	}
 	j.mu.Lock()
-	j.st.Syncs++
-	j.durable = max(j.durable, j.written) // every earlier segment is synced
-	j.broadcastLocked()
+	synced := j.opts.NoSync || j.durable >= old.last()
+	if !synced {
+		old.f = j.active
+		j.unsynced = append(j.unsynced, old)
+	}
+	olderDurable := len(j.unsynced) == 0
 	j.mu.Unlock()
-	if err := j.active.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", old.path, err)
+	if synced {
+		if err := j.active.Close(); err != nil {
+			return fmt.Errorf("close %s: %w", old.path, err)
+		}
 	}
 	j.active = nil
 	// The header and the directory entry are made durable before any
 	// record goes in: a power loss can then tear only records, never the
 	// header in front of records that survived it.
-	f, seg, err := j.createSegment(first, true)
+	f, seg, err := j.createSegment(first, true, olderDurable)
 	if err != nil {
 		return err
 	}
@@ -283,12 +306,19 @@ type drop struct {
 // and, above MaxBytes, drops segments past droppable consumers. Called
 // with ioMu held.
 func (j *Journal) retention() error {
-	removed := false
+	var removed []*segment
 	defer func() {
-		if removed && !j.opts.NoSync {
+		if len(removed) > 0 && !j.opts.NoSync {
 			if err := j.fs.SyncDir(j.opts.Dir); err != nil {
 				j.fail(fmt.Errorf("sync dir %s: %w", j.opts.Dir, err))
+				return
 			}
+			// Gone for good: a sync no longer needs to cover them.
+			j.mu.Lock()
+			for _, s := range removed {
+				s.removed = true
+			}
+			j.mu.Unlock()
 		}
 	}()
 	for {
@@ -374,7 +404,55 @@ func (j *Journal) retention() error {
 		if err := j.fs.Remove(s.path); err != nil {
 			return fmt.Errorf("remove %s: %w", s.path, err)
 		}
-		removed = true
+		removed = append(removed, s)
+	}
+}
+
+// syncUnsynced makes the records of the older segments that rotation left
+// unsynced durable: each is synced and closed, except those whose removal
+// is already durable, which are only closed. Called with syncMu held.
+func (j *Journal) syncUnsynced() error {
+	j.mu.Lock()
+	list := slices.Clone(j.unsynced)
+	j.mu.Unlock()
+	for _, s := range list {
+		j.mu.Lock()
+		removed := s.removed
+		j.mu.Unlock()
+		if !removed {
+			if err := s.f.Sync(); err != nil {
+				return fmt.Errorf("sync %s: %w", s.path, err)
+			}
+			j.mu.Lock()
+			j.st.Syncs++
+			j.mu.Unlock()
+		}
+		j.dropUnsynced(func(x *segment) bool { return x == s })
+	}
+	return nil
+}
+
+// dropUnsynced closes and forgets the unsynced older segments for which
+// drop reports true: synced since, or removed. Called with syncMu held.
+func (j *Journal) dropUnsynced(drop func(*segment) bool) {
+	j.mu.Lock()
+	var gone []*segment
+	kept := j.unsynced[:0]
+	for _, s := range j.unsynced {
+		if drop(s) {
+			gone = append(gone, s)
+		} else {
+			kept = append(kept, s)
+		}
+	}
+	clear(j.unsynced[len(kept):])
+	j.unsynced = kept
+	j.mu.Unlock()
+	for _, s := range gone {
+		// Nothing is lost by a failed close: the data was synced, or the
+		// file is gone.
+		_ = s.f.Close()
+		s.f = nil
 	}
 }
 

@@ -168,9 +168,18 @@ type segment struct {
 	count   uint64 // records in the file
 	size    int64  // bytes in the file, header included
 	idx     []idxEntry
-	// kicked: early writeback was requested below this offset (active
-	// segment, ioMu).
-	kicked int64
+	// f is the file of a segment that is no longer the active one but may
+	// hold written records no fdatasync has covered yet: the next sync
+	// covers it (then closes it), unless its removal was made durable
+	// first (removed). nil otherwise. Set by rotate, cleared under syncMu.
+	f vfs.File
+	// removed: retention removed the file and synced the directory, so
+	// its records cannot come back after a power loss and no sync needs
+	// to cover them (mu).
+	removed bool
+	// olderDurable: the header carries FlagOlderDurable (on disk, or
+	// about to be with the next fdatasync of the file; syncMu).
+	olderDurable bool
 }
 
 func (s *segment) last() uint64 { return s.first + s.count - 1 } // first-1 when empty
@@ -236,7 +245,8 @@ type Journal struct {
 
 	// ioMu serialises everything that changes files: the flusher's passes,
 	// TruncateAfter and SetStart. syncMu is held while the syncer uses the
-	// active file and by whoever replaces it. Lock order: ioMu, syncMu, mu.
+	// active file or the unsynced older ones, and by whoever replaces or
+	// closes them. Lock order: ioMu, syncMu, mu.
 	ioMu     sync.Mutex
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
@@ -253,6 +263,7 @@ type Journal struct {
 	closing   bool
 	stopped   bool // flusher exited
 	segs      []*segment
+	unsynced  []*segment // older segments whose f a sync must still cover, oldest first
 	total     int64
 	next      uint64 // seq the next Submit must carry
 	written   uint64
@@ -326,6 +337,9 @@ func (j *Journal) Close() error {
 		cerr = j.active.Close()
 		j.active = nil
 	}
+	j.syncMu.Lock()
+	j.dropUnsynced(func(*segment) bool { return true }) // only left after a failure
+	j.syncMu.Unlock()
 	j.ioMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -334,6 +348,7 @@ func (j *Journal) Close() error {
 	if j.err != nil {
 		return j.err
 	}
+
 	if cerr != nil {
 		return fmt.Errorf("journal: close: %w", cerr)
 	}
@@ -776,7 +791,12 @@ func (j *Journal) SetStart(seq uint64) error {
 	old := j.segs
 	j.mu.Unlock()
 
-	f, seg, err := j.createSegment(seq, true)
+	// The records of old segments left unsynced by rotation are about to
+	// go with their files, but until the directory is synced below the
+	// new header must not claim them durable.
+	older := len(j.unsynced) == 0
+	j.dropUnsynced(func(*segment) bool { return true })
+	f, seg, err := j.createSegment(seq, true, older)
 	if err != nil {
 		j.fail(err)
 		return j.err
@@ -811,8 +831,9 @@ func (j *Journal) SetStart(seq uint64) error {
 type preallocator interface{ Preallocate(n int64) error }
 
 // createSegment creates the segment file whose first record is first and
-// writes its header; with sync it makes file and directory entry durable.
-func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, error) {
+// writes its header, with FlagOlderDurable if olderDurable; with sync it
+// makes file and directory entry durable.
+func (j *Journal) createSegment(first uint64, sync, olderDurable bool) (vfs.File, *segment, error) {
 	path := filepath.Join(j.opts.Dir, segmentName(first))
 	f, err := j.fs.Create(path, 0o644)
 	if err != nil {
@@ -823,7 +844,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 		// disk shows up as a write error where it matters.
 		_ = p.Preallocate(j.opts.SegmentBytes)
 	}
-	hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: first})
+	hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: first, OlderDurable: olderDurable})
 	if _, err := f.WriteAt(hdr, 0); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("write segment header %s: %w", path, err)
@@ -838,7 +859,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 			return nil, nil, fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
 		}
 	}
-	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize}, nil
+	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize, olderDurable: olderDurable}, nil
 }
 
 // TruncateAfter removes every record > seq, written or only queued, and
@@ -960,6 +981,14 @@ func (j *Journal) truncate(after func(first uint64) uint64) error {
 	if !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			j.fail(fmt.Errorf("truncate: sync %s: %w", target.path, err))
+			return j.err
+		}
+		// Every record kept becomes durable below, those of older segments
+		// rotation left unsynced too; the removed segments are gone for
+		// good (the directory was synced) and the target was just synced.
+		j.dropUnsynced(func(s *segment) bool { return s == target || slices.Contains(later, s) })
+		if err := j.syncUnsynced(); err != nil {
+			j.fail(fmt.Errorf("truncate: %w", err))
 			return j.err
 		}
 	}
