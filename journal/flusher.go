@@ -200,38 +200,52 @@ func (j *Journal) syncer() {
 // syncActive makes every written record durable: one fdatasync of the
 // active segment, preceded by one of each older segment that rotation
 // left unsynced (durability is per segment: a segment is synced when a
-// waiter needs one of its records durable, not when it is closed).
+// waiter needs one of its records durable, not when it is closed). It
+// holds syncMu but not ioMu: writes and rotations go on meanwhile, and
+// what they add after its snapshot waits for the next sync.
 func (j *Journal) syncActive() error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	target, durable := j.written, j.durable
-	seg := j.segs[len(j.segs)-1] // the active one: replaced only under syncMu, which we hold
-	path := seg.path
+	seg, active := j.segs[len(j.segs)-1], j.active
+	older := slices.Clone(j.unsynced)
 	j.mu.Unlock()
 	if target <= durable {
 		return nil
 	}
 	start := time.Now()
 	if !j.opts.NoSync {
-		if err := j.syncUnsynced(); err != nil {
-			return err
+		for _, s := range older {
+			j.mu.Lock()
+			skip := s.removed || s.last() <= durable
+			j.mu.Unlock()
+			if skip {
+				continue
+			}
+			if err := s.f.Sync(); err != nil {
+				return fmt.Errorf("sync %s: %w", s.path, err)
+			}
+			j.mu.Lock()
+			j.st.Syncs++
+			j.mu.Unlock()
 		}
 	}
-	// Every older record is durable now: the active segment's header says
-	// so (made durable by the fdatasync below, with the records), which
-	// is what lets recovery tell damage in an older segment from a torn
-	// tail once nothing is written after this sync.
+	// Every record before seg is durable now: its header says so (made
+	// durable by the fdatasync below, with the records), which is what
+	// lets recovery tell damage in an older segment from a torn tail once
+	// nothing is written after this sync. (seg may have been rotated
+	// meanwhile; the claim holds all the same.)
 	if !seg.olderDurable && seg.version >= 3 {
 		hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: seg.first, OlderDurable: true})
-		if _, err := j.active.WriteAt(hdr, 0); err != nil {
-			return fmt.Errorf("write segment header %s: %w", path, err)
+		if _, err := active.WriteAt(hdr, 0); err != nil {
+			return fmt.Errorf("write segment header %s: %w", seg.path, err)
 		}
 		seg.olderDurable = true
 	}
 	if !j.opts.NoSync {
-		if err := j.active.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w", path, err)
+		if err := active.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", seg.path, err)
 		}
 		if j.opts.OnSync != nil {
 			j.opts.OnSync(time.Since(start))
@@ -242,20 +256,25 @@ func (j *Journal) syncActive() error {
 	j.durable = max(j.durable, target)
 	j.broadcastLocked()
 	j.mu.Unlock()
+	j.dropUnsynced(j.syncedLocked)
 	return nil
 }
 
+// syncedLocked reports whether an unsynced older segment no longer needs
+// a sync (j.mu held).
+func (j *Journal) syncedLocked(s *segment) bool { return s.removed || s.last() <= j.durable }
+
 // rotate closes the active segment and starts a new one whose first
-// record is first. The old segment is not synced: when it holds records
-// the last sync did not cover, it goes on the unsynced list with its file
-// open, and the next sync covers it (syncActive); retention may remove it
-// before that, and its pages then die in the page cache. (A segment of an
-// older format, appended to after an upgrade, is synced as its format
-// promises.)
+// record is first. The old segment is not synced: it goes on the unsynced
+// list with its file open, and the next sync covers it (syncActive), or
+// only closes it if nothing in it still needs one; retention may remove
+// it before that, and its pages then die in the page cache. (A segment of
+// an older format, appended to after an upgrade, is synced as its format
+// promises.) It holds ioMu; a sync in progress does not block it.
 func (j *Journal) rotate(first uint64) error {
-	j.syncMu.Lock()
-	defer j.syncMu.Unlock()
+	j.mu.Lock()
 	old := j.segs[len(j.segs)-1]
+	j.mu.Unlock()
 	if old.version < 3 && !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", old.path, err)
@@ -267,19 +286,8 @@ func (j *Journal) rotate(first uint64) error {
 		j.mu.Unlock()
 	}
 	j.mu.Lock()
-	synced := j.opts.NoSync || j.durable >= old.last()
-	if !synced {
-		old.f = j.active
-		j.unsynced = append(j.unsynced, old)
-	}
-	olderDurable := len(j.unsynced) == 0
+	olderDurable := j.durable >= old.last() && !slices.ContainsFunc(j.unsynced, func(s *segment) bool { return !j.syncedLocked(s) })
 	j.mu.Unlock()
-	if synced {
-		if err := j.active.Close(); err != nil {
-			return fmt.Errorf("close %s: %w", old.path, err)
-		}
-	}
-	j.active = nil
 	// The header and the directory entry are made durable before any
 	// record goes in: a power loss can then tear only records, never the
 	// header in front of records that survived it.
@@ -287,12 +295,19 @@ func (j *Journal) rotate(first uint64) error {
 	if err != nil {
 		return err
 	}
-	j.active = f
 	j.mu.Lock()
+	old.f = j.active
+	j.unsynced = append(j.unsynced, old)
+	j.active = f
 	j.segs = append(j.segs, seg)
 	j.total += seg.size
 	j.broadcastLocked()
 	j.mu.Unlock()
+	if j.syncMu.TryLock() {
+		// Close what needs no sync now, rather than at the next sync.
+		j.dropUnsynced(j.syncedLocked)
+		j.syncMu.Unlock()
+	}
 	j.poke() // the size bound may now apply (the flusher runs retention)
 	return nil
 }
@@ -408,18 +423,18 @@ func (j *Journal) retention() error {
 	}
 }
 
-// syncUnsynced makes the records of the older segments that rotation left
-// unsynced durable: each is synced and closed, except those whose removal
-// is already durable, which are only closed. Called with syncMu held.
+// syncUnsynced makes the records of every older segment that rotation
+// left unsynced durable, and closes them all (TruncateAfter, which makes
+// everything it keeps durable). Called with syncMu held.
 func (j *Journal) syncUnsynced() error {
 	j.mu.Lock()
 	list := slices.Clone(j.unsynced)
 	j.mu.Unlock()
 	for _, s := range list {
 		j.mu.Lock()
-		removed := s.removed
+		skip := j.syncedLocked(s)
 		j.mu.Unlock()
-		if !removed {
+		if !skip && !j.opts.NoSync {
 			if err := s.f.Sync(); err != nil {
 				return fmt.Errorf("sync %s: %w", s.path, err)
 			}
@@ -433,7 +448,8 @@ func (j *Journal) syncUnsynced() error {
 }
 
 // dropUnsynced closes and forgets the unsynced older segments for which
-// drop reports true: synced since, or removed. Called with syncMu held.
+// drop (called with j.mu held) reports true: synced since, or removed.
+// Called with syncMu held: nobody else uses those files then.
 func (j *Journal) dropUnsynced(drop func(*segment) bool) {
 	j.mu.Lock()
 	var gone []*segment

@@ -168,10 +168,11 @@ type segment struct {
 	count   uint64 // records in the file
 	size    int64  // bytes in the file, header included
 	idx     []idxEntry
-	// f is the file of a segment that is no longer the active one but may
-	// hold written records no fdatasync has covered yet: the next sync
-	// covers it (then closes it), unless its removal was made durable
-	// first (removed). nil otherwise. Set by rotate, cleared under syncMu.
+	// f is the still open file of a segment rotation closed (it is on the
+	// unsynced list): the next sync fdatasyncs it if it holds records no
+	// sync covered, unless its removal was made durable first (removed),
+	// and closes it. nil otherwise. Set by rotate under mu, cleared under
+	// syncMu.
 	f vfs.File
 	// removed: retention removed the file and synced the directory, so
 	// its records cannot come back after a power loss and no sync needs
@@ -243,15 +244,19 @@ type Journal struct {
 	done chan struct{} // closed when the flusher exits
 	kick chan struct{} // wakes the flusher; capacity 1
 
-	// ioMu serialises everything that changes files: the flusher's passes,
-	// TruncateAfter and SetStart. syncMu is held while the syncer uses the
-	// active file or the unsynced older ones, and by whoever replaces or
-	// closes them. Lock order: ioMu, syncMu, mu.
+	// ioMu serialises everything that changes files: the flusher's passes
+	// (rotation included), TruncateAfter and SetStart. syncMu is held by
+	// the syncer while it syncs the files of its snapshot (the active one
+	// and the unsynced older ones), and by whoever closes those files or,
+	// outside a pass, replaces the active one (TruncateAfter, SetStart).
+	// Rotation replaces the active file under mu, without syncMu, and
+	// leaves the old one open on the unsynced list. Lock order: ioMu,
+	// syncMu, mu.
 	ioMu     sync.Mutex
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
-	active   vfs.File      // handle of the last segment (ioMu+syncMu to replace)
+	active   vfs.File      // handle of the last segment (ioMu and mu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
 	warned   uint64 // first seq of the segment last warned about (ioMu)
@@ -983,14 +988,14 @@ func (j *Journal) truncate(after func(first uint64) uint64) error {
 			j.fail(fmt.Errorf("truncate: sync %s: %w", target.path, err))
 			return j.err
 		}
-		// Every record kept becomes durable below, those of older segments
-		// rotation left unsynced too; the removed segments are gone for
-		// good (the directory was synced) and the target was just synced.
-		j.dropUnsynced(func(s *segment) bool { return s == target || slices.Contains(later, s) })
-		if err := j.syncUnsynced(); err != nil {
-			j.fail(fmt.Errorf("truncate: %w", err))
-			return j.err
-		}
+	}
+	// Every record kept becomes durable below, those of older segments
+	// rotation left unsynced too; the removed segments are gone for good
+	// (the directory was synced) and the target was just synced.
+	j.dropUnsynced(func(s *segment) bool { return s == target || slices.Contains(later, s) })
+	if err := j.syncUnsynced(); err != nil {
+		j.fail(fmt.Errorf("truncate: %w", err))
+		return j.err
 	}
 	j.mu.Lock()
 	j.total -= target.size - end

@@ -3,9 +3,12 @@ package journal_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
@@ -347,4 +350,110 @@ func TestOlderFormatSyncedWhenClosed(t *testing.T) {
 	}
 	defer crashed.Close()
 	checkChain(t, crashed, 1, 40, func(uint64) int { return 1000 })
+}
+
+// TestRotationDuringSync: a long fdatasync (a checkpoint making a GiB of
+// journal durable) does not hold up writes that fill segments: rotation
+// does not wait for the sync. Written waits complete while the sync is
+// blocked; the Durable wait completes once it is let go, and what was
+// written meanwhile is made durable by the next sync.
+func TestRotationDuringSync(t *testing.T) {
+	ctx := context.Background()
+	m := vfs.NewCrashableMem()
+	// The sync blocks in the first segment (the oldest it covers); the
+	// new segments' headers are synced as usual.
+	fsys := &gateFS{FS: m, path: "/j/00000000000000000001.seg", gate: make(chan struct{})}
+	j, err := journal.Open(rotOpts(fsys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	writeOnly(t, j, 1, 20) // the second segment is active
+	fsys.armed.Store(true)
+	durable := make(chan error, 1)
+	go func() { durable <- j.Wait(ctx, 20, journal.Durable) }()
+	waitFor(t, func() bool { return fsys.blocked.Load() })
+	// Several rotations while the sync is blocked.
+	written := make(chan error, 1)
+	go func() {
+		for s := uint64(21); s <= 80; s++ {
+			if err := j.Submit(ctx, rec(s, 1000)); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- j.Wait(ctx, 80, journal.Written)
+	}()
+	select {
+	case err := <-written:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		fsys.armed.Store(false)
+		close(fsys.gate)
+		t.Fatal("writes that fill segments waited for a blocked fdatasync")
+	}
+	if n := j.Stats().Segments; n < 5 {
+		t.Fatalf("%d segments: the test needs rotations during the sync", n)
+	}
+	select {
+	case err := <-durable:
+		t.Fatalf("Durable returned while its fdatasync was blocked: %v", err)
+	default:
+	}
+	fsys.armed.Store(false)
+	close(fsys.gate)
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	crashed, err := journal.Open(rotOpts(m.CrashCloneDropUnsynced()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashed.Close()
+	checkChain(t, crashed, 1, 80, func(uint64) int { return 1000 })
+}
+
+// gateFS blocks the Sync of the file at path while armed, until gate is
+// closed.
+type gateFS struct {
+	vfs.FS
+	path    string
+	gate    chan struct{}
+	armed   atomic.Bool
+	blocked atomic.Bool
+}
+
+func (g *gateFS) Create(p string, perm os.FileMode) (vfs.File, error) {
+	f, err := g.FS.Create(p, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &gateFile{f, g, p}, nil
+}
+
+func (g *gateFS) OpenRW(p string) (vfs.File, error) {
+	f, err := g.FS.OpenRW(p)
+	if err != nil {
+		return nil, err
+	}
+	return &gateFile{f, g, p}, nil
+}
+
+type gateFile struct {
+	vfs.File
+	g    *gateFS
+	path string
+}
+
+func (f *gateFile) Sync() error {
+	if f.path == f.g.path && f.g.armed.Load() {
+		f.g.blocked.Store(true)
+		<-f.g.gate
+	}
+	return f.File.Sync()
 }
