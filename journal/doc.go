@@ -136,10 +136,18 @@
 // Named consumers (AddConsumer) hold records until they Release them. A
 // segment that every consumer has released entirely is removed (never the
 // last one). With no consumers, segments are removed only by the size
-// bound. When the files exceed MaxBytes, the oldest segment is dropped even
-// if droppable consumers still need it: OnDrop is called for each of them
-// with the coalesced regions the dropped records touched, and their
-// position moves past it. A non-droppable consumer is never dropped past;
-// the journal then grows beyond MaxBytes and logs a warning. Consumers are
-// not persisted: they are registered again after every Open.
+// bound. The size bound is enforced whenever a segment starts (and after
+// every release) while the files exceed MaxBytes: the oldest segments
+// whose removal brings the journal back within the bound must go. Every
+// droppable consumer that has not released them is dropped past them at
+// once, whether or not the segments can be removed yet: OnDrop is called
+// with the coalesced regions its unreleased records there touched, and
+// its position moves to their last seq. A non-droppable consumer is never
+// dropped past: OnPressure asks it to release them (for the store's
+// consumer, a checkpoint), and the journal logs a warning. What may still
+// exceed MaxBytes: the active segment (up to SegmentBytes, or one record
+// larger than that), and the records a non-droppable consumer holds until
+// it releases them — a checkpoint's time after OnPressure, if its owner
+// kicks one. Consumers are not persisted: they are registered again after
+// every Open.
 package journal

@@ -45,7 +45,7 @@ func (j *Journal) flusher() {
 
 func (j *Journal) workLocked() bool {
 	return j.written < j.next-1 ||
-		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.warned != j.segs[0].first)
+		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.bounded != j.segs[len(j.segs)-1].first)
 }
 
 // pass writes every queued record with one write per segment touched,
@@ -317,9 +317,9 @@ type drop struct {
 	from uint64 // first seq the consumer had not released
 }
 
-// retention removes the oldest segments that every consumer has released
-// and, above MaxBytes, drops segments past droppable consumers. Called
-// with ioMu held.
+// retention enforces the size bound (bound) and then removes the oldest
+// segments that every consumer has released (with no consumers, those
+// the bound asks to go). Called with ioMu held.
 func (j *Journal) retention() error {
 	var removed []*segment
 	defer func() {
@@ -336,6 +336,9 @@ func (j *Journal) retention() error {
 			j.mu.Unlock()
 		}
 	}()
+	if err := j.bound(); err != nil {
+		return err
+	}
 	for {
 		j.mu.Lock()
 		if len(j.segs) <= 1 {
@@ -344,75 +347,22 @@ func (j *Journal) retention() error {
 		}
 		s := j.segs[0]
 		last := s.last()
-		released := len(j.consumers) > 0
+		released := len(j.consumers) > 0 || j.total > j.opts.MaxBytes
 		for _, c := range j.consumers {
 			if c.released < last {
 				released = false
 			}
 		}
-		var drops []drop
 		if !released {
-			if j.total <= j.opts.MaxBytes {
-				j.mu.Unlock()
-				return nil
-			}
-			var blocker string
-			for name, c := range j.consumers {
-				if c.released >= last {
-					continue
-				}
-				if !c.droppable {
-					blocker = name
-					break
-				}
-				drops = append(drops, drop{name, max(c.released+1, s.first)})
-			}
-			if blocker != "" {
-				if j.warned != s.first {
-					j.warned = s.first
-					j.log.Warn("journal: over its size bound but a non-droppable consumer holds the oldest segment",
-						"consumer", blocker, "bytes", j.total, "max", j.opts.MaxBytes, "segment", s.path)
-				}
-				j.mu.Unlock()
-				return nil
-			}
+			j.mu.Unlock()
+			return nil
 		}
-		// From here on AddConsumer refuses positions in this segment, so
-		// the decision above stays valid while the lock is released.
-		j.removing = last
-		j.mu.Unlock()
-
-		var regs map[string][]Region
-		if len(drops) > 0 {
-			var err error
-			if regs, err = j.dropRegions(s, drops); err != nil {
-				j.mu.Lock()
-				j.removing = 0
-				j.mu.Unlock()
-				return err
-			}
-		}
-		// Consumers hear about a drop before the records disappear.
-		for _, d := range drops {
-			j.log.Warn("journal: size bound drops records a consumer has not released",
-				"consumer", d.name, "from", d.from, "through", last, "regions", len(regs[d.name]))
-			if j.opts.OnDrop != nil {
-				j.opts.OnDrop(d.name, last, regs[d.name])
-			}
-		}
-		j.mu.Lock()
-		j.removing = 0
 		j.segs = j.segs[1:]
 		j.total -= s.size
-		if len(drops) > 0 {
+		if s.first <= j.boundThrough {
 			j.st.SegmentsDropped++
 		} else {
 			j.st.SegmentsRemoved++
-		}
-		for _, d := range drops {
-			if c, ok := j.consumers[d.name]; ok && c.released < last {
-				c.released = last
-			}
 		}
 		j.broadcastLocked()
 		j.mu.Unlock()
@@ -421,6 +371,90 @@ func (j *Journal) retention() error {
 		}
 		removed = append(removed, s)
 	}
+}
+
+// bound enforces MaxBytes when the segments exceed it: the oldest
+// segments whose removal brings the journal back within the bound (never
+// the active one) must go, so every droppable consumer that has not
+// released them is dropped past them at once — OnDrop with the regions
+// of the records it had not released, its position moved to the last
+// seq of those segments — and a non-droppable consumer that holds them
+// is asked to release them (OnPressure), which it does by checkpointing;
+// until then the journal stays over the bound. It runs once per rotation
+// while the journal is over the bound (see workLocked) and after every
+// release. Called with ioMu held.
+func (j *Journal) bound() error {
+	j.mu.Lock()
+	j.bounded = j.segs[len(j.segs)-1].first
+	if j.total <= j.opts.MaxBytes || len(j.segs) <= 1 {
+		j.mu.Unlock()
+		return nil
+	}
+	k, freed := 0, int64(0)
+	for k < len(j.segs)-1 && j.total-freed > j.opts.MaxBytes {
+		freed += j.segs[k].size
+		k++
+	}
+	through := j.segs[k-1].last()
+	segs := slices.Clone(j.segs[:k])
+	var drops []drop
+	var blocker string
+	var blockerAt uint64
+	for name, c := range j.consumers {
+		switch {
+		case c.released >= through:
+		case c.droppable:
+			drops = append(drops, drop{name, c.released + 1})
+		case blocker == "" || c.released < blockerAt:
+			blocker, blockerAt = name, c.released
+		}
+	}
+	slices.SortFunc(drops, func(a, b drop) int { return cmp.Compare(a.name, b.name) })
+	j.boundThrough = max(j.boundThrough, through)
+	ask := blocker != "" && j.pressured < through
+	if ask {
+		j.pressured = through
+	}
+	total := j.total
+	j.mu.Unlock()
+
+	if len(drops) > 0 {
+		regs := make(map[string][]Region, len(drops))
+		for _, s := range segs {
+			r, err := j.dropRegions(s, drops)
+			if err != nil {
+				return err
+			}
+			for name, rs := range r {
+				regs[name] = append(regs[name], rs...)
+			}
+		}
+		// Consumers hear about a drop before the records can disappear.
+		for _, d := range drops {
+			rs := CoalesceRegions(regs[d.name])
+			j.log.Warn("journal: size bound drops records a consumer has not released",
+				"consumer", d.name, "from", d.from, "through", through, "regions", len(rs), "bytes", total, "max", j.opts.MaxBytes)
+			if j.opts.OnDrop != nil {
+				j.opts.OnDrop(d.name, through, rs)
+			}
+		}
+		j.mu.Lock()
+		for _, d := range drops {
+			if c, ok := j.consumers[d.name]; ok && c.released < through {
+				c.released = through
+			}
+		}
+		j.broadcastLocked()
+		j.mu.Unlock()
+	}
+	if ask {
+		j.log.Warn("journal: over its size bound and a non-droppable consumer holds the oldest records; asking it to release them",
+			"consumer", blocker, "released", blockerAt, "through", through, "bytes", total, "max", j.opts.MaxBytes)
+		if j.opts.OnPressure != nil {
+			j.opts.OnPressure(blocker, through)
+		}
+	}
+	return nil
 }
 
 // syncUnsynced makes the records of every older segment that rotation

@@ -78,8 +78,11 @@ type Options struct {
 	// 1 KiB). A record larger than that gets a segment of its own.
 	SegmentBytes int64
 	// MaxBytes is the size bound of the journal (default 8 GiB). When the
-	// segments exceed it, the oldest segments are dropped even if
-	// droppable consumers have not released them (see OnDrop).
+	// segments exceed it (checked whenever a segment starts, and after
+	// releases), the oldest segments whose removal brings the journal back
+	// within it must go: droppable consumers that have not released them
+	// are dropped past them at once (OnDrop), a non-droppable one is asked
+	// to release them (OnPressure).
 	MaxBytes int64
 	// TailBytes bounds the in-memory tail of recent records served to
 	// readers without touching the files (default 64 MiB). Records not yet
@@ -102,6 +105,14 @@ type Options struct {
 	// Sync, TruncateAfter, SetStart or Close (Release and the accessors are
 	// fine).
 	OnDrop func(consumer string, through uint64, regions []Region)
+	// OnPressure is called when the journal is over MaxBytes and the
+	// non-droppable consumer named (of several, the one furthest behind)
+	// has not released records through through: releasing them (a
+	// checkpoint, for a store) lets the journal shrink back within the
+	// bound. Called once for each higher through, from the flush
+	// goroutine, with the same restrictions as OnDrop: it must not block
+	// (kick the checkpoint, do not take it).
+	OnPressure func(consumer string, through uint64)
 	// OnSync, when set, is called from the sync goroutine with the duration
 	// of each fdatasync of group commit (for metrics); it must not block.
 	OnSync func(d time.Duration)
@@ -259,7 +270,11 @@ type Journal struct {
 	active   vfs.File      // handle of the last segment (ioMu and mu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
-	warned   uint64 // first seq of the segment last warned about (ioMu)
+	// bounded is the first seq of the active segment when bound last ran:
+	// over the bound, it runs again once the next segment starts.
+	// boundThrough is the highest seq bound asked to go, pressured the
+	// highest it asked a non-droppable consumer to release (mu).
+	bounded, boundThrough, pressured uint64
 
 	mu        sync.Mutex
 	sig       chan struct{} // closed and replaced when anything changes
@@ -280,7 +295,6 @@ type Journal struct {
 	tailBytes int64
 	queued    int64 // bytes of records > written
 	gen       uint64
-	removing  uint64 // retention is removing records <= removing (0: none)
 	consumers map[string]*consumer
 	readers   map[*Reader]struct{}
 	waiters   []*waiter
@@ -710,8 +724,8 @@ func (j *Journal) AddConsumer(name string, from uint64, droppable bool) error {
 	if _, ok := j.consumers[name]; ok {
 		return fmt.Errorf("%w: %q already exists", ErrConsumer, name)
 	}
-	if from < j.firstLocked() || from <= j.removing {
-		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d, removing through %d)", name, from, ErrGone, j.firstLocked(), j.removing)
+	if from < j.firstLocked() {
+		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d)", name, from, ErrGone, j.firstLocked())
 	}
 	if from == 0 {
 		from = 1
