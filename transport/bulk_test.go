@@ -46,28 +46,55 @@ func BenchmarkBulk1MiBProcess(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	got := finishBulk(b, c, s)
+	got, st := finishBulk(b, c, s)
 	b.StopTimer()
 	if want := uint64(b.N) << 20; got != want {
 		b.Fatalf("sink read %d bytes, want %d", got, want)
 	}
+	if st.PacketsSent > 0 {
+		b.ReportMetric(100*float64(st.PacketsLost)/float64(st.PacketsSent), "lost-%")
+	}
 }
 
-// wanProfiles are the path profiles of scripts/bench-wan.sh: delay added
-// in each direction (the round trip grows by twice that) and the loss
-// probability of each datagram in each direction.
-var wanProfiles = []struct {
+// wanProfile is a path through the fault proxy: delay added in each
+// direction (the round trip grows by twice that) and the loss probability
+// of each datagram in each direction.
+type wanProfile struct {
 	delay time.Duration
 	loss  float64
-}{
-	{time.Millisecond, 0}, {time.Millisecond, 0.005}, {time.Millisecond, 0.02},
-	{10 * time.Millisecond, 0}, {10 * time.Millisecond, 0.005}, {10 * time.Millisecond, 0.02},
-	{40 * time.Millisecond, 0}, {40 * time.Millisecond, 0.005}, {40 * time.Millisecond, 0.02},
+}
+
+// wanProfiles are scripts/bench-wan.sh's: every delay of BM_WAN_DELAYS
+// (milliseconds, default "1 10 40") with every loss of BM_WAN_LOSSES
+// (percent, default "0 0.5 2").
+func wanProfiles(b *testing.B) []wanProfile {
+	list := func(env, def string) []float64 {
+		v := os.Getenv(env)
+		if v == "" {
+			v = def
+		}
+		var out []float64
+		for _, f := range strings.Fields(v) {
+			x, err := strconv.ParseFloat(f, 64)
+			if err != nil || x < 0 {
+				b.Fatalf("%s=%q: want non-negative numbers", env, v)
+			}
+			out = append(out, x)
+		}
+		return out
+	}
+	var ps []wanProfile
+	for _, d := range list("BM_WAN_DELAYS", "1 10 40") {
+		for _, l := range list("BM_WAN_LOSSES", "0 0.5 2") {
+			ps = append(ps, wanProfile{time.Duration(d * float64(time.Millisecond)), l / 100})
+		}
+	}
+	return ps
 }
 
 // BenchmarkBulkWAN sends 1 MiB frames on one stream through the fault
 // proxy (a process of its own) to a receiver process for a fixed time
-// (BM_WAN_SECONDS, default 10) per path profile, and reports the goodput
+// (BM_WAN_SECONDS, default 10) per path profile (wanProfiles), and reports the goodput
 // in MB/s (bytes the receiver read, over the time until it confirmed
 // them) with the loss and the smoothed RTT quic-go saw. Each profile is
 // one transfer: run with -benchtime 1x.
@@ -79,37 +106,85 @@ func BenchmarkBulkWAN(b *testing.B) {
 			b.Fatalf("BM_WAN_SECONDS=%q: want a positive number of seconds", v)
 		}
 	}
-	for _, p := range wanProfiles {
-		b.Run(fmt.Sprintf("delay=%v/loss=%g%%", p.delay, p.loss*100), func(b *testing.B) {
-			dir := certDir(b)
-			sink := startHelper(b, "BM_TRANSPORT_SINK", dir, "")
-			proxy := startHelper(b, "BM_TRANSPORT_PROXY", sink, fmt.Sprintf("%s,%g", p.delay, p.loss))
-			for i := 0; i < b.N; i++ {
-				bulkFor(b, dir, proxy, time.Duration(secs*float64(time.Second)))
+	conns := []int{1}
+	if v := os.Getenv("BM_WAN_CONNS"); v != "" {
+		conns = nil
+		for _, f := range strings.Fields(v) {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 {
+				b.Fatalf("BM_WAN_CONNS=%q: want positive connection counts", v)
 			}
-		})
+			conns = append(conns, n)
+		}
+	}
+	for _, p := range wanProfiles(b) {
+		for _, n := range conns {
+			name := fmt.Sprintf("delay=%v/loss=%g%%", p.delay, p.loss*100)
+			if len(conns) > 1 || n > 1 {
+				name += fmt.Sprintf("/conns=%d", n)
+			}
+			b.Run(name, func(b *testing.B) {
+				dir := certDir(b)
+				sink := startHelper(b, "BM_TRANSPORT_SINK", dir, "")
+				proxy := startHelper(b, "BM_TRANSPORT_PROXY", sink, fmt.Sprintf("%s,%g", p.delay, p.loss))
+				for i := 0; i < b.N; i++ {
+					bulkFor(b, dir, proxy, n, time.Duration(secs*float64(time.Second)))
+				}
+			})
+		}
 	}
 }
 
-// bulkFor dials the sink at addr and sends 1 MiB frames for d, then
-// reports the goodput.
-func bulkFor(b *testing.B, dir, addr string, d time.Duration) {
-	c, s := dialSink(b, dir, addr, transport.Config{})
+// bulkFor dials the sink at addr n times (n connections, one stream
+// each: every connection has its own congestion controller) and sends
+// 1 MiB frames on all of them for d, then reports the total goodput.
+func bulkFor(b *testing.B, dir, addr string, n int, d time.Duration) {
+	type link struct {
+		c    *transport.Conn
+		s    *transport.Stream
+		sent uint64
+	}
+	links := make([]*link, n)
+	for i := range links {
+		c, s := dialSink(b, dir, addr, transport.Config{})
+		links[i] = &link{c: c, s: s}
+	}
 	payload := make([]byte, 1<<20)
 	start := time.Now()
-	var sent uint64
-	for time.Since(start) < d {
-		if err := s.WriteFrame(2, payload); err != nil {
+	errs := make(chan error, n)
+	for _, l := range links {
+		go func() {
+			for time.Since(start) < d {
+				if err := l.s.WriteFrame(2, payload); err != nil {
+					errs <- err
+					return
+				}
+				l.sent += uint64(len(payload))
+			}
+			errs <- nil
+		}()
+	}
+	for range links {
+		if err := <-errs; err != nil {
 			b.Fatal(err)
 		}
-		sent += uint64(len(payload))
 	}
-	got := finishBulk(b, c, s)
+	var got, sent, pkts, lost uint64
+	var rtt time.Duration
+	for _, l := range links {
+		g, st := finishBulk(b, l.c, l.s)
+		if g != l.sent {
+			b.Fatalf("sink read %d bytes, want %d", g, l.sent)
+		}
+		got, sent = got+g, sent+l.sent
+		pkts, lost, rtt = pkts+st.PacketsSent, lost+st.PacketsLost, rtt+st.SmoothedRTT
+	}
 	el := time.Since(start)
-	if got != sent {
-		b.Fatalf("sink read %d bytes, want %d", got, sent)
-	}
 	b.ReportMetric(float64(got)/el.Seconds()/1e6, "MB/s")
+	if pkts > 0 {
+		b.ReportMetric(100*float64(lost)/float64(pkts), "lost-%")
+	}
+	b.ReportMetric(float64(rtt/time.Duration(n))/1e6, "srtt-ms")
 }
 
 // certDir issues m1 (the sender) and m2 (the sink) into a new directory.
@@ -142,8 +217,8 @@ func dialSink(b *testing.B, dir, addr string, cfg transport.Config) (*transport.
 }
 
 // finishBulk ends the stream and waits for the sink's byte count; it
-// reports the loss and RTT quic-go measured.
-func finishBulk(b *testing.B, c *transport.Conn, s *transport.Stream) uint64 {
+// also returns the connection's statistics.
+func finishBulk(b *testing.B, c *transport.Conn, s *transport.Stream) (uint64, transport.ConnStats) {
 	if err := s.CloseWrite(); err != nil {
 		b.Fatal(err)
 	}
@@ -152,12 +227,7 @@ func finishBulk(b *testing.B, c *transport.Conn, s *transport.Stream) uint64 {
 	if err != nil || len(p) != 8 {
 		b.Fatalf("sink's byte count: %v (%d bytes)", err, len(p))
 	}
-	st := c.Stats()
-	if st.PacketsSent > 0 {
-		b.ReportMetric(100*float64(st.PacketsLost)/float64(st.PacketsSent), "lost-%")
-	}
-	b.ReportMetric(float64(st.SmoothedRTT)/1e6, "srtt-ms")
-	return binary.BigEndian.Uint64(p)
+	return binary.BigEndian.Uint64(p), c.Stats()
 }
 
 // startHelper runs the test binary in helper mode env (BM_TRANSPORT_SINK
