@@ -27,12 +27,13 @@
 #   BENCH_DIR  where the backing files go (default: a new dir in /var/tmp;
 #              must be a real disk, not tmpfs)
 #   BASELINE   target the ratio column divides by (default nbdkit)
-#   BASE_BIN   another blockmirror binary (e.g. built from main): a target
-#              NAME@base (blockmirror@base, bm-sync1@base, ...) runs it, so a
-#              change is measured side by side with the code before it
-#              (mkdir /tmp/src && git archive main | tar -x -C /tmp/src &&
-#              (cd /tmp/src && go build -o /tmp/bm-main ./cmd/blockmirror);
-#              BASE_BIN=/tmp/bm-main)
+#   BIN_LABEL  another blockmirror binary (e.g. built from main): a target
+#              NAME@LABEL (blockmirror@base, bm-sync1@base, ...) runs the
+#              binary in $BIN_LABEL (BIN_base; BASE_BIN is the same as
+#              BIN_base), so a change is measured side by side with the code
+#              before it (mkdir /tmp/src && git archive main | tar -x -C
+#              /tmp/src && (cd /tmp/src && go build -o /tmp/bm-main
+#              ./cmd/blockmirror); BIN_base=/tmp/bm-main)
 #   OUT        also write the raw results (TSV) to this file
 #   BM_ARGS    extra arguments for every blockmirror process (e.g.
 #              "--log-level debug")
@@ -344,11 +345,15 @@ if [[ " $TARGETS " == *" blockmirror "* || " $TARGETS " == *" bm-"* ]]; then
 fi
 
 for target in $TARGETS; do
-	kind=${target%@base}
+	kind=${target%@*}
 	BM=$ROOT/bin/blockmirror
 	if [ "$kind" != "$target" ]; then
-		[ -n "${BASE_BIN:-}" ] || die "target $target needs BASE_BIN"
-		BM=$(realpath "$BASE_BIN")
+		label=${target##*@}
+		[[ $label =~ ^[A-Za-z0-9_]+$ ]] || die "target $target: the label after @ must be letters, digits or _"
+		var=BIN_$label
+		[ "$label" != base ] || [ -n "${!var:-}" ] || var=BASE_BIN
+		[ -n "${!var:-}" ] || die "target $target needs $var (a blockmirror binary)"
+		BM=$(realpath "${!var}")
 	fi
 	declare -F "target_${kind}_start" >/dev/null || die "unknown target $target"
 	dir=$BENCH_DIR/$target
@@ -428,8 +433,9 @@ one = lambda t, j: (res.get((t, j)) or (None, None))[1]
 goals = [("blockmirror", "nbdkit", 0.8), ("bm-sync1", "blockmirror", 0.8),
          ("bm-sync1", "quic-go", 0.7), ("bm-async1", "blockmirror", 0.9)]
 lines = []
+sfxs = [""] + sorted({"@" + t.split("@", 1)[1] for t in targets if "@" in t})
 for j in ("seqwrite-1M-qd8", "seqwrite-1M-qd8-flush256"):
-    for (t, b, goal), sfx in [(g, sfx) for sfx in ("", "@base") for g in goals]:
+    for (t, b, goal), sfx in [(g, sfx) for sfx in sfxs for g in goals]:
         t = t + sfx
         if b.startswith(("blockmirror", "bm-")):
             b = b + sfx
