@@ -104,6 +104,9 @@ func encodeActivity(ext []uint32) []byte {
 
 var errActivity = errors.New("bad activity log")
 
+// castagnoli is the CRC32C table of the file format.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 func decodeActivity(b []byte) ([]uint32, error) {
 	const head = 4 + 2 + 2 + 8 + 4
 	if len(b) < head+4 || string(b[:4]) != activityMagic {

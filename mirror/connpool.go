@@ -18,6 +18,7 @@ import (
 // from the pool as soon as it dies (the next Get dials a new one). Safe for
 // concurrent use. The zero value is not usable; call NewConnPool.
 type ConnPool struct {
+	dial  dialFunc
 	mu    sync.Mutex
 	conns map[poolKey]*poolEntry
 	dials int // connections dialed so far (for status and tests)
@@ -28,22 +29,25 @@ type poolKey struct{ addr, name string }
 type poolEntry struct {
 	// ready is closed once the dial finished; conn/err are then set.
 	ready chan struct{}
-	conn  *transport.Conn
+	conn  streamConn
 	err   error
 	refs  int
 }
 
 // NewConnPool returns an empty pool.
-func NewConnPool() *ConnPool {
-	return &ConnPool{conns: make(map[poolKey]*poolEntry)}
+func NewConnPool() *ConnPool { return newConnPool(quicDial) }
+
+// newConnPool returns an empty pool that dials with dial.
+func newConnPool(dial dialFunc) *ConnPool {
+	return &ConnPool{dial: dial, conns: make(map[poolKey]*poolEntry)}
 }
 
-// Get returns the live connection to node name at addr, dialing it with
+// get returns the live connection to node name at addr, dialing it with
 // cfg if the pool holds none (concurrent callers share one dial). The
 // caller must call release exactly once when it no longer uses the
 // connection; it must never Close the connection itself (other volumes
 // share it), only cancel its own streams.
-func (p *ConnPool) Get(ctx context.Context, addr, name string, cfg transport.Config) (conn *transport.Conn, release func(), err error) {
+func (p *ConnPool) get(ctx context.Context, addr, name string, cfg transport.Config) (conn streamConn, release func(), err error) {
 	key := poolKey{addr, name}
 	for {
 		p.mu.Lock()
@@ -57,7 +61,7 @@ func (p *ConnPool) Get(ctx context.Context, addr, name string, cfg transport.Con
 			p.conns[key] = e
 			e.refs++
 			p.mu.Unlock()
-			c, derr := transport.Dial(ctx, addr, name, cfg)
+			c, derr := p.dial(ctx, addr, name, cfg)
 			p.mu.Lock()
 			e.conn, e.err = c, derr
 			if derr != nil {

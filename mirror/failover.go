@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"time"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // Failover and failback.
@@ -30,23 +33,16 @@ import (
 // operator demotes one with --split-brain-loser; that node then
 // quarantines its writes after the fork and resyncs from the other.
 
-// ErrInconsistent: the node's store is not a consistent image (a resync
-// has not completed), so promoting it needs force.
-var ErrInconsistent = errors.New("the store is inconsistent (a resync has not completed)")
-
-// ErrDiverged: the node's journal holds records after a fork point from
-// its primary's history (they are quarantined); it waits for a resync.
-var ErrDiverged = errors.New("the node holds records after a fork from its primary's history (quarantined) and waits for a resync")
+// Failover errors (see mirror/core).
+var (
+	ErrInconsistent = core.ErrInconsistent
+	ErrDiverged     = core.ErrDiverged
+	ErrNotMirror    = core.ErrNotMirror
+	ErrNotPrimary   = core.ErrNotPrimary
+)
 
 // ErrDemoted: the primary was demoted; it no longer accepts writes.
 var ErrDemoted = errors.New("mirror: this node was demoted to mirror; it no longer accepts writes")
-
-// ErrNotMirror / ErrNotPrimary: the node does not have the role the
-// operation needs.
-var (
-	ErrNotMirror  = errors.New("not a mirror")
-	ErrNotPrimary = errors.New("not a primary")
-)
 
 // Promote makes the mirror node the primary of the next epoch. The node's
 // journal has been replayed into its store (OpenNode does that). It
@@ -54,14 +50,14 @@ var (
 // ErrNotMirror.
 func Promote(n *Node, force bool) (*Meta, error) {
 	m := n.Meta()
-	if m.Role != RoleMirror {
-		return m, fmt.Errorf("mirror: promote %s: already %s in epoch %d: %w", n.Dir, m.Role, m.Epoch, ErrNotMirror)
-	}
-	if m.Inconsistent && !force {
-		return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve a disk that is not a consistent image — wait for the resync or use --force", n.Dir, ErrInconsistent)
-	}
-	if m.NeedsResync && !force {
-		return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve writes its last primary does not have — let it resync from that primary, or use --force", n.Dir, ErrDiverged)
+	if _, _, err := core.Promotion(m.nodeState(), n.Journal.LastSeq(), 1, force); err != nil {
+		switch {
+		case errors.Is(err, ErrInconsistent):
+			return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve a disk that is not a consistent image — wait for the resync or use --force", n.Dir, err)
+		case errors.Is(err, ErrDiverged):
+			return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve writes its last primary does not have — let it resync from that primary, or use --force", n.Dir, err)
+		}
+		return m, fmt.Errorf("mirror: promote %s: %w", n.Dir, err)
 	}
 	if err := n.Journal.Sync(context.Background()); err != nil {
 		return m, fmt.Errorf("mirror: promote: sync journal: %w", err)
@@ -70,16 +66,20 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	if err := n.Checkpoint(last); err != nil {
 		return m, err
 	}
-	if err := n.ReleasePeerGuards(); err != nil {
-		return m, err
-	}
+	// A demoted primary that has not compared histories with a primary yet
+	// still guards the records none of its mirrors acknowledged (see
+	// peerstate.go): as primary again it keeps guarding them for its
+	// mirrors (StartReplication keeps the consumers of the mirrors it is
+	// configured with). Released now, they would be in the store only, and
+	// lost if this node later gives up its side of a split brain.
 	err := n.UpdateMeta(func(m *Meta) error {
+		epoch, history, err := core.Promotion(m.nodeState(), last, randomID(), force)
+		if err != nil {
+			return err
+		}
 		m.Role = RolePrimary
-		// Never an epoch some node is known to hold already.
-		m.Epoch = max(m.Epoch, m.FencedBy) + 1
+		m.Epoch, m.History = epoch, history
 		m.FencedBy = 0
-		m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: last + 1, ID: randomID()})
-		m.Peers = nil
 		m.Inconsistent = false
 		m.NeedsResync = false
 		m.AcceptDivergence = false
@@ -99,8 +99,12 @@ func Promote(n *Node, force bool) (*Meta, error) {
 // quarantines its records after the fork and resyncs.
 func Demote(n *Node, splitBrainLoser bool) error {
 	m := n.Meta()
-	if m.Role != RolePrimary && !splitBrainLoser {
-		return fmt.Errorf("mirror: demote %s: already a %s: %w", n.Dir, m.Role, ErrNotPrimary)
+	n.mu.Lock()
+	writing := n.writing
+	n.mu.Unlock()
+	needsResync, accept, err := core.Demotion(m.nodeState(), writing, splitBrainLoser)
+	if err != nil {
+		return fmt.Errorf("mirror: demote %s: already a %s: %w", n.Dir, m.Role, err)
 	}
 	if err := n.Journal.Sync(context.Background()); err != nil {
 		return fmt.Errorf("mirror: demote: sync journal: %w", err)
@@ -110,10 +114,7 @@ func Demote(n *Node, splitBrainLoser bool) error {
 	}
 	// After an unclean stop the image may hold writes no journal has (see
 	// activity.go): as a mirror the node is compared in full.
-	n.mu.Lock()
-	unclean := m.WritesOpen && !n.writing
-	n.mu.Unlock()
-	if unclean {
+	if needsResync && !m.NeedsResync {
 		n.log.Warn("demoting a primary that did not stop cleanly: its image may hold writes its journal lost; as a mirror it will be resynced")
 	}
 	// PeerMeta stays: its journal consumers keep the records no mirror
@@ -121,8 +122,8 @@ func Demote(n *Node, splitBrainLoser bool) error {
 	// the fork (ReleasePeerGuards).
 	return n.UpdateMeta(func(m *Meta) error {
 		m.Role = RoleMirror
-		m.NeedsResync = m.NeedsResync || unclean
-		m.AcceptDivergence = m.AcceptDivergence || splitBrainLoser
+		m.NeedsResync = needsResync
+		m.AcceptDivergence = m.AcceptDivergence || accept
 		m.WritesOpen = false // the journal is synced and checkpointed
 		m.FencedBy = 0
 		return nil
@@ -171,7 +172,17 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	if err := vfs.MkdirAllSynced(n.fs, dir, 0o700); err != nil {
 		return nil, fmt.Errorf("mirror: quarantine: %w", err)
 	}
+	// A name no earlier quarantine has: two quarantines of the same range
+	// within a second (a node meeting its primary again before its resync)
+	// must not replace each other (the first may hold records the journal
+	// has released since).
 	base := fmt.Sprintf("q-%s-seq%d-%d", rep.Time.Format("20060102T150405Z"), fork+1, last)
+	for i := 2; ; i++ {
+		if _, err := n.fs.Stat(filepath.Join(dir, base+".rec")); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		base = fmt.Sprintf("q-%s-seq%d-%d-%d", rep.Time.Format("20060102T150405Z"), fork+1, last, i)
+	}
 	rep.File = filepath.Join(dir, base+".rec")
 	m := n.Meta()
 	buf := append([]byte(quarantineMagic), 0, 1)
@@ -209,46 +220,9 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	return rep, nil
 }
 
-// historyPrefix returns the entries of h that start at or before fork.
-func historyPrefix(h []EpochStart, fork uint64) []EpochStart {
-	var out []EpochStart
-	for _, e := range h {
-		if e.FirstSeq <= fork || len(out) == 0 && e.FirstSeq == 1 {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// primaryAnswer is how a primary answers another primary's Hello (on the
-// listener a promoted node keeps at its mirror address): a lower epoch is
-// fenced; the same epoch with another history is a split brain; a higher
-// epoch means this node is stale.
-func primaryAnswer(m *Meta, name string, last uint64, h Hello) (reply HelloReply, stale bool) {
-	reply = HelloReply{Version: ProtoVersion, Role: PeerRolePrimary, Volume: m.Volume, Size: uint64(m.Size),
-		Epoch: m.Epoch, LastSeq: last, Node: name, History: m.History}
-	switch {
-	case h.Volume != m.Volume || h.Size != uint64(m.Size):
-		reply.Code = CodeRefused
-		reply.Reason = fmt.Sprintf("this node serves volume %v of %d bytes, not %v of %d bytes", m.Volume, m.Size, h.Volume, h.Size)
-	case h.Epoch < m.Epoch:
-		reply.Code = CodeFenced
-		reply.Reason = fmt.Sprintf("node %s was promoted to primary in epoch %d; you are in epoch %d and fenced: stop writing, "+
-			"then rejoin as its mirror (blockmirror demote --data DIR; blockmirror mirror ...) — writes you took after the fork are quarantined, not lost",
-			name, m.Epoch, h.Epoch)
-	case h.Epoch == m.Epoch:
-		reply.Code = CodeSplitBrain
-		reply.Reason = splitBrainAdvice(name, h.Node, m.Epoch)
-	default:
-		reply.Code = CodeNotMirror
-		reply.Reason = fmt.Sprintf("node %s is a primary in epoch %d, older than yours (%d)", name, m.Epoch, h.Epoch)
-		stale = true
-	}
-	return reply, stale
-}
-
-func splitBrainAdvice(a, b string, epoch uint64) string {
-	return fmt.Sprintf("split brain: %s and %s are both primary in epoch %d with different histories; nothing was discarded. "+
-		"Choose the node whose writes to keep; on the other run `blockmirror demote --data DIR --split-brain-loser` "+
-		"and start it as a mirror of the first: its writes since the fork are kept in DIR/quarantine and it is resynced", a, b, epoch)
+// primaryAnswer is how this primary answers another primary's Hello (see
+// core.PrimaryAnswer).
+func primaryAnswer(m *Meta, name string, last uint64, h wire.Hello) (wire.HelloReply, bool) {
+	return core.PrimaryAnswer(core.PrimaryIdentity{Name: name, Volume: m.Volume, Size: uint64(m.Size),
+		Epoch: m.Epoch, History: m.History, LastSeq: last}, h)
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -35,7 +36,7 @@ type MirrorHostOptions struct {
 type MirrorHost struct {
 	opts MirrorHostOptions
 	log  *slog.Logger
-	ln   *transport.Listener
+	ln   streamListener
 	acc  *acceptor
 
 	mu      sync.Mutex
@@ -45,16 +46,21 @@ type MirrorHost struct {
 
 // NewMirrorHost listens on opts.Listen.
 func NewMirrorHost(opts MirrorHostOptions) (*MirrorHost, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	ln, err := transport.Listen(opts.Listen, opts.Transport)
+	ln, err := quicListen(opts.Listen, opts.Transport)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: host listen %s: %w", opts.Listen, err)
 	}
+	return newMirrorHostOn(ln, opts), nil
+}
+
+// newMirrorHostOn serves the volumes added later on ln.
+func newMirrorHostOn(ln streamListener, opts MirrorHostOptions) *MirrorHost {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	h := &MirrorHost{opts: opts, log: opts.Logger, ln: ln, vols: make(map[string]*Mirror)}
 	h.acc = &acceptor{ln: ln, log: h.log, route: h.route}
-	return h, nil
+	return h
 }
 
 // AddVolume opens the mirror volume called name (opts.Listen and
@@ -150,7 +156,7 @@ func (h *MirrorHost) Run(ctx context.Context) error {
 // acceptor accepts connections on ln and their streams, reads each
 // stream's first frame and hands the stream to the volume route names.
 type acceptor struct {
-	ln       *transport.Listener
+	ln       streamListener
 	log      *slog.Logger
 	route    func(name string) *Mirror
 	accepted atomic.Int64
@@ -183,7 +189,7 @@ func (a *acceptor) run(ctx context.Context) error {
 }
 
 // serveConn accepts the connection's streams until it ends.
-func (a *acceptor) serveConn(ctx context.Context, conn *transport.Conn) {
+func (a *acceptor) serveConn(ctx context.Context, conn streamConn) {
 	defer conn.Close(0, "")
 	log := a.log.With("peer", conn.PeerName(), "remote", conn.RemoteAddr().String())
 	var wg sync.WaitGroup
@@ -202,7 +208,7 @@ func (a *acceptor) serveConn(ctx context.Context, conn *transport.Conn) {
 }
 
 // serveStream reads the stream's first frame and routes the stream.
-func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+func (a *acceptor) serveStream(conn streamConn, st frameStream, log *slog.Logger) {
 	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	typ, p, err := st.ReadFrame(nil)
 	if err != nil {
@@ -212,46 +218,46 @@ func (a *acceptor) serveStream(conn *transport.Conn, st *transport.Stream, log *
 	}
 	st.SetReadDeadline(time.Time{})
 	var name string
-	switch MsgType(typ) {
-	case MsgHello:
-		h, err := DecodeHello(p)
+	switch wire.MsgType(typ) {
+	case wire.MsgHello:
+		h, err := wire.DecodeHello(p)
 		if err != nil {
-			refuseStream(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+			refuseStream(st, wire.CodeProtocol, "malformed hello: "+err.Error(), log)
 			return
 		}
 		name = h.VolumeName
-	case MsgStreamVolume:
-		m, err := DecodeStreamVolume(p)
+	case wire.MsgStreamVolume:
+		m, err := wire.DecodeStreamVolume(p)
 		if err != nil {
 			log.Warn("malformed stream volume", "err", err)
-			st.Cancel(uint64(CodeProtocol))
+			st.Cancel(uint64(wire.CodeProtocol))
 			return
 		}
 		name = m.Name
 	default:
-		refuseStream(st, CodeProtocol, fmt.Sprintf("expected hello, got %v", MsgType(typ)), log)
+		refuseStream(st, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", wire.MsgType(typ)), log)
 		return
 	}
 	d := a.route(name)
 	if d == nil {
-		if MsgType(typ) == MsgHello {
-			refuseStream(st, CodeRefused, fmt.Sprintf("this host mirrors no volume called %q", name), log)
+		if wire.MsgType(typ) == wire.MsgHello {
+			refuseStream(st, wire.CodeRefused, fmt.Sprintf("this host mirrors no volume called %q", name), log)
 		} else {
-			st.Cancel(uint64(CodeRefused))
+			st.Cancel(uint64(wire.CodeRefused))
 		}
 		return
 	}
 	if name != "" {
 		log = log.With("volume_name", name)
 	}
-	d.dispatch(conn, st, MsgType(typ), p, log)
+	d.dispatch(conn, st, wire.MsgType(typ), p, log)
 }
 
 // refuseStream sends an Error as the stream's last message and cancels it.
-func refuseStream(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+func refuseStream(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
-	if st.WriteFrame(uint8(MsgError), buf) == nil {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		st.Flush()
 	}
 	linger(st)

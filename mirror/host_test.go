@@ -3,12 +3,12 @@ package mirror_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -28,100 +28,6 @@ func identities(t *testing.T, names ...string) map[string]*transport.Identity {
 	return ids
 }
 
-func TestConnPoolSharesAndRedials(t *testing.T) {
-	ids := identities(t, "p", "m")
-	ln, err := transport.Listen("127.0.0.1:0", transport.Config{Identity: ids["m"]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	accepted := make(chan *transport.Conn, 4)
-	go func() {
-		for {
-			c, err := ln.Accept(ctx)
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	pool := mirror.NewConnPool()
-	cfg := transport.Config{Identity: ids["p"]}
-	addr := ln.Addr().String()
-	c1, rel1, err := pool.Get(ctx, addr, "m", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2, rel2, err := pool.Get(ctx, addr, "m", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c1 != c2 {
-		t.Fatal("two Gets for the same mirror returned different connections")
-	}
-	if s := pool.Stats(); s.Open != 1 || s.Dialed != 1 {
-		t.Fatalf("stats %+v, want 1 open, 1 dialed", s)
-	}
-	rel1()
-	rel1() // idempotent
-	select {
-	case <-c1.Done():
-		t.Fatal("the connection closed while still in use")
-	default:
-	}
-	rel2()
-	select {
-	case <-c1.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the connection stayed open after its last user released it")
-	}
-	// A connection the peer closed is replaced.
-	c3, rel3, err := pool.Get(ctx, addr, "m", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rel3()
-	var server *transport.Conn
-	for server == nil {
-		select {
-		case s := <-accepted:
-			// The dialer's socket is its own: the ports identify the pair.
-			if port(s.RemoteAddr()) == port(c3.LocalAddr()) {
-				server = s
-			}
-		case <-ctx.Done():
-			t.Fatal("no server side connection")
-		}
-	}
-	server.Close(0, "test")
-	select {
-	case <-c3.Done():
-	case <-ctx.Done():
-		t.Fatal("the client did not see the server close the connection")
-	}
-	c4, rel4, err := pool.Get(ctx, addr, "m", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rel4()
-	if c4 == c3 || c4.Err() != nil {
-		t.Fatal("the pool handed out a dead connection")
-	}
-	if s := pool.Stats(); s.Dialed != 3 || s.Open != 1 {
-		t.Fatalf("stats %+v, want 3 dialed, 1 open", s)
-	}
-	if _, _, err := pool.Get(ctx, "127.0.0.1:1", "m", transport.Config{Identity: ids["p"], HandshakeTimeout: 200 * time.Millisecond}); err == nil {
-		t.Fatal("Get of a dead address succeeded")
-	}
-}
-
-func port(a net.Addr) string {
-	_, p, _ := net.SplitHostPort(a.String())
-	return p
-}
-
 // primaryVol is an in-process primary volume replicating to one mirror.
 type primaryVol struct {
 	node   *mirror.Node
@@ -132,17 +38,17 @@ type primaryVol struct {
 
 func startPrimaryVol(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool) *primaryVol {
 	t.Helper()
-	return startPrimaryVolAt(t, dir, name, mirrorAddr, id, pool, mirror.AckWritten)
+	return startPrimaryVolAt(t, dir, name, mirrorAddr, id, pool, wire.AckWritten)
 }
 
-func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool, level mirror.AckLevel) *primaryVol {
+func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport.Identity, pool *mirror.ConnPool, level wire.AckLevel) *primaryVol {
 	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary})
 	if err != nil {
 		t.Fatal(err)
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
-		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: mirror.ModeSync, SyncAcks: 1,
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: wire.ModeSync, SyncAcks: 1,
 		AckLevel: level, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
 		Transport: transport.Config{Identity: id},
 	})
@@ -291,7 +197,7 @@ func TestMirrorHostRoutesVolumes(t *testing.T) {
 // its acks from the session goroutine, early for received, after the
 // journal write otherwise).
 func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
-	for _, level := range []mirror.AckLevel{mirror.AckReceived, mirror.AckWritten, mirror.AckDurable} {
+	for _, level := range []wire.AckLevel{wire.AckReceived, wire.AckWritten, wire.AckDurable} {
 		t.Run(level.String(), func(t *testing.T) {
 			ids := identities(t, "p", "m")
 			dir := t.TempDir()
@@ -309,7 +215,7 @@ func TestSyncWriteIsOnMirrorAtAckLevel(t *testing.T) {
 				}
 				seq := p.repl.Status().LastSeq
 				st := d.Status()
-				got := map[mirror.AckLevel]uint64{mirror.AckReceived: st.Received, mirror.AckWritten: st.Written, mirror.AckDurable: st.Durable}[level]
+				got := map[wire.AckLevel]uint64{wire.AckReceived: st.Received, wire.AckWritten: st.Written, wire.AckDurable: st.Durable}[level]
 				if got < seq {
 					t.Fatalf("write %d (seq %d) completed but the mirror is %s only through %d", i, seq, level, got)
 				}

@@ -3,7 +3,6 @@ package mirror
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // MetaFile is the name of the node metadata file inside the data directory.
@@ -29,8 +30,11 @@ const (
 	RoleMirror  Role = "mirror"
 )
 
-// UUID is a volume identity.
-type UUID [16]byte
+// UUID is a volume identity (see wire.UUID).
+type UUID = wire.UUID
+
+// EpochStart records where an epoch branch begins (see wire.EpochStart).
+type EpochStart = wire.EpochStart
 
 // NewUUID returns a random (version 4) UUID.
 func NewUUID() (UUID, error) {
@@ -41,56 +45,6 @@ func NewUUID() (UUID, error) {
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
 	return u, nil
-}
-
-func (u UUID) String() string {
-	var b [36]byte
-	hex.Encode(b[0:8], u[0:4])
-	b[8] = '-'
-	hex.Encode(b[9:13], u[4:6])
-	b[13] = '-'
-	hex.Encode(b[14:18], u[6:8])
-	b[18] = '-'
-	hex.Encode(b[19:23], u[8:10])
-	b[23] = '-'
-	hex.Encode(b[24:], u[10:])
-	return string(b[:])
-}
-
-// ParseUUID parses the textual form written by String.
-func ParseUUID(s string) (UUID, error) {
-	var u UUID
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return u, fmt.Errorf("mirror: bad UUID %q", s)
-	}
-	h := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:]
-	if _, err := hex.Decode(u[:], []byte(h)); err != nil {
-		return u, fmt.Errorf("mirror: bad UUID %q: %w", s, err)
-	}
-	return u, nil
-}
-
-func (u UUID) MarshalText() ([]byte, error) { return []byte(u.String()), nil }
-
-func (u *UUID) UnmarshalText(b []byte) error {
-	v, err := ParseUUID(string(b))
-	if err != nil {
-		return err
-	}
-	*u = v
-	return nil
-}
-
-// EpochStart records that Epoch began at FirstSeq: records with seq ≥
-// FirstSeq (up to the next entry's FirstSeq) were written in Epoch.
-//
-// ID is a random number chosen by the node that started the epoch, so two
-// nodes promoted to the same epoch number while partitioned (split brain)
-// have different histories and notice it on contact.
-type EpochStart struct {
-	Epoch    uint64 `json:"epoch"`
-	FirstSeq uint64 `json:"first_seq"`
-	ID       uint64 `json:"id"`
 }
 
 // PeerMeta is what a primary remembers durably about one mirror.
@@ -181,7 +135,7 @@ func (m *Meta) validate() error {
 	if m.Role != RolePrimary && m.Role != RoleMirror {
 		return fmt.Errorf("bad role %q", m.Role)
 	}
-	if err := validHistory(m.History, m.Epoch); err != nil {
+	if err := core.ValidHistory(m.History, m.Epoch); err != nil {
 		return fmt.Errorf("epoch history: %w", err)
 	}
 	if n := len(m.History); n > 0 && m.History[n-1].Epoch != m.Epoch {
@@ -231,15 +185,11 @@ func randomID() uint64 {
 	}
 }
 
-// EpochOf returns the epoch in which seq was written according to the
-// history (0 if seq precedes it).
-func EpochOf(history []EpochStart, seq uint64) uint64 {
-	var e uint64
-	for _, h := range history {
-		if h.FirstSeq > seq {
-			break
-		}
-		e = h.Epoch
+// nodeState is what the failover rules (core.Promotion, core.Demotion,
+// core.RestartBranch) read of the metadata.
+func (m *Meta) nodeState() core.NodeState {
+	return core.NodeState{
+		Primary: m.Role == RolePrimary, Epoch: m.Epoch, History: m.History, FencedBy: m.FencedBy,
+		Inconsistent: m.Inconsistent, NeedsResync: m.NeedsResync, WritesOpen: m.WritesOpen,
 	}
-	return e
 }

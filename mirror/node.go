@@ -13,6 +13,8 @@ import (
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/resync"
 	"github.com/blockmirror/blockmirror/store"
 )
 
@@ -53,6 +55,13 @@ type NodeOptions struct {
 	// JournalTestWriteDelay: see journal.Options.TestWriteDelay.
 	JournalTestWriteDelay time.Duration
 	Logger                *slog.Logger
+
+	// journalQueueBytes (tests): journal.Options.QueueBytes.
+	journalQueueBytes int64
+	// history, when not empty, is the epoch history a newly created volume
+	// starts with (a new mirror takes its first primary's, in the same
+	// metadata write that creates the volume).
+	history []EpochStart
 }
 
 // errNoVolume: the data directory holds no volume and none was asked for.
@@ -75,7 +84,7 @@ type Node struct {
 
 	// bmMu guards the dirty bitmap files and marks (see peerstate.go).
 	bmMu  sync.Mutex
-	marks map[string]*Bitmap
+	marks map[string]*resync.Bitmap
 
 	// splitMu guards splitBrain: per peer, the split brain its last
 	// contact showed (in memory; contact shows it again after a restart).
@@ -155,9 +164,16 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 			}
 			return nil, fmt.Errorf("mirror: %s: %w: give --size to create one", opts.Dir, errNoVolume)
 		}
-		if opts.Disk != "" {
-			if _, serr := fsys.Stat(disk); serr == nil {
+		if _, serr := fsys.Stat(disk); serr == nil {
+			if opts.Disk != "" {
 				return nil, fmt.Errorf("mirror: %s exists; not creating a volume over it (drop --size to adopt it)", disk)
+			}
+			// The data directory's own image without metadata is what a
+			// crash in the middle of creating the volume leaves (the image
+			// comes first, meta.json last): nothing uses it yet.
+			log.Warn("replacing the disk image of a volume whose creation did not finish", "disk", disk)
+			if err := fsys.Remove(disk); err != nil {
+				return nil, fmt.Errorf("mirror: remove the unfinished %s: %w", disk, err)
 			}
 		}
 		st, err = store.CreateFS(fsys, disk, opts.Size)
@@ -194,13 +210,17 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		}
 		meta = &Meta{Volume: id, Size: st.Size(), Role: role, Epoch: 1,
 			History: []EpochStart{{Epoch: 1, FirstSeq: 1, ID: randomID()}}}
+		if n := len(opts.history); n > 0 {
+			meta.History = append([]EpochStart(nil), opts.history...)
+			meta.Epoch = opts.history[n-1].Epoch
+		}
 		if err := meta.Save(fsys, opts.Dir); err != nil {
 			st.Close()
 			return nil, err
 		}
 		log.Info("created volume", "volume", id, "size", st.Size(), "disk", disk)
 	}
-	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*Bitmap)}
+	n := &Node{Dir: opts.Dir, Store: st, fs: fsys, meta: meta, log: log, marks: make(map[string]*resync.Bitmap)}
 	j, err := journal.Open(journal.Options{
 		FS:           fsys,
 		Dir:          filepath.Join(opts.Dir, JournalDir),
@@ -212,6 +232,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		OnSync:       opts.OnSync,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
+		QueueBytes:     opts.journalQueueBytes,
 	})
 	if err != nil {
 		st.Close()
@@ -363,11 +384,11 @@ func (n *Node) BeginWrites() error {
 		}
 	}
 	err := n.UpdateMeta(func(m *Meta) error {
-		if m.WritesOpen {
-			from := n.Journal.LastSeq() + 1
-			m.History = append(m.History, EpochStart{Epoch: m.Epoch, FirstSeq: from, ID: randomID()})
+		last := n.Journal.LastSeq()
+		var branched bool
+		if m.History, branched = core.RestartBranch(m.nodeState(), last, randomID()); branched {
 			n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
-				"epoch", m.Epoch, "first_seq", from)
+				"epoch", m.Epoch, "first_seq", last+1)
 		}
 		m.WritesOpen = true
 		return nil
@@ -402,7 +423,7 @@ func (n *Node) markActivity(m *Meta) error {
 		n.log.Warn("the image may hold writes whose journal records were lost; their extents will be compared with every mirror",
 			"extents", len(ext), "extent_bytes", ActivityExtent)
 		for name := range m.Peers {
-			err := n.MarkDirty(name, func(b *Bitmap) {
+			err := n.MarkDirty(name, func(b *resync.Bitmap) {
 				for _, e := range ext {
 					b.SetRange(int64(e)*ActivityExtent, ActivityExtent)
 				}

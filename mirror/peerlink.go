@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -40,14 +42,14 @@ type peerLink struct {
 
 // session is one connected stream to the mirror.
 type session struct {
-	conn    *transport.Conn
-	st      *transport.Stream
+	conn    streamConn
+	st      frameStream
 	writeMu sync.Mutex
 	startCh chan uint64 // capacity 1: the seq to stream from
 	flushCh chan uint64 // capacity 1: the highest flush to send
 	start   time.Time   // heartbeat times are measured from here
 	// begin, when set, is sent on the log stream before the first record.
-	begin *ResyncBegin
+	begin *wire.ResyncBegin
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -84,7 +86,7 @@ func (l *peerLink) run(ctx context.Context) {
 // reports whether the handshake succeeded.
 func (l *peerLink) session(ctx context.Context) (bool, error) {
 	r := l.r
-	conn, release, err := r.opts.Pool.Get(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
+	conn, release, err := r.opts.Pool.get(ctx, l.addr.Addr, l.addr.Name, r.opts.Transport)
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
 	}
@@ -104,16 +106,16 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	last := r.core.LastSeq()
 	r.mu.Unlock()
-	hello := Hello{
-		Version: ProtoVersion, Role: PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
+	hello := wire.Hello{
+		Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
 		Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, LastSeq: last,
 		Node: r.opts.Node, VolumeName: r.opts.VolumeName, History: m.History,
 	}
-	buf, err := AppendHello(nil, &hello)
+	buf, err := wire.AppendHello(nil, &hello)
 	if err != nil {
 		return false, err
 	}
-	if err := st.WriteFrame(uint8(MsgHello), buf); err != nil {
+	if err := st.WriteFrame(uint8(wire.MsgHello), buf); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	if err := st.Flush(); err != nil {
@@ -125,46 +127,32 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("read hello reply: %w", err)
 	}
 	st.SetReadDeadline(time.Time{})
-	switch MsgType(typ) {
-	case MsgHelloReply:
-	case MsgError:
-		e, derr := DecodeError(p)
+	switch wire.MsgType(typ) {
+	case wire.MsgHelloReply:
+	case wire.MsgError:
+		e, derr := wire.DecodeError(p)
 		if derr != nil {
 			return false, fmt.Errorf("mirror sent a malformed error: %w", derr)
 		}
-		l.fenceIf(e.Code)
-		return false, e
+		r.mu.Lock()
+		err = r.core.PeerError(l.addr.Name, e)
+		r.processLocked()
+		r.mu.Unlock()
+		return false, err
 	default:
-		return false, fmt.Errorf("mirror answered the hello with %v", MsgType(typ))
+		return false, fmt.Errorf("mirror answered the hello with %v", wire.MsgType(typ))
 	}
-	reply, err := DecodeHelloReply(p)
+	reply, err := wire.DecodeHelloReply(p)
 	if err != nil {
 		return false, fmt.Errorf("bad hello reply: %w", err)
 	}
-	if reply.Code == CodeSplitBrain || (reply.Code == CodeNotMirror && reply.Epoch == m.Epoch) {
-		reason := reply.Reason
-		if reply.Code == CodeNotMirror {
-			reason = splitBrainAdvice(r.opts.Node, l.addr.Name, m.Epoch)
-		}
-		r.mu.Lock()
-		l.splitBrain = reason
-		r.mu.Unlock()
-		r.node.NoteSplitBrain(l.addr.Name, reason)
-		return false, fmt.Errorf("mirror %s: %s", l.addr.Name, reason)
-	}
-	if reply.Code != CodeOK {
-		l.fenceIf(reply.Code)
-		if reply.Epoch > m.Epoch {
-			r.mu.Lock()
-			r.core.PeerEpoch(l.addr.Name, reply.Epoch)
-			r.processLocked()
-			r.mu.Unlock()
-		}
-		return false, fmt.Errorf("mirror %s refused the session (%v): %s", l.addr.Name, reply.Code, reply.Reason)
-	}
-	if reply.Volume != m.Volume || reply.Size != uint64(m.Size) {
-		return false, fmt.Errorf("mirror %s holds volume %v of %d bytes, we serve %v of %d bytes",
-			l.addr.Name, reply.Volume, reply.Size, m.Volume, m.Size)
+	// Dirty regions pending (verify found differences, or records were
+	// dropped while the mirror was away)? Then it is resynced even if its
+	// journal could catch up.
+	dirty := false
+	if reply.Code == wire.CodeOK {
+		b, _ := r.node.LoadBitmap(l.addr.Name)
+		dirty = b != nil && b.Count() > 0
 	}
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -174,32 +162,22 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
 	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
 	r.mu.Lock()
-	l.sess = s
-	l.connected = true
-	l.lastErr = ""
-	l.splitBrain = ""
-	r.node.ClearSplitBrain(l.addr.Name)
-	l.acked = reply.LastSeq
-	perr := r.core.PeerUp(l.addr.Name, PeerInfo{
-		Epoch: reply.Epoch, LastSeq: reply.LastSeq, DurableSeq: reply.DurableSeq,
-		AppliedSeq: reply.AppliedSeq, Flags: reply.Flags,
-	})
-	needResync := perr == nil && r.core.PeerState(l.addr.Name) == PeerNeedsResync
+	l.sess = s // before the core's StartStreams reach it
+	kind, perr := r.core.PeerReply(l.addr.Name, reply, dirty)
+	if kind == core.SessionRefused {
+		l.sess = nil
+	} else {
+		l.connected = true
+		l.lastErr = ""
+		l.acked = reply.LastSeq
+	}
 	r.processLocked()
 	r.mu.Unlock()
-	if perr == nil && !needResync {
-		// Dirty regions pending (verify found differences, or records were
-		// dropped while the mirror was away and it still caught up)?
-		b, _ := r.node.LoadBitmap(l.addr.Name)
-		if b != nil && b.Count() > 0 {
-			r.mu.Lock()
-			perr = r.core.RequireResync(l.addr.Name)
-			needResync = perr == nil
-			r.processLocked()
-			r.mu.Unlock()
-		}
+	if kind == core.SessionRefused {
+		return false, perr
 	}
-	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags)
+	needResync := kind == core.SessionResync
+	l.log.Info("mirror connected", "last_seq", reply.LastSeq, "durable_seq", reply.DurableSeq, "flags", reply.Flags, "session", kind)
 	defer func() {
 		r.mu.Lock()
 		l.sess = nil
@@ -208,9 +186,6 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		r.processLocked()
 		r.mu.Unlock()
 	}()
-	if perr != nil {
-		return true, perr
-	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
@@ -239,8 +214,19 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		}()
 	}
 	wg.Add(2)
-	go func() { defer wg.Done(); errc <- l.sendRecords(sctx, s) }()
-	go func() { defer wg.Done(); errc <- l.sendControl(sctx, s) }()
+	// A sender that stops (records gone, a write failed) ends the session:
+	// the next handshake decides anew. Left up, nobody would send.
+	send := func(f func(context.Context, *session) error) {
+		defer wg.Done()
+		err := f(sctx, s)
+		errc <- err
+		if sctx.Err() == nil {
+			cancel()
+			st.Cancel(0)
+		}
+	}
+	go send(l.sendRecords)
+	go send(l.sendControl)
 	rerr := l.receive(sctx, s)
 	cancel()
 	st.Cancel(0)
@@ -252,17 +238,6 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 		}
 	}
 	return true, rerr
-}
-
-func (l *peerLink) fenceIf(code ErrCode) {
-	if code != CodeFenced {
-		return
-	}
-	r := l.r
-	r.mu.Lock()
-	r.core.PeerEpoch(l.addr.Name, r.core.Status().Epoch+1)
-	r.processLocked()
-	r.mu.Unlock()
 }
 
 // startStream is called under r.mu by processLocked.
@@ -288,7 +263,7 @@ func (l *peerLink) queueFlush(through uint64) {
 
 // sendFrame writes one frame and flushes it, holding mu (the stream's
 // writer lock: several goroutines send on a session's stream).
-func sendFrame(mu *sync.Mutex, st *transport.Stream, typ MsgType, p []byte) error {
+func sendFrame(mu *sync.Mutex, st frameStream, typ wire.MsgType, p []byte) error {
 	mu.Lock()
 	defer mu.Unlock()
 	if err := st.WriteFrame(uint8(typ), p); err != nil {
@@ -314,24 +289,26 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	}
 	defer rd.Close()
 	var buf []byte
+	var wrecs []wire.Record
 	if s.begin != nil {
-		if err := sendFrame(&s.writeMu, s.st, MsgResyncBegin, AppendResyncBegin(nil, *s.begin)); err != nil {
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgResyncBegin, wire.AppendResyncBegin(nil, *s.begin)); err != nil {
 			return fmt.Errorf("send resync begin: %w", err)
 		}
 	}
 	for {
-		recs, err := rd.Next(ctx, MaxRecordsPerFrame, l.r.opts.BatchBytes)
+		recs, err := rd.Next(ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
 		if err != nil {
 			if errors.Is(err, journal.ErrGone) {
 				l.markNeedsResync()
 			}
 			return fmt.Errorf("read journal: %w", err)
 		}
-		buf, err = AppendRecords(buf[:0], recs)
+		wrecs = wireRecords(wrecs, recs)
+		buf, err = wire.AppendRecords(buf[:0], wrecs)
 		if err != nil {
 			return err
 		}
-		if err := sendFrame(&s.writeMu, s.st, MsgRecords, buf); err != nil {
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgRecords, buf); err != nil {
 			return fmt.Errorf("send records: %w", err)
 		}
 	}
@@ -340,6 +317,9 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 func (l *peerLink) markNeedsResync() {
 	l.r.mu.Lock()
 	l.needsResync = true
+	// The next handshake must see the journal as it is now, not as of
+	// the last tick: the mirror is resynced instead of streamed to again.
+	l.r.core.JournalFirst(l.r.j.FirstSeq())
 	l.r.mu.Unlock()
 	l.log.Warn("records this mirror needs were dropped from the journal; it needs a resync")
 }
@@ -350,17 +330,17 @@ func (l *peerLink) sendControl(ctx context.Context, s *session) error {
 	defer t.Stop()
 	var buf []byte
 	for {
-		var typ MsgType
+		var typ wire.MsgType
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case through := <-s.flushCh:
-			typ, buf = MsgFlush, AppendFlush(buf[:0], Flush{Through: through})
+			typ, buf = wire.MsgFlush, wire.AppendFlush(buf[:0], wire.Flush{Through: through})
 		case <-t.C:
 			l.r.mu.Lock()
 			last := l.r.core.LastSeq()
 			l.r.mu.Unlock()
-			typ, buf = MsgHeartbeat, AppendHeartbeat(buf[:0], Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
+			typ, buf = wire.MsgHeartbeat, wire.AppendHeartbeat(buf[:0], wire.Heartbeat{Time: uint64(time.Since(s.start)), LastSeq: last})
 		}
 		if err := sendFrame(&s.writeMu, s.st, typ, buf); err != nil {
 			return fmt.Errorf("send %v: %w", typ, err)
@@ -380,9 +360,9 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			}
 			return fmt.Errorf("read from mirror: %w", err)
 		}
-		switch MsgType(typ) {
-		case MsgAck:
-			a, err := DecodeAck(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgAck:
+			a, err := wire.DecodeAck(p)
 			if err != nil {
 				return fmt.Errorf("bad ack: %w", err)
 			}
@@ -398,8 +378,8 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			if err != nil {
 				return err
 			}
-		case MsgHeartbeatEcho:
-			h, err := DecodeHeartbeat(p)
+		case wire.MsgHeartbeatEcho:
+			h, err := wire.DecodeHeartbeat(p)
 			if err != nil {
 				return fmt.Errorf("bad heartbeat echo: %w", err)
 			}
@@ -407,17 +387,20 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			r.mu.Lock()
 			l.rtt = rtt
 			r.mu.Unlock()
-		case MsgHeartbeat:
+		case wire.MsgHeartbeat:
 			// Mirrors do not send heartbeats of their own; ignore.
-		case MsgError:
-			e, err := DecodeError(p)
+		case wire.MsgError:
+			e, err := wire.DecodeError(p)
 			if err != nil {
 				return fmt.Errorf("mirror sent a malformed error: %w", err)
 			}
-			l.fenceIf(e.Code)
-			return e
+			r.mu.Lock()
+			err = r.core.PeerError(l.addr.Name, e)
+			r.processLocked()
+			r.mu.Unlock()
+			return err
 		default:
-			return fmt.Errorf("unexpected %v from mirror", MsgType(typ))
+			return fmt.Errorf("unexpected %v from mirror", wire.MsgType(typ))
 		}
 	}
 }
@@ -431,16 +414,16 @@ func (l *peerLink) lagBytes(acked, last uint64) uint64 {
 // volume in its first frame (StreamVolume), so a mirror host routes it to
 // the right volume. Ending ctx cancels the stream; done (call it once)
 // cancels it too and releases the context watcher.
-func (l *peerLink) openSideStream(ctx context.Context, conn *transport.Conn) (*transport.Stream, func(), error) {
+func (l *peerLink) openSideStream(ctx context.Context, conn streamConn) (frameStream, func(), error) {
 	st, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open stream: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
 	done := func() { stop(); st.Cancel(0) }
-	buf, err := AppendStreamVolume(nil, StreamVolume{Name: l.r.opts.VolumeName})
+	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
 	if err == nil {
-		err = st.WriteFrame(uint8(MsgStreamVolume), buf)
+		err = st.WriteFrame(uint8(wire.MsgStreamVolume), buf)
 	}
 	if err == nil {
 		err = st.Flush()

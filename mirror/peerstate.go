@@ -9,6 +9,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/resync"
 )
 
 // What a node keeps per mirror, and who owns it.
@@ -48,17 +49,17 @@ func (n *Node) bitmapPath(peer string) string {
 }
 
 // LoadBitmap returns the peer's saved dirty bitmap, or nil if it has none.
-func (n *Node) LoadBitmap(peer string) (*Bitmap, error) {
+func (n *Node) LoadBitmap(peer string) (*resync.Bitmap, error) {
 	n.bmMu.Lock()
 	defer n.bmMu.Unlock()
 	return n.loadBitmapLocked(peer)
 }
 
-func (n *Node) loadBitmapLocked(peer string) (*Bitmap, error) {
-	return LoadBitmapFS(n.fs, n.bitmapPath(peer), n.Store.Size(), DefaultSyncChunk)
+func (n *Node) loadBitmapLocked(peer string) (*resync.Bitmap, error) {
+	return resync.LoadBitmapFS(n.fs, n.bitmapPath(peer), n.Store.Size(), resync.DefaultSyncChunk)
 }
 
-func (n *Node) saveBitmapLocked(peer string, b *Bitmap) error {
+func (n *Node) saveBitmapLocked(peer string, b *resync.Bitmap) error {
 	if err := vfs.MkdirAllSynced(n.fs, filepath.Dir(n.bitmapPath(peer)), 0o700); err != nil {
 		return fmt.Errorf("mirror: save bitmap: %w", err)
 	}
@@ -67,7 +68,7 @@ func (n *Node) saveBitmapLocked(peer string, b *Bitmap) error {
 
 // SaveBitmap replaces the peer's bitmap file with b, adding the marks made
 // since a resync started tracking them (TrackMarks).
-func (n *Node) SaveBitmap(peer string, b *Bitmap) error {
+func (n *Node) SaveBitmap(peer string, b *resync.Bitmap) error {
 	n.bmMu.Lock()
 	defer n.bmMu.Unlock()
 	if extra := n.marks[peer]; extra != nil {
@@ -78,7 +79,7 @@ func (n *Node) SaveBitmap(peer string, b *Bitmap) error {
 
 // MarkDirty adds regions to the peer's bitmap file (creating it), and to
 // the overlay of a resync that tracks marks.
-func (n *Node) MarkDirty(peer string, mark func(b *Bitmap)) error {
+func (n *Node) MarkDirty(peer string, mark func(b *resync.Bitmap)) error {
 	n.bmMu.Lock()
 	defer n.bmMu.Unlock()
 	if extra := n.marks[peer]; extra != nil {
@@ -89,7 +90,7 @@ func (n *Node) MarkDirty(peer string, mark func(b *Bitmap)) error {
 		return err
 	}
 	if b == nil {
-		b = NewBitmap(n.Store.Size(), DefaultSyncChunk)
+		b = resync.NewBitmap(n.Store.Size(), resync.DefaultSyncChunk)
 	}
 	mark(b)
 	return n.saveBitmapLocked(peer, b)
@@ -99,12 +100,12 @@ func (n *Node) MarkDirty(peer string, mark func(b *Bitmap)) error {
 // for a resync that holds the bitmap in memory; the returned finish stops
 // it and reports the marks made meanwhile (nil if none). One resync per
 // peer at a time.
-func (n *Node) TrackMarks(peer string) (finish func() *Bitmap) {
+func (n *Node) TrackMarks(peer string) (finish func() *resync.Bitmap) {
 	n.bmMu.Lock()
 	defer n.bmMu.Unlock()
-	extra := NewBitmap(n.Store.Size(), DefaultSyncChunk)
+	extra := resync.NewBitmap(n.Store.Size(), resync.DefaultSyncChunk)
 	n.marks[peer] = extra
-	return func() *Bitmap {
+	return func() *resync.Bitmap {
 		n.bmMu.Lock()
 		defer n.bmMu.Unlock()
 		if n.marks[peer] == extra {
@@ -120,7 +121,7 @@ func (n *Node) TrackMarks(peer string) (finish func() *Bitmap) {
 // FinishBitmap ends a resync that copied every chunk of its bitmap: the
 // file is removed, unless marks were made meanwhile (extra, from
 // TrackMarks), which it then holds. It reports whether the peer is clean.
-func (n *Node) FinishBitmap(peer string, extra *Bitmap) (clean bool, err error) {
+func (n *Node) FinishBitmap(peer string, extra *resync.Bitmap) (clean bool, err error) {
 	n.bmMu.Lock()
 	defer n.bmMu.Unlock()
 	if extra != nil && extra.Count() > 0 {
@@ -221,7 +222,7 @@ func (n *Node) recordDrop(consumer string, through uint64, regions []journal.Reg
 	}
 	n.log.Warn("journal size bound dropped records a mirror had not acknowledged; it will need a resync of the regions they touched",
 		"peer", name, "through", through, "regions", len(regions))
-	err := n.MarkDirty(name, func(b *Bitmap) {
+	err := n.MarkDirty(name, func(b *resync.Bitmap) {
 		for _, g := range regions {
 			b.SetRange(int64(g.Offset), int64(g.Length))
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -23,9 +25,9 @@ type PeerAddr struct {
 // ReplicationOptions configure a primary's replication to its mirrors.
 type ReplicationOptions struct {
 	Peers         []PeerAddr
-	Mode          Mode
+	Mode          wire.Mode
 	SyncAcks      int
-	AckLevel      AckLevel
+	AckLevel      wire.AckLevel
 	AllowDegraded bool
 	// AckTimeout bounds how long a sync write waits for mirror acks before
 	// it fails with EIO (default 5 s).
@@ -58,10 +60,10 @@ type ReplicationOptions struct {
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	if o.Mode == 0 {
-		o.Mode = ModeSync
+		o.Mode = wire.ModeSync
 	}
 	if o.AckLevel == 0 {
-		o.AckLevel = AckWritten
+		o.AckLevel = wire.AckWritten
 	}
 	if o.SyncAcks == 0 {
 		o.SyncAcks = 1
@@ -100,10 +102,9 @@ type Replication struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex // guards core, waiters, links' session state
-	core    *PrimaryCore
+	core    *core.PrimaryCore
 	waiters map[uint64]chan error
 	links   map[string]*peerLink
-	fenced  error
 
 	syncReq chan uint64
 
@@ -145,22 +146,21 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	}
 	_, durable := j.Watermarks()
 	next := j.LastSeq() + 1
-	core, err := NewPrimaryCore(PrimaryConfig{
+	pc, err := core.NewPrimaryCore(core.PrimaryConfig{
 		Peers: names, Mode: opts.Mode, SyncAcks: opts.SyncAcks, AckLevel: opts.AckLevel,
 		AllowDegraded: opts.AllowDegraded, AckTimeoutTicks: ticks(opts.AckTimeout),
 		MaxLagTicks: ticks(opts.MaxLag), Epoch: m.Epoch, NextSeq: next,
 		JournalFirst: min(j.FirstSeq(), next), LocalDurable: min(durable, next-1),
+		// Fenced in an earlier run: no write completes.
+		FencedBy: m.FencedBy,
+		Node:     opts.Node, Volume: m.Volume, Size: uint64(m.Size),
 	})
 	if err != nil {
 		return nil, err
 	}
-	if m.FencedBy > m.Epoch {
-		// Fenced in an earlier run: no write completes.
-		core.PeerEpoch("", m.FencedBy)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Replication{
-		node: node, j: j, opts: opts, log: opts.Logger, core: core,
+		node: node, j: j, opts: opts, log: opts.Logger, core: pc,
 		waiters: make(map[uint64]chan error), links: make(map[string]*peerLink),
 		syncReq: make(chan uint64, 1), ctx: ctx, cancel: cancel, cumBytes: make([]uint64, cumRing), admitTime: make([]int64, cumRing),
 		resyncOpts: opts.Resync.withDefaults(),
@@ -243,7 +243,7 @@ func (r *Replication) AdmitFlush(id uint64) error {
 // FUA write needs local durability only; see the acknowledgement rules in
 // the package doc).
 func (r *Replication) WaitsForMirrors(fua bool) bool {
-	return r.opts.Mode == ModeSync
+	return r.opts.Mode == wire.ModeSync
 }
 
 // Forget implements Replicator.
@@ -317,12 +317,23 @@ func (r *Replication) processLocked() {
 			l.needsResync = true
 		}
 	}
-	if r.fenced == nil && r.core.Fenced() {
-		r.fenced = ErrFenced
-		r.log.Error("fenced: a mirror reports a higher epoch (another node was promoted); writes now fail")
+	for _, n := range rd.SplitBrain {
+		l := r.links[n.Peer]
+		if l == nil {
+			continue
+		}
+		l.splitBrain = n.Reason
+		if n.Reason != "" {
+			r.node.NoteSplitBrain(n.Peer, n.Reason)
+		} else {
+			r.node.ClearSplitBrain(n.Peer)
+		}
+	}
+	if rd.Fenced > 0 {
+		r.log.Error("fenced: a node of a higher epoch exists (another node was promoted); writes now fail", "their_epoch", rd.Fenced)
 		// Durably, so a restart does not unfence the node (one small
-		// metadata write, once).
-		if err := r.node.Fence(r.core.FencedBy()); err != nil {
+		// metadata write, once per higher epoch seen).
+		if err := r.node.Fence(rd.Fenced); err != nil {
 			r.log.Error("recording the fence in the metadata failed", "err", err)
 		}
 	}
@@ -573,7 +584,7 @@ func ptrTo[T any](v T) *T { return &v }
 // epoch exists. Every pending and later write fails with ErrFenced.
 func (r *Replication) Fence(epoch uint64) {
 	r.mu.Lock()
-	r.core.PeerEpoch("", epoch)
+	r.core.Fence(epoch)
 	r.processLocked()
 	r.mu.Unlock()
 }

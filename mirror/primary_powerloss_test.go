@@ -10,6 +10,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -20,7 +21,7 @@ func startPrimaryOn(t *testing.T, fsys vfs.FS, dir, addr string, id *transport.I
 		t.Fatal(err)
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
-		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mirror.ModeAsync, SyncAcks: 1, AckLevel: mirror.AckDurable,
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckDurable,
 		Node: "p", VolumeName: "v", Transport: transport.Config{Identity: id},
 	})
 	if err != nil {

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -30,6 +33,16 @@ type MirrorOptions struct {
 	// (default 2 s).
 	CheckpointInterval time.Duration
 	Logger             *slog.Logger
+
+	// onApply (tests) sees every record the applier applies to the store,
+	// in order, under the apply lock; onReset (tests, under d.mu) a
+	// resync's reset of the journal to continue at from, with the store
+	// holding every record ≤ applied.
+	onApply func(rec journal.Record)
+	onReset func(from, applied uint64)
+	// onQuarantine (tests, under d.mu) sees the fork point after which
+	// the journal's records were quarantined.
+	onQuarantine func(fork uint64)
 }
 
 func (o MirrorOptions) withDefaults() MirrorOptions {
@@ -57,22 +70,16 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 type Mirror struct {
 	opts MirrorOptions
 	log  *slog.Logger
-	ln   *transport.Listener // NewMirror only; a MirrorHost's volume has none
-	addr string              // the listener's address (the host's for a host volume)
+	ln   streamListener // NewMirror only; a MirrorHost's volume has none
+	addr string         // the listener's address (the host's for a host volume)
 
 	mu      sync.Mutex
 	node    *Node
-	core    *ReplicaCore
+	core    *core.ReplicaCore
 	active  *mirrorSession
 	started bool
 	applyTo uint64
 	cpHint  uint64
-	// capped: applyCap bounds what the applier applies: the journal's
-	// records after it were found divergent (quarantined) and must never
-	// reach the store, or a resync could compare a chunk before one of
-	// them lands in it. Cleared when a resync resets the journal.
-	capped   bool
-	applyCap uint64
 
 	wake chan struct{} // applier
 
@@ -80,28 +87,33 @@ type Mirror struct {
 	// guards appliedSeq and recent.
 	applyMu    sync.Mutex
 	appliedSeq uint64
-	recent     recentExtents
+	recent     resync.RecentExtents
 	syncReq    chan uint64
 	wg         sync.WaitGroup
 
 	resyncChunks atomic.Int64
 
-	// failover state, guarded by mu
+	// failover state, guarded by mu. promoted is set while an online
+	// promotion runs and after it succeeded; promoting is closed when the
+	// last one ended (nil before any).
 	promoted    bool
+	promoting   chan struct{}
 	splitBrain  string
 	quarantined []QuarantineReport
 	stopRun     context.CancelFunc
 
 	// runCtx is the context of the running volume (set by start); stopping
 	// is set before finish waits for the volume's goroutines, after which
-	// no stream is admitted any more. Both guarded by mu.
+	// no stream is admitted any more. Both guarded by mu. halted is closed
+	// when stopping is set.
 	runCtx   context.Context
 	stopping bool
+	halted   chan struct{}
 }
 
 type mirrorSession struct {
-	conn    *transport.Conn
-	st      *transport.Stream
+	conn    streamConn
+	st      frameStream
 	writeMu sync.Mutex
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -109,7 +121,7 @@ type mirrorSession struct {
 	peer    string
 	// ackCh (capacity 1) holds the newest ack to send; acks are
 	// cumulative, so a newer one replaces an unsent older one.
-	ackCh chan Ack
+	ackCh chan wire.Ack
 	// ackBuf encodes the acks the session goroutine sends itself (ackNow).
 	ackBuf []byte
 	// replaced: a newer session ended this one; errorSent: we sent the
@@ -141,7 +153,7 @@ func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := transport.Listen(d.opts.Listen, d.opts.Transport)
+	ln, err := quicListen(d.opts.Listen, d.opts.Transport)
 	if err != nil {
 		if d.node != nil {
 			d.node.Close()
@@ -153,10 +165,21 @@ func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	return d, nil
 }
 
+// newMirrorOn is NewMirror on a listener of the caller's.
+func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*Mirror, error) {
+	d, err := newMirrorVolume(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	d.ln = ln
+	d.addr = ln.Addr().String()
+	return d, nil
+}
+
 // newMirrorVolume opens the volume (if the data directory has one).
 func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	opts = opts.withDefaults()
-	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1)}
+	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{})}
 	nopts := opts.Node
 	nopts.Size = 0
 	nopts.Logger = opts.Logger
@@ -189,20 +212,21 @@ func (d *Mirror) adopt(node *Node) error {
 	written, durable := node.Journal.Watermarks()
 	var flags uint32
 	if m.Inconsistent {
-		flags |= FlagInconsistent
+		flags |= wire.FlagInconsistent
 	}
 	if m.NeedsResync {
-		flags |= FlagNeedsResync
+		flags |= wire.FlagNeedsResync
 	}
-	core, err := NewReplicaCore(ReplicaConfig{
-		Identity: VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
+	rc, err := core.NewReplicaCore(core.ReplicaConfig{
+		Identity: core.VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History},
 		Node:     d.opts.Name, LastSeq: written, DurableSeq: durable, AppliedSeq: written, Flags: flags,
+		AcceptDivergence: m.AcceptDivergence,
 	})
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
-	d.node, d.core = node, core
+	d.node, d.core = node, rc
 	d.applyTo = written
 	d.mu.Unlock()
 	d.applyMu.Lock()
@@ -260,9 +284,20 @@ func (d *Mirror) start(ctx context.Context, stop context.CancelFunc) {
 // ErrPromoted and leaves the volume open.
 func (d *Mirror) finish() error {
 	d.mu.Lock()
-	d.stopping = true
+	if !d.stopping {
+		d.stopping = true
+		close(d.halted)
+	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	// An online promotion still running decides whether the volume is
+	// left to the caller (it stops too: the applier it waits for is gone).
+	d.mu.Lock()
+	promoting := d.promoting
+	d.mu.Unlock()
+	if promoting != nil {
+		<-promoting
+	}
 	d.mu.Lock()
 	node, promoted := d.node, d.promoted
 	d.mu.Unlock()
@@ -281,12 +316,12 @@ func (d *Mirror) finish() error {
 // dispatch serves a stream the acceptor routed to this volume: a log
 // stream (first frame Hello, payload p) or a resync/verify stream (first
 // frame StreamVolume). It returns when the stream is done.
-func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgType, p []byte, log *slog.Logger) {
+func (d *Mirror) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p []byte, log *slog.Logger) {
 	d.mu.Lock()
 	if d.runCtx == nil || d.stopping || d.runCtx.Err() != nil {
 		d.mu.Unlock()
-		if typ == MsgHello {
-			d.refuse(st, CodeRefused, "this volume is not running", log)
+		if typ == wire.MsgHello {
+			d.refuse(st, wire.CodeRefused, "this volume is not running", log)
 		}
 		st.Cancel(0)
 		return
@@ -296,9 +331,9 @@ func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgTyp
 	d.mu.Unlock()
 	defer d.wg.Done()
 	switch typ {
-	case MsgHello:
+	case wire.MsgHello:
 		d.serveSession(ctx, conn, st, p, log)
-	case MsgStreamVolume:
+	case wire.MsgStreamVolume:
 		d.serveSide(conn, st, log)
 	default:
 		st.Cancel(0)
@@ -307,7 +342,7 @@ func (d *Mirror) dispatch(conn *transport.Conn, st *transport.Stream, typ MsgTyp
 
 // serveSide serves a resync or verify stream of the active session on the
 // same connection.
-func (d *Mirror) serveSide(conn *transport.Conn, st *transport.Stream, log *slog.Logger) {
+func (d *Mirror) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 	defer st.Cancel(0)
 	d.mu.Lock()
 	s := d.active
@@ -370,18 +405,18 @@ func (d *Mirror) tickLoop(ctx context.Context) {
 
 // processLocked acts on the core's outputs without blocking (d.mu held).
 // Persist is handled by the session that received the records.
-func (d *Mirror) processLocked() (persist SeqRange) {
+func (d *Mirror) processLocked() (persist core.SeqRange) {
 	return d.actLocked(d.core.Ready())
 }
 
 // actLocked acts on rd (d.mu held) and returns its Persist range.
-func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
+func (d *Mirror) actLocked(rd core.ReplicaReady) core.SeqRange {
 	if rd.SyncLocal > 0 {
 		offer(d.syncReq, rd.SyncLocal, maxSeq)
 	}
 	if rd.SendAck && d.active != nil {
 		// Acks are cumulative: the newer one supersedes an unsent older one.
-		offer(d.active.ackCh, rd.Ack, func(_, a Ack) Ack { return a })
+		offer(d.active.ackCh, rd.Ack, func(_, a wire.Ack) wire.Ack { return a })
 	}
 	if rd.ApplyThrough > d.applyTo {
 		d.applyTo = rd.ApplyThrough
@@ -400,14 +435,14 @@ func (d *Mirror) actLocked(rd ReplicaReady) SeqRange {
 func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 	var buf []byte
 	for {
-		var a Ack
+		var a wire.Ack
 		select {
 		case <-ctx.Done():
 			return
 		case a = <-s.ackCh:
 		}
-		buf = AppendAck(buf[:0], a)
-		if err := sendFrame(&s.writeMu, s.st, MsgAck, buf); err != nil {
+		buf = wire.AppendAck(buf[:0], a)
+		if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, buf); err != nil {
 			d.log.Warn("sending an ack failed; ending the session", "peer", s.peer, "err", err)
 			s.cancel()
 			return
@@ -415,21 +450,23 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 	}
 }
 
-// watchJournal feeds the journal's watermarks into the core.
+// watchJournal feeds the journal's watermarks into the core at every
+// change of the journal. Not only when they differ from the last ones it
+// saw: a resync's reset moves the core's watermarks back, and the
+// journal's may return to the old values before this goroutine runs. They
+// are read under d.mu: the reset empties the journal before it restarts
+// the core under d.mu, so a watermark of the old journal can never reach
+// the new core (it would acknowledge records it does not have).
 func (d *Mirror) watchJournal(ctx context.Context) {
 	defer d.wg.Done()
 	j := d.node.Journal
-	var lw, ld uint64
 	for {
 		ch := j.Changed()
+		d.mu.Lock()
 		w, du := j.Watermarks()
-		if w != lw || du != ld {
-			lw, ld = w, du
-			d.mu.Lock()
-			d.core.LocalProgress(w, du)
-			d.processLocked()
-			d.mu.Unlock()
-		}
+		d.core.LocalProgress(w, du)
+		d.processLocked()
+		d.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return
@@ -482,10 +519,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 	}
 	for {
 		d.mu.Lock()
-		target := d.applyTo
-		if d.capped {
-			target = min(target, d.applyCap)
-		}
+		target := d.applyTo // never past a fork point (the core caps it)
 		hint := d.cpHint
 		d.mu.Unlock()
 		applied := d.applied()
@@ -541,8 +575,11 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 				d.log.Error("applying a record to the store failed; stopping the applier (the journal keeps it)", "seq", rec.Seq, "err", err)
 				return
 			}
+			if d.opts.onApply != nil {
+				d.opts.onApply(rec)
+			}
 			d.appliedSeq = rec.Seq
-			d.recent.add(rec)
+			d.recent.Add(rec.Seq, rec.Offset, rec.Length)
 		}
 		applied = d.appliedSeq
 		d.applyMu.Unlock()
@@ -551,6 +588,9 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			rd = nil
 		}
 		d.mu.Lock()
+		// Read again under d.mu: a resync's reset may have moved it back
+		// since, and the core must not hear the old journal's seq.
+		applied = d.applied()
 		d.core.Applied(applied)
 		d.processLocked()
 		d.mu.Unlock()
@@ -569,15 +609,15 @@ func (d *Mirror) applied() uint64 {
 
 // serveSession runs one primary's session on its log stream st, whose
 // first frame (a Hello) had payload p.
-func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *transport.Stream, p []byte, log *slog.Logger) {
+func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStream, p []byte, log *slog.Logger) {
 	defer st.Cancel(0)
-	h, err := DecodeHello(p)
+	h, err := wire.DecodeHello(p)
 	if err != nil {
-		d.refuse(st, CodeProtocol, "malformed hello: "+err.Error(), log)
+		d.refuse(st, wire.CodeProtocol, "malformed hello: "+err.Error(), log)
 		return
 	}
 	if err := d.ensureVolume(ctx, h, log); err != nil {
-		d.refuse(st, CodeInternal, err.Error(), log)
+		d.refuse(st, wire.CodeInternal, err.Error(), log)
 		return
 	}
 
@@ -586,7 +626,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	// Ending the session cancels its stream, so blocked reads return; the
 	// connection may carry other volumes' sessions and stays up.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan Ack, 1)}
+	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan wire.Ack, 1)}
 	defer close(s.done)
 	// The session's resync and verify streams end with it.
 	defer s.endSide()
@@ -605,42 +645,21 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 		d.answerAsPrimary(st, h, log)
 		return
 	}
-	if refusal, err := d.checkDivergence(h, log); err != nil {
-		d.refuse(st, CodeInternal, err.Error(), log)
-		return
-	} else if refusal != nil {
-		d.sendReply(st, refusal)
-		log.Warn("refused primary", "code", refusal.Code, "reason", refusal.Reason)
-		return
-	}
 	d.mu.Lock()
 	if d.active != nil && d.active != old {
 		d.mu.Unlock()
-		d.refuse(st, CodeRefused, "another session is being set up", log)
+		d.refuse(st, wire.CodeRefused, "another session is being set up", log)
 		return
 	}
-	reply := d.core.Hello(h)
+	reply := d.core.Hello(h, d.node.Journal.LastSeq())
 	rd := d.core.Ready()
-	if rd.NewEpoch > 0 {
-		hist := append([]EpochStart(nil), rd.NewHistory...)
-		// In the same atomic update: a node whose journal holds records
-		// the new history does not (it needs a resync) says so durably, or
-		// after a crash its stale records would pass for the new history's.
-		needs := reply.Flags&FlagNeedsResync != 0
-		err := d.node.UpdateMeta(func(m *Meta) error {
-			m.Epoch, m.History = rd.NewEpoch, hist
-			m.NeedsResync = m.NeedsResync || needs
-			return nil
-		})
-		if err != nil {
-			d.core.Disconnect()
-			d.mu.Unlock()
-			d.refuse(st, CodeInternal, "cannot persist the new epoch: "+err.Error(), log)
-			return
-		}
-		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(hist))
+	if err := d.persistHandshake(h, reply, &rd, log); err != nil {
+		d.core.Disconnect()
+		d.mu.Unlock()
+		d.refuse(st, wire.CodeInternal, err.Error(), log)
+		return
 	}
-	if reply.Code == CodeOK {
+	if reply.Code == wire.CodeOK {
 		d.active = s
 		// A demoted primary's records after the fork are quarantined
 		// (checkDivergence): the journal need not keep them any more.
@@ -650,14 +669,14 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	}
 	d.actLocked(rd)
 	d.mu.Unlock()
-	buf, err := AppendHelloReply(nil, &reply)
+	buf, err := wire.AppendHelloReply(nil, &reply)
 	if err == nil {
-		err = st.WriteFrame(uint8(MsgHelloReply), buf)
+		err = st.WriteFrame(uint8(wire.MsgHelloReply), buf)
 	}
 	if err == nil {
 		err = st.Flush()
 	}
-	if reply.Code != CodeOK {
+	if reply.Code != wire.CodeOK {
 		log.Warn("refused primary", "code", reply.Code, "reason", reply.Reason)
 		linger(st)
 		return
@@ -696,10 +715,70 @@ func (d *Mirror) serveSession(ctx context.Context, conn *transport.Conn, st *tra
 	}
 }
 
+// persistHandshake carries out what the core decided about a primary's
+// Hello before the reply leaves (d.mu held): a split brain is noted for
+// status; records after a fork are copied to a quarantine file and the
+// node's need for a resync (and, after a diverged history, the common
+// history it now follows) is saved; an adopted epoch is saved. One
+// metadata update holds all of it: a node whose journal holds records the
+// new history does not must say so durably, or after a crash its stale
+// records would pass for the new history's.
+func (d *Mirror) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.ReplicaReady, log *slog.Logger) error {
+	if rd.SplitBrain != "" {
+		d.splitBrain = rd.SplitBrain
+		log.Error("split brain detected", "primary", h.Node, "epoch", reply.Epoch, "detail", rd.SplitBrain)
+	}
+	q := rd.Quarantine
+	if q != nil {
+		// Never applied from now on, not even what was released already.
+		d.applyTo = min(d.applyTo, q.After)
+		rep, err := d.node.Quarantine(q.After, q.Reason)
+		if err != nil {
+			return err
+		}
+		if rep != nil {
+			log.Warn("records after the fork point were quarantined, not discarded; the node will be resynced",
+				"fork_seq", q.After, "records", rep.Records, "bytes", rep.DataBytes, "file", rep.File, "missing_before", rep.MissingBefore)
+			d.quarantined = append(d.quarantined, *rep)
+		}
+		if q.Adopt != nil {
+			d.splitBrain = "" // this node gave up its side
+		}
+		if d.opts.onQuarantine != nil {
+			d.opts.onQuarantine(q.After)
+		}
+	}
+	if q == nil && rd.NewEpoch == 0 {
+		return nil
+	}
+	needs := reply.Flags&wire.FlagNeedsResync != 0
+	err := d.node.UpdateMeta(func(m *Meta) error {
+		if q != nil && q.Adopt != nil {
+			m.History = append([]EpochStart(nil), q.Adopt...)
+			if n := len(q.Adopt); n > 0 {
+				m.Epoch = q.Adopt[n-1].Epoch
+			}
+			m.AcceptDivergence = false
+		}
+		if rd.NewEpoch > 0 {
+			m.Epoch, m.History = rd.NewEpoch, append([]EpochStart(nil), rd.NewHistory...)
+		}
+		m.NeedsResync = m.NeedsResync || needs || q != nil
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot persist the handshake's outcome: %w", err)
+	}
+	if rd.NewEpoch > 0 {
+		log.Info("adopted the primary's epoch history", "epoch", rd.NewEpoch, "entries", len(rd.NewHistory))
+	}
+	return nil
+}
+
 // session reads records, flushes and heartbeats until the stream ends.
 func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 	j := d.node.Journal
-	var recs []journal.Record
+	var recs []wire.Record
 	for {
 		// A fresh buffer per frame: the records' data aliases it and the
 		// journal takes ownership.
@@ -707,11 +786,11 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
-		switch MsgType(typ) {
-		case MsgRecords:
-			recs, err = DecodeRecords(recs[:0], p)
+		switch wire.MsgType(typ) {
+		case wire.MsgRecords:
+			recs, err = wire.DecodeRecords(recs[:0], p)
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return fmt.Errorf("bad records frame: %w", err)
 			}
 			d.mu.Lock()
@@ -720,37 +799,38 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 				return errors.New("session replaced")
 			}
 			err = d.core.Receive(recs)
-			var persist SeqRange
-			ackDue := false
-			early := false
+			var rd core.ReplicaReady
 			if err == nil {
 				// The ack for these records is sent from this goroutine:
-				// at once when the primary counts received records,
-				// else once they are written.
-				rd := d.core.Ready()
-				ackDue, rd.SendAck = rd.SendAck, false
-				persist = d.actLocked(rd)
-				early = ackDue && d.core.AckLevel() == AckReceived
+				// at once when the core says so (the primary counts
+				// received records), else once they are written.
+				rd = d.core.Ready()
+				sendAck := rd.SendAck
+				rd.SendAck = false
+				d.actLocked(rd)
+				rd.SendAck = sendAck
 			}
 			d.mu.Unlock()
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return err
 			}
-			if early {
-				if err := d.ackNow(s, true); err != nil {
+			persist, ackDue := rd.Persist, rd.SendAck
+			if rd.AckNow {
+				if err := d.sendAck(s, rd.Ack); err != nil {
 					return err
 				}
 				ackDue = false
 			}
 			var last uint64
-			for _, rec := range recs {
+			for i := range recs {
+				rec := &recs[i]
 				if rec.Seq < persist.From || rec.Seq > persist.Through {
 					continue
 				}
 				// Deferred: WriteThrough writes the frame's records from
 				// here, without waking the journal's flusher.
-				if err := j.SubmitDeferred(ctx, rec); err != nil {
+				if err := j.SubmitDeferred(ctx, journalRecord(rec)); err != nil {
 					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
 				}
 				last = rec.Seq
@@ -763,38 +843,38 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			if err := d.ackNow(s, ackDue); err != nil {
 				return err
 			}
-		case MsgResyncBegin:
-			m, err := DecodeResyncBegin(p)
+		case wire.MsgResyncBegin:
+			m, err := wire.DecodeResyncBegin(p)
 			if err == nil {
 				err = d.beginResync(ctx, m)
 			}
 			if err != nil {
-				d.sendError(s, CodeInternal, "resync begin: "+err.Error())
+				d.sendError(s, wire.CodeInternal, "resync begin: "+err.Error())
 				return fmt.Errorf("resync begin: %w", err)
 			}
-		case MsgFlush:
-			f, err := DecodeFlush(p)
+		case wire.MsgFlush:
+			f, err := wire.DecodeFlush(p)
 			if err != nil {
-				d.sendError(s, CodeProtocol, err.Error())
+				d.sendError(s, wire.CodeProtocol, err.Error())
 				return err
 			}
 			d.mu.Lock()
 			d.core.Flush(f.Through)
 			d.processLocked()
 			d.mu.Unlock()
-		case MsgHeartbeat:
-			if err := sendFrame(&s.writeMu, s.st, MsgHeartbeatEcho, p); err != nil {
+		case wire.MsgHeartbeat:
+			if err := sendFrame(&s.writeMu, s.st, wire.MsgHeartbeatEcho, p); err != nil {
 				return err
 			}
-		case MsgError:
-			e, err := DecodeError(p)
+		case wire.MsgError:
+			e, err := wire.DecodeError(p)
 			if err != nil {
 				return fmt.Errorf("primary sent a malformed error: %w", err)
 			}
 			return e
 		default:
-			d.sendError(s, CodeProtocol, fmt.Sprintf("unexpected %v", MsgType(typ)))
-			return fmt.Errorf("unexpected %v from primary", MsgType(typ))
+			d.sendError(s, wire.CodeProtocol, fmt.Sprintf("unexpected %v", wire.MsgType(typ)))
+			return fmt.Errorf("unexpected %v from primary", wire.MsgType(typ))
 		}
 	}
 }
@@ -818,33 +898,37 @@ func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 	due = due || rd.SendAck
 	rd.SendAck = false
 	d.actLocked(rd)
-	a := d.core.CurrentAck()
 	d.mu.Unlock()
 	if !due {
 		return nil
 	}
-	s.ackBuf = AppendAck(s.ackBuf[:0], a)
-	if err := sendFrame(&s.writeMu, s.st, MsgAck, s.ackBuf); err != nil {
+	return d.sendAck(s, rd.Ack)
+}
+
+// sendAck sends a on s from the session's goroutine.
+func (d *Mirror) sendAck(s *mirrorSession, a wire.Ack) error {
+	s.ackBuf = wire.AppendAck(s.ackBuf[:0], a)
+	if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, s.ackBuf); err != nil {
 		return fmt.Errorf("send ack: %w", err)
 	}
 	return nil
 }
 
-func (d *Mirror) sendError(s *mirrorSession, code ErrCode, msg string) {
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: msg})
+func (d *Mirror) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: msg})
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if s.st.WriteFrame(uint8(MsgError), buf) == nil {
+	if s.st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		s.st.Flush()
 	}
 	s.st.CloseWrite()
 	s.errorSent.Store(true)
 }
 
-func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *slog.Logger) {
+func (d *Mirror) refuse(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
-	buf := AppendError(nil, ErrorMsg{Code: code, Message: reason})
-	if st.WriteFrame(uint8(MsgError), buf) == nil {
+	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
+	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
 		st.Flush()
 	}
 	linger(st)
@@ -853,7 +937,7 @@ func (d *Mirror) refuse(st *transport.Stream, code ErrCode, reason string, log *
 // linger ends our side of a stream after a last message and waits (up to
 // 2 s) for the peer to read it and hang up, so closing the connection does
 // not discard the message (a refusal's reason must reach the primary).
-func linger(st *transport.Stream) {
+func linger(st frameStream) {
 	st.CloseWrite()
 	st.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for {
@@ -865,14 +949,14 @@ func linger(st *transport.Stream) {
 
 // ensureVolume creates the volume from the first primary's hello when the
 // data directory holds none.
-func (d *Mirror) ensureVolume(ctx context.Context, h Hello, log *slog.Logger) error {
+func (d *Mirror) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logger) error {
 	d.mu.Lock()
 	have := d.node != nil
 	d.mu.Unlock()
 	if have {
 		return nil
 	}
-	if h.Role != PeerRolePrimary || h.Size == 0 || h.Size%512 != 0 || h.Volume == (UUID{}) {
+	if h.Role != wire.PeerRolePrimary || h.Size == 0 || h.Size%512 != 0 || h.Volume == (UUID{}) {
 		return fmt.Errorf("hello does not describe a volume this mirror can create (size %d)", h.Size)
 	}
 	nopts := d.opts.Node
@@ -880,22 +964,14 @@ func (d *Mirror) ensureVolume(ctx context.Context, h Hello, log *slog.Logger) er
 	nopts.Volume = h.Volume
 	nopts.Role = RoleMirror
 	nopts.Logger = d.log
+	// A new, empty mirror takes the primary's history: it holds no record
+	// of its own that could differ. In the metadata write that creates
+	// the volume: a crash between two writes would leave a mirror with a
+	// history of its own, which would take its primary for a split brain.
+	nopts.history = h.History
 	node, err := OpenNode(ctx, nopts)
 	if err != nil {
 		return fmt.Errorf("create the volume: %w", err)
-	}
-	// A new, empty mirror takes the primary's history: it holds no record
-	// of its own that could differ.
-	hist := append([]EpochStart(nil), h.History...)
-	if len(hist) > 0 {
-		err = node.UpdateMeta(func(m *Meta) error {
-			m.History, m.Epoch = hist, hist[len(hist)-1].Epoch
-			return nil
-		})
-		if err != nil {
-			node.Close()
-			return err
-		}
 	}
 	// A new mirror starts at seq 0 with a zeroed disk: it can catch up
 	// from the journal only if the primary still has seq 1 and its disk

@@ -7,91 +7,20 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/blockmirror/blockmirror/transport"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // ErrPromoted is returned by Mirror.Run after an online promotion: the
 // daemon stopped mirroring and the caller serves the node as primary.
 var ErrPromoted = errors.New("mirror: promoted to primary")
 
-// checkDivergence compares the primary's history with ours before the
-// handshake. A split brain (same epoch, other history) is refused unless
-// the operator chose this node as the loser; records we hold after the
-// fork point are quarantined and the node asks for a resync.
-func (d *Mirror) checkDivergence(h Hello, log *slog.Logger) (*HelloReply, error) {
-	n := d.node
-	m := n.Meta()
-	last := n.Journal.LastSeq()
-	id := VolumeIdentity{Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, History: m.History}
-	herr := CheckHello(id, h)
-	diverged := errors.Is(herr, ErrHistoryDiverged)
-	if herr != nil && !diverged {
-		return nil, nil // the core refuses with the precise reason
-	}
-	if diverged && h.Epoch == m.Epoch && !m.AcceptDivergence {
-		d.mu.Lock()
-		d.splitBrain = splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)
-		d.mu.Unlock()
-		log.Error("split brain detected", "primary", h.Node, "epoch", m.Epoch, "detail", herr.Error())
-		return &HelloReply{Version: ProtoVersion, Code: CodeSplitBrain, Role: PeerRoleMirror, Volume: m.Volume,
-			Size: uint64(m.Size), Epoch: m.Epoch, History: m.History, LastSeq: last, Node: d.opts.Name,
-			Reason: splitBrainAdvice(d.opts.Name, h.Node, m.Epoch)}, nil
-	}
-	fork := ForkPoint(m.History, h.History, last, h.LastSeq)
-	if last <= fork && !diverged {
-		return nil, nil
-	}
-	reason := fmt.Sprintf("primary %s (epoch %d) has a history that forks from ours after seq %d", h.Node, h.Epoch, fork)
-	rep, err := n.Quarantine(fork, reason)
-	if err != nil {
-		return nil, err
-	}
-	if rep != nil {
-		log.Warn("records after the fork point were quarantined, not discarded; the node will be resynced",
-			"fork_seq", fork, "records", rep.Records, "bytes", rep.DataBytes, "file", rep.File, "missing_before", rep.MissingBefore)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if rep != nil {
-		d.quarantined = append(d.quarantined, *rep)
-	}
-	// Durably: until a resync resets the journal, its records after the
-	// fork must never pass for the primary's.
-	common := m.History
-	if diverged {
-		common = historyPrefix(m.History, fork)
-	}
-	err = n.UpdateMeta(func(m *Meta) error {
-		m.NeedsResync = true
-		if diverged {
-			m.History = common
-			if len(common) > 0 {
-				m.Epoch = common[len(common)-1].Epoch
-			}
-			m.AcceptDivergence = false
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if diverged {
-		d.core.AdoptHistory(common)
-		d.splitBrain = ""
-	}
-	// The records after the fork stay in the journal (and the quarantine
-	// file) but are never applied from now on.
-	d.capped, d.applyCap = true, fork
-	d.core.SetNeedsResync()
-	return nil, nil
-}
-
-func (d *Mirror) sendReply(st *transport.Stream, r *HelloReply) {
-	buf, err := AppendHelloReply(nil, r)
-	if err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
+func (d *Mirror) sendReply(st frameStream, r *wire.HelloReply) {
+	buf, err := wire.AppendHelloReply(nil, r)
+	if err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
-	if r.Code != CodeOK {
+	if r.Code != wire.CodeOK {
 		linger(st)
 	}
 }
@@ -103,13 +32,13 @@ func (d *Mirror) isPromoted() bool {
 }
 
 // answerAsPrimary answers a primary's Hello after this node was promoted.
-func (d *Mirror) answerAsPrimary(st *transport.Stream, h Hello, log *slog.Logger) {
+func (d *Mirror) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger) {
 	m := d.node.Meta()
 	reply, stale := primaryAnswer(m, d.opts.Name, d.node.Journal.LastSeq(), h)
 	d.sendReply(st, &reply)
 	log.Warn("answered a primary as a primary", "code", reply.Code, "reason", reply.Reason)
 	d.mu.Lock()
-	if reply.Code == CodeSplitBrain {
+	if reply.Code == wire.CodeSplitBrain {
 		d.splitBrain = reply.Reason
 	}
 	d.mu.Unlock()
@@ -134,28 +63,48 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		return nil, errors.New("mirror: no volume to promote yet")
 	}
 	if d.promoted {
+		promoting := d.promoting
 		d.mu.Unlock()
-		return d.node.Meta(), nil
+		<-promoting // (another call's)
+		if d.isPromoted() {
+			return d.node.Meta(), nil
+		}
+		return nil, errors.New("mirror: promote: another promotion failed meanwhile")
 	}
-	if m := d.node.Meta(); m.Inconsistent && !force {
+	if d.stopping {
 		d.mu.Unlock()
-		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrInconsistent)
-	} else if m.NeedsResync && !force {
-		d.mu.Unlock()
-		return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", ErrDiverged)
+		return nil, errors.New("mirror: promote: the volume is stopping")
+	}
+	if m := d.node.Meta(); m.Role == RoleMirror {
+		if _, _, err := core.Promotion(m.nodeState(), d.node.Journal.LastSeq(), 1, force); err != nil {
+			d.mu.Unlock()
+			return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", err)
+		}
 	}
 	d.promoted = true
+	done := make(chan struct{})
+	d.promoting = done
 	s := d.active
 	d.mu.Unlock()
+	// Until the promotion is recorded the node is a mirror: a failure on
+	// the way leaves it one (following its primary again, and closing its
+	// volume when it stops; Run's finish waits for done to know which).
+	failed := func(m *Meta, err error) (*Meta, error) {
+		d.mu.Lock()
+		d.promoted = false
+		d.mu.Unlock()
+		close(done)
+		return m, fmt.Errorf("mirror: promote: %w", err)
+	}
 	if s != nil {
 		s.cancel()
-		s.st.Cancel(uint64(CodeNotMirror)) // the connection may be shared
+		s.st.Cancel(uint64(wire.CodeNotMirror)) // the connection may be shared
 		<-s.done
 	}
 	// Apply everything the journal holds.
 	j := d.node.Journal
 	if err := j.Sync(ctx); err != nil {
-		return nil, err
+		return failed(nil, fmt.Errorf("sync the journal: %w", err))
 	}
 	last := j.LastSeq()
 	d.mu.Lock()
@@ -165,7 +114,10 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 	for d.applied() < last {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return failed(nil, fmt.Errorf("the store holds the journal only through seq %d of %d (has the applier stopped? see the log): %w",
+				d.applied(), last, ctx.Err()))
+		case <-d.halted:
+			return failed(nil, errors.New("the volume stopped"))
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -174,8 +126,10 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		d.mu.Lock()
 		d.promoted = false
 		d.mu.Unlock()
+		close(done)
 		return m, err
 	}
+	close(done)
 	d.log.Info("promoted online; serving as primary", "epoch", m.Epoch)
 	d.stopRun()
 	return m, nil

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -16,7 +17,7 @@ import (
 // epoch learns of the split brain (and so does this node), and a primary
 // of a higher epoch makes this node stale (OnStale fences its volume).
 type Responder struct {
-	ln      *transport.Listener
+	ln      streamListener
 	node    *Node
 	name    string
 	log     *slog.Logger
@@ -28,11 +29,19 @@ func NewResponder(addr, name string, node *Node, tc transport.Config, onStale fu
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ln, err := transport.Listen(addr, tc)
+	ln, err := quicListen(addr, tc)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: responder listen %s: %w", addr, err)
 	}
-	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}, nil
+	return newResponderOn(ln, name, node, onStale, log), nil
+}
+
+// newResponderOn answers on ln.
+func newResponderOn(ln streamListener, name string, node *Node, onStale func(uint64), log *slog.Logger) *Responder {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Responder{ln: ln, node: node, name: name, log: log, onStale: onStale}
 }
 
 // Addr is the address the responder listens on.
@@ -60,7 +69,7 @@ func (r *Responder) Run(ctx context.Context) {
 	}
 }
 
-func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
+func (r *Responder) answer(ctx context.Context, conn streamConn) {
 	defer conn.Close(0, "answered")
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
@@ -71,23 +80,23 @@ func (r *Responder) answer(ctx context.Context, conn *transport.Conn) {
 	defer st.Cancel(0)
 	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	typ, p, err := st.ReadFrame(nil)
-	if err != nil || MsgType(typ) != MsgHello {
+	if err != nil || wire.MsgType(typ) != wire.MsgHello {
 		return
 	}
-	h, err := DecodeHello(p)
+	h, err := wire.DecodeHello(p)
 	if err != nil {
 		return
 	}
 	m := r.node.Meta()
 	reply, stale := primaryAnswer(m, r.name, r.node.Journal.LastSeq(), h)
-	if buf, err := AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(MsgHelloReply), buf) == nil {
+	if buf, err := wire.AppendHelloReply(nil, &reply); err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
 	}
 	// Let the reply reach the peer before the connection closes.
 	linger(st)
 	r.log.Warn("another primary contacted this primary", "peer", conn.PeerName(), "their_epoch", h.Epoch,
 		"our_epoch", m.Epoch, "answer", reply.Code, "reason", reply.Reason)
-	if reply.Code == CodeSplitBrain {
+	if reply.Code == wire.CodeSplitBrain {
 		r.node.NoteSplitBrain(conn.PeerName(), reply.Reason)
 	}
 	if stale {

@@ -12,16 +12,18 @@ import (
 
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
 // startSyncPrimary opens (or creates) the primary in dir and replicates it
 // synchronously, at ack level durable, to the mirror "m" at addr.
 func startSyncPrimary(t *testing.T, dir, addr string, id *transport.Identity) *primaryVol {
-	return startPrimaryMode(t, dir, addr, id, mirror.ModeSync)
+	return startPrimaryMode(t, dir, addr, id, wire.ModeSync)
 }
 
-func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode) *primaryVol {
+func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mode wire.Mode) *primaryVol {
 	t.Helper()
 	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 4 << 20, Role: mirror.RolePrimary, JournalSegment: 64 << 10})
 	if err != nil {
@@ -29,7 +31,7 @@ func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mo
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1,
-		AckLevel: mirror.AckDurable, AckTimeout: 20 * time.Second, Node: "p", VolumeName: "v",
+		AckLevel: wire.AckDurable, AckTimeout: 20 * time.Second, Node: "p", VolumeName: "v",
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -137,7 +139,7 @@ func sameImages(t *testing.T, a, b *mirror.Node) {
 // found, the mirror's records after the primary's last are quarantined,
 // the mirror is resynced, and both images end identical.
 func TestRestartedPrimaryDoesNotReuseSeqs(t *testing.T) {
-	for _, mode := range []mirror.Mode{mirror.ModeSync, mirror.ModeAsync} {
+	for _, mode := range []wire.Mode{wire.ModeSync, wire.ModeAsync} {
 		t.Run(mode.String(), func(t *testing.T) { testRestartedPrimary(t, mode, false) })
 	}
 }
@@ -149,13 +151,13 @@ func TestRestartedPrimaryDoesNotReuseSeqs(t *testing.T) {
 // for the mirror while it was away) does not cover what differs, so the
 // reset resync must compare the whole disk.
 func TestResetResyncComparesWholeDisk(t *testing.T) {
-	testRestartedPrimary(t, mirror.ModeAsync, true)
+	testRestartedPrimary(t, wire.ModeAsync, true)
 }
 
 // testRestartedPrimary: see TestRestartedPrimaryDoesNotReuseSeqs. lossy:
 // the power loss also took the store's writes of seqs 11..20, and the
 // restarted primary's small journal drops records for the absent mirror.
-func testRestartedPrimary(t *testing.T, mode mirror.Mode, lossy bool) {
+func testRestartedPrimary(t *testing.T, mode wire.Mode, lossy bool) {
 	ids := identities(t, "p", "m")
 	dir := t.TempDir()
 	host := newHost(t, ids["m"], dir, "v")
@@ -225,7 +227,7 @@ func testRestartedPrimary(t *testing.T, mode mirror.Mode, lossy bool) {
 	}
 }
 
-func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity, mode mirror.Mode, opts mirror.NodeOptions) *primaryVol {
+func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity, mode wire.Mode, opts mirror.NodeOptions) *primaryVol {
 	t.Helper()
 	opts.Dir, opts.Role = dir, mirror.RolePrimary
 	node, err := mirror.OpenNode(t.Context(), opts)
@@ -234,7 +236,7 @@ func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1, AllowDegraded: true,
-		AckLevel: mirror.AckDurable, AckTimeout: time.Second, Node: "p", VolumeName: "v",
+		AckLevel: wire.AckDurable, AckTimeout: time.Second, Node: "p", VolumeName: "v",
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -366,7 +368,7 @@ func TestFenceSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	repl, err := mirror.StartReplication(q, mirror.ReplicationOptions{
-		Peers: []mirror.PeerAddr{{Name: "p", Addr: resp.Addr()}}, Mode: mirror.ModeAsync, SyncAcks: 1, AckLevel: mirror.AckWritten,
+		Peers: []mirror.PeerAddr{{Name: "p", Addr: resp.Addr()}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckWritten,
 		Node: "q", VolumeName: "v", Transport: transport.Config{Identity: ids["q"]},
 	})
 	if err != nil {
@@ -394,7 +396,7 @@ func TestFenceSurvivesRestart(t *testing.T) {
 	defer v.Close()
 	if err := v.WriteAt(t.Context(), make([]byte, 4096), 0, false); err == nil {
 		t.Fatal("the restarted old primary acknowledged a write although a node is primary in epoch 2")
-	} else if !errors.Is(err, mirror.ErrFenced) {
+	} else if !errors.Is(err, core.ErrFenced) {
 		t.Fatalf("write on the restarted old primary: %v, want ErrFenced", err)
 	}
 }

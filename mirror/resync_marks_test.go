@@ -10,6 +10,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/faultproxy"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -46,7 +47,7 @@ func TestResyncKeepsMarksMadeDuringIt(t *testing.T) {
 	defer node.Close()
 	proxy.Partition(faultproxy.Both)
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
-		Peers: []mirror.PeerAddr{{Name: "m", Addr: proxy.Addr().String()}}, Mode: mirror.ModeAsync, SyncAcks: 1, AckLevel: mirror.AckWritten,
+		Peers: []mirror.PeerAddr{{Name: "m", Addr: proxy.Addr().String()}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckWritten,
 		Node: "p", VolumeName: "v", Resync: mirror.ResyncOptions{Rate: 1 << 20, Window: 256 << 10},
 		Transport: transport.Config{Identity: ids["p"], KeepAlive: 100 * time.Millisecond, IdleTimeout: 700 * time.Millisecond},
 	})

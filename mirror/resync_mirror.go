@@ -9,75 +9,28 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
 // Resync, mirror side (see resync_primary.go for the protocol and the race
 // rule).
 
-// recentExtents remembers the extents of the last applied records, so a
-// resync chunk tagged T can be checked against records > T applied since.
-type recentExtents struct {
-	buf  [8192]appliedExtent
-	n    int // entries written in total
-	base uint64
-}
-
-type appliedExtent struct {
-	seq      uint64
-	off, end uint64
-}
-
-func (r *recentExtents) add(rec journal.Record) {
-	r.buf[r.n%len(r.buf)] = appliedExtent{seq: rec.Seq, off: rec.Offset, end: rec.Offset + uint64(rec.Length)}
-	r.n++
-}
-
-func (r *recentExtents) reset() { r.n = 0 }
-
-// overlaps reports whether a record with seq in (after, through] that
-// touches [off, end) may have been applied; true when the ring no longer
-// reaches back to after+1.
-func (r *recentExtents) overlaps(after, through, off, end uint64) bool {
-	if after >= through {
-		return false
-	}
-	kept := min(r.n, len(r.buf))
-	if kept == 0 {
-		return true
-	}
-	oldest := r.buf[(r.n-kept)%len(r.buf)].seq
-	if oldest > after+1 {
-		return true
-	}
-	for i := r.n - 1; i >= r.n-kept; i-- {
-		e := r.buf[i%len(r.buf)]
-		if e.seq <= after {
-			break
-		}
-		if e.seq <= through && e.off < end && off < e.end {
-			return true
-		}
-	}
-	return false
-}
-
 // beginResync handles ResyncBegin from the log stream.
-func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
+func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	n := d.node
 	j := n.Journal
 	if err := n.UpdateMeta(func(meta *Meta) error { meta.Inconsistent = true; return nil }); err != nil {
 		return err
 	}
-	if !m.Reset {
-		d.mu.Lock()
-		next := d.core.Status().Received + 1
-		if m.From != next {
-			d.mu.Unlock()
-			return fmt.Errorf("resumed resync starts at seq %d but our next seq is %d", m.From, next)
-		}
-		d.core.SetInconsistent()
-		d.mu.Unlock()
+	d.mu.Lock()
+	reset, err := d.core.BeginResync(m)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !reset {
 		d.log.Info("resync resumed", "from_seq", m.From)
 		return nil
 	}
@@ -87,7 +40,8 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		return err
 	}
 	d.mu.Lock()
-	capped, limit := d.capped, d.applyCap
+	limit, capped := d.core.ApplyLimit()
+	diverged := d.core.Flags()&wire.FlagNeedsResync != 0
 	d.mu.Unlock()
 	d.applyMu.Lock()
 	last := j.LastSeq()
@@ -99,7 +53,13 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 			if r.Seq > last {
 				return nil
 			}
-			return ApplyRecord(n.Store, r)
+			if err := ApplyRecord(n.Store, r); err != nil {
+				return err
+			}
+			if d.opts.onApply != nil {
+				d.opts.onApply(r)
+			}
+			return nil
 		})
 		if err != nil {
 			d.applyMu.Unlock()
@@ -120,6 +80,17 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		d.applyMu.Unlock()
 		return err
 	}
+	// The records from From on that the store holds already (the primary's
+	// too: up to the fork point, or all of them when the journal agrees with
+	// the primary's history) are not applied again: applied over chunks the
+	// resync copies meanwhile, an older record would rewrite bytes that the
+	// primary's image may hold differently (after its power loss, sectors of
+	// a record its journal lost). A diverged journal whose fork point is not
+	// known any more (a restart since) holds nothing sure.
+	held := m.From - 1
+	if capped || !diverged {
+		held = max(held, last)
+	}
 	if err := j.Empty(); err != nil { // (retention may release segments meanwhile)
 		d.applyMu.Unlock()
 		return fmt.Errorf("empty journal: %w", err)
@@ -128,8 +99,17 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 		d.applyMu.Unlock()
 		return fmt.Errorf("journal start at %d: %w", m.From, err)
 	}
-	d.appliedSeq = m.From - 1
-	d.recent.reset()
+	// The store's release point belongs to the old journal: kept, it would
+	// count the records from From on as released (when From is below where
+	// the old journal had got to), and retention would delete them before
+	// the applier has them.
+	j.RemoveConsumer(storeConsumer)
+	if err := j.AddConsumer(storeConsumer, m.From, false); err != nil {
+		d.applyMu.Unlock()
+		return fmt.Errorf("journal start at %d: %w", m.From, err)
+	}
+	d.appliedSeq = held
+	d.recent.Reset()
 	d.applyMu.Unlock()
 	d.mu.Lock()
 	hist := d.core.SessionHistory()
@@ -137,8 +117,8 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 	// The journal is empty: the node now follows the session primary's
 	// history, and its store (inconsistent until the resync completes)
 	// will be made equal to the primary's.
-	err := n.UpdateMeta(func(meta *Meta) error {
-		meta.CheckpointSeq = m.From - 1
+	err = n.UpdateMeta(func(meta *Meta) error {
+		meta.CheckpointSeq = held
 		meta.NeedsResync = false
 		if len(hist) > 0 {
 			meta.History, meta.Epoch = hist, hist[len(hist)-1].Epoch
@@ -150,7 +130,10 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 	}
 	d.mu.Lock()
 	d.core.Restart(m.From)
-	d.capped, d.applyCap = false, 0
+	d.core.Applied(held)
+	if d.opts.onReset != nil {
+		d.opts.onReset(m.From, held)
+	}
 	d.applyTo = m.From - 1
 	d.cpHint = 0
 	d.processLocked()
@@ -160,13 +143,13 @@ func (d *Mirror) beginResync(ctx context.Context, m ResyncBegin) error {
 }
 
 // serveResync answers a primary's resync stream.
-func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
+func (d *Mirror) serveResync(ctx context.Context, st frameStream) error {
 	defer st.Cancel(0)
-	h := newHasher(d.node.Store, DefaultSyncChunk)
+	h := resync.NewHasher(d.node.Store, resync.DefaultSyncChunk)
 	var cacheOff, cacheLen uint64
-	var leaves []chunkHash
+	var leaves []resync.Hash
 	var out []byte
-	results := make(chan SyncChunkResult, 4096)
+	results := make(chan wire.SyncChunkResult, 4096)
 	ackErr := make(chan error, 1)
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -181,34 +164,41 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 		if err != nil {
 			return err
 		}
-		switch MsgType(typ) {
-		case MsgSyncHashReq:
-			q, err := DecodeSyncHashReq(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgSyncHashReq:
+			q, err := wire.DecodeSyncHashReq(p)
 			if err != nil {
 				return err
 			}
 			if q.Off != cacheOff || q.Len != cacheLen || leaves == nil {
-				leaves, err = h.hashRange(int64(q.Off), int64(q.Len), leaves[:0])
+				leaves, err = h.HashRange(int64(q.Off), int64(q.Len), leaves[:0])
 				if err != nil {
 					return err
 				}
 				cacheOff, cacheLen = q.Off, q.Len
 			}
-			ans := SyncHashes{Off: q.Off, Len: q.Len, Leaves: q.Leaves, Hashes: leaves}
+			ans := wire.SyncHashes{Off: q.Off, Len: q.Len, Leaves: q.Leaves, Hashes: leaves}
 			if !q.Leaves {
-				ans.Hashes = []chunkHash{summary(leaves)}
+				ans.Hashes = []resync.Hash{resync.Summary(leaves)}
 			} else {
 				cacheOff, cacheLen = 0, 0 // answered in full; do not reuse
 			}
-			if out, err = AppendSyncHashes(out[:0], &ans); err != nil {
+			if out, err = wire.AppendSyncHashes(out[:0], &ans); err != nil {
 				return err
 			}
-			if err := sw.send(MsgSyncHashes, out); err != nil {
+			if err := sw.send(wire.MsgSyncHashes, out); err != nil {
 				return err
 			}
-		case MsgSyncChunk:
-			m, err := DecodeSyncChunk(p)
+		case wire.MsgSyncChunk:
+			m, err := wire.DecodeSyncChunk(p)
 			if err != nil {
+				return err
+			}
+			// Written only once every record ≤ its tag is applied: an older
+			// record applied after the chunk would rewrite bytes of it, and
+			// the primary's image is not always what its records make (a
+			// power loss can keep sectors of a record its journal lost).
+			if err := d.waitApplied(ctx, m.Tag); err != nil {
 				return err
 			}
 			ok, err := d.writeChunk(m)
@@ -216,23 +206,23 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 				return err
 			}
 			select {
-			case results <- SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
+			case results <- wire.SyncChunkResult{Off: m.Off, Len: m.Len, OK: ok}:
 			case err := <-ackErr:
 				return err
 			}
-		case MsgSyncComplete:
-			m, err := DecodeSyncComplete(p)
+		case wire.MsgSyncComplete:
+			m, err := wire.DecodeSyncComplete(p)
 			if err != nil {
 				return err
 			}
 			if err := d.completeResync(ctx, m.Tag); err != nil {
 				return err
 			}
-			if err := sw.send(MsgSyncCompleteAck, AppendSyncComplete(nil, SyncComplete{Tag: m.Tag})); err != nil {
+			if err := sw.send(wire.MsgSyncCompleteAck, wire.AppendSyncComplete(nil, wire.SyncComplete{Tag: m.Tag})); err != nil {
 				return err
 			}
 		default:
-			return fmt.Errorf("unexpected %v on the resync stream", MsgType(typ))
+			return fmt.Errorf("unexpected %v on the resync stream", wire.MsgType(typ))
 		}
 	}
 }
@@ -241,10 +231,10 @@ func (d *Mirror) serveResync(ctx context.Context, st *transport.Stream) error {
 // the reader, chunk acks from the acker).
 type streamWriter struct {
 	mu sync.Mutex
-	st *transport.Stream
+	st frameStream
 }
 
-func (w *streamWriter) send(typ MsgType, p []byte) error {
+func (w *streamWriter) send(typ wire.MsgType, p []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.st.WriteFrame(uint8(typ), p); err != nil {
@@ -255,11 +245,11 @@ func (w *streamWriter) send(typ MsgType, p []byte) error {
 
 // writeChunk writes a resync chunk unless a later overlapping record was
 // applied already (then it reports false).
-func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
+func (d *Mirror) writeChunk(m wire.SyncChunk) (bool, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	end := m.Off + uint64(m.Len)
-	if m.Tag < d.appliedSeq && d.recent.overlaps(m.Tag, d.appliedSeq, m.Off, end) {
+	if resync.Stale(m.Tag, d.appliedSeq, &d.recent, m.Off, end) {
 		return false, nil
 	}
 	var err error
@@ -281,16 +271,16 @@ func (d *Mirror) writeChunk(m SyncChunk) (bool, error) {
 // every 250 ms, after 64 MiB, or when the stream goes quiet), which is
 // what lets the primary clear them from its bitmap. Transfer and the
 // store's write-back overlap instead of alternating.
-func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan SyncChunkResult) error {
-	var batch, unconfirmed []SyncChunkResult
+func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan wire.SyncChunkResult) error {
+	var batch, unconfirmed []wire.SyncChunkResult
 	var unconfirmedBytes int64
 	var out []byte
-	send := func(durable bool, rs []SyncChunkResult) error {
+	send := func(durable bool, rs []wire.SyncChunkResult) error {
 		var err error
-		if out, err = AppendSyncChunkAck(out[:0], &SyncChunkAck{Durable: durable, Results: rs}); err != nil {
+		if out, err = wire.AppendSyncChunkAck(out[:0], &wire.SyncChunkAck{Durable: durable, Results: rs}); err != nil {
 			return err
 		}
-		return w.send(MsgSyncChunkAck, out)
+		return w.send(wire.MsgSyncChunkAck, out)
 	}
 	flush := func() error {
 		if len(batch) == 0 {
@@ -316,7 +306,7 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 			return err
 		}
 		for len(unconfirmed) > 0 {
-			n := min(len(unconfirmed), MaxSyncAcks)
+			n := min(len(unconfirmed), wire.MaxSyncAcks)
 			if err := send(true, unconfirmed[:n]); err != nil {
 				return err
 			}
@@ -367,15 +357,23 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 	}
 }
 
-// completeResync waits until every record ≤ tag is applied, then marks the
-// store consistent.
-func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
-	for d.applied() < tag {
+// waitApplied waits until the store holds every record ≤ seq.
+func (d *Mirror) waitApplied(ctx context.Context, seq uint64) error {
+	for d.applied() < seq {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+	return nil
+}
+
+// completeResync waits until every record ≤ tag is applied, then marks the
+// store consistent.
+func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
+	if err := d.waitApplied(ctx, tag); err != nil {
+		return err
 	}
 	if err := d.node.Store.Sync(); err != nil {
 		return err

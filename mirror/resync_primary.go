@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/blockmirror/blockmirror/transport"
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
 // Resync, primary side.
@@ -30,11 +32,15 @@ import (
 //     with the seq it reflects.
 //
 // The race rule, on the mirror: a chunk tagged T reflects every record ≤ T
-// that touches it and none after. The mirror writes it unless a record
-// > T that overlaps it was already applied there (then it answers not-OK
-// and the primary sends the chunk again, read anew). Records ≤ T applied
-// after the chunk rewrite bytes the chunk already holds, in order, so
-// the result is the same. Hence no write that races with the copy of its
+// that touches it and none after. The mirror writes it once it applied
+// every record ≤ T, unless a record > T that overlaps it was already
+// applied there (then it answers not-OK and the primary sends the chunk
+// again, read anew). It waits because the primary's image is not always
+// what its records make: after a power loss of the primary it may hold
+// sectors of records its journal lost, which a record ≤ T applied after
+// the chunk would overwrite on the mirror only. For the same reason a
+// reset does not apply again the records before From that the mirror's
+// store holds already. Hence no write that races with the copy of its
 // chunk leaves the mirror stale.
 //
 // The mirror acks chunks twice: once written (freeing the window) and once
@@ -76,23 +82,20 @@ type ResyncProgress struct {
 // resyncer runs one resync session with a peer.
 type resyncer struct {
 	l    *peerLink
-	st   *transport.Stream
+	st   frameStream
 	vol  stableReader
 	opts ResyncOptions
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	bm       *Bitmap
-	inflight int64 // chunk bytes sent, not yet written on the mirror
-	// unconfirmed: chunk bytes written on the mirror, not yet synced there
-	unconfirmed int64
-	maxTag      uint64
-	err         error
-	dirty       bool // bitmap changed since the last save
-	prog        ResyncProgress
-	start       time.Time
+	mu    sync.Mutex
+	cond  *sync.Cond
+	bm    *resync.Bitmap
+	win   resync.Window // chunks in flight and unconfirmed
+	err   error
+	dirty bool // bitmap changed since the last save
+	prog  ResyncProgress
+	start time.Time
 
-	hashes   chan SyncHashes
+	hashes   chan wire.SyncHashes
 	complete chan struct{}
 }
 
@@ -103,7 +106,7 @@ type stableReader interface {
 
 // prepareResync decides where live records restart for a peer that needs
 // a resync and makes its bitmap durable. It returns the ResyncBegin to send.
-func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error) {
+func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resync.Bitmap, error) {
 	r := l.r
 	b, err := r.node.LoadBitmap(l.addr.Name)
 	if err != nil {
@@ -114,30 +117,19 @@ func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error)
 	r.mu.Lock()
 	last := r.core.LastSeq()
 	r.mu.Unlock()
-	begin := ResyncBegin{Chunk: DefaultSyncChunk}
-	agrees := reply.Flags&FlagNeedsResync == 0
-	resumable := agrees && reply.LastSeq+1 >= first && reply.LastSeq <= last
-	// The bitmap covers what the mirror lacks only if its history agrees
-	// with ours and tracking (journal or bitmap) reaches back to its last
-	// seq (see peerstate.go).
 	pm, known := r.node.Meta().Peers[l.addr.Name]
-	covered := agrees && known && reply.LastSeq+1 >= pm.TrackedFrom
-	switch {
-	case resumable && b != nil:
-		// An interrupted resync, or dirty regions of a mirror that is
-		// otherwise current: go on from the mirror's own next seq.
-		begin.From = reply.LastSeq + 1
-	default:
-		begin.From, begin.Reset = first, true
-		if b != nil && !covered {
-			l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
-				"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", !agrees)
-			b = nil
-		}
-		if b == nil {
-			b = NewBitmap(r.node.Store.Size(), DefaultSyncChunk)
-			b.SetAll()
-		}
+	plan := core.PlanResync(core.ResyncInput{
+		MirrorLast: reply.LastSeq, MirrorFlags: reply.Flags, JournalFirst: first, LastSeq: last,
+		Bitmap: b != nil, Tracked: known, TrackedFrom: pm.TrackedFrom,
+	})
+	begin := wire.ResyncBegin{Chunk: resync.DefaultSyncChunk, From: plan.From, Reset: plan.Reset}
+	if plan.BitmapIgnored {
+		l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
+			"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", reply.Flags&wire.FlagNeedsResync != 0)
+	}
+	if plan.WholeDisk {
+		b = resync.NewBitmap(r.node.Store.Size(), resync.DefaultSyncChunk)
+		b.SetAll()
 	}
 	if err := r.node.SaveBitmap(l.addr.Name, b); err != nil {
 		return begin, nil, err
@@ -155,7 +147,7 @@ func (l *peerLink) prepareResync(reply HelloReply) (ResyncBegin, *Bitmap, error)
 }
 
 // runResync opens the resync stream and copies until the bitmap is empty.
-func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitmap, from uint64) error {
+func (l *peerLink) runResync(ctx context.Context, conn streamConn, bm *resync.Bitmap, from uint64) error {
 	r := l.r
 	if r.source() == nil {
 		return errors.New("resync: no volume to read from")
@@ -166,8 +158,8 @@ func (l *peerLink) runResync(ctx context.Context, conn *transport.Conn, bm *Bitm
 	}
 	defer done()
 	rs := &resyncer{
-		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm,
-		hashes: make(chan SyncHashes, 4), complete: make(chan struct{}), start: time.Now(),
+		l: l, st: st, vol: r.source(), opts: r.resyncOpts, bm: bm, win: resync.Window{Limit: r.resyncOpts.Window},
+		hashes: make(chan wire.SyncHashes, 4), complete: make(chan struct{}), start: time.Now(),
 	}
 	rs.cond = sync.NewCond(&rs.mu)
 	rs.prog = ResyncProgress{Active: true, TotalBytes: bm.Bytes()}
@@ -282,9 +274,9 @@ func (rs *resyncer) readLoop(ctx context.Context) error {
 			}
 			return err
 		}
-		switch MsgType(typ) {
-		case MsgSyncHashes:
-			m, err := DecodeSyncHashes(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgSyncHashes:
+			m, err := wire.DecodeSyncHashes(p)
 			if err != nil {
 				rs.fail(err)
 				return err
@@ -294,43 +286,30 @@ func (rs *resyncer) readLoop(ctx context.Context) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-		case MsgSyncChunkAck:
-			m, err := DecodeSyncChunkAck(p)
+		case wire.MsgSyncChunkAck:
+			m, err := wire.DecodeSyncChunkAck(p)
 			if err != nil {
 				rs.fail(err)
 				return err
 			}
 			rs.mu.Lock()
-			for _, x := range m.Results {
-				if !m.Durable {
-					// Written (or stale, to be sent again): frees the window.
-					rs.inflight -= int64(x.Len)
-					if x.OK {
-						rs.unconfirmed += int64(x.Len)
-					}
-					continue
-				}
-				// Synced on the mirror: no longer dirty.
-				rs.unconfirmed -= int64(x.Len)
-				if c := int64(x.Off) / rs.bm.ChunkSize(); x.OK && rs.bm.Test(c) {
-					rs.bm.ClearChunk(c)
-					rs.prog.DoneBytes += int64(x.Len)
-					rs.dirty = true
-				}
-			}
+			rs.win.Answered(&m, rs.bm, func(_ uint64, n uint32) {
+				rs.prog.DoneBytes += int64(n)
+				rs.dirty = true
+			})
 			rs.cond.Broadcast()
 			rs.mu.Unlock()
-		case MsgSyncCompleteAck:
+		case wire.MsgSyncCompleteAck:
 			close(rs.complete)
-		case MsgError:
-			e, derr := DecodeError(p)
+		case wire.MsgError:
+			e, derr := wire.DecodeError(p)
 			if derr != nil {
-				e = ErrorMsg{Code: CodeProtocol, Message: derr.Error()}
+				e = wire.ErrorMsg{Code: wire.CodeProtocol, Message: derr.Error()}
 			}
 			rs.fail(e)
 			return e
 		default:
-			err := fmt.Errorf("resync: unexpected %v from mirror", MsgType(typ))
+			err := fmt.Errorf("resync: unexpected %v from mirror", wire.MsgType(typ))
 			rs.fail(err)
 			return err
 		}
@@ -357,9 +336,7 @@ func (rs *resyncer) save() {
 		rs.mu.Unlock()
 		return
 	}
-	snap := NewBitmap(rs.bm.size, rs.bm.chunk)
-	copy(snap.words, rs.bm.words)
-	snap.count = rs.bm.count
+	snap := rs.bm.Clone()
 	rs.dirty = false
 	rs.mu.Unlock()
 	err := rs.l.r.node.SaveBitmap(rs.l.addr.Name, snap)
@@ -368,7 +345,7 @@ func (rs *resyncer) save() {
 	}
 }
 
-func (rs *resyncer) send(typ MsgType, payload []byte) error {
+func (rs *resyncer) send(typ wire.MsgType, payload []byte) error {
 	if err := rs.st.WriteFrame(uint8(typ), payload); err != nil {
 		return fmt.Errorf("resync: send %v: %w", typ, err)
 	}
@@ -379,10 +356,10 @@ func (rs *resyncer) send(typ MsgType, payload []byte) error {
 func (rs *resyncer) copy(ctx context.Context) error {
 	chunk := rs.bm.ChunkSize()
 	size := rs.vol.Size()
-	seg := chunk * chunksPerSegment
+	seg := chunk * resync.ChunksPerSegment
 	// Two hashers: while one segment's chunks are sent, the next marked
 	// segment is hashed in the background (hash-ahead).
-	hashers := [2]*hasher{newHasher(rs.l.r.node.Store, chunk), newHasher(rs.l.r.node.Store, chunk)}
+	hashers := [2]*resync.Hasher{resync.NewHasher(rs.l.r.node.Store, chunk), resync.NewHasher(rs.l.r.node.Store, chunk)}
 	var ahead *hashJob
 	defer func() {
 		if ahead != nil {
@@ -391,7 +368,7 @@ func (rs *resyncer) copy(ctx context.Context) error {
 	}()
 	data := make([]byte, chunk)
 	var out []byte
-	var leaves []chunkHash
+	var leaves []resync.Hash
 	bucket := newTokenBucket(rs.opts.Rate)
 	for pass := 1; ; pass++ {
 		rs.mu.Lock()
@@ -417,8 +394,8 @@ func (rs *resyncer) copy(ctx context.Context) error {
 			// Upper level: one summary when the whole segment is marked.
 			// The mirror hashes while we do.
 			whole := int64(marked) == lastChunk-first+1
-			q := SyncHashReq{Off: uint64(segOff), Len: uint64(segLen), Leaves: !whole}
-			if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
+			q := wire.SyncHashReq{Off: uint64(segOff), Len: uint64(segLen), Leaves: !whole}
+			if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
 				return err
 			}
 			var job *hashJob
@@ -436,7 +413,7 @@ func (rs *resyncer) copy(ctx context.Context) error {
 			nc := rs.bm.Next(lastChunk + 1)
 			rs.mu.Unlock()
 			if nc >= 0 {
-				noff := nc / chunksPerSegment * seg
+				noff := nc / resync.ChunksPerSegment * seg
 				h := hashers[0]
 				if job.h == h {
 					h = hashers[1]
@@ -453,12 +430,12 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				return err
 			}
 			if whole {
-				if len(theirs.Hashes) == 1 && theirs.Hashes[0] == summary(leaves) {
+				if len(theirs.Hashes) == 1 && theirs.Hashes[0] == resync.Summary(leaves) {
 					rs.clearRange(first, lastChunk)
 					continue
 				}
 				q.Leaves = true
-				if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
+				if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
 					return err
 				}
 				if theirs, err = rs.wait(ctx, q); err != nil {
@@ -491,21 +468,20 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				if err != nil {
 					return fmt.Errorf("resync: read chunk at %d: %w", off, err)
 				}
-				msg := SyncChunk{Off: uint64(off), Len: uint32(n), Tag: tag}
-				if isZero(p) {
+				msg := wire.SyncChunk{Off: uint64(off), Len: uint32(n), Tag: tag}
+				if resync.IsZero(p) {
 					msg.Zero = true
 				} else {
 					msg.Data = p
 				}
-				if out, err = AppendSyncChunk(out[:0], &msg); err != nil {
+				if out, err = wire.AppendSyncChunk(out[:0], &msg); err != nil {
 					return err
 				}
 				rs.mu.Lock()
-				rs.inflight += n
-				rs.maxTag = max(rs.maxTag, tag)
+				rs.win.Sent(n, tag)
 				rs.prog.SentBytes += int64(len(msg.Data))
 				rs.mu.Unlock()
-				if err := rs.send(MsgSyncChunk, out); err != nil {
+				if err := rs.send(wire.MsgSyncChunk, out); err != nil {
 					return err
 				}
 			}
@@ -522,17 +498,17 @@ func (rs *resyncer) copy(ctx context.Context) error {
 // hashJob hashes one segment in the background.
 type hashJob struct {
 	off    int64
-	h      *hasher
-	leaves []chunkHash
+	h      *resync.Hasher
+	leaves []resync.Hash
 	err    error
 	done   chan struct{}
 }
 
-func startHash(h *hasher, off, n int64) *hashJob {
+func startHash(h *resync.Hasher, off, n int64) *hashJob {
 	j := &hashJob{off: off, h: h, done: make(chan struct{})}
 	go func() {
 		defer close(j.done)
-		j.leaves, j.err = h.hashRange(off, n, nil)
+		j.leaves, j.err = h.HashRange(off, n, nil)
 	}()
 	return j
 }
@@ -542,7 +518,7 @@ func (rs *resyncer) clearRange(from, to int64) {
 	for c := from; c <= to; c++ {
 		if rs.bm.Test(c) {
 			rs.bm.ClearChunk(c)
-			n := min(rs.bm.ChunkSize(), rs.bm.size-c*rs.bm.ChunkSize())
+			n := min(rs.bm.ChunkSize(), rs.bm.Size()-c*rs.bm.ChunkSize())
 			rs.prog.DoneBytes += n
 			rs.dirty = true
 		}
@@ -557,7 +533,7 @@ func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
 	defer stop()
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for rs.err == nil && ((n < 0 && (rs.inflight > 0 || rs.unconfirmed > 0)) || (n >= 0 && rs.inflight > 0 && rs.inflight+n > rs.opts.Window)) {
+	for rs.err == nil && (n < 0 && !rs.win.Drained() || n >= 0 && !rs.win.Fits(n)) {
 		rs.cond.Wait()
 	}
 	return rs.err
@@ -568,12 +544,12 @@ func (rs *resyncer) waitWindow(ctx context.Context, n int64) error {
 const hashAnswerTimeout = time.Minute
 
 // wait returns the mirror's answer to hash request q.
-func (rs *resyncer) wait(ctx context.Context, q SyncHashReq) (SyncHashes, error) {
+func (rs *resyncer) wait(ctx context.Context, q wire.SyncHashReq) (wire.SyncHashes, error) {
 	t := time.NewTimer(hashAnswerTimeout)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return SyncHashes{}, fmt.Errorf("resync: no hashes for [%d,+%d) from the mirror in %v", q.Off, q.Len, hashAnswerTimeout)
+		return wire.SyncHashes{}, fmt.Errorf("resync: no hashes for [%d,+%d) from the mirror in %v", q.Off, q.Len, hashAnswerTimeout)
 	case m := <-rs.hashes:
 		if m.Off != q.Off || m.Len != q.Len || m.Leaves != q.Leaves {
 			return m, fmt.Errorf("resync: mirror answered hashes for [%d,+%d) leaves=%v, asked [%d,+%d) leaves=%v",
@@ -585,9 +561,9 @@ func (rs *resyncer) wait(ctx context.Context, q SyncHashReq) (SyncHashes, error)
 		err := rs.err
 		rs.mu.Unlock()
 		if err != nil {
-			return SyncHashes{}, err
+			return wire.SyncHashes{}, err
 		}
-		return SyncHashes{}, ctx.Err()
+		return wire.SyncHashes{}, ctx.Err()
 	}
 }
 
@@ -595,9 +571,9 @@ func (rs *resyncer) wait(ctx context.Context, q SyncHashReq) (SyncHashes, error)
 // consistent.
 func (rs *resyncer) finish(ctx context.Context) error {
 	rs.mu.Lock()
-	tag := rs.maxTag
+	tag := rs.win.MaxTag
 	rs.mu.Unlock()
-	if err := rs.send(MsgSyncComplete, AppendSyncComplete(nil, SyncComplete{Tag: tag})); err != nil {
+	if err := rs.send(wire.MsgSyncComplete, wire.AppendSyncComplete(nil, wire.SyncComplete{Tag: tag})); err != nil {
 		return err
 	}
 	select {

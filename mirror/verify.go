@@ -8,16 +8,19 @@ import (
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
-)
+	"github.com/blockmirror/blockmirror/mirror/wire"
 
-// Online verify: the primary compares its chunk hashes with each connected
-// mirror's, segment by segment over a stream of its own (the resync hash
-// messages), while I/O goes on. A chunk that differs is checked again a
-// few times after a short pause, so a write still on its way to the mirror
-// is not reported; what differs every time is reported. Verify changes
-// nothing unless asked to resync: then the differing chunks are marked in
-// the mirror's dirty bitmap and the mirror is resynced (on its next
-// session, which verify starts by closing the current one).
+	// Online verify: the primary compares its chunk hashes with each connected
+	// mirror's, segment by segment over a stream of its own (the resync hash
+	// messages), while I/O goes on. A chunk that differs is checked again a
+	// few times after a short pause, so a write still on its way to the mirror
+	// is not reported; what differs every time is reported. Verify changes
+	// nothing unless asked to resync: then the differing chunks are marked in
+	// the mirror's dirty bitmap and the mirror is resynced (on its next
+	// session, which verify starts by closing the current one).
+	"github.com/blockmirror/blockmirror/mirror/core"
+	"github.com/blockmirror/blockmirror/mirror/resync"
+)
 
 // VerifyReport is the result of a verify run.
 type VerifyReport struct {
@@ -39,7 +42,7 @@ type PeerVerify struct {
 const verifyRechecks = 3
 
 // Verify compares the primary with every connected mirror.
-func (r *Replication) Verify(ctx context.Context, resync bool) VerifyReport {
+func (r *Replication) Verify(ctx context.Context, andResync bool) VerifyReport {
 	var rep VerifyReport
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -48,7 +51,7 @@ func (r *Replication) Verify(ctx context.Context, resync bool) VerifyReport {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pv := l.verify(ctx, resync)
+			pv := l.verify(ctx, andResync)
 			mu.Lock()
 			rep.Peers = append(rep.Peers, pv)
 			mu.Unlock()
@@ -58,7 +61,7 @@ func (r *Replication) Verify(ctx context.Context, resync bool) VerifyReport {
 	return rep
 }
 
-func (l *peerLink) verify(ctx context.Context, resync bool) PeerVerify {
+func (l *peerLink) verify(ctx context.Context, andResync bool) PeerVerify {
 	pv := PeerVerify{Name: l.addr.Name}
 	start := time.Now()
 	diff, compared, err := l.compare(ctx)
@@ -68,7 +71,7 @@ func (l *peerLink) verify(ctx context.Context, resync bool) PeerVerify {
 		pv.Error = err.Error()
 		return pv
 	}
-	chunk := int64(DefaultSyncChunk)
+	chunk := int64(resync.DefaultSyncChunk)
 	size := l.r.node.Store.Size()
 	for _, c := range diff {
 		n := min(chunk, size-c*chunk)
@@ -77,8 +80,8 @@ func (l *peerLink) verify(ctx context.Context, resync bool) PeerVerify {
 	}
 	pv.Differing = journal.CoalesceRegions(pv.Differing)
 	l.log.Info("verify finished", "compared_bytes", compared, "differing_bytes", pv.DifferingBytes, "seconds", pv.Seconds)
-	if resync && len(diff) > 0 {
-		err := l.r.node.MarkDirty(l.addr.Name, func(b *Bitmap) {
+	if andResync && len(diff) > 0 {
+		err := l.r.node.MarkDirty(l.addr.Name, func(b *resync.Bitmap) {
 			for _, c := range diff {
 				b.SetChunk(c)
 			}
@@ -114,7 +117,7 @@ func (l *peerLink) compare(ctx context.Context) ([]int64, int64, error) {
 	if s == nil {
 		return nil, 0, errors.New("mirror not connected")
 	}
-	if state == PeerResyncing || state == PeerNeedsResync {
+	if state == core.PeerResyncing || state == core.PeerNeedsResync {
 		return nil, 0, fmt.Errorf("mirror is %v; verify it after the resync", state)
 	}
 	st, done, err := l.openSideStream(ctx, s.conn)
@@ -122,23 +125,23 @@ func (l *peerLink) compare(ctx context.Context) ([]int64, int64, error) {
 		return nil, 0, fmt.Errorf("verify: %w", err)
 	}
 	defer done()
-	rs := &resyncer{l: l, st: st, hashes: make(chan SyncHashes, 1), complete: make(chan struct{})}
+	rs := &resyncer{l: l, st: st, hashes: make(chan wire.SyncHashes, 1), complete: make(chan struct{})}
 	rs.cond = sync.NewCond(&rs.mu)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { rs.readLoop(rctx); cancel() }()
-	chunk := int64(DefaultSyncChunk)
+	chunk := int64(resync.DefaultSyncChunk)
 	size := r.node.Store.Size()
-	mine := newHasher(r.node.Store, chunk)
-	var leaves []chunkHash
+	mine := resync.NewHasher(r.node.Store, chunk)
+	var leaves []resync.Hash
 	var diff []int64
-	ask := func(off, n int64) ([]chunkHash, []chunkHash, error) {
-		q := SyncHashReq{Off: uint64(off), Len: uint64(n), Leaves: true}
-		if err := rs.send(MsgSyncHashReq, AppendSyncHashReq(nil, q)); err != nil {
+	ask := func(off, n int64) ([]resync.Hash, []resync.Hash, error) {
+		q := wire.SyncHashReq{Off: uint64(off), Len: uint64(n), Leaves: true}
+		if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
 			return nil, nil, err
 		}
 		var err error
-		leaves, err = mine.hashRange(off, n, leaves[:0])
+		leaves, err = mine.HashRange(off, n, leaves[:0])
 		if err != nil {
 			return nil, nil, err
 		}
@@ -151,7 +154,7 @@ func (l *peerLink) compare(ctx context.Context) ([]int64, int64, error) {
 		}
 		return leaves, theirs.Hashes, nil
 	}
-	seg := chunk * chunksPerSegment
+	seg := chunk * resync.ChunksPerSegment
 	for off := int64(0); off < size; off += seg {
 		n := min(seg, size-off)
 		mineH, theirs, err := ask(off, n)

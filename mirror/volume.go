@@ -13,6 +13,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/store"
 )
 
@@ -29,6 +30,10 @@ type VolumeOptions struct {
 	// journal (durable: FUA writes waiting for fdatasync); for metrics.
 	OnAppend func(durable bool, d time.Duration)
 	Logger   *slog.Logger
+
+	// onSubmit (tests) sees every record submitted to the journal, under
+	// the volume's ordering lock, with its request's context.
+	onSubmit func(ctx context.Context, rec journal.Record)
 }
 
 func (o VolumeOptions) withDefaults() VolumeOptions {
@@ -138,7 +143,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		al:       node.activity(),
 	}
 	if m.FencedBy > m.Epoch {
-		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", ErrFenced, m.FencedBy, m.Epoch)
+		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", core.ErrFenced, m.FencedBy, m.Epoch)
 		v.log.Error("this primary was fenced in an earlier run; every write fails", "epoch", m.Epoch, "fenced_by", m.FencedBy)
 	}
 	v.fastZero = probeFastZero(node.fs, node.Dir)
@@ -260,6 +265,9 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		return err
 	}
 	v.lastSeq = rec.Seq
+	if v.opts.onSubmit != nil {
+		v.opts.onSubmit(ctx, rec)
+	}
 	var waits []chan struct{}
 	end := rec.Offset + uint64(rec.Length)
 	for _, e := range v.inflight {
@@ -407,7 +415,9 @@ func (v *Volume) Flush(ctx context.Context) error {
 // ReadStable reads [off, off+len(p)) as it is after every record ≤ tag
 // that touches it and before any later one: overlapping writes in flight
 // finish first, and overlapping writes admitted meanwhile wait for the
-// read. Resync and verify use it to tag the chunks they read.
+// read. Resync and verify use it to tag the chunks they read. A failed
+// volume fails it: its store may lack records ≤ tag (the write that
+// failed is not in flight any more, nor in the store).
 func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint64, err error) {
 	end := uint64(off) + uint64(len(p))
 	me := &extent{off: uint64(off), end: end, done: make(chan struct{})}
@@ -433,6 +443,12 @@ func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint6
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
+	}
+	v.mu.Lock()
+	failed := v.failed
+	v.mu.Unlock()
+	if failed != nil {
+		return 0, failed
 	}
 	_, err = v.st.ReadAt(p, off)
 	return tag, err

@@ -13,11 +13,14 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/vfs"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/core"
+
+	// gateFS is the OS file system with a gate on journal writes: while closed,
+	// every WriteAt to a journal segment waits until it opens. It lets a test
+	// hold records between submission and the write that makes them Written.
+	"github.com/blockmirror/blockmirror/mirror/wire"
 )
 
-// gateFS is the OS file system with a gate on journal writes: while closed,
-// every WriteAt to a journal segment waits until it opens. It lets a test
-// hold records between submission and the write that makes them Written.
 type gateFS struct {
 	vfs.FS
 	closed atomic.Bool
@@ -86,13 +89,13 @@ func (f gateFile) WriteAt(p []byte, off int64) (int, error) {
 // bookkeeping (seqs, pending requests) observable.
 type coreRepl struct {
 	mu      sync.Mutex
-	c       *mirror.PrimaryCore
+	c       *core.PrimaryCore
 	waiters map[uint64]chan error
 }
 
 func newCoreRepl(t *testing.T, next uint64) *coreRepl {
 	t.Helper()
-	c, err := mirror.NewPrimaryCore(mirror.PrimaryConfig{Mode: mirror.ModeAsync, Epoch: 1, NextSeq: next})
+	c, err := core.NewPrimaryCore(core.PrimaryConfig{Mode: wire.ModeAsync, Epoch: 1, NextSeq: next})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +156,7 @@ func (r *coreRepl) Forget(id uint64) {
 	r.deliverLocked()
 }
 
-func (r *coreRepl) status() mirror.PrimaryStatus {
+func (r *coreRepl) status() core.PrimaryStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.c.Status()

@@ -35,12 +35,12 @@ func benchRun(b *testing.B, cmd uint16, size, qd int) {
 	}()
 	raw := dialRaw(b, ln.Addr(), 3)
 	raw.sendOpt(cOptExportName, nil)
-	if _, err := io.ReadFull(raw.br, make([]byte, 10)); err != nil {
+	if _, err := io.ReadFull(raw.Reader(), make([]byte, 10)); err != nil {
 		b.Fatal(err)
 	}
-	raw.nc.SetDeadline(time.Time{})
-	nc := raw.nc
-	br := raw.br
+	raw.Conn().SetDeadline(time.Time{})
+	nc := raw.Conn()
+	br := raw.Reader()
 	bw := bufio.NewWriterSize(nc, 1<<20)
 	slots := make(chan uint64, qd)
 	for i := range qd {

@@ -43,7 +43,12 @@ type request struct {
 // conn is the per-connection state. Fields after the handshake block are
 // used only in transmission.
 type conn struct {
-	s   *Server
+	s *Server
+	// raw is the accepted connection: deadlines, and closing it when the
+	// connection must end without ceremony. nc carries the protocol: raw
+	// itself, or the TLS connection over it after NBD_OPT_STARTTLS; it
+	// changes only on the serving goroutine, before transmission.
+	raw net.Conn
 	nc  net.Conn
 	br  *bufio.Reader
 	log *slog.Logger
@@ -51,9 +56,12 @@ type conn struct {
 	// Handshake state (used by the serving goroutine only).
 	noZeroes   bool
 	structured bool
-	exp        *Export
-	optBuf     []byte
-	scratch    []byte
+	tls        bool // NBD_OPT_STARTTLS succeeded: nc is a *tls.Conn
+	// refusedPlain: a plaintext option was refused (logged once).
+	refusedPlain bool
+	exp          *Export
+	optBuf       []byte
+	scratch      []byte
 
 	// Device context: cancelled on hard disconnect, on a reply write
 	// error, or when the shutdown timeout expires.
@@ -71,6 +79,9 @@ type conn struct {
 	hbuf   [chunkHeaderLen + 8]byte // reply header scratch, under wmu
 	errbuf []byte                   // error chunk scratch, under wmu
 	wfail  atomic.Bool
+	// abandoned: the shutdown timeout expired; the connection is closed
+	// without a TLS close_notify (which could wait for a stuck client).
+	abandoned atomic.Bool
 
 	free     chan *request
 	work     chan *request
@@ -84,6 +95,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		s:      s,
+		raw:    nc,
 		nc:     nc,
 		br:     bufio.NewReaderSize(nc, handshakeBufSize),
 		bw:     bufio.NewWriterSize(nc, handshakeBufSize),
@@ -96,7 +108,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 
 // serve is ServeConn.
 func (c *conn) serve(ctx context.Context) error {
-	defer c.nc.Close()
+	defer c.close()
 	defer c.cancel()
 	done := make(chan struct{})
 	var watcher sync.WaitGroup
@@ -109,7 +121,7 @@ func (c *conn) serve(ctx context.Context) error {
 	defer close(done)
 
 	if c.s.opts.HandshakeTimeout > 0 {
-		c.nc.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
+		c.raw.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
 	}
 	if err := c.handshake(); err != nil {
 		switch {
@@ -118,14 +130,26 @@ func (c *conn) serve(ctx context.Context) error {
 		}
 		return err
 	}
-	c.nc.SetDeadline(time.Time{})
+	c.raw.SetDeadline(time.Time{})
 	if c.stopping.Load() {
 		return nil
 	}
 	c.growBuffers()
-	c.log.Debug("nbd: transmission", "remote", c.nc.RemoteAddr().String(), "export", c.exp.Name, "structured", c.structured)
+	c.log.Debug("nbd: transmission", "remote", c.remote(), "export", c.exp.Name, "structured", c.structured, "tls", c.tls)
 	return c.transmit()
 }
+
+// close ends the connection: over TLS with a close_notify alert when the
+// connection ended in order, otherwise by closing the socket.
+func (c *conn) close() {
+	if c.tls && !c.abandoned.Load() && !c.wfail.Load() {
+		c.nc.Close()
+		return
+	}
+	c.raw.Close()
+}
+
+func (c *conn) remote() string { return c.raw.RemoteAddr().String() }
 
 // growBuffers switches to transmission-sized buffers. The handshake
 // writer is always flushed here; bytes the client sent ahead (requests
@@ -151,7 +175,7 @@ func (c *conn) watch(ctx context.Context, done <-chan struct{}) {
 	}
 	c.stopping.Store(true)
 	close(c.stopCh)
-	c.nc.SetReadDeadline(time.Now())
+	c.raw.SetReadDeadline(time.Now())
 	t := time.NewTimer(c.s.opts.ShutdownTimeout)
 	defer t.Stop()
 	select {
@@ -159,9 +183,10 @@ func (c *conn) watch(ctx context.Context, done <-chan struct{}) {
 		return
 	case <-t.C:
 	}
-	c.log.Warn("nbd: shutdown timeout, abandoning in-flight requests", "remote", c.nc.RemoteAddr().String())
+	c.log.Warn("nbd: shutdown timeout, abandoning in-flight requests", "remote", c.remote())
+	c.abandoned.Store(true)
 	c.cancel()
-	c.nc.SetDeadline(time.Now())
+	c.raw.SetDeadline(time.Now())
 }
 
 // transmit serves requests until the client disconnects or the server
@@ -472,7 +497,7 @@ func (c *conn) flushLocked() {
 	if err := c.bw.Flush(); err != nil && !c.wfail.Swap(true) {
 		c.log.Debug("nbd: write reply", "err", err)
 		c.cancel()
-		c.nc.Close() // unblocks the reader
+		c.raw.Close() // unblocks the reader
 	}
 }
 

@@ -1,7 +1,10 @@
 // Package nbd is a Network Block Device (NBD) protocol server: it serves
 // one or more Exports, each backed by a Device, to NBD clients (the Linux
 // kernel via nbd-client, qemu, libnbd/nbdinfo/nbdsh, fio's nbd engine) over
-// any net.Listener — TCP or unix sockets (see Listen).
+// any net.Listener — TCP or unix sockets (see Listen). It also has the
+// project's one NBD client (Client, Connect): `blockmirror attach`
+// negotiates with it before handing the socket to the kernel, and the
+// tests drive servers with it.
 //
 // # Protocol coverage
 //
@@ -19,8 +22,28 @@
 //	                          description as free text), then ACK
 //	NBD_OPT_STRUCTURED_REPLY  ACK; reads then use structured replies
 //	NBD_OPT_ABORT             ACK, then close
-//	anything else             NBD_REP_ERR_UNSUP (STARTTLS, metadata contexts,
+//	NBD_OPT_STARTTLS          with Options.TLS: ACK, then a TLS handshake on
+//	                          the connection (a failed one closes it); option
+//	                          haggling continues inside TLS and everything
+//	                          negotiated before (structured replies) is
+//	                          forgotten. Data, or TLS already active:
+//	                          NBD_REP_ERR_INVALID. Without Options.TLS:
+//	                          NBD_REP_ERR_UNSUP
+//	anything else             NBD_REP_ERR_UNSUP (metadata contexts,
 //	                          extended headers, ...)
+//
+// # TLS
+//
+// Options.TLS alone offers TLS to clients that ask (nbds:// URIs, qemu's
+// tls-creds); plaintext clients are still served. Options.RequireTLS is
+// the protocol's FORCEDTLS mode: before TLS every option other than
+// STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD (with a message
+// naming STARTTLS), NBD_OPT_EXPORT_NAME closes the connection (it cannot
+// be refused otherwise), and so does a client that does not set the fixed
+// newstyle flag (TLS needs it). Refusals and failed TLS handshakes are
+// logged at Warn with the client's address. Client certificates are
+// whatever the tls.Config demands (ClientAuth, ClientCAs); the server
+// adds no checks of its own.
 //
 // Option data above 64 KiB is never buffered: up to 16 MiB it is read and
 // discarded and answered with NBD_REP_ERR_TOO_BIG; beyond that (or for

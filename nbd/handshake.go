@@ -1,10 +1,14 @@
 package nbd
 
 import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 )
 
 // errAbort ends a connection after NBD_OPT_ABORT (an orderly end).
@@ -13,6 +17,12 @@ var errAbort = errors.New("nbd: client aborted negotiation")
 // ErrProtocol is wrapped by errors ServeConn returns when the client
 // violates the protocol.
 var ErrProtocol = errors.New("nbd: protocol violation")
+
+// ErrTLSRequired is wrapped by errors ServeConn returns when a server with
+// Options.RequireTLS closed a connection that did not start TLS where the
+// protocol gives no way to refuse politely (NBD_OPT_EXPORT_NAME, or a
+// client without fixed newstyle negotiation).
+var ErrTLSRequired = errors.New("nbd: TLS is required")
 
 // transmissionFlags computes the flags advertised for e.
 func transmissionFlags(e *Export, structured bool) uint16 {
@@ -48,6 +58,10 @@ func (c *conn) handshake() error {
 		return fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, flags)
 	}
 	c.noZeroes = flags&cflagNoZeroes != 0
+	if c.s.opts.RequireTLS && flags&cflagFixedNewstyle == 0 {
+		c.log.Warn("nbd: refused a client without fixed newstyle negotiation: TLS is required and needs it", "remote", c.remote())
+		return fmt.Errorf("%w: the client does not use fixed newstyle negotiation", ErrTLSRequired)
+	}
 
 	var hb [optHeaderLen]byte
 	for {
@@ -68,7 +82,14 @@ func (c *conn) handshake() error {
 			if _, err := c.br.Discard(int(h.length)); err != nil {
 				return fmt.Errorf("nbd: discard option data: %w", err)
 			}
-			if err := c.optReply(h.opt, repErrTooBig, []byte("option data too long")); err != nil {
+			typ, msg := repErrTooBig, "option data too long"
+			switch {
+			case h.opt == optStartTLS:
+				typ, msg = repErrInvalid, "NBD_OPT_STARTTLS takes no data"
+			case c.plaintextRefused(h.opt):
+				typ, msg = repErrTLSReqd, tlsRequiredMsg
+			}
+			if err := c.optReply(h.opt, typ, []byte(msg)); err != nil {
 				return err
 			}
 			continue
@@ -87,9 +108,35 @@ func (c *conn) handshake() error {
 	}
 }
 
+// tlsRequiredMsg accompanies NBD_REP_ERR_TLS_REQD.
+const tlsRequiredMsg = "this server requires TLS: send NBD_OPT_STARTTLS first (e.g. an nbds:// URI)"
+
+// plaintextRefused reports whether opt must be refused because TLS is
+// required and not yet started: every option but STARTTLS and ABORT.
+func (c *conn) plaintextRefused(opt uint32) bool {
+	if !c.s.opts.RequireTLS || c.tls || opt == optStartTLS || opt == optAbort {
+		return false
+	}
+	if !c.refusedPlain {
+		c.refusedPlain = true // once per connection: a client may send many
+		c.log.Warn("nbd: refused an option sent before TLS (TLS is required)", "remote", c.remote(), "option", opt)
+	}
+	return true
+}
+
 // option handles one option; done reports that transmission starts.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
+	if c.plaintextRefused(opt) {
+		if opt == optExportName {
+			// It cannot be answered with an error: close.
+			return false, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS", ErrTLSRequired)
+		}
+		return false, c.optReply(opt, repErrTLSReqd, []byte(tlsRequiredMsg))
+	}
 	switch opt {
+	case optStartTLS:
+		return false, c.startTLS(data)
+
 	case optExportName:
 		e := c.s.lookup(string(data))
 		if e == nil {
@@ -190,11 +237,63 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		return false, c.optReply(opt, repAck, nil)
 
 	default:
-		// STARTTLS, metadata contexts, extended headers and anything
-		// unknown.
+		// Metadata contexts, extended headers and anything unknown.
 		return false, c.optReply(opt, repErrUnsup, []byte("option not supported"))
 	}
 }
+
+// startTLS answers NBD_OPT_STARTTLS and, after the ACK, runs the TLS
+// handshake; option haggling then goes on inside TLS with the state
+// negotiated before it forgotten, as the protocol requires. A failed
+// handshake ends the connection (after the ACK there is no way back).
+func (c *conn) startTLS(data []byte) error {
+	switch {
+	case c.s.opts.TLS == nil:
+		return c.optReply(optStartTLS, repErrUnsup, []byte("TLS is not enabled on this server"))
+	case c.tls:
+		return c.optReply(optStartTLS, repErrInvalid, []byte("TLS is already active"))
+	case len(data) != 0:
+		return c.optReply(optStartTLS, repErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+	}
+	if err := c.optReply(optStartTLS, repAck, nil); err != nil {
+		return err
+	}
+	// A client that sent its ClientHello without waiting for the ACK has
+	// bytes in c.br already: the TLS layer reads them first.
+	var under net.Conn = c.raw
+	if n := c.br.Buffered(); n > 0 {
+		ahead, _ := c.br.Peek(n)
+		under = &prefixConn{Conn: c.raw, r: io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), c.raw)}
+	}
+	tc := tls.Server(under, c.s.opts.TLS)
+	if err := tc.Handshake(); err != nil {
+		if !c.stopping.Load() {
+			c.log.Warn("nbd: TLS handshake failed", "remote", c.remote(), "err", err)
+		}
+		return fmt.Errorf("nbd: TLS handshake: %w", err)
+	}
+	st := tc.ConnectionState()
+	client := ""
+	if len(st.PeerCertificates) > 0 {
+		client = st.PeerCertificates[0].Subject.CommonName
+	}
+	c.log.Debug("nbd: TLS started", "remote", c.remote(), "version", tls.VersionName(st.Version),
+		"cipher", tls.CipherSuiteName(st.CipherSuite), "client_cert", client)
+	c.nc, c.tls = tc, true
+	c.br = bufio.NewReaderSize(tc, handshakeBufSize)
+	c.bw = bufio.NewWriterSize(tc, handshakeBufSize)
+	c.structured = false
+	return nil
+}
+
+// prefixConn reads r (bytes already buffered, then the connection) and
+// otherwise is its Conn.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
 // optReplyNoFlush queues one option reply.
 func (c *conn) optReplyNoFlush(opt, typ uint32, data []byte) error {

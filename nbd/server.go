@@ -2,15 +2,17 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/bits"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/unixsock"
 )
 
 // Export describes one named device the server offers.
@@ -100,8 +102,19 @@ type Options struct {
 	// in-flight requests before cancelling their context and closing the
 	// connection. Default 10s.
 	ShutdownTimeout time.Duration
-	// HandshakeTimeout bounds the option-haggling phase. Default 30s.
+	// HandshakeTimeout bounds the option-haggling phase (the TLS
+	// handshake included). Default 30s.
 	HandshakeTimeout time.Duration
+	// TLS, when set, lets clients upgrade with NBD_OPT_STARTTLS; it must
+	// hold a server certificate, and may demand client certificates
+	// (ClientAuth, ClientCAs). Nil: STARTTLS is answered
+	// NBD_REP_ERR_UNSUP. The server does not modify it.
+	TLS *tls.Config
+	// RequireTLS refuses every option but NBD_OPT_STARTTLS and
+	// NBD_OPT_ABORT before TLS with NBD_REP_ERR_TLS_REQD and closes
+	// connections that send NBD_OPT_EXPORT_NAME in plaintext (the
+	// protocol's FORCEDTLS mode). Needs TLS.
+	RequireTLS bool
 }
 
 func (o Options) withDefaults() Options {
@@ -133,6 +146,10 @@ func (o Options) validate() error {
 		return fmt.Errorf("nbd: ShutdownTimeout %v is negative", o.ShutdownTimeout)
 	case o.HandshakeTimeout < 0:
 		return fmt.Errorf("nbd: HandshakeTimeout %v is negative", o.HandshakeTimeout)
+	case o.RequireTLS && o.TLS == nil:
+		return errors.New("nbd: RequireTLS needs a TLS configuration")
+	case o.TLS != nil && len(o.TLS.Certificates) == 0 && o.TLS.GetCertificate == nil && o.TLS.GetConfigForClient == nil:
+		return errors.New("nbd: the TLS configuration has no server certificate")
 	}
 	return nil
 }
@@ -150,16 +167,25 @@ type Server struct {
 }
 
 // NewServer returns a server with no exports. Invalid options (negative
-// or out-of-range values) are replaced by defaults and logged; use
-// NewServerChecked to get an error instead.
+// or out-of-range values) are replaced by defaults and logged, except TLS
+// and RequireTLS, which are kept (an unusable TLS setup refuses clients
+// rather than serving them in plaintext); use NewServerChecked to get an
+// error instead.
 func NewServer(opts Options) *Server {
 	s, err := NewServerChecked(opts)
-	if err != nil {
-		o := Options{Logger: opts.Logger}.withDefaults()
-		o.Logger.Warn("nbd: invalid options, using defaults", "err", err)
-		s, _ = NewServerChecked(Options{Logger: opts.Logger})
+	if err == nil {
+		return s
 	}
-	return s
+	// The TLS settings are kept as given even when they are the invalid
+	// part: a broken TLS setup then refuses every client instead of
+	// serving them in plaintext.
+	o := Options{Logger: opts.Logger, TLS: opts.TLS, RequireTLS: opts.RequireTLS}.withDefaults()
+	o.Logger.Warn("nbd: invalid options, using defaults", "err", err)
+	return newServer(o)
+}
+
+func newServer(o Options) *Server {
+	return &Server{opts: o, log: o.Logger, exports: make(map[string]*Export)}
 }
 
 // NewServerChecked is NewServer that reports invalid options.
@@ -168,7 +194,7 @@ func NewServerChecked(opts Options) (*Server, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	return &Server{opts: o, log: o.Logger, exports: make(map[string]*Export)}, nil
+	return newServer(o), nil
 }
 
 // AddExport registers e. The name must not be in use. Connections that
@@ -315,23 +341,7 @@ func Listen(addr string) (net.Listener, error) {
 		}
 		return ln, nil
 	}
-	if path == "" {
-		return nil, fmt.Errorf("nbd: listen %s: empty socket path", addr)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("nbd: listen %s: %s exists and is not a socket", addr, path)
-		}
-		d := net.Dialer{Timeout: time.Second}
-		if c, err := d.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("nbd: listen %s: socket is in use", addr)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("nbd: listen %s: remove stale socket: %w", addr, err)
-		}
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: listen %s: %w", addr, err)
 	}

@@ -30,6 +30,9 @@ type testServer struct {
 
 func startServer(t testing.TB, opts nbd.Options, exports ...nbd.Export) *testServer {
 	t.Helper()
+	if overTLS != nil && opts.TLS == nil {
+		opts.TLS, opts.RequireTLS = overTLS.serverConfig(false), true
+	}
 	srv, err := nbd.NewServerChecked(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +42,12 @@ func startServer(t testing.TB, opts nbd.Options, exports ...nbd.Export) *testSer
 			t.Fatal(err)
 		}
 	}
+	return runServer(t, srv)
+}
+
+// runServer serves srv on a loopback port until the test ends.
+func runServer(t testing.TB, srv *nbd.Server) *testServer {
+	t.Helper()
 	ln, err := nbd.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +105,7 @@ func TestExportNameNoZeroes(t *testing.T) {
 			c := dialRaw(t, ts.addr, tc.flags)
 			c.sendOpt(cOptExportName, []byte(tc.expected))
 			b := make([]byte, 10+tc.zeroes)
-			if _, err := io.ReadFull(c.br, b); err != nil {
+			if _, err := io.ReadFull(c.Reader(), b); err != nil {
 				t.Fatal(err)
 			}
 			if sz := binary.BigEndian.Uint64(b); sz != devSize {
@@ -127,10 +136,10 @@ func TestExportNameUnknownCloses(t *testing.T) {
 	for _, name := range []string{"nope", ""} {
 		c := dialRaw(t, ts.addr, 3)
 		c.sendOpt(cOptExportName, []byte(name))
-		if _, err := c.br.ReadByte(); err != io.EOF {
+		if _, err := c.Reader().ReadByte(); err != io.EOF {
 			t.Fatalf("%q: want EOF, got %v", name, err)
 		}
-		c.nc.Close()
+		c.Conn().Close()
 	}
 }
 
@@ -181,7 +190,6 @@ func TestInfoAndGo(t *testing.T) {
 	if r := c.mustOptReply(cOptStructured); r.typ != cRepAck {
 		t.Fatalf("structured: %#x", r.typ)
 	}
-	c.structured = true
 	ei, typ = c.info(cOptGo, "disk")
 	if typ != cRepAck || ei.tflags&cFlagDF == 0 {
 		t.Fatalf("GO: %#x flags %#x", typ, ei.tflags)
@@ -234,7 +242,7 @@ func TestAbort(t *testing.T) {
 	if r := c.mustOptReply(cOptAbort); r.typ != cRepAck {
 		t.Fatalf("ABORT: %#x", r.typ)
 	}
-	if _, err := c.br.ReadByte(); err != io.EOF {
+	if _, err := c.Reader().ReadByte(); err != io.EOF {
 		t.Fatalf("after ABORT: %v", err)
 	}
 }
@@ -243,9 +251,13 @@ func TestUnsupportedOptions(t *testing.T) {
 	ts := oneExport(t, newMemDev(devSize))
 	c := dialRaw(t, ts.addr, 3)
 	for _, opt := range []uint32{cOptStartTLS, cOptListMeta, cOptSetMeta, cOptExtHeaders, 4, 0x1234, 0xffffffff} {
+		want := uint32(cRepErrUnsup)
+		if opt == cOptStartTLS && overTLS != nil {
+			want = cRepErrInvalid // TLS is already active
+		}
 		c.sendOpt(opt, []byte("some data"))
-		if r := c.mustOptReply(opt); r.typ != cRepErrUnsup {
-			t.Fatalf("option %d: %#x", opt, r.typ)
+		if r := c.mustOptReply(opt); r.typ != want {
+			t.Fatalf("option %d: %#x, want %#x", opt, r.typ, want)
 		}
 	}
 	if _, typ := c.info(cOptGo, "disk"); typ != cRepAck {
@@ -256,7 +268,7 @@ func TestUnsupportedOptions(t *testing.T) {
 func TestBadClientFlagsClose(t *testing.T) {
 	ts := oneExport(t, newMemDev(devSize))
 	c := dialRaw(t, ts.addr, 1|4)
-	if _, err := c.br.ReadByte(); err != io.EOF {
+	if _, err := c.Reader().ReadByte(); err != io.EOF {
 		t.Fatalf("want EOF, got %v", err)
 	}
 }
@@ -272,14 +284,14 @@ func TestOversizeOption(t *testing.T) {
 	if _, typ := c.info(cOptGo, "disk"); typ != cRepAck {
 		t.Fatalf("GO after big option: %#x", typ)
 	}
-	c.nc.Close()
+	c.Conn().Close()
 	// A claimed 3 GiB option is not read at all: the server closes.
 	c = dialRaw(t, ts.addr, 3)
 	b := binary.BigEndian.AppendUint64(nil, cIHAVEOPT)
 	b = binary.BigEndian.AppendUint32(b, cOptGo)
 	b = binary.BigEndian.AppendUint32(b, 3<<30)
 	c.raw(b)
-	if _, err := c.br.ReadByte(); err == nil {
+	if _, err := c.Reader().ReadByte(); err == nil {
 		t.Fatal("server answered a 3 GiB option")
 	}
 	// EXPORT_NAME beyond the cap closes too.
@@ -288,7 +300,7 @@ func TestOversizeOption(t *testing.T) {
 	b = binary.BigEndian.AppendUint32(b, cOptExportName)
 	b = binary.BigEndian.AppendUint32(b, 100<<10)
 	c.raw(b)
-	if _, err := c.br.ReadByte(); err == nil {
+	if _, err := c.Reader().ReadByte(); err == nil {
 		t.Fatal("server answered an oversized EXPORT_NAME")
 	}
 }
@@ -440,8 +452,8 @@ func TestReadOnlyExport(t *testing.T) {
 	copy(d.data, "ro data")
 	ts := startServer(t, nbd.Options{}, nbd.Export{Name: "ro", Device: d, ReadOnly: true})
 	c := negotiate(t, ts.addr, "ro", true)
-	if c.tflags&cFlagReadOnly == 0 {
-		t.Fatalf("flags %#x lack READ_ONLY", c.tflags)
+	if c.Flags()&cFlagReadOnly == 0 {
+		t.Fatalf("flags %#x lack READ_ONLY", c.Flags())
 	}
 	if e := c.write(0, []byte("xx"), 0); e != eEPERM {
 		t.Fatalf("write: %d", e)
@@ -468,7 +480,7 @@ func TestDeviceErrorFailsOnlyItsRequest(t *testing.T) {
 			d.failAt.Store(5 * 4096)
 			ts := oneExport(t, d)
 			c := negotiate(t, ts.addr, "disk", structured)
-			var calls []*call
+			var calls []*nbd.Call
 			for i := range 10 {
 				calls = append(calls, c.send(cCmdRead, 0, uint64(i*4096), 4096, nil))
 			}
@@ -481,7 +493,7 @@ func TestDeviceErrorFailsOnlyItsRequest(t *testing.T) {
 				if want := map[bool]uint32{true: eEIO, false: 0}[i == 5]; e != want {
 					t.Fatalf("read %d: errno %d want %d", i, e, want)
 				}
-				if structured && i == 5 && cl.msg == "" {
+				if structured && i == 5 && cl.Message == "" {
 					t.Fatal("structured error without message")
 				}
 			}
@@ -510,7 +522,7 @@ func TestManyInFlight(t *testing.T) {
 	}
 	ts := oneExport(t, d)
 	c := negotiate(t, ts.addr, "disk", true)
-	calls := make([]*call, n)
+	calls := make([]*nbd.Call, n)
 	for i := range n {
 		calls[i] = c.send(cCmdRead, 0, uint64(i*4096), 4096, nil)
 	}
@@ -526,13 +538,13 @@ func TestManyInFlight(t *testing.T) {
 		if e, err := c.wait(cl); e != 0 || err != nil {
 			t.Fatalf("read %d: %d %v", i, e, err)
 		}
-		if !bytes.Equal(cl.buf, data[i*4096:(i+1)*4096]) {
+		if !bytes.Equal(cl.Data, data[i*4096:(i+1)*4096]) {
 			t.Fatalf("read %d: wrong data", i)
 		}
 	}
 	inversions := 0
 	for i := 1; i < n; i++ {
-		if calls[i].seq < calls[i-1].seq {
+		if calls[i].Order < calls[i-1].Order {
 			inversions++
 		}
 	}
@@ -548,7 +560,7 @@ func TestMaxInFlightCap(t *testing.T) {
 	d.gate = make(chan struct{})
 	ts := startServer(t, nbd.Options{MaxInFlight: 4}, nbd.Export{Name: "disk", Device: d})
 	c := negotiate(t, ts.addr, "disk", false)
-	var calls []*call
+	var calls []*nbd.Call
 	for i := range 20 {
 		calls = append(calls, c.send(cCmdWrite, 0, uint64(i*512), 512, make([]byte, 512)))
 	}
@@ -573,7 +585,7 @@ func TestDiscCompletesInFlight(t *testing.T) {
 	d.delay = func(op string, off int64) time.Duration { return 30 * time.Millisecond }
 	ts := oneExport(t, d)
 	c := negotiate(t, ts.addr, "disk", false)
-	var calls []*call
+	var calls []*nbd.Call
 	for i := range 32 {
 		calls = append(calls, c.send(cCmdWrite, 0, uint64(i*4096), 4096, randBytes(4096, uint64(i))))
 	}
@@ -584,7 +596,7 @@ func TestDiscCompletesInFlight(t *testing.T) {
 		}
 	}
 	select {
-	case <-c.rdone:
+	case <-c.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("server did not close after DISC")
 	}
@@ -625,8 +637,8 @@ func TestClientDropMidFlight(t *testing.T) {
 		for d.cur.Load() < 100 {
 			time.Sleep(time.Millisecond)
 		}
-		c.nc.Close()
-		<-c.rdone
+		c.Conn().Close()
+		<-c.Done()
 	}
 	settleGoroutines(t, base)
 	if d.cur.Load() != 0 || d.cancelled.Load() != 300 {
@@ -657,7 +669,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("in-flight write at shutdown: %d %v", e, err)
 	}
 	select {
-	case <-c.rdone:
+	case <-c.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("connection not closed at shutdown")
 	}
@@ -683,7 +695,7 @@ func TestShutdownTimeout(t *testing.T) {
 	if el := time.Since(start); el > 3*time.Second || el < 100*time.Millisecond {
 		t.Fatalf("shutdown took %v", el)
 	}
-	<-c.rdone
+	<-c.Done()
 	// The read was cancelled; its ESHUTDOWN reply may or may not have
 	// made it out before the close.
 	if e, err := c.wait(cl); err == nil && e != 108 {
@@ -861,7 +873,7 @@ func TestBufferBudget(t *testing.T) {
 	ts := startServer(t, nbd.Options{MaxBufferBytes: 32 << 20}, nbd.Export{Name: "disk", Device: d})
 	c := negotiate(t, ts.addr, "disk", false)
 	payload := make([]byte, 20<<20)
-	var calls []*call
+	var calls []*nbd.Call
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -869,6 +881,11 @@ func TestBufferBudget(t *testing.T) {
 			calls = append(calls, c.send(cCmdWrite, 0, uint64(i)*(20<<20), 20<<20, payload))
 		}
 	}()
+	// Wait for the first write to reach the device (slow under -race and
+	// TLS), then give a second one time to get in if the budget let it.
+	for deadline := time.Now().Add(10 * time.Second); d.cur.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	time.Sleep(200 * time.Millisecond)
 	if got := d.cur.Load(); got != 1 {
 		t.Fatalf("%d 20 MiB writes in the device with a 32 MiB budget, want 1", got)
@@ -902,17 +919,17 @@ func TestPipelinedAfterExportName(t *testing.T) {
 		b = binary.BigEndian.AppendUint32(b, 9)
 	}
 	c.raw(b)
-	if _, err := io.ReadFull(c.br, make([]byte, 10)); err != nil {
+	if _, err := io.ReadFull(c.Reader(), make([]byte, 10)); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
 		r := make([]byte, 16+9)
-		if _, err := io.ReadFull(c.br, r); err != nil {
+		if _, err := io.ReadFull(c.Reader(), r); err != nil {
 			t.Fatal(err)
 		}
 		if binary.BigEndian.Uint32(r) != cSimpleMagic || binary.BigEndian.Uint32(r[4:]) != 0 || string(r[16:]) != "pipelined" {
 			t.Fatalf("reply % x", r)
 		}
 	}
-	c.nc.Close()
+	c.Conn().Close()
 }

@@ -236,15 +236,6 @@ func appendInfoRequest(dst []byte, r infoRequest) []byte {
 	return dst
 }
 
-// appendOptionReply encodes an option reply header followed by data.
-func appendOptionReply(dst []byte, opt, typ uint32, data []byte) []byte {
-	dst = binary.BigEndian.AppendUint64(dst, magicOptReply)
-	dst = binary.BigEndian.AppendUint32(dst, opt)
-	dst = binary.BigEndian.AppendUint32(dst, typ)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(data)))
-	return append(dst, data...)
-}
-
 // request is a parsed transmission request header.
 type reqHeader struct {
 	flags  uint16

@@ -15,7 +15,8 @@
 #   2. run the operator's fencing hook (--fence-cmd) if given; it must exit 0
 #      (exit 3 otherwise, unless --force)
 #   3. promote: if the local mirror daemon answers at --admin, online
-#      (`blockmirror promote --admin`; the daemon then serves NBD itself);
+#      (`blockmirror promote`, through the daemon's control socket, which
+#      needs root or the control group; the daemon then serves NBD itself);
 #      else offline (`blockmirror promote --data DIR`) and start
 #      `blockmirror serve` in the background (log DIR/serve.log, pid
 #      DIR/serve.pid) with --nbd/--listen/--certs/--node and any arguments
@@ -52,6 +53,8 @@ Usage: failover.sh [options] [-- extra `blockmirror serve` arguments]
                      endpoint); repeatable; required unless --force
   --admin ADDR       the local mirror daemon's admin endpoint (default 127.0.0.1:7481);
                      after an offline promotion, `serve` gets this --admin too
+  --control PATH     the local mirror daemon's control socket (default: the one its
+                     status names); after an offline promotion, `serve` gets it too
   --data DIR         the local mirror's data directory (needed when the daemon
                      is not running: offline promotion)
   --nbd ADDR         where the promoted node serves NBD, HOST:PORT or unix:PATH
@@ -77,6 +80,7 @@ EOU
 # --- arguments ------------------------------------------------------------
 primaries=()
 admin=127.0.0.1:7481
+control=""
 data=""
 nbd=""
 export_name=disk
@@ -99,6 +103,7 @@ while [ $# -gt 0 ]; do
 	case "$1" in
 	--primary) need "$1" $#; primaries+=("$2"); shift 2 ;;
 	--admin) need "$1" $#; admin=$2; shift 2 ;;
+	--control) need "$1" $#; control=$2; shift 2 ;;
 	--data) need "$1" $#; data=$2; shift 2 ;;
 	--nbd) need "$1" $#; nbd=$2; shift 2 ;;
 	--export) need "$1" $#; export_name=$2; shift 2 ;;
@@ -161,11 +166,14 @@ nbd_uri() { # the URI of the export at ADDR
 	esac
 }
 
-# nbd_answers ADDR → 0 if an NBD server completes a handshake there (nbdinfo),
-# or, without nbdinfo, accepts a connection
+# nbd_answers ADDR → 0 if an NBD server completes a handshake there (nbdinfo;
+# a server that refuses plaintext with "requires TLS" answers too), or,
+# without nbdinfo, accepts a connection
 nbd_answers() {
 	if command -v nbdinfo >/dev/null 2>&1; then
-		timeout 1 nbdinfo --size "$(nbd_uri "$1")" >/dev/null 2>&1
+		local out
+		out=$(LIBNBD_DEBUG=1 timeout 1 nbdinfo --size "$(nbd_uri "$1")" 2>&1) && return 0
+		printf '%s' "$out" | grep -q 'requires TLS'
 	else
 		case "$1" in
 		unix:*) [ -S "${1#unix:}" ] ;;
@@ -206,8 +214,8 @@ wait_nbd() {
 nbd_addr_of_uri() {
 	local u=$1
 	case "$u" in
-	nbd+unix://*) printf 'unix:%s' "${u#*socket=}" ;;
-	nbd://*) u=${u#nbd://}; printf '%s' "${u%%/*}" ;;
+	nbd+unix://* | nbds+unix://*) printf 'unix:%s' "${u#*socket=}" ;;
+	nbd://* | nbds://*) u=${u#*://}; printf '%s' "${u%%/*}" ;;
 	esac
 }
 
@@ -324,8 +332,10 @@ if st=$(local_status); then
 	# A running daemon: promote it online; it serves NBD at its own --nbd.
 	[[ $st == '{"mirror":{'* ]] || die 4 "unexpected status from $admin: ${st:0:200}"
 	say "promoting the mirror daemon at $admin online"
-	out=$("$bin" promote --admin "$admin" "${forceflag[@]}" 2>&1) ||
-		die 4 "promote --admin $admin failed: $(printf '%s' "$out" | tail -n1)"
+	target=(--admin "$admin")
+	[ -n "$control" ] && target=(--control "$control")
+	out=$("$bin" promote "${target[@]}" "${forceflag[@]}" 2>&1) ||
+		die 4 "promote ${target[*]} failed: $(printf '%s' "$out" | tail -n1)"
 	say "$out"
 	addr=${nbd:-${out##*serving NBD at }}
 	finish "$addr"
@@ -349,6 +359,7 @@ out=$("$bin" promote --data "$data" "${forceflag[@]}" 2>&1) ||
 printf '%s\n' "$out" | grep -v 'level=INFO' | head -n1 | sed "s/^/$prog: /"
 
 args=(serve --data "$data" --nbd "$addr" --export "$export_name" --admin "$admin")
+[ -n "$control" ] && args+=(--control "$control")
 [ -n "$listen" ] && args+=(--listen "$listen")
 [ -n "$certs" ] && args+=(--certs "$certs")
 [ -n "$node" ] && args+=(--node "$node")

@@ -21,6 +21,9 @@
 #   /etc/sysctl.d/60-blockmirror.conf          (applied with sysctl -p)
 #   /etc/blockmirror/blockmirror.example.toml  (never overwrites a file)
 #   /var/lib/blockmirror/                      (mode 0700)
+#   the system group blockmirror               (may use the control sockets
+#                                              in /run/blockmirror; add
+#                                              operators: usermod -aG blockmirror USER)
 #
 # Idempotent: files whose content is already in place are left alone and
 # reported as unchanged. systemctl daemon-reload runs only when systemd is
@@ -158,7 +161,18 @@ ensure_dir /etc/blockmirror 0755
 put_new "$dist/blockmirror.example.toml" /etc/blockmirror/blockmirror.example.toml 0644
 ensure_dir /var/lib/blockmirror 0700
 
-# 5. Tell systemd about the units.
+# 5. The control group: members may promote, demote and verify through the
+# daemons' control sockets (and the units run with Group=blockmirror).
+if [ -n "$root" ]; then
+	echo "skip: groupadd blockmirror (installing into --root $root)"
+elif getent group blockmirror >/dev/null 2>&1; then
+	echo "unchanged: group blockmirror"
+else
+	say "groupadd --system blockmirror"
+	run groupadd --system blockmirror
+fi
+
+# 6. Tell systemd about the units.
 if [ -n "$root" ]; then
 	echo "skip: systemctl daemon-reload (installing into --root $root)"
 elif [ ! -d /run/systemd/system ]; then
@@ -176,4 +190,5 @@ else
 	echo "done. Next: write /etc/blockmirror/NAME.toml (see the example), check it with"
 	echo "  $prefix/bin/blockmirror config check /etc/blockmirror/NAME.toml"
 	echo "and start it with: systemctl enable --now blockmirror-primary@NAME (or blockmirror-mirror@NAME)"
+	echo "Operators who promote, demote or verify without root: usermod -aG blockmirror USER"
 fi

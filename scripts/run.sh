@@ -111,7 +111,8 @@ run: the primary serves $uri; mirror1 holds a synchronous copy.
 run: try, from another shell:
 run:   nbdinfo '$uri'
 run:   bin/blockmirror status --admin $P_ADMIN --watch
-run:   bin/blockmirror verify --admin $P_ADMIN
+run:   bin/blockmirror verify --admin $P_ADMIN   (control goes over the node's unix socket,
+run:      /run/blockmirror/primary.sock: root or group blockmirror; the admin endpoint is read-only)
 run:   curl -s http://$P_ADMIN/metrics | grep ^blockmirror_
 run: failover: kill the primary, then  scripts/failover.sh --admin $M_ADMIN --primary $NBD_ADDR
 run:   (the mirror then serves NBD at nbd://127.0.0.2:10809/$EXPORT)

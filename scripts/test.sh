@@ -4,7 +4,9 @@
 #   sudo bash scripts/test.sh
 #
 # 1. scripts/setup.sh (packages, sysctl, go mod download)
-# 2. gofmt check, go vet ./...
+# 2. gofmt check, go mod tidy -diff (go.mod and go.sum exactly what the
+#    imports need), go vet ./..., staticcheck (the version pinned by the
+#    tool directive in go.mod: go tool staticcheck)
 # 3. go test ./...  (unit tests, fuzz seed corpora, end-to-end tests in
 #    internal/e2e against the real binary and real NBD clients)
 # 4. a short fuzz smoke run of every Fuzz target (FUZZTIME each, default 2s;
@@ -40,8 +42,45 @@ if [ -n "$unformatted" ]; then
 	status=1
 fi
 
+step "go mod tidy -diff"
+if ! go mod tidy -diff; then
+	echo "go.mod/go.sum are not tidy: run \`go mod tidy\` and commit the result"
+	status=1
+fi
+
 step "go vet ./..."
 go vet ./... || status=1
+
+# STATICCHECK_WARN_ONLY: packages whose findings are printed but do not
+# fail the step (a regular expression on the reported path). mirror/ is
+# being split into mirror/{wire,core,resync} (issue 13); its findings are
+# listed for that work instead of being suppressed. Empty it once they are
+# fixed.
+STATICCHECK_WARN_ONLY=${STATICCHECK_WARN_ONLY-'^mirror/'}
+step "staticcheck (go tool staticcheck, pinned in go.mod)"
+sc_rc=0
+sc_out=$(go tool staticcheck ./... 2>&1) || sc_rc=$?
+if [ -n "$sc_out" ]; then
+	# A finding is a "path:line:col: message (CHECK)" line, possibly
+	# followed by tab-indented lines that belong to it.
+	sc_fail=$(printf '%s\n' "$sc_out" | awk -v warn="$STATICCHECK_WARN_ONLY" '
+		/^\t/ { if (keep) print; next }
+		{ keep = (warn == "" || $0 !~ warn); if (keep) print }')
+	sc_warn=$(printf '%s\n' "$sc_out" | awk -v warn="$STATICCHECK_WARN_ONLY" '
+		/^\t/ { if (keep) print; next }
+		{ keep = (warn != "" && $0 ~ warn); if (keep) print }')
+	if [ -n "$sc_warn" ]; then
+		echo "staticcheck findings in packages under restructuring (not failing; $STATICCHECK_WARN_ONLY):"
+		printf '%s\n' "$sc_warn" | sed 's/^/  warning: /'
+	fi
+	if [ -n "$sc_fail" ]; then
+		printf '%s\n' "$sc_fail"
+		status=1
+	fi
+elif [ "$sc_rc" -ne 0 ]; then
+	echo "staticcheck failed (exit $sc_rc) without output"
+	status=1
+fi
 
 step "go test ./... (timeout $TEST_TIMEOUT)"
 # shellcheck disable=SC2086

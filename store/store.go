@@ -128,9 +128,6 @@ func (s *File) Path() string { return s.path }
 // Size is the image size in bytes.
 func (s *File) Size() int64 { return s.size }
 
-// IsDevice reports whether the image is a block device.
-func (s *File) IsDevice() bool { return s.device }
-
 func (s *File) check(op string, off, n int64) error {
 	if off < 0 || n < 0 || off > s.size || n > s.size-off {
 		return fmt.Errorf("store: %s [%d, +%d) outside image of %d bytes: %w", op, off, n, s.size, syscall.EINVAL)

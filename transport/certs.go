@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"io/fs"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -148,6 +150,26 @@ func GenerateCA(commonName string, kt KeyType, validity time.Duration) (*CA, err
 // as TLS server and client (serverAuth + clientAuth EKU), with name as CN
 // and DNS SAN. validity <= 0 means DefaultValidity.
 func (ca *CA) IssueNode(name string, kt KeyType, validity time.Duration) (*Identity, error) {
+	return ca.issue(name, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, kt, validity)
+}
+
+// IssueClient creates a certificate for an NBD client (a hypervisor, a
+// backup host) named name: clientAuth only, so an NBD server that checks
+// client certificates against the cluster CA accepts it, while nodes never
+// accept it as a peer (they want both usages, see checkClient).
+func (ca *CA) IssueClient(name string, kt KeyType, validity time.Duration) (*Identity, error) {
+	return ca.issue(name, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, kt, validity)
+}
+
+// IssueServer creates an NBD server certificate for node name that NBD
+// clients can check against the address they connect to: serverAuth only,
+// DNS SANs name and every host name in hosts, IP SANs every IP address in
+// hosts. Nodes do not accept it as a peer.
+func (ca *CA) IssueServer(name string, hosts []string, kt KeyType, validity time.Duration) (*Identity, error) {
+	return ca.issue(name, hosts, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, kt, validity)
+}
+
+func (ca *CA) issue(name string, hosts []string, usages []x509.ExtKeyUsage, kt KeyType, validity time.Duration) (*Identity, error) {
 	if err := ValidateNodeName(name); err != nil {
 		return nil, err
 	}
@@ -174,7 +196,14 @@ func (ca *CA) IssueNode(name string, kt KeyType, validity time.Duration) (*Ident
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usages,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" && !slices.Contains(tmpl.DNSNames, h) {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	if kt == KeyECDSAP256 {
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
@@ -462,3 +491,60 @@ func LoadNode(dir, name string) (*Identity, error) {
 
 // equalFoldASCII compares node names case-insensitively.
 func equalFoldASCII(a, b string) bool { return bytes.EqualFold([]byte(a), []byte(b)) }
+
+// File names of a certificate directory in the layout of qemu's
+// tls-creds-x509 object (dir=) and libnbd's tls-certificates (format).
+const (
+	PEMCACert     = "ca-cert.pem"
+	PEMClientCert = "client-cert.pem"
+	PEMClientKey  = "client-key.pem"
+	PEMServerCert = "server-cert.pem"
+	PEMServerKey  = "server-key.pem"
+)
+
+// WritePEMDir writes id's certificate and key into dir in the qemu/libnbd
+// layout, with the cluster CA as ca-cert.pem: client-cert.pem and
+// client-key.pem, or server-cert.pem and server-key.pem when server is
+// set. dir is created 0700 if missing; the key is written 0600, the
+// certificates 0644. Existing files are never overwritten: the call fails
+// naming them, before writing anything.
+func WritePEMDir(dir string, id *Identity, server bool) error {
+	certFile, keyFile := PEMClientCert, PEMClientKey
+	if server {
+		certFile, keyFile = PEMServerCert, PEMServerKey
+	}
+	kp, err := id.KeyPEM()
+	if err != nil {
+		return err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.CA.Raw})
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("transport: create certificate dir %s: %w", dir, err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{keyFile, kp, 0o600}, {certFile, id.CertPEM(), 0o644}, {PEMCACert, caPEM, 0o644}}
+	for _, f := range files {
+		path := filepath.Join(dir, f.name)
+		if _, err := os.Lstat(path); err == nil {
+			if f.name == PEMCACert {
+				if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, caPEM) {
+					continue
+				}
+			}
+			return fmt.Errorf("transport: %s already exists; remove it or write to another directory", path)
+		}
+	}
+	for _, f := range files {
+		path := filepath.Join(dir, f.name)
+		if _, err := os.Lstat(path); err == nil {
+			continue // the same CA certificate
+		}
+		if err := writeFile(path, f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -51,7 +51,7 @@ func TestMutualTLSAndPeerNames(t *testing.T) {
 	}
 }
 
-func dialErr(t *testing.T, server, client *transport.Identity, want string, serverCfg func(*transport.Config)) (error, string) {
+func dialErr(t *testing.T, server, client *transport.Identity, want string, serverCfg func(*transport.Config)) (serverLog string, err error) {
 	t.Helper()
 	var slog syncBuffer
 	scfg := testConfig(server, &slog)
@@ -75,7 +75,7 @@ func dialErr(t *testing.T, server, client *transport.Identity, want string, serv
 	for time.Now().Before(deadline) && !strings.Contains(slog.String(), "refused") {
 		time.Sleep(10 * time.Millisecond)
 	}
-	return err, slog.String()
+	return slog.String(), err
 }
 
 func TestOtherCARefused(t *testing.T) {
@@ -83,7 +83,7 @@ func TestOtherCARefused(t *testing.T) {
 	b := cluster(t, transport.KeyECDSAP256, "m2")
 	t.Run("dialer refuses server", func(t *testing.T) {
 		// m2 belongs to another cluster: it distrusts m1 first.
-		err, serverLog := dialErr(t, a["m1"], b["m2"], "m1", nil)
+		serverLog, err := dialErr(t, a["m1"], b["m2"], "m1", nil)
 		if !errors.Is(err, transport.ErrUntrustedPeer) || !strings.Contains(err.Error(), "unknown authority") {
 			t.Errorf("dial error = %v, want ErrUntrustedPeer naming the cause", err)
 		}
@@ -97,7 +97,7 @@ func TestOtherCARefused(t *testing.T) {
 		// A client that trusts m1's CA but holds a certificate of another CA.
 		mixed := *b["m2"]
 		mixed.Roots = a["m1"].Roots
-		err, serverLog := dialErr(t, a["m1"], &mixed, "m1", nil)
+		serverLog, err := dialErr(t, a["m1"], &mixed, "m1", nil)
 		if !errors.Is(err, transport.ErrRejected) {
 			t.Errorf("dial error = %v, want ErrRejected", err)
 		}
@@ -110,7 +110,7 @@ func TestOtherCARefused(t *testing.T) {
 
 func TestWrongExpectedNameRefused(t *testing.T) {
 	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2", "m3")
-	err, _ := dialErr(t, ids["m1"], ids["m2"], "m3", nil)
+	_, err := dialErr(t, ids["m1"], ids["m2"], "m3", nil)
 	if !errors.Is(err, transport.ErrPeerName) {
 		t.Errorf("dial error = %v, want ErrPeerName", err)
 	}
@@ -122,7 +122,7 @@ func TestWrongExpectedNameRefused(t *testing.T) {
 func TestAllowList(t *testing.T) {
 	ids := cluster(t, transport.KeyECDSAP256, "m1", "m2", "m3")
 	allow := func(c *transport.Config) { c.AllowPeers = []string{"m2"} }
-	err, serverLog := dialErr(t, ids["m1"], ids["m3"], "m1", allow)
+	serverLog, err := dialErr(t, ids["m1"], ids["m3"], "m1", allow)
 	if !errors.Is(err, transport.ErrRejected) {
 		t.Errorf("dial error = %v, want ErrRejected", err)
 	}

@@ -19,6 +19,15 @@
 //     name is Conn.PeerName. A refused client is logged on the listener
 //     (Warn, with the reason) and its Dial fails with ErrRejected.
 //
+// Only node certificates (both usages, IssueNode) are accepted from peers,
+// in either direction: the certificates the CA issues for NBD clients
+// (IssueClient, clientAuth only) and NBD servers (IssueServer, serverAuth
+// only, with the host names and addresses clients connect to) are refused
+// with ErrUntrustedPeer, so a hypervisor holding one cannot act as a node.
+// WritePEMDir stores such a certificate in the layout qemu's
+// tls-creds-x509 and libnbd's tls-certificates read: ca-cert.pem,
+// client-cert.pem / client-key.pem or server-cert.pem / server-key.pem.
+//
 // In TLS 1.3 the client completes its handshake before the server has
 // checked the client certificate. So that Dial reports refusals itself
 // instead of handing out a connection that dies a moment later, the

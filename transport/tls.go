@@ -66,6 +66,19 @@ func certHasName(c *x509.Certificate, name string) bool {
 	return false
 }
 
+// checkNodeCert refuses certificates the cluster CA signed for something
+// other than a node: node certificates carry both serverAuth and
+// clientAuth, while those for NBD clients and servers (IssueClient,
+// IssueServer) carry one, so a hypervisor's NBD certificate can never
+// replicate, promote or fence anything.
+func checkNodeCert(c *x509.Certificate) error {
+	if !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) || !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return fmt.Errorf("%w: certificate %q is not a node certificate (it is not valid for both TLS server and client use; certificates for NBD clients and servers cannot join the cluster)",
+			ErrUntrustedPeer, certName(c))
+	}
+	return nil
+}
+
 // serverTLS builds the listener's TLS config. Client certificates are
 // verified by us (not crypto/tls) so that refusals are logged with a
 // precise reason and the allow-list is applied in the same place. Every
@@ -127,6 +140,9 @@ func checkClient(roots *x509.CertPool, certs []*x509.Certificate, allow []string
 	if _, err := verifyChain(roots, certs, x509.ExtKeyUsageClientAuth); err != nil {
 		return "", err
 	}
+	if err := checkNodeCert(certs[0]); err != nil {
+		return "", err
+	}
 	name := certName(certs[0])
 	if len(allow) > 0 && !slices.ContainsFunc(allow, func(a string) bool { return certHasName(certs[0], a) }) {
 		return "", fmt.Errorf("%w: client %q is not one of %v", ErrPeerNotAllowed, name, allow)
@@ -157,6 +173,9 @@ func clientTLS(id *Identity, peerName string, log *slog.Logger) *tls.Config {
 
 func checkServer(roots *x509.CertPool, certs []*x509.Certificate, peerName string) error {
 	if _, err := verifyChain(roots, certs, x509.ExtKeyUsageServerAuth); err != nil {
+		return err
+	}
+	if err := checkNodeCert(certs[0]); err != nil {
 		return err
 	}
 	if !certHasName(certs[0], peerName) {

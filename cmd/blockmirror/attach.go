@@ -2,18 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/ioctl"
-	"github.com/pojntfx/go-nbd/pkg/protocol"
+
+	"github.com/blockmirror/blockmirror/nbd"
 )
 
 // Kernel NBD ioctls that go-nbd's ioctl package does not name.
@@ -39,10 +38,9 @@ func runAttach(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // attach connects the kernel NBD device dev to the export and blocks until
 // ctx ends (then disconnects) or the kernel drops the connection. It uses
-// go-nbd's ioctl numbers and protocol constants, but negotiates itself so
-// that the export's transmission flags (FLUSH, FUA, TRIM, …) reach the
-// kernel: go-nbd's client does not pass them on, and a kernel that does not
-// know the export can flush never sends a flush.
+// go-nbd's ioctl numbers, and negotiates with nbd.Client so that the
+// export's transmission flags (FLUSH, FUA, TRIM, …) reach the kernel: a
+// kernel that does not know the export can flush never sends a flush.
 func attach(ctx context.Context, addr, export, dev string, timeout time.Duration, stdout io.Writer) error {
 	if _, err := os.Stat(dev); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -56,30 +54,30 @@ func attach(ctx context.Context, addr, export, dev string, timeout time.Duration
 		return fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer f.Close()
-	network, address := "tcp", addr
-	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, address = "unix", p
+	nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// The kernel reads the replies: the client must not.
+	c, err := nbd.Connect(nctx, addr, nbd.ConnectOptions{Export: export, IgnoreReplies: true})
+	cancel()
+	if errors.Is(err, nbd.ErrTLSRequired) {
+		return fmt.Errorf("the server requires TLS (--nbd-tls require), which the kernel's NBD client cannot speak: " +
+			"use a user-space client with TLS instead (nbdfuse or qemu with an nbds:// URI and certificates), or a plaintext export on a local address")
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, address)
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", addr, err)
+		return err
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	size, flags, err := negotiateGo(conn, export)
-	if err != nil {
-		return fmt.Errorf("negotiate with %s: %w", addr, err)
+	defer c.Close()
+	size, flags := c.Size(), c.Flags()
+	if size == 0 {
+		return fmt.Errorf("negotiate with %s: the server sent no export size", addr)
 	}
-	conn.SetDeadline(time.Time{})
 	var sock *os.File
-	switch c := conn.(type) {
+	switch nc := c.Conn().(type) {
 	case *net.TCPConn:
-		sock, err = c.File()
+		sock, err = nc.File()
 	case *net.UnixConn:
-		sock, err = c.File()
+		sock, err = nc.File()
 	default:
-		err = fmt.Errorf("unsupported connection type %T", conn)
+		err = fmt.Errorf("unsupported connection type %T", nc)
 	}
 	if err != nil {
 		return fmt.Errorf("socket fd: %w", err)
@@ -116,70 +114,4 @@ func attach(ctx context.Context, addr, export, dev string, timeout time.Duration
 	}
 	syscall.Syscall(syscall.SYS_IOCTL, fd, ioctl.TRANSMISSION_IOCTL_CLEAR_SOCK, 0)
 	return nil
-}
-
-// negotiateGo performs a fixed-newstyle handshake with NBD_OPT_GO and
-// returns the export size and transmission flags.
-func negotiateGo(c net.Conn, export string) (uint64, uint16, error) {
-	var hs struct {
-		Magic, OptMagic uint64
-		Flags           uint16
-	}
-	if err := binary.Read(c, binary.BigEndian, &hs); err != nil {
-		return 0, 0, fmt.Errorf("read greeting: %w", err)
-	}
-	if hs.Magic != protocol.NEGOTIATION_MAGIC_OLDSTYLE || hs.OptMagic != protocol.NEGOTIATION_MAGIC_OPTION {
-		return 0, 0, errors.New("not a newstyle NBD server")
-	}
-	if hs.Flags&protocol.NEGOTIATION_HANDSHAKE_FLAG_FIXED_NEWSTYLE == 0 {
-		return 0, 0, errors.New("server does not speak fixed newstyle")
-	}
-	const clientFixedNewstyle, clientNoZeroes = 1, 2
-	cflags := uint32(clientFixedNewstyle)
-	if hs.Flags&2 != 0 {
-		cflags |= clientNoZeroes
-	}
-	name := []byte(export)
-	opt := binary.BigEndian.AppendUint32(nil, cflags)
-	opt = binary.BigEndian.AppendUint64(opt, protocol.NEGOTIATION_MAGIC_OPTION)
-	opt = binary.BigEndian.AppendUint32(opt, protocol.NEGOTIATION_ID_OPTION_GO)
-	opt = binary.BigEndian.AppendUint32(opt, uint32(4+len(name)+2))
-	opt = binary.BigEndian.AppendUint32(opt, uint32(len(name)))
-	opt = append(opt, name...)
-	opt = binary.BigEndian.AppendUint16(opt, 0)
-	if _, err := c.Write(opt); err != nil {
-		return 0, 0, fmt.Errorf("send NBD_OPT_GO: %w", err)
-	}
-	var size uint64
-	var flags uint16
-	for {
-		var rh protocol.NegotiationReplyHeader
-		if err := binary.Read(c, binary.BigEndian, &rh); err != nil {
-			return 0, 0, fmt.Errorf("read option reply: %w", err)
-		}
-		if rh.ReplyMagic != protocol.NEGOTIATION_MAGIC_REPLY {
-			return 0, 0, errors.New("bad option reply magic")
-		}
-		if rh.Length > 1<<16 {
-			return 0, 0, fmt.Errorf("option reply of %d bytes is too long", rh.Length)
-		}
-		body := make([]byte, rh.Length)
-		if _, err := io.ReadFull(c, body); err != nil {
-			return 0, 0, fmt.Errorf("read option reply: %w", err)
-		}
-		switch {
-		case rh.Type == protocol.NEGOTIATION_TYPE_REPLY_ACK:
-			if size == 0 {
-				return 0, 0, errors.New("server sent no export size")
-			}
-			return size, flags, nil
-		case rh.Type == protocol.NEGOTIATION_TYPE_REPLY_INFO:
-			if len(body) >= 12 && binary.BigEndian.Uint16(body) == protocol.NEGOTIATION_TYPE_INFO_EXPORT {
-				size = binary.BigEndian.Uint64(body[2:])
-				flags = binary.BigEndian.Uint16(body[10:])
-			}
-		case rh.Type&(1<<31) != 0:
-			return 0, 0, fmt.Errorf("server refused export %q (error %#x): %s", export, rh.Type, body)
-		}
-	}
 }

@@ -11,19 +11,20 @@ import (
 )
 
 func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("promote", "promote --data DIR | --admin ADDR [--force]", stderr)
+	fs := newFlagSet("promote", "promote --data DIR | --admin ADDR | --control PATH [--force]", stderr)
 	data := fs.String("data", "", "data directory of a stopped mirror to promote (offline)")
-	admin := fs.String("admin", "", "admin endpoint of a running mirror daemon to promote (online; it then serves NBD)")
+	var target controlTarget
+	target.register(fs, "", "a running mirror daemon to promote (online; it then serves NBD)")
 	force := fs.Bool("force", false, "promote even if the mirror's store is inconsistent (a resync did not complete)")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	switch {
-	case (*data == "") == (*admin == ""):
-		fmt.Fprintln(stderr, "give exactly one of --data (stopped mirror) or --admin (running mirror)")
+	case (*data == "") == target.empty():
+		fmt.Fprintln(stderr, "give exactly one of --data (stopped mirror) or --admin/--control (running mirror)")
 		fs.Usage()
 		return errUsage
-	case *admin != "":
+	case !target.empty():
 		path := "/v1/promote"
 		if *force {
 			path += "?force=1"
@@ -32,7 +33,7 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			Epoch uint64
 			NBD   string
 		}
-		if err := post(ctx, *admin, path, &res); err != nil {
+		if err := target.post(ctx, path, &res); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "promoted: primary in epoch %d, serving NBD at %s\n", res.Epoch, res.NBD)
@@ -57,25 +58,26 @@ func runPromote(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func runDemote(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demote", "demote --data DIR | --admin ADDR [--split-brain-loser]", stderr)
+	fs := newFlagSet("demote", "demote --data DIR | --admin ADDR | --control PATH [--split-brain-loser]", stderr)
 	data := fs.String("data", "", "data directory of a stopped primary to demote (offline)")
-	admin := fs.String("admin", "", "admin endpoint of a running primary to demote (it stops serving)")
+	var target controlTarget
+	target.register(fs, "", "a running primary to demote (it stops serving)")
 	loser := fs.Bool("split-brain-loser", false, "this node gives up its side of a split brain: on contact with the other primary it quarantines its writes since the fork and resyncs")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
 	switch {
-	case (*data == "") == (*admin == ""):
-		fmt.Fprintln(stderr, "give exactly one of --data (stopped primary) or --admin (running primary)")
+	case (*data == "") == target.empty():
+		fmt.Fprintln(stderr, "give exactly one of --data (stopped primary) or --admin/--control (running primary)")
 		fs.Usage()
 		return errUsage
-	case *admin != "":
+	case !target.empty():
 		path := "/v1/demote"
 		if *loser {
 			path += "?split_brain_loser=1"
 		}
 		var res map[string]any
-		if err := post(ctx, *admin, path, &res); err != nil {
+		if err := target.post(ctx, path, &res); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "demoted; the process stopped serving. Start it as a mirror: blockmirror mirror --data %v --listen HOST:PORT --certs DIR --node NAME\n", res["data"])

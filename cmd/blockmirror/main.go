@@ -11,11 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
-	"strings"
 	"syscall"
 )
 
@@ -122,34 +120,6 @@ func parseFlags(fs *flag.FlagSet, args []string, positional bool) error {
 		return errUsage
 	}
 	return nil
-}
-
-// logFlags are the logging flags every daemon command has.
-type logFlags struct {
-	level  string
-	format string
-	pprof  bool
-}
-
-func (l *logFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
-	fs.BoolVar(&l.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the admin endpoint")
-}
-
-func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
-	}
-	o := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(l.format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, o)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, o)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {

@@ -8,20 +8,26 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/blockmirror/blockmirror/internal/config"
+	"github.com/blockmirror/blockmirror/internal/daemon"
 	"github.com/blockmirror/blockmirror/mirror"
 )
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "512K": 512 << 10, "64M": 64 << 20, "10G": 10 << 30, "1T": 1 << 40, "2GiB": 2 << 30, "8gb": 8 << 30} {
-		got, err := parseSize(in)
-		if err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
+func TestSizeAndDurationFlags(t *testing.T) {
+	var sz config.Size
+	var d config.Duration
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Var(sizeFlag{&sz}, "size", "")
+	fs.Var(durationFlag{&d}, "lag", "")
+	if err := fs.Parse([]string{"--size", "2GiB", "--lag", "250ms"}); err != nil || sz != 2<<30 || d.Duration() != 250*time.Millisecond {
+		t.Fatalf("parsed %v %v: %v", sz, d, err)
 	}
 	for _, bad := range []string{"", "G", "-1", "1X", "1.5G", "99999999999T"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
+		if err := fs.Parse([]string{"--size", bad}); err == nil {
+			t.Errorf("--size %q accepted", bad)
 		}
 	}
 }
@@ -77,13 +83,31 @@ func TestUsageAndErrors(t *testing.T) {
 	}
 }
 
-func TestConfigApplyAndOverride(t *testing.T) {
+// parseDaemon parses serve's flags and merges them with the file.
+func parseDaemon(t *testing.T, role string, args ...string) (*config.Process, error) {
+	t.Helper()
+	d, fs := serveFlags(io.Discard)
+	if role == config.RoleMirror {
+		d, fs = mirrorFlags(io.Discard)
+	}
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return d.process(fs, role)
+}
+
+// TestDaemonFlagsOverTheFile: flags and the file become one
+// config.Process: without --volume every volume of the role (each with its
+// own settings), with it the one named; flags given override the file,
+// flags not given do not.
+func TestDaemonFlagsOverTheFile(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "n.toml")
 	os.WriteFile(p, []byte(`
 [node]
 name = "p1"
 certs = "/c"
+control_group = "ops"
 [[volumes]]
 name = "v1"
 role = "primary"
@@ -97,65 +121,83 @@ role = "primary"
 data = "/d2"
 nbd = "127.0.0.1:10810"
 `), 0o600)
-	var f serveFlags
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&f.data, "data", "", "")
-	f.repl.register(fs)
-	var cf configFlags
-	cf.register(fs)
-	if err := fs.Parse([]string{"--config", p}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), "choose one with --volume") {
-		t.Fatalf("two primaries without --volume: %v", err)
-	}
-	// serve --config without --volume runs both, each with its own settings.
-	names, err := cf.several("primary")
-	if err != nil || strings.Join(names, ",") != "v1,v2" {
-		t.Fatalf("several: %v, %v", names, err)
-	}
-	f1, err := volumeFlags(fs, &cf, "primary", f, "v1", nil)
+	proc, err := parseDaemon(t, config.RolePrimary, "--config", p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2, err := volumeFlags(fs, &cf, "primary", f, "v2", nil)
+	if got := strings.Join(proc.Names(), ","); got != "v1,v2" {
+		t.Fatalf("volumes %q, want v1,v2", got)
+	}
+	v1, v2 := proc.Volumes[0], proc.Volumes[1]
+	if v1.Data != "/d1" || len(v1.Mirrors) != 1 || v1.Mode != "async" || v1.Export != "v1" {
+		t.Errorf("v1: %+v", v1)
+	}
+	if v2.Data != "/d2" || len(v2.Mirrors) != 0 || v2.NBD != "127.0.0.1:10810" {
+		t.Errorf("v2: %+v", v2)
+	}
+	if proc.Node.Name != "p1" || proc.Node.ControlGroup != "ops" || proc.Node.Admin != config.DefaultAdmin {
+		t.Errorf("node: %+v", proc.Node)
+	}
+	if _, err := parseDaemon(t, config.RoleMirror, "--config", p); err == nil || !strings.Contains(err.Error(), "no mirror volume") {
+		t.Errorf("mirror of a file without mirrors: %v", err)
+	}
+	proc, err = parseDaemon(t, config.RolePrimary, "--config", p, "--volume", "v1", "--mode", "sync", "--control-group", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f1.volumeName != "v1" || f1.data != "/d1" || len(f1.repl.mirrors) != 1 || f1.repl.mode != "async" {
-		t.Fatalf("v1: name %q data %q mirrors %v mode %q", f1.volumeName, f1.data, f1.repl.mirrors, f1.repl.mode)
+	if len(proc.Volumes) != 1 || proc.Volumes[0].Data != "/d1" || proc.Volumes[0].Mode != "sync" || len(proc.Volumes[0].Mirrors) != 1 || proc.Node.Name != "p1" {
+		t.Errorf("--volume v1 --mode sync: %+v", proc)
 	}
-	if f2.volumeName != "v2" || f2.data != "/d2" || len(f2.repl.mirrors) != 0 || f2.nbdAddr != "127.0.0.1:10810" {
-		t.Fatalf("v2: name %q data %q mirrors %v nbd %q", f2.volumeName, f2.data, f2.repl.mirrors, f2.nbdAddr)
+	if proc.Node.ControlGroup != "" {
+		t.Errorf("--control-group '' over the file: %q", proc.Node.ControlGroup)
 	}
-	if names, err := cf.several("mirror"); err != nil || len(names) != 0 {
-		t.Fatalf("several mirrors: %v, %v", names, err)
+	if _, err := parseDaemon(t, config.RolePrimary, "--config", p, "--volume", "nope"); err == nil || !strings.Contains(err.Error(), `no primary volume named "nope"`) {
+		t.Errorf("unknown volume: %v", err)
 	}
-	if err := fs.Parse([]string{"--config", p, "--volume", "v1", "--mode", "sync"}); err != nil {
+	if _, err := parseDaemon(t, config.RolePrimary, "--volume", "v1"); err == nil || !strings.Contains(err.Error(), "--volume needs --config") {
+		t.Errorf("--volume without --config: %v", err)
+	}
+	// Flags alone: one unnamed volume with the flags' defaults; the
+	// default control group is not explicit.
+	proc, err = parseDaemon(t, config.RolePrimary, "--data", "/d", "--mirror", "m1=127.0.0.1:7001", "--max-lag", "1s")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cf.apply(fs, "primary", &f, nil); err != nil {
-		t.Fatal(err)
+	v := proc.Volumes[0]
+	if len(proc.Volumes) != 1 || v.Name != "" || v.Data != "/d" || v.Export != "disk" || v.NBD != config.DefaultNBD ||
+		v.Role != config.RolePrimary || v.MaxLag.Duration() != time.Second || v.AckTimeout != config.DefaultAckTimeout ||
+		len(v.Mirrors) != 1 || proc.Node.ControlGroup != "" || proc.Node.Control != config.ControlAuto {
+		t.Errorf("flags alone: %+v", proc)
 	}
-	if f.data != "/d1" || f.repl.mode != "sync" || len(f.repl.mirrors) != 1 || f.repl.id.node != "p1" {
-		t.Fatalf("applied: data %q mode %q mirrors %v node %q", f.data, f.repl.mode, f.repl.mirrors, f.repl.id.node)
-	}
-	if err := fs.Parse([]string{"--config", p, "--volume", "nope"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cf.apply(fs, "primary", &f, nil); err == nil || !strings.Contains(err.Error(), `no primary volume named "nope"`) {
-		t.Fatalf("unknown volume: %v", err)
+}
+
+// TestDaemonFlagsMatchTheFile: every daemon flag that overrides a file
+// key names one the file has, so that a flag given is never lost.
+func TestDaemonFlagsMatchTheFile(t *testing.T) {
+	for role, flags := range map[string]func(io.Writer) (*daemonFlags, *flag.FlagSet){config.RolePrimary: serveFlags, config.RoleMirror: mirrorFlags} {
+		d, fs := flags(io.Discard)
+		fs.VisitAll(func(f *flag.Flag) {
+			if _, ok := d.keys[f.Name]; !ok && f.Name != "config" && f.Name != "volume" && !strings.HasPrefix(f.Name, "test-") {
+				t.Errorf("%s --%s overrides no configuration key", role, f.Name)
+			}
+		})
+		var set []string
+		for _, k := range d.keys {
+			set = append(set, k)
+		}
+		if _, err := config.Merge(nil, "", role, "", d.node, d.vol, set); err != nil {
+			t.Errorf("%s: %v", role, err)
+		}
 	}
 }
 
 func TestPrintStatusSeveralVolumes(t *testing.T) {
-	st := &nodeStatus{
-		Volumes: map[string]nodeStatus{
+	st := &daemon.NodeStatus{
+		Volumes: map[string]daemon.NodeStatus{
 			"b": {Mirror: &mirror.MirrorStatus{Role: "mirror", Volume: "uuid-b", Connected: true, Primary: "p1"}},
 			"a": {Mirror: &mirror.MirrorStatus{Role: "mirror"}},
 		},
-		Connections: &connStatus{Accepted: 1},
+		Connections: &daemon.ConnStatus{Accepted: 1},
 	}
 	var b strings.Builder
 	printStatus(&b, st)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,35 +10,13 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/internal/daemon"
 )
 
-// nodeStatus is what GET /v1/status returns: one of the two is set.
-//
-// A process running several volumes (serve or mirror --config without
-// --volume) sets Volumes instead: each volume's status by name, with the
-// process's QUIC connection counts in Connections.
-type nodeStatus struct {
-	Primary     *primaryStatus        `json:"primary,omitempty"`
-	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
-	Volumes     map[string]nodeStatus `json:"volumes,omitempty"`
-	Connections *connStatus           `json:"connections,omitempty"`
-}
-
-type primaryStatus struct {
-	Role        string                    `json:"role"`
-	Volume      string                    `json:"volume"`
-	Size        int64                     `json:"size"`
-	Epoch       uint64                    `json:"epoch"`
-	NBD         string                    `json:"nbd"`
-	Checkpoint  uint64                    `json:"checkpoint_seq"`
-	SplitBrain  string                    `json:"split_brain,omitempty"`
-	Replication *mirror.ReplicationStatus `json:"replication,omitempty"`
-}
-
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [--admin ADDR] [--json] [--watch]", stderr)
+	fs := newFlagSet("status", "status [--admin ADDR | --control PATH] [--json] [--watch]", stderr)
 	admin := fs.String("admin", defaultAdmin, "admin endpoint of the node (a mirror's default is 127.0.0.1:7481)")
+	control := fs.String("control", "", "read the status from the node's control socket instead (works with --admin '')")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted")
 	interval := fs.Duration("interval", time.Second, "refresh period for --watch")
@@ -48,7 +25,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for {
-		st, raw, err := fetchStatus(ctx, client, *admin)
+		var st *daemon.NodeStatus
+		var raw []byte
+		var err error
+		if *control != "" {
+			st, raw, err = daemon.ControlStatus(ctx, *control)
+		} else {
+			st, raw, err = daemon.FetchStatus(ctx, client, *admin)
+		}
 		if err != nil {
 			return err
 		}
@@ -70,27 +54,6 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		case <-time.After(*interval):
 		}
 	}
-}
-
-func fetchStatus(ctx context.Context, c *http.Client, admin string) (*nodeStatus, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+admin+"/v1/status", nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("no node answers on %s (is it running, with --admin %s?): %w", admin, admin, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, nil, err
-	}
-	var st nodeStatus
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, nil, fmt.Errorf("bad status from %s: %w", admin, err)
-	}
-	return &st, raw, nil
 }
 
 // progressLine renders a resync's progress as a bar with numbers.
@@ -119,8 +82,11 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-func printStatus(w io.Writer, st *nodeStatus) {
+func printStatus(w io.Writer, st *daemon.NodeStatus) {
 	if len(st.Volumes) > 0 {
+		if st.Control != "" {
+			fmt.Fprintf(w, "control:      %s\n", st.Control)
+		}
 		if c := st.Connections; c != nil {
 			fmt.Fprintf(w, "connections:  %d open, %d dialed, %d accepted\n", c.Open, c.Dialed, c.Accepted)
 		}
@@ -138,6 +104,9 @@ func printStatus(w io.Writer, st *nodeStatus) {
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
+	if st.Control != "" {
+		fmt.Fprintf(tw, "control:\t%s\n", st.Control)
+	}
 	if m := st.Mirror; m != nil {
 		fmt.Fprintf(tw, "role:\tmirror\n")
 		if m.Volume == "" {

@@ -6,4 +6,4 @@ import "flag"
 
 // registerTestHooks: a release build has no test hooks (see
 // testhooks_on.go).
-func registerTestHooks(*flag.FlagSet, *serveFlags) {}
+func registerTestHooks(*flag.FlagSet, *daemonFlags) {}

@@ -9,6 +9,6 @@ import "flag"
 // --test-journal-delay makes every local journal write pass wait, so the
 // primary's senders stream records to mirrors before the primary's own
 // journal has them — what a crash or power loss then exposes.
-func registerTestHooks(fs *flag.FlagSet, f *serveFlags) {
-	fs.DurationVar(&f.testJournalDelay, "test-journal-delay", 0, "TEST BUILD ONLY: delay every local journal write pass by this long")
+func registerTestHooks(fs *flag.FlagSet, d *daemonFlags) {
+	fs.DurationVar(&d.testJournalDelay, "test-journal-delay", 0, "TEST BUILD ONLY: delay every local journal write pass by this long")
 }

@@ -12,8 +12,9 @@ import (
 )
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("verify", "verify [--admin ADDR] [--volume NAME] [--resync] [--json]", stderr)
-	admin := fs.String("admin", defaultAdmin, "admin endpoint of the primary")
+	fs := newFlagSet("verify", "verify [--admin ADDR | --control PATH] [--volume NAME] [--resync] [--json]", stderr)
+	var target controlTarget
+	target.register(fs, defaultAdmin, "the primary")
 	resync := fs.Bool("resync", false, "resync the differing ranges (by default verify changes nothing)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	volume := fs.String("volume", "", "the volume to verify, on a process serving several")
@@ -32,7 +33,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		path += "?" + q.Encode()
 	}
 	var rep mirror.VerifyReport
-	if err := post(ctx, *admin, path, &rep); err != nil {
+	if err := target.post(ctx, path, &rep); err != nil {
 		return err
 	}
 	bad := false

@@ -32,13 +32,36 @@ type NodeConfig struct {
 	// Certs is the directory holding ca.crt and Name.crt/Name.key (made by
 	// `blockmirror certs init`). Required when any volume replicates.
 	Certs string `toml:"certs"`
-	// Admin is the local HTTP endpoint for status, control and metrics,
+	// Admin is the local HTTP endpoint for status and metrics (read-only),
 	// HOST:PORT. Default DefaultAdmin; "" disables it. It must be a loopback
 	// address unless AdminAllowRemote is set.
 	Admin string `toml:"admin"`
 	// AdminAllowRemote permits a non-loopback Admin address. The endpoint
-	// has no authentication and can promote and demote volumes.
+	// has no authentication and shows volume names, addresses and sizes
+	// (and Go profiles with Pprof).
 	AdminAllowRemote bool `toml:"admin_allow_remote"`
+	// Control is the unix socket for control (promote, demote, verify):
+	// an absolute path, ControlAuto (the default:
+	// /run/blockmirror/NAME.sock, NAME the node name or else the
+	// volume's), or "" to disable online control.
+	Control string `toml:"control"`
+	// ControlGroup may use the control socket besides root; "" means
+	// "blockmirror", whose absence then only makes the socket root-only
+	// (a group named here must exist).
+	ControlGroup string `toml:"control_group"`
+	// NBDTLS is NBDTLSOff (default), NBDTLSOn (clients may start TLS) or
+	// NBDTLSRequire (plaintext clients are refused), for every NBD
+	// address of the process.
+	NBDTLS string `toml:"nbd_tls"`
+	// NBDTLSCert and NBDTLSKey are the NBD server's certificate and key
+	// (PEM files); without them the node's certificate from Certs and
+	// Name is used.
+	NBDTLSCert string `toml:"nbd_tls_cert"`
+	NBDTLSKey  string `toml:"nbd_tls_key"`
+	// NBDTLSClientCA, when set, requires NBD clients to present a
+	// certificate issued by this CA: a PEM file, or NBDTLSClientCACluster
+	// for the cluster CA (Certs/ca.crt).
+	NBDTLSClientCA string `toml:"nbd_tls_client_ca"`
 	// LogLevel is debug, info, warn or error. Default "info".
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json. Default "text".
@@ -130,6 +153,16 @@ const (
 	AckReceived = "received"
 	AckWritten  = "written"
 	AckDurable  = "durable"
+
+	NBDTLSOff     = "off"
+	NBDTLSOn      = "on"
+	NBDTLSRequire = "require"
+
+	// ControlAuto selects the default control socket path.
+	ControlAuto = "auto"
+	// NBDTLSClientCACluster selects the cluster CA for NBD client
+	// certificates.
+	NBDTLSClientCACluster = "cluster"
 )
 
 // Defaults for keys the file leaves out. They match the command-line flags'
@@ -231,6 +264,12 @@ func (c *Config) clone() *Config {
 func (n *NodeConfig) applyDefaults(has func(key string) bool) {
 	if !has("admin") && n.Admin == "" {
 		n.Admin = DefaultAdmin
+	}
+	if !has("control") && n.Control == "" {
+		n.Control = ControlAuto
+	}
+	if !has("nbd_tls") && n.NBDTLS == "" {
+		n.NBDTLS = NBDTLSOff
 	}
 	if !has("log_level") && n.LogLevel == "" {
 		n.LogLevel = DefaultLogLevel

@@ -46,7 +46,8 @@ func TestLoadExample(t *testing.T) {
 	if !reflect.DeepEqual(*logs, wantLogs) {
 		t.Errorf("logs =\n%+v\nwant\n%+v", *logs, wantLogs)
 	}
-	wantNode := config.NodeConfig{Name: "alpha", Certs: "/etc/blockmirror/certs", Admin: config.DefaultAdmin, LogLevel: "info", LogFormat: "json"}
+	wantNode := config.NodeConfig{Name: "alpha", Certs: "/etc/blockmirror/certs", Admin: config.DefaultAdmin, LogLevel: "info", LogFormat: "json",
+		Control: config.ControlAuto, NBDTLS: config.NBDTLSOff}
 	if c.Node != wantNode {
 		t.Errorf("node = %+v, want %+v", c.Node, wantNode)
 	}

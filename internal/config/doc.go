@@ -1,5 +1,6 @@
 // Package config reads a node's TOML configuration file: the node's
-// identity, logging and admin endpoint, and the volumes it serves as
+// identity, logging, admin endpoint, control socket and NBD TLS, and the
+// volumes it serves as
 // primary or as mirror. Command-line flags override the file; the command
 // merges them (Config.Volume finds the volume to merge into).
 //
@@ -8,7 +9,13 @@
 //	[node]
 //	name       = "alpha"                    # certificate node name
 //	certs      = "/etc/blockmirror/certs"   # ca.crt, alpha.crt, alpha.key
-//	admin      = "127.0.0.1:7480"           # "" disables; loopback only unless admin_allow_remote
+//	admin      = "127.0.0.1:7480"           # read-only; "" disables; loopback only unless admin_allow_remote
+//	control    = "auto"                     # control socket: /run/blockmirror/NAME.sock; "" disables
+//	control_group = "blockmirror"           # may use the control socket besides root
+//	nbd_tls    = "off"                      # off | on | require
+//	nbd_tls_cert = ""                       # NBD server certificate and key (default: the node's)
+//	nbd_tls_key  = ""
+//	nbd_tls_client_ca = ""                  # "cluster" or a PEM file: client certificates required
 //	log_level  = "info"                     # debug | info | warn | error
 //	log_format = "text"                     # text | json
 //	pprof      = false

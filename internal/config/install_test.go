@@ -50,7 +50,7 @@ func TestInstallIntoRoot(t *testing.T) {
 	root := t.TempDir()
 	bin := fakeBinary(t)
 	out := runInstall(t, "--root", root, "--binary", bin)
-	for _, want := range []string{"skip: sysctl", "skip: systemctl daemon-reload"} {
+	for _, want := range []string{"skip: sysctl", "skip: systemctl daemon-reload", "skip: groupadd blockmirror"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -91,6 +91,7 @@ func TestInstallIntoRoot(t *testing.T) {
 			"Restart=on-failure\n", "NoNewPrivileges=yes\n", "ProtectSystem=strict\n",
 			"ReadWritePaths=/var/lib/blockmirror\n", "LimitNOFILE=", "After=network-online.target",
 			"KillSignal=SIGTERM\n", "TimeoutStopSec=",
+			"Group=blockmirror\n", "RuntimeDirectory=blockmirror\n", "RuntimeDirectoryPreserve=yes\n",
 		} {
 			if !strings.Contains(s, want) {
 				t.Errorf("%s unit lacks %q", u.unit, want)

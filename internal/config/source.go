@@ -120,7 +120,7 @@ func (s *scanner) document() {
 		case s.peek() == '[' && s.pos+1 < len(s.src) && s.src[s.pos+1] == '[':
 			s.pos += 2
 			parts := s.keyParts()
-			if !s.expect(']') || !s.expect(']') {
+			if !s.expectClose(2) {
 				s.skipLine()
 				table = ""
 				continue
@@ -173,6 +173,17 @@ func join(prefix, key string) string {
 		return key
 	}
 	return prefix + "." + key
+}
+
+// expectClose reads n closing brackets ("]]" after an array-of-tables
+// header), stopping at the first one missing.
+func (s *scanner) expectClose(n int) bool {
+	for range n {
+		if !s.expect(']') {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *scanner) expect(c byte) bool {

@@ -79,9 +79,17 @@ func (v *validator) node(c *Config) {
 		case err != "":
 			v.add("node.admin", "node: admin %q: %s", n.Admin, err)
 		case !n.AdminAllowRemote && !isLoopback(host):
-			v.add("node.admin", "node: admin %q is not a loopback address; the admin endpoint has no authentication and can promote and demote volumes (set admin_allow_remote = true to allow it anyway)", n.Admin)
+			v.add("node.admin", "node: admin %q is not a loopback address; the admin endpoint has no authentication and shows the node's volumes, addresses and metrics (set admin_allow_remote = true to allow it anyway)", n.Admin)
 		}
 	}
+	switch {
+	case n.Control == "" || n.Control == ControlAuto:
+	case !filepath.IsAbs(n.Control):
+		v.add("node.control", "node: control %q: want an absolute path for the control socket, %q, or \"\" to disable online control", n.Control, ControlAuto)
+	case len(n.Control) > maxSocketPath:
+		v.add("node.control", "node: control %q is %d bytes, longer than the %d a unix socket path allows", n.Control, len(n.Control), maxSocketPath)
+	}
+	v.nbdTLS(n)
 	switch strings.ToLower(n.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -91,6 +99,34 @@ func (v *validator) node(c *Config) {
 	case "text", "json":
 	default:
 		v.add("node.log_format", "node: log_format %q: want text or json", n.LogFormat)
+	}
+}
+
+// maxSocketPath is the longest unix socket path (sun_path less its NUL).
+const maxSocketPath = 107
+
+// nbdTLS checks nbd_tls and its certificate settings.
+func (v *validator) nbdTLS(n *NodeConfig) {
+	switch n.NBDTLS {
+	case NBDTLSOff, NBDTLSOn, NBDTLSRequire:
+	default:
+		v.add("node.nbd_tls", "node: nbd_tls %q: want %s, %s or %s", n.NBDTLS, NBDTLSOff, NBDTLSOn, NBDTLSRequire)
+		return
+	}
+	if (n.NBDTLSCert == "") != (n.NBDTLSKey == "") {
+		v.add("node.nbd_tls_cert", "node: nbd_tls_cert and nbd_tls_key go together (the NBD server's certificate and its key)")
+	}
+	if n.NBDTLS == NBDTLSOff {
+		if n.NBDTLSCert != "" || n.NBDTLSClientCA != "" {
+			v.add("node.nbd_tls", "node: nbd_tls is off, so nbd_tls_cert, nbd_tls_key and nbd_tls_client_ca would be ignored: set nbd_tls = \"on\" or \"require\", or remove them")
+		}
+		return
+	}
+	if n.NBDTLSCert == "" && (n.Certs == "" || n.Name == "") {
+		v.add("node.nbd_tls", "node: nbd_tls %q needs a server certificate: nbd_tls_cert and nbd_tls_key, or certs and name (the node's certificate)", n.NBDTLS)
+	}
+	if n.NBDTLSClientCA == NBDTLSClientCACluster && n.Certs == "" {
+		v.add("node.nbd_tls_client_ca", "node: nbd_tls_client_ca = %q needs certs (the directory with the cluster's ca.crt)", NBDTLSClientCACluster)
 	}
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -96,13 +97,13 @@ func TestNbdsh(t *testing.T) {
 	needPythonNBD(t)
 	nbdsh := needTool(t, "nbdsh")
 	s := startServer(t, serverOpts{Size: "64M"})
-	out := runCmd(t, 30*time.Second, nbdsh, "-u", s.URI,
+	out := runCmd(t, 30*time.Second, nbdsh, append(nbdshConnect(s.URI),
 		"-c", "h.pwrite(b'hello, blockmirror' * 1000, 12345)",
 		"-c", "h.flush()",
 		"-c", "assert h.pread(18000, 12345) == b'hello, blockmirror' * 1000",
 		"-c", "assert h.pread(10, 12345 - 10) == bytes(10)",
 		"-c", "assert h.get_size() == 64 * 1024 * 1024, h.get_size()",
-		"-c", "print('nbdsh ok')")
+		"-c", "print('nbdsh ok')")...)
 	if !strings.Contains(out, "nbdsh ok") {
 		t.Fatalf("nbdsh output:\n%s", out)
 	}
@@ -166,11 +167,15 @@ func TestQemuIO(t *testing.T) {
 		"write -z -u 32M 1M",
 		"read -P 0 32M 1M",
 	}
-	args := []string{"-f", "raw"}
+	q := s.qemu()
+	args := append(q.object, "-f", "raw")
+	if q.opts {
+		args = append(q.object, "--image-opts")
+	}
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	args = append(args, s.URI)
+	args = append(args, q.spec)
 	out := runCmd(t, time.Minute, qemuIO, args...)
 	for _, bad := range []string{"failed", "error", "Error"} {
 		if strings.Contains(out, bad) {
@@ -192,17 +197,27 @@ func TestQemuImgConvert(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, 2*time.Minute, qemuImg, "convert", "-n", "-W", "-m", "8", "-f", "raw", "-O", "raw", src, s.URI)
+	q := s.qemu()
+	convert := append([]string{"convert", "-n", "-W", "-m", "8"}, q.object...)
+	compare := append([]string{"compare"}, q.object...)
+	if q.opts {
+		convert = append(convert, "-f", "raw", "--target-image-opts", src, q.spec)
+		compare = append(compare, "--image-opts", "driver=file,filename="+src, q.spec)
+	} else {
+		convert = append(convert, "-f", "raw", "-O", "raw", src, q.spec)
+		compare = append(compare, "-f", "raw", "-F", "raw", src, q.spec)
+	}
+	runCmd(t, 2*time.Minute, qemuImg, convert...)
 	// compare: the 64 MiB must match and the rest of the 128 MiB export must
 	// read as zeroes (non-strict mode).
-	out := runCmd(t, 2*time.Minute, qemuImg, "compare", "-f", "raw", "-F", "raw", src, s.URI)
+	out := runCmd(t, 2*time.Minute, qemuImg, compare...)
 	if !strings.Contains(out, "Images are identical") {
 		t.Fatalf("qemu-img compare:\n%s", out)
 	}
 	// corrupt one byte through NBD; compare must now notice
 	if nbdsh, err := lookTool("nbdsh"); err == nil {
-		runCmd(t, 30*time.Second, nbdsh, "-u", s.URI, "-c", "h.pwrite(b'\\x01', 33 * 1024 * 1024 + 7)")
-		if out, err := runCmdErr(t, 2*time.Minute, qemuImg, "compare", "-f", "raw", "-F", "raw", src, s.URI); err == nil {
+		runCmd(t, 30*time.Second, nbdsh, append(nbdshConnect(s.URI), "-c", "h.pwrite(b'\\x01', 33 * 1024 * 1024 + 7)")...)
+		if out, err := runCmdErr(t, 2*time.Minute, qemuImg, compare...); err == nil {
 			t.Fatalf("qemu-img compare found no difference after a write:\n%s", out)
 		}
 	}
@@ -227,6 +242,12 @@ func TestNbdcopy(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("nbdcopy round trip differs (len %d vs %d)", len(got), len(data))
 	}
+}
+
+// nbdshConnect are nbdsh arguments that connect to uri, allowing the
+// certificate directory of a TLS URI.
+func nbdshConnect(uri string) []string {
+	return []string{"-c", "h.set_uri_allow_local_file(True)", "-c", fmt.Sprintf("h.connect_uri(%q)", uri)}
 }
 
 func lookTool(name string) (string, error) {

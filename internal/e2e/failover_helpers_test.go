@@ -8,7 +8,6 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,9 +45,11 @@ type foNode struct {
 	Name   string
 	Data   string
 	Listen string // QUIC (UDP) address: as a mirror, and a primary's --listen
-	Admin  string // admin HTTP
-	NBD    string // NBD HOST:PORT (as a primary, or after an online promotion)
-	Proc   *testutil.Proc
+	Admin  string // admin HTTP (read-only)
+	// Control is the node's control socket (promote, demote, verify).
+	Control string
+	NBD     string // NBD HOST:PORT (as a primary, or after an online promotion)
+	Proc    *testutil.Proc
 }
 
 // URI is the node's NBD URI.
@@ -82,9 +83,10 @@ func newFoCluster(t *testing.T, host int, names ...string) *foCluster {
 	c := &foCluster{t: t, dir: t.TempDir(), nodes: map[string]*foNode{}}
 	c.Certs = filepath.Join(c.dir, "certs")
 	runCmd(t, time.Minute, binPath, append([]string{"certs", "init", "--out", c.Certs}, names...)...)
+	sockets := testutil.SocketDir(t)
 	for i, name := range names {
 		ip := fmt.Sprintf("127.0.0.%d", host+i)
-		c.nodes[name] = &foNode{c: c, Name: name, Data: filepath.Join(c.dir, name),
+		c.nodes[name] = &foNode{c: c, Name: name, Data: filepath.Join(c.dir, name), Control: filepath.Join(sockets, name+".sock"),
 			Listen: foFreeAddr(t, "udp", ip), Admin: foFreeAddr(t, "tcp", ip), NBD: foFreeAddr(t, "tcp", ip)}
 	}
 	return c
@@ -127,7 +129,7 @@ func (n *foNode) StartMirror(extra ...string) *foNode {
 	if n.Proc != nil && !n.Proc.Exited() {
 		t.Fatalf("%s already running", n.Name)
 	}
-	args := []string{"mirror", "--data", n.Data, "--listen", n.Listen, "--admin", n.Admin, "--nbd", n.NBD,
+	args := []string{"mirror", "--data", n.Data, "--listen", n.Listen, "--admin", n.Admin, "--control", n.Control, "--nbd", n.NBD,
 		"--certs", n.c.Certs, "--node", n.Name}
 	n.Proc = testutil.Start(t, testutil.ProcOptions{
 		Name: n.Name + "-mirror", Path: binPath, Args: append(args, extra...),
@@ -144,7 +146,7 @@ func (n *foNode) StartPrimary(size string, extra ...string) *foNode {
 	if n.Proc != nil && !n.Proc.Exited() {
 		t.Fatalf("%s already running", n.Name)
 	}
-	args := []string{"serve", "--data", n.Data, "--nbd", n.NBD, "--admin", n.Admin,
+	args := []string{"serve", "--data", n.Data, "--nbd", n.NBD, "--admin", n.Admin, "--control", n.Control,
 		"--certs", n.c.Certs, "--node", n.Name}
 	if _, err := os.Stat(filepath.Join(n.Data, mirror.MetaFile)); err != nil {
 		args = append(args, "--size", size)
@@ -445,12 +447,6 @@ func foStartProxy(t *testing.T, ip, target string) *faultProxy {
 		t.Fatal(err)
 	}
 	return fp
-}
-
-// foSha is the hex sha256 of p.
-func foSha(p []byte) string {
-	h := sha256.Sum256(p)
-	return hex.EncodeToString(h[:])
 }
 
 // foReadImage reads n bytes at off from a disk image file.

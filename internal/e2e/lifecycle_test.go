@@ -12,10 +12,15 @@ import (
 )
 
 func dialT(t testing.TB, s *server) *rawConn {
+	return dialWith(t, s, rawDial)
+}
+
+// dialWith connects to s with dial (rawDial, rawDialIgnoringReplies).
+func dialWith(t testing.TB, s *server, dial func(context.Context, string, string) (*rawConn, error)) *rawConn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := rawDial(ctx, s.Addr, s.Export)
+	c, err := dial(ctx, s.Addr, s.Export)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +72,7 @@ func TestAbruptDisconnect(t *testing.T) {
 	s := startServer(t, serverOpts{Size: "64M"})
 	payload := randBytes(3, 64*1024)
 	for round := range 12 {
-		c := dialT(t, s)
+		c := dialWith(t, s, rawDialIgnoringReplies)
 		switch round % 4 {
 		case 0: // 64 writes sent, no reply read
 			for i := range 64 {
@@ -259,7 +264,7 @@ func TestAbuseWhileServing(t *testing.T) {
 			payload := randBytes(uint64(w), 128*1024)
 			for i := 0; ctx.Err() == nil; i++ {
 				dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-				c, err := rawDial(dctx, s.Addr, s.Export)
+				c, err := rawDialIgnoringReplies(dctx, s.Addr, s.Export)
 				dcancel()
 				if err != nil {
 					if ctx.Err() != nil {

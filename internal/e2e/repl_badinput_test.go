@@ -22,6 +22,7 @@ import (
 	"github.com/blockmirror/blockmirror/internal/testutil"
 	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
 )
 
@@ -100,15 +101,15 @@ func TestReplMirrorGarbage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hello, err := mirror.AppendHello(nil, &mirror.Hello{
-		Version: mirror.ProtoVersion, Role: mirror.PeerRolePrimary, Mode: mirror.ModeSync,
-		AckLevel: mirror.AckWritten, Volume: meta.Volume, Size: uint64(meta.Size), Epoch: meta.Epoch,
+	hello, err := wire.AppendHello(nil, &wire.Hello{
+		Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: wire.ModeSync,
+		AckLevel: wire.AckWritten, Volume: meta.Volume, Size: uint64(meta.Size), Epoch: meta.Epoch,
 		LastSeq: pst.LastSeq, Node: "intruder", History: meta.History,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	frame := func(typ mirror.MsgType, payload []byte) []byte {
+	frame := func(typ wire.MsgType, payload []byte) []byte {
 		b, err := transport.AppendFrame(nil, uint8(typ), payload)
 		if err != nil {
 			t.Fatal(err)
@@ -127,7 +128,7 @@ func TestReplMirrorGarbage(t *testing.T) {
 		}
 		return b
 	}
-	helloFrame := frame(mirror.MsgHello, hello)
+	helloFrame := frame(wire.MsgHello, hello)
 	// A record that would be next, but with a gap, and one with a
 	// corrupted byte.
 	rec := journal.Record{Epoch: meta.Epoch, Seq: pst.LastSeq + 5, Op: journal.OpWrite, Offset: 0, Length: 4096, Data: make([]byte, 4096)}
@@ -151,16 +152,16 @@ func TestReplMirrorGarbage(t *testing.T) {
 	}{
 		{"random-bytes-instead-of-hello", random(300), true, []string{"hello"}},
 		{"unknown-type-truncated-instead-of-hello", append(header(0xee, 1000), random(300)...), true, []string{"hello"}},
-		{"hello-type-garbage-payload", frame(mirror.MsgHello, random(120)), false, []string{"malformed hello"}},
-		{"records-instead-of-hello", frame(mirror.MsgRecords, corrupt), false, []string{"expected hello"}},
-		{"huge-length-instead-of-hello", append(header(uint8(mirror.MsgHello), 0xfffffff0), random(64)...), false, []string{"too large"}},
+		{"hello-type-garbage-payload", frame(wire.MsgHello, random(120)), false, []string{"malformed hello"}},
+		{"records-instead-of-hello", frame(wire.MsgRecords, corrupt), false, []string{"expected hello"}},
+		{"huge-length-instead-of-hello", append(header(uint8(wire.MsgHello), 0xfffffff0), random(64)...), false, []string{"too large"}},
 		{"truncated-hello", helloFrame[:len(helloFrame)/2], true, []string{"hello"}},
 		{"hello-then-random-bytes", cat(helloFrame, header(0xee, 64), random(64)), false, []string{"unexpected"}},
-		{"hello-then-garbage-records", cat(helloFrame, frame(mirror.MsgRecords, random(200))), false, []string{"bad records frame"}},
-		{"hello-then-corrupt-record", cat(helloFrame, frame(mirror.MsgRecords, corrupt)), false, []string{"checksum", "crc"}},
-		{"hello-then-seq-gap", cat(helloFrame, frame(mirror.MsgRecords, gap)), false, []string{"seq"}},
-		{"hello-then-huge-length", cat(helloFrame, header(uint8(mirror.MsgRecords), 0xfffffff0)), false, []string{"too large"}},
-		{"hello-then-truncated-frame", cat(helloFrame, header(uint8(mirror.MsgRecords), 1<<20), random(100)), true, []string{"EOF", "eof"}},
+		{"hello-then-garbage-records", cat(helloFrame, frame(wire.MsgRecords, random(200))), false, []string{"bad records frame"}},
+		{"hello-then-corrupt-record", cat(helloFrame, frame(wire.MsgRecords, corrupt)), false, []string{"checksum", "crc"}},
+		{"hello-then-seq-gap", cat(helloFrame, frame(wire.MsgRecords, gap)), false, []string{"seq"}},
+		{"hello-then-huge-length", cat(helloFrame, header(uint8(wire.MsgRecords), 0xfffffff0)), false, []string{"too large"}},
+		{"hello-then-truncated-frame", cat(helloFrame, header(uint8(wire.MsgRecords), 1<<20), random(100)), true, []string{"EOF", "eof"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -393,15 +394,15 @@ func TestReplVolumeMismatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, err := mirror.AppendHello(nil, &mirror.Hello{
-			Version: mirror.ProtoVersion, Role: mirror.PeerRolePrimary, Mode: mirror.ModeSync,
-			AckLevel: mirror.AckWritten, Volume: meta.Volume, Size: uint64(meta.Size) * 2, Epoch: meta.Epoch,
+		h, err := wire.AppendHello(nil, &wire.Hello{
+			Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: wire.ModeSync,
+			AckLevel: wire.AckWritten, Volume: meta.Volume, Size: uint64(meta.Size) * 2, Epoch: meta.Epoch,
 			LastSeq: before.Received, Node: "p9", History: meta.History,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := st.WriteFrame(uint8(mirror.MsgHello), h); err != nil {
+		if err := st.WriteFrame(uint8(wire.MsgHello), h); err != nil {
 			t.Fatal(err)
 		}
 		if err := st.Flush(); err != nil {
@@ -413,18 +414,18 @@ func TestReplVolumeMismatch(t *testing.T) {
 			t.Fatalf("no answer to the hello: %v", err)
 		}
 		var reason string
-		switch mirror.MsgType(typ) {
-		case mirror.MsgHelloReply:
-			r, err := mirror.DecodeHelloReply(p)
+		switch wire.MsgType(typ) {
+		case wire.MsgHelloReply:
+			r, err := wire.DecodeHelloReply(p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r.Code == mirror.CodeOK {
+			if r.Code == wire.CodeOK {
 				t.Fatalf("the mirror accepted a hello for a %d-byte volume; it holds %d bytes", meta.Size*2, meta.Size)
 			}
 			reason = r.Reason
-		case mirror.MsgError:
-			e, err := mirror.DecodeError(p)
+		case wire.MsgError:
+			e, err := wire.DecodeError(p)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -37,8 +37,10 @@ type replMirror struct {
 	Name   string
 	Data   string // --data
 	Listen string // QUIC address (UDP)
-	Admin  string // admin HTTP address
-	Proc   *testutil.Proc
+	Admin  string // admin HTTP address (read-only)
+	// Control is the control socket (promote, verify).
+	Control string
+	Proc    *testutil.Proc
 }
 
 // Image is the mirror's disk image.
@@ -51,7 +53,9 @@ type replPrimary struct {
 	NBD   string // HOST:PORT
 	URI   string
 	Admin string
-	Proc  *testutil.Proc
+	// Control is the control socket (demote, verify).
+	Control string
+	Proc    *testutil.Proc
 }
 
 // Image is the primary's disk image.
@@ -85,10 +89,11 @@ func newReplCluster(t *testing.T, size string, mirrors ...string) *replCluster {
 	c := &replCluster{t: t, dir: t.TempDir(), Size: size}
 	c.Certs = filepath.Join(c.dir, "certs")
 	runCmd(t, time.Minute, binPath, append([]string{"certs", "init", "--out", c.Certs, "p1"}, mirrors...)...)
+	sockets := testutil.SocketDir(t)
 	for _, n := range mirrors {
-		c.Mirrors = append(c.Mirrors, &replMirror{Name: n, Data: filepath.Join(c.dir, n)})
+		c.Mirrors = append(c.Mirrors, &replMirror{Name: n, Data: filepath.Join(c.dir, n), Control: filepath.Join(sockets, n+".sock")})
 	}
-	c.Primary = &replPrimary{Name: "p1", Data: filepath.Join(c.dir, "p1")}
+	c.Primary = &replPrimary{Name: "p1", Data: filepath.Join(c.dir, "p1"), Control: filepath.Join(sockets, "p1.sock")}
 	return c
 }
 
@@ -119,7 +124,7 @@ func (c *replCluster) StartMirror(name string, extra ...string) *replMirror {
 		if m.Admin == "" || attempt > 0 {
 			m.Admin = testutil.FreeTCPAddr(t)
 		}
-		args := []string{"mirror", "--data", m.Data, "--listen", m.Listen, "--admin", m.Admin,
+		args := []string{"mirror", "--data", m.Data, "--listen", m.Listen, "--admin", m.Admin, "--control", m.Control,
 			"--certs", c.Certs, "--node", m.Name}
 		p, err := testutil.StartE(t, testutil.ProcOptions{
 			Name: m.Name, Path: binPath, Args: append(args, extra...),
@@ -159,7 +164,7 @@ func (c *replCluster) StartPrimary(o primaryOpts) *replPrimary {
 	t.Helper()
 	p := c.Primary
 	if o.Data != "" && o.Data != p.Data {
-		p = &replPrimary{Name: "p1", Data: o.Data}
+		p = &replPrimary{Name: "p1", Data: o.Data, Control: filepath.Join(filepath.Dir(c.Primary.Control), "p1-other.sock")}
 	}
 	if p.Proc != nil && !p.Proc.Exited() {
 		t.Fatal("primary already running")
@@ -177,7 +182,7 @@ func (c *replCluster) StartPrimary(o primaryOpts) *replPrimary {
 			p.Admin = testutil.FreeTCPAddr(t)
 		}
 		p.URI = "nbd://" + p.NBD + "/disk"
-		args := []string{"serve", "--data", p.Data, "--nbd", p.NBD, "--admin", p.Admin,
+		args := []string{"serve", "--data", p.Data, "--nbd", p.NBD, "--admin", p.Admin, "--control", p.Control,
 			"--certs", o.Certs, "--node", o.Node}
 		if _, err := os.Stat(filepath.Join(p.Data, mirror.MetaFile)); err != nil {
 			args = append(args, "--size", c.Size)

@@ -1,7 +1,7 @@
 package e2e
 
-// Partitions between the primary and a sync mirror, made with an
-// in-process UDP proxy (testutil.UDPProxy) between them.
+// Partitions between the primary and a sync mirror, made with a UDP fault
+// proxy between them (cmd/faultproxy, or internal/faultproxy in process).
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockmirror/blockmirror/internal/faultproxy"
 	"github.com/blockmirror/blockmirror/internal/testutil"
 )
 
@@ -32,17 +33,28 @@ type partitioner interface {
 	Stats() string
 }
 
-// inprocProxy adapts testutil.UDPProxy.
-type inprocProxy struct{ *testutil.UDPProxy }
+// inprocProxy is an internal/faultproxy.Proxy in the test process, used
+// when cmd/faultproxy cannot be built.
+type inprocProxy struct{ *faultproxy.Proxy }
 
-func (p inprocProxy) Partition(_ testing.TB, dir string) {
-	d := map[string]testutil.Direction{"both": testutil.Both, "up": testutil.ToTarget, "down": testutil.ToClient}[dir]
-	p.UDPProxy.Partition(d)
+func startInprocProxy(t *testing.T, target string) inprocProxy {
+	return inprocProxy{testutil.StartProxy(t, testutil.FreeUDPAddr(t), target)}
 }
-func (p inprocProxy) Heal(testing.TB)                { p.UDPProxy.Heal() }
+
+func (p inprocProxy) Addr() string { return p.Proxy.Addr().String() }
+
+func (p inprocProxy) Partition(t testing.TB, dir string) {
+	d, err := faultproxy.ParseDirection(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Proxy.Partition(d)
+}
+func (p inprocProxy) Heal(testing.TB)                { p.Proxy.Heal() }
 func (p inprocProxy) Faults(testing.TB, string) bool { return false }
 func (p inprocProxy) Stats() string {
-	return fmt.Sprintf("forwarded %d, dropped %d datagrams", p.Forwarded.Load(), p.Dropped.Load())
+	st := p.Proxy.Stats()
+	return fmt.Sprintf("forwarded %d, dropped %d datagrams", st.Up.Forwarded+st.Down.Forwarded, st.Up.Dropped+st.Down.Dropped)
 }
 
 // faultProxy is a cmd/faultproxy process.
@@ -156,7 +168,7 @@ func TestReplPartition(t *testing.T) {
 		proxy = fp
 	} else {
 		t.Logf("cmd/faultproxy unavailable (%v); using the in-process proxy", err)
-		proxy = inprocProxy{testutil.StartUDPProxy(t, testutil.FreeUDPAddr(t), c.M("m2").Listen)}
+		proxy = startInprocProxy(t, c.M("m2").Listen)
 	}
 	c.StartPrimary(primaryOpts{
 		Via:  map[string]string{"m2": proxy.Addr()},

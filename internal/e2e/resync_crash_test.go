@@ -28,6 +28,7 @@ import (
 
 	"github.com/blockmirror/blockmirror/internal/testutil"
 	"github.com/blockmirror/blockmirror/mirror"
+	"github.com/blockmirror/blockmirror/mirror/resync"
 )
 
 const (
@@ -46,7 +47,7 @@ const (
 func dirtyBitmap(t *testing.T, c *replCluster, data []int64) (marked, markedData int64, ok bool) {
 	t.Helper()
 	path := filepath.Join(c.Primary.Data, "peers", "m1.dirty")
-	b, err := mirror.LoadBitmap(path, resyncDiskSize, resyncChunk)
+	b, err := resync.LoadBitmap(path, resyncDiskSize, resyncChunk)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,13 +26,14 @@ func TestResyncNewMirror(t *testing.T) {
 	s := newResyncSetup(t, 103)
 	c := s.c
 	m := c.StartMirror("m1")
-	relay := testutil.StartCountingUDPProxy(t, testutil.FreeUDPAddr(t), m.Listen)
+	relay := testutil.StartProxy(t, testutil.FreeUDPAddr(t), m.Listen)
 	start := time.Now()
-	c.StartPrimary(primaryOpts{Via: map[string]string{"m1": relay.Addr()}})
+	c.StartPrimary(primaryOpts{Via: map[string]string{"m1": relay.Addr().String()}})
 	c.WaitPeerState(2*time.Minute, "in-sync", "m1")
 	elapsed := time.Since(start)
 	c.WaitApplied(30*time.Second, "m1")
-	wire, back := relay.ToTarget.Load(), relay.ToClient.Load()
+	relayed := relay.Stats()
+	wire, back := int64(relayed.Up.Bytes), int64(relayed.Down.Bytes)
 
 	runs := resyncRuns(t, c.Primary.Proc.Log(), "m1")
 	if len(runs) != 1 || !runs[0].Complete {

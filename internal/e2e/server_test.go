@@ -90,9 +90,12 @@ func startServer(t testing.TB, o serverOpts) *server {
 	for attempt := 0; ; attempt++ {
 		addr := o.Addr
 		if addr == "" {
-			if o.Unix {
+			switch {
+			case o.Unix:
 				addr = "unix:" + filepath.Join(testutil.SocketDir(t), "nbd.sock")
-			} else {
+			case e2eTLS != nil:
+				addr = foFreeAddr(t, "tcp", "127.0.0.1") // the address in the server certificate
+			default:
 				addr = testutil.FreeTCPAddr(t)
 			}
 		}
@@ -121,7 +124,7 @@ func tryStart(t testing.TB, o serverOpts, addr string) (*server, error) {
 	po := testutil.ProcOptions{ReadyAddr: addr}
 	switch serverKind {
 	case kindBlockmirror:
-		args := []string{"serve", "--data", o.DataDir}
+		args := []string{"serve", "--data", o.DataDir, "--control", filepath.Join(testutil.SocketDir(t), "control.sock")}
 		if o.Size != "" {
 			args = append(args, "--size", o.Size)
 		}
@@ -130,6 +133,10 @@ func tryStart(t testing.TB, o serverOpts, addr string) (*server, error) {
 			args = append(args, "--export", o.Export)
 		}
 		args = append(args, o.Args...)
+		if e2eTLS != nil {
+			args = append(args, e2eTLS.serveArgs("require")...)
+			s.URI = tlsURI(s, e2eTLS.Client)
+		}
 		po.Name, po.Path, po.Args = "blockmirror", binPath, args
 		po.ReadyLog = " uri="
 	case kindNbdkit:

@@ -1,7 +1,8 @@
 package testutil
 
 // Helpers for replication tests: free UDP addresses for QUIC listeners, an
-// in-process UDP fault proxy that can partition a primary from a mirror,
+// in-process fault proxy (internal/faultproxy) between a primary and a
+// mirror,
 // JSON over HTTP for admin endpoints, polling, and image comparison.
 
 import (
@@ -15,10 +16,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/blockmirror/blockmirror/internal/faultproxy"
 )
 
 // FreeUDPAddr returns "127.a.b.c:port" with a random loopback address and a
@@ -40,161 +41,30 @@ func FreeUDPAddr(t testing.TB) string {
 	return ""
 }
 
-// Direction selects which packets a [UDPProxy] drops.
-type Direction uint8
-
-// Directions for [UDPProxy.Partition].
-const (
-	// ToTarget drops packets from clients to the target.
-	ToTarget Direction = 1 << iota
-	// ToClient drops packets from the target back to clients.
-	ToClient
-	// Both drops everything.
-	Both = ToTarget | ToClient
-)
-
-// UDPProxy forwards UDP datagrams between clients and one target on
-// loopback, one upstream socket per client address, and drops them on
-// demand to simulate a network partition. It is safe for concurrent use.
-// Its goroutines are stopped by Close (registered as a test cleanup by
-// [StartUDPProxy]).
-type UDPProxy struct {
-	ln     *net.UDPConn
-	target *net.UDPAddr
-	drop   atomic.Uint32 // Direction bits
-
-	mu     sync.Mutex
-	flows  map[string]*net.UDPConn // client addr → upstream socket
-	closed bool
-	wg     sync.WaitGroup
-
-	// Forwarded and Dropped count datagrams (both directions).
-	Forwarded, Dropped atomic.Int64
-	// ToTarget and ToClient count the UDP payload bytes forwarded from
-	// clients to the target and back (QUIC headers, acks and
-	// retransmissions included): an independent measure of what crossed.
-	ToTarget, ToClient atomic.Int64
-}
-
-// StartUDPProxy listens on listen ("127.x.y.z:port"; port 0 picks one) and
-// forwards to target. Both must be loopback addresses.
-func StartUDPProxy(t testing.TB, listen, target string) *UDPProxy {
+// StartProxy runs an in-process [faultproxy.Proxy] listening on listen
+// ("127.x.y.z:port"; port 0 picks one) in front of target, both loopback
+// addresses; it stops when the test ends. Its Stats count what crossed it
+// (Up: to the target, Down: back), an independent measure of what a
+// primary sent a mirror.
+func StartProxy(t testing.TB, listen, target string) *faultproxy.Proxy {
 	t.Helper()
-	la, err := net.ResolveUDPAddr("udp", listen)
+	p, err := faultproxy.New(faultproxy.Config{Listen: listen, Target: target})
 	if err != nil {
-		t.Fatalf("testutil: proxy listen address %q: %v", listen, err)
+		t.Fatalf("testutil: %v", err)
 	}
-	ta, err := net.ResolveUDPAddr("udp", target)
-	if err != nil {
-		t.Fatalf("testutil: proxy target %q: %v", target, err)
-	}
-	if !la.IP.IsLoopback() || !ta.IP.IsLoopback() {
-		t.Fatalf("testutil: proxy %s → %s: loopback addresses only", listen, target)
-	}
-	ln, err := net.ListenUDP("udp", la)
-	if err != nil {
-		t.Fatalf("testutil: proxy listen %s: %v", listen, err)
-	}
-	_ = ln.SetReadBuffer(8 << 20)
-	_ = ln.SetWriteBuffer(8 << 20)
-	p := &UDPProxy{ln: ln, target: ta, flows: make(map[string]*net.UDPConn)}
-	p.wg.Add(1)
-	go p.clientLoop()
-	t.Cleanup(p.Close)
-	return p
-}
-
-// Addr is the address clients send to.
-func (p *UDPProxy) Addr() string { return p.ln.LocalAddr().String() }
-
-// Partition starts dropping datagrams in the given directions (replacing
-// any previous setting); Partition(0) is Heal.
-func (p *UDPProxy) Partition(d Direction) { p.drop.Store(uint32(d)) }
-
-// Heal forwards everything again.
-func (p *UDPProxy) Heal() { p.drop.Store(0) }
-
-// Close stops forwarding and waits for the proxy's goroutines.
-func (p *UDPProxy) Close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.closed = true
-	p.ln.Close()
-	for _, up := range p.flows {
-		up.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
-}
-
-func (p *UDPProxy) clientLoop() {
-	defer p.wg.Done()
-	buf := make([]byte, 64<<10)
-	for {
-		n, from, err := p.ln.ReadFromUDP(buf)
-		if err != nil {
-			return // closed
-		}
-		if Direction(p.drop.Load())&ToTarget != 0 {
-			p.Dropped.Add(1)
-			continue
-		}
-		up := p.flow(from)
-		if up == nil {
-			return
-		}
-		if _, err := up.Write(buf[:n]); err == nil {
-			p.Forwarded.Add(1)
-			p.ToTarget.Add(int64(n))
-		}
-	}
-}
-
-// flow returns the upstream socket for a client, creating it and its reader
-// goroutine on first use; nil once closed.
-func (p *UDPProxy) flow(client *net.UDPAddr) *net.UDPConn {
-	key := client.String()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil
-	}
-	if up := p.flows[key]; up != nil {
-		return up
-	}
-	up, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, p.target)
-	if err != nil {
-		return nil
-	}
-	_ = up.SetReadBuffer(8 << 20)
-	_ = up.SetWriteBuffer(8 << 20)
-	p.flows[key] = up
-	p.wg.Add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
-		defer p.wg.Done()
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := up.Read(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
-				}
-				continue // e.g. ECONNREFUSED while the target is down
-			}
-			if Direction(p.drop.Load())&ToClient != 0 {
-				p.Dropped.Add(1)
-				continue
-			}
-			if _, err := p.ln.WriteToUDP(buf[:n], client); err == nil {
-				p.Forwarded.Add(1)
-				p.ToClient.Add(int64(n))
-			}
+		defer close(done)
+		if err := p.Run(ctx); err != nil {
+			t.Errorf("testutil: proxy %s → %s: %v", listen, target, err)
 		}
 	}()
-	return up
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return p
 }
 
 // GetJSON fetches url (a loopback admin endpoint) and decodes its JSON body

@@ -187,9 +187,6 @@ func Dial(ctx context.Context, addr string) error {
 // Pid is the process id.
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 
-// LogPath is the file that receives the process's stdout and stderr.
-func (p *Proc) LogPath() string { return p.logPath }
-
 // Log returns everything the process has written so far.
 func (p *Proc) Log() string {
 	b, _ := os.ReadFile(p.logPath)

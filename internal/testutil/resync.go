@@ -1,8 +1,6 @@
 package testutil
 
-// Helpers for resync tests: a UDP relay that counts the bytes it forwards
-// (an independent measure of what a primary sent a mirror, next to the
-// primary's own counters), slog field extraction, and extent bookkeeping
+// Helpers for resync tests: slog field extraction, and extent bookkeeping
 // (how many bytes and 64 KiB chunks a set of writes touched).
 
 import (
@@ -10,15 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"testing"
 )
-
-// StartCountingUDPProxy starts a relay that never drops anything and
-// counts the bytes it forwards in ToTarget and ToClient (see [UDPProxy]).
-func StartCountingUDPProxy(t testing.TB, listen, target string) *UDPProxy {
-	t.Helper()
-	return StartUDPProxy(t, listen, target)
-}
 
 // LogField returns key's value in a log/slog text line (quoted or bare),
 // or "" when the line has no such key.

@@ -22,6 +22,8 @@ def connect(uri, strict=True):
         # libnbd checks bounds/alignment before sending by default; turn that
         # off so that bad requests really reach the server.
         h.set_strict_mode(0)
+    # TLS URIs name a certificate directory (tls-certificates=).
+    h.set_uri_allow_local_file(True)
     h.connect_uri(uri)
     return h
 

@@ -1,0 +1,56 @@
+package core
+
+import "github.com/blockmirror/blockmirror/mirror/wire"
+
+// ResyncInput is what a primary knows when a mirror needs a resync.
+type ResyncInput struct {
+	// MirrorLast and MirrorFlags are from the mirror's HelloReply.
+	MirrorLast  uint64
+	MirrorFlags uint32
+	// JournalFirst and LastSeq: the records the primary's journal holds.
+	JournalFirst, LastSeq uint64
+	// Bitmap: a dirty bitmap of the mirror is saved (and readable).
+	Bitmap bool
+	// Tracked: the primary keeps per-mirror state for it, in which every
+	// record from TrackedFrom on that the mirror lacks is in the journal
+	// or marked in its bitmap.
+	Tracked     bool
+	TrackedFrom uint64
+}
+
+// ResyncPlan is how a resync starts.
+type ResyncPlan struct {
+	// From is the seq live records restart at (ResyncBegin.From).
+	From uint64
+	// Reset: the mirror empties its journal and continues at From.
+	Reset bool
+	// WholeDisk: every chunk is compared; otherwise only the bitmap's.
+	WholeDisk bool
+	// BitmapIgnored: a bitmap was saved but does not cover what the
+	// mirror may lack, so the whole disk is compared (worth a warning).
+	BitmapIgnored bool
+}
+
+// PlanResync decides how a mirror's resync starts. A mirror whose
+// history agrees with ours and whose next seq the journal still holds
+// resumes there with its bitmap (an interrupted resync, or dirty regions
+// of a mirror that is otherwise current). Otherwise it resets its journal
+// to the journal's first seq, and the bitmap is enough only if tracking
+// (journal or bitmap) reaches back to its last seq; else the whole disk is
+// compared.
+func PlanResync(in ResyncInput) ResyncPlan {
+	agrees := in.MirrorFlags&wire.FlagNeedsResync == 0
+	resumable := agrees && in.MirrorLast+1 >= in.JournalFirst && in.MirrorLast <= in.LastSeq
+	if resumable && in.Bitmap {
+		return ResyncPlan{From: in.MirrorLast + 1}
+	}
+	p := ResyncPlan{From: in.JournalFirst, Reset: true}
+	covered := agrees && in.Tracked && in.MirrorLast+1 >= in.TrackedFrom
+	switch {
+	case !in.Bitmap:
+		p.WholeDisk = true
+	case !covered:
+		p.WholeDisk, p.BitmapIgnored = true, true
+	}
+	return p
+}
