@@ -151,6 +151,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		s.setSource(v)
 	}
 	go v.checkpointLoop(ctx)
+	node.setCheckpointKick(kickChannel(v.cpKick))
 	return v, nil
 }
 
@@ -555,6 +556,7 @@ func (v *Volume) checkpointLoop(ctx context.Context) {
 // (see Node.BeginWrites). It does not close the node. Writes still in
 // flight must have ended (the NBD server waits for them).
 func (v *Volume) Close() error {
+	v.node.setCheckpointKick(nil)
 	v.stop()
 	<-v.done
 	if err := v.j.Sync(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
