@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/mirror"
 	"github.com/blockmirror/blockmirror/mirror/wire"
 	"github.com/blockmirror/blockmirror/transport"
@@ -29,14 +30,7 @@ func TestVolumeCheckpointsUnderJournalPressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vol.Close()
-	ctx := t.Context()
-	var worst int64
-	for i := range 1024 { // 4 MiB, 16 times the bound
-		if err := vol.WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, 4096), int64(i%512)*4096, false); err != nil {
-			t.Fatal(err)
-		}
-		worst = max(worst, node.Journal.Stats().Bytes)
-	}
+	worst := writeUnderBound(t, vol, node.Journal) // 4 MiB, 16 times the bound
 	// A checkpoint may be running behind the last rotation: within the
 	// bound plus the active segment once it is done.
 	waitFor(t, "the journal back within its bound", func() bool { return node.Journal.Stats().Bytes <= bound+seg })
@@ -81,12 +75,21 @@ func TestMirrorCheckpointsUnderJournalPressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer vol.Close()
-	ctx := t.Context()
-	for i := range 1024 {
-		if err := vol.WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, 4096), int64(i%512)*4096, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeUnderBound(t, vol, node.Journal)
 	mj := host.Volume("v").Node().Journal
 	waitFor(t, "the mirror's journal back within its bound", func() bool { return mj.Stats().Bytes <= bound+seg })
+}
+
+// writeUnderBound writes 1024 blocks of 4 KiB over the first 2 MiB of vol and
+// returns the largest size j had meanwhile.
+func writeUnderBound(t *testing.T, vol *mirror.Volume, j *journal.Journal) int64 {
+	t.Helper()
+	var worst int64
+	for i := range 1024 {
+		if err := vol.WriteAt(t.Context(), bytes.Repeat([]byte{byte(i)}, 4096), int64(i%512)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+		worst = max(worst, j.Stats().Bytes)
+	}
+	return worst
 }
