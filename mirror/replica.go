@@ -83,9 +83,10 @@ type Mirror struct {
 
 	wake chan struct{} // applier
 	// cpWant is the seq the journal, over its size bound, asked the
-	// store to release (journalPressure): the applier checkpoints as soon
-	// as it has applied more than its last checkpoint, until one reaches
-	// it. cpNow wakes an idle applier for it.
+	// store to release (journalPressure): the applier checkpoints once it
+	// has applied through it, or when it has caught up short of it (one
+	// checkpoint per catch-up, not one per batch). cpNow wakes an idle
+	// applier for it.
 	cpWant atomic.Uint64
 	cpNow  chan struct{}
 
@@ -546,6 +547,9 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			lastCP = applied // the journal was reset for a resync
 		}
 		if target <= applied {
+			if d.cpWant.Load() > lastCP {
+				checkpoint() // caught up short of what the journal asked
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -615,7 +619,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 		d.core.Applied(applied)
 		d.processLocked()
 		d.mu.Unlock()
-		if hint > lastCP && applied >= hint || d.cpWant.Load() > lastCP {
+		if want := d.cpWant.Load(); hint > lastCP && applied >= hint || want > lastCP && applied >= want {
 			checkpoint()
 		}
 	}
