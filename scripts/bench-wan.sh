@@ -149,7 +149,7 @@ load() {
 	4k) opts=(--rw=randwrite --bs=4k --iodepth=32 --size=1G) bs=4096 ;;
 	*) die "unknown load $1" ;;
 	esac
-	fio --name="$1" --ioengine=nbd --uri="$uri" "${opts[@]}" --time_based \
+	fio --name="$1" --thread --ioengine=nbd --uri="$uri" "${opts[@]}" --time_based \
 		--runtime=$((RAMP + RUNTIME + 1)) --output="$dir/fio-$1.txt" >/dev/null 2>&1 &
 	local fpid=$!
 	sleep "$RAMP"
@@ -158,8 +158,9 @@ load() {
 	r1=$(received)
 	# Not waited for: its last writes wait for the async throttle, which
 	# waits for the backlog (up to --max-lag of it, and on a lossy path
-	# far more) to cross the link: minutes at 2% loss.
-	kill "$fpid" 2>/dev/null || true
+	# far more) to cross the link: minutes at 2% loss. fio waits for its
+	# requests in flight even when told to stop: killed.
+	kill -KILL "$fpid" 2>/dev/null || true
 	wait "$fpid" 2>/dev/null || true
 	awk -v a="$r0" -v b="$r1" -v t="$RUNTIME" -v bs="$bs" 'BEGIN {printf "%.0f %.2f\n", (b - a) / t, (b - a) * bs / t / 1e6}'
 }
