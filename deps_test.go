@@ -76,6 +76,9 @@ var rules = map[string]rule{
 		imports: map[string]string{
 			"github.com/quic-go/quic-go/...": "transport is QUIC's only home: the rest of the project sees streams and frames, so the QUIC library can change in one package",
 		},
+		tests: map[string]string{
+			"internal/faultproxy": "the bulk benchmarks measure quic-go through the fault proxy's delay and loss (scripts/bench-wan.sh)",
+		},
 	},
 
 	// The replication code.

@@ -16,14 +16,25 @@
 // waiter asked for Durable (Wait, Append, Sync), issues one fdatasync
 // covering everything written so far (group commit); the next batch is
 // written while it runs. A Durable request for a record already written
-// causes a sync only. Segment rotation (fsync the old segment, create the
-// new one with its header, fsync it and the directory) happens in the pass
-// that fills a segment.
-// To keep that fsync short, every 4 MiB of a segment is handed to the
-// kernel's writeback early (sync_file_range), and a new segment reserves
-// its blocks up front (fallocate, size unchanged). Two watermarks
-// (Watermarks) report how far records are Written (handed to the kernel,
-// survives a process crash) and Durable (fdatasync'd, survives power loss).
+// causes a sync only. Segment rotation (create the new segment with its
+// header, fsync it and the directory) happens in the pass that fills a
+// segment; a new segment reserves its blocks up front (fallocate, size
+// unchanged). Two watermarks (Watermarks) report how far records are
+// Written (handed to the kernel, survives a process crash) and Durable
+// (fdatasync'd, survives power loss).
+//
+// Durability is where it is asked for, and per segment: rotation does not
+// fsync the segment it closes, and nothing starts writeback of journal
+// pages early, so records released before anyone asked for them to be
+// durable — a checkpointed segment's, usually — can die in the page cache
+// without ever being written to the disk. A segment closed with records
+// no sync covered stays open on an unsynced list; the next sync
+// fdatasyncs each such segment, oldest first, then the active one, and
+// only then moves the Durable watermark (a segment whose removal was
+// already made durable is skipped). That sync also sets FlagOlderDurable
+// in the active segment's header before its fdatasync. Segments of the
+// older formats (1 and 2), appended to after an upgrade, are still synced
+// when they are closed, as their format promises.
 //
 // A failed write or fsync is sticky (ErrFailed): the journal refuses all
 // further work, because after a failed fsync the kernel may have discarded
@@ -45,8 +56,8 @@
 //
 // Dir holds segment files named by the seq of their first record, as 20
 // decimal digits plus ".seg" (e.g. 00000000000000000001.seg). A segment is
-// closed (fsync'd) and a new one started when the next record would push it
-// past SegmentBytes; a record larger than that gets a segment of its own.
+// closed and a new one started when the next record would push it past
+// SegmentBytes; a record larger than that gets a segment of its own.
 // Segments chain: each starts at the seq following the previous one's last.
 //
 // Segment header (SegmentHeaderSize = 40 bytes, little endian):
@@ -55,9 +66,11 @@
 //	+------+--------+------+------------------+-----------+--------+------+
 //	| BMJS |version | flags|  volume UUID (16)| first seq | reserv.| crc  |
 //	+------+--------+------+------------------+-----------+--------+------+
-//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (2)
-//	for new segments, 1 for segments of earlier builds (both are read);
-//	flags and reserved are zero.
+//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (3)
+//	for new segments, 1 or 2 for segments of earlier builds (all are read);
+//	flags (u16): bit 0 FlagOlderDurable (version 3: every record before
+//	this segment's first seq was durable when the header was written),
+//	other bits zero, and all zero before version 3; reserved is zero.
 //
 // Record (RecordHeaderSize = 40 bytes of header, then the payload):
 //
@@ -67,9 +80,10 @@
 //	+------+---------+--------+--------+---------+--------+---+---------+---------+
 //	crc = CRC-32C of bytes 4.. to the end of the data; data len <= MaxRecordData
 //	(32 MiB) and equals length for OpWrite, zero for the other ops.
-//	sync lag (u24, version 2) = seq minus the journal's durable seq when the
-//	record was written, capped at MaxSyncLag; 0 means unknown, and is what
-//	version-1 segments and records outside segments (AppendRecord) hold.
+//	sync lag (u24, version 2 and 3) = seq minus the journal's durable seq
+//	when the record was written, capped at MaxSyncLag; 0 means unknown, and
+//	is what version-1 segments and records outside segments (AppendRecord)
+//	hold.
 //
 // The decoder checks every length against MaxRecordData before reading or
 // allocating for it.
@@ -77,26 +91,38 @@
 // # Recovery
 //
 // Open verifies every record of every segment (checksums, seq chain,
-// volume UUID, version). In the last segment, a record cut short, zeroed or
-// failing its checksum starts a torn tail (the previous process died
-// mid-write, or a power loss kept only part of what was written since the
-// last fdatasync) and is truncated, with a log message — unless the rest of
-// the segment shows that the damaged record had been durable: an intact
-// record after it whose seq minus its sync lag reaches the damaged seq was
-// written after an fdatasync covered the damaged one, so that is damage to
-// durable data (ErrCorrupt). After a power loss, unsynced pages can reach
-// the disk out of order, so intact records may follow a lost one in the
-// unsynced tail; none of them was ever durable (a sync covering them would
-// have covered the lost one too) and they go with the torn tail. Damage to
-// a record of the last sync window with nothing written after that sync
-// cannot be told from a torn tail and is treated as one. (Version-1
-// segments, without sync lags, keep the older rule: a valid record with
-// the following seq beyond the damage means corruption.) Damage anywhere
-// else fails Open with an error wrapping ErrCorrupt that names the file and
-// byte offset; records are never skipped silently. A segment with another
-// volume UUID fails with ErrForeignVolume. The header of a segment is
-// fsync'd before any record is written into it, so a power loss cannot
-// leave a damaged header in front of surviving records.
+// volume UUID, version) and finds where the chain of records breaks: a
+// record cut short, zeroed or failing its checksum, or a segment that does
+// not start where the previous one ends. That break starts a torn tail
+// (the previous process died mid-write, or a power loss kept only part of
+// what was written since the last fdatasync that reached the disk — in
+// format 3 possibly in an older segment than the last, with newer segments
+// surviving), and the journal is cut there, with a log message: the
+// damaged segment is truncated and every later segment removed — unless
+// something proves that the first lost record had been durable, which
+// makes it damage to durable data (ErrCorrupt): an intact record after it,
+// in the same segment or a later one, whose seq minus its sync lag
+// reaches the lost seq (it was written after an fdatasync covered the lost
+// one), or a later segment whose header carries FlagOlderDurable. After a
+// power loss, unsynced pages can reach the disk out of order, so intact
+// records may follow a lost one in the unsynced tail; none of them was
+// ever durable (a sync covering them would have covered the lost one too)
+// and they go with the torn tail. Damage to a record of the last sync
+// window of the last segment with nothing written after that sync cannot
+// be told from a torn tail and is treated as one. Segments of formats 1
+// and 2 were synced when closed: damage inside one that is not the last
+// is ErrCorrupt, and so is a gap behind one followed by any intact record;
+// a last version-1 segment, without sync lags, keeps the older rule (a
+// valid record with the following seq beyond the damage means corruption).
+// An empty segment followed by a gap is what an interrupted SetStart
+// leaves; the earlier start is kept. Errors wrapping ErrCorrupt name the
+// file and byte offset; records are never skipped silently. A segment with
+// another volume UUID fails with ErrForeignVolume. The header of a segment
+// is fsync'd before any record is written into it, so a power loss cannot
+// leave a damaged header in front of surviving records (its one later
+// rewrite, setting FlagOlderDurable, changes a single sector). Open then
+// fdatasyncs every segment, so what a crashed process left in the page
+// cache is durable before anything new is written.
 //
 // # Finding records
 //
@@ -110,10 +136,18 @@
 // Named consumers (AddConsumer) hold records until they Release them. A
 // segment that every consumer has released entirely is removed (never the
 // last one). With no consumers, segments are removed only by the size
-// bound. When the files exceed MaxBytes, the oldest segment is dropped even
-// if droppable consumers still need it: OnDrop is called for each of them
-// with the coalesced regions the dropped records touched, and their
-// position moves past it. A non-droppable consumer is never dropped past;
-// the journal then grows beyond MaxBytes and logs a warning. Consumers are
-// not persisted: they are registered again after every Open.
+// bound. The size bound is enforced whenever a segment starts (and after
+// every release) while the files exceed MaxBytes: the oldest segments
+// whose removal brings the journal back within the bound must go. Every
+// droppable consumer that has not released them is dropped past them at
+// once, whether or not the segments can be removed yet: OnDrop is called
+// with the coalesced regions its unreleased records there touched, and
+// its position moves to their last seq. A non-droppable consumer is never
+// dropped past: OnPressure asks it to release them (for the store's
+// consumer, a checkpoint), and the journal logs a warning. What may still
+// exceed MaxBytes: the active segment (up to SegmentBytes, or one record
+// larger than that), and the records a non-droppable consumer holds until
+// it releases them — a checkpoint's time after OnPressure, if its owner
+// kicks one. Consumers are not persisted: they are registered again after
+// every Open.
 package journal

@@ -45,7 +45,7 @@ func (j *Journal) flusher() {
 
 func (j *Journal) workLocked() bool {
 	return j.written < j.next-1 ||
-		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.warned != j.segs[0].first)
+		j.retain || (j.total > j.opts.MaxBytes && len(j.segs) > 1 && j.bounded != j.segs[len(j.segs)-1].first)
 }
 
 // pass writes every queued record with one write per segment touched,
@@ -69,14 +69,6 @@ func (j *Journal) pass(closing bool) {
 		j.fail(err)
 	}
 }
-
-// writebacker is implemented by files that can start writeback early
-// (vfs.OS: sync_file_range).
-type writebacker interface{ StartWriteback(off, n int64) error }
-
-// writebackStep is how much a segment grows between the early writeback
-// requests that keep its rotation fdatasync short.
-const writebackStep = 4 << 20
 
 // writeQueued writes every queued record; false if that failed (the
 // failure is recorded). Called with ioMu held, by the flusher or by a
@@ -141,14 +133,12 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			i++
 		}
 		if i > start {
+			// Only written: the pages reach the disk when a waiter asks for
+			// durability (or the kernel's writeback gets to them), so records
+			// released before that — the usual fate of a checkpointed
+			// segment — need never be written to the disk at all.
 			if _, err := j.active.WriteAt(j.buf, base); err != nil {
 				return fmt.Errorf("write %s at %d: %w", seg.path, base, err)
-			}
-			if wb, ok := j.active.(writebacker); ok && base+int64(len(j.buf))-seg.kicked >= writebackStep {
-				// Best effort; a real I/O error shows at the next sync.
-				end := base + int64(len(j.buf))
-				_ = wb.StartWriteback(seg.kicked, end-seg.kicked)
-				seg.kicked = end
 			}
 			j.mu.Lock()
 			seg.idx = append(seg.idx, idx...)
@@ -178,7 +168,6 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			if err := j.rotate(batch[i].Seq); err != nil {
 				return err
 			}
-			durable = max(durable, batch[i].Seq-1) // rotate synced the rest
 		}
 	}
 	return nil
@@ -208,22 +197,55 @@ func (j *Journal) syncer() {
 	}
 }
 
-// syncActive makes every written record durable with one fdatasync of the
-// active segment (earlier segments were synced when they were closed).
+// syncActive makes every written record durable: one fdatasync of the
+// active segment, preceded by one of each older segment that rotation
+// left unsynced (durability is per segment: a segment is synced when a
+// waiter needs one of its records durable, not when it is closed). It
+// holds syncMu but not ioMu: writes and rotations go on meanwhile, and
+// what they add after its snapshot waits for the next sync.
 func (j *Journal) syncActive() error {
 	j.syncMu.Lock()
 	defer j.syncMu.Unlock()
 	j.mu.Lock()
 	target, durable := j.written, j.durable
-	path := j.segs[len(j.segs)-1].path
+	seg, active := j.segs[len(j.segs)-1], j.active
+	older := slices.Clone(j.unsynced)
 	j.mu.Unlock()
 	if target <= durable {
 		return nil
 	}
+	start := time.Now()
 	if !j.opts.NoSync {
-		start := time.Now()
-		if err := j.active.Sync(); err != nil {
-			return fmt.Errorf("sync %s: %w", path, err)
+		for _, s := range older {
+			j.mu.Lock()
+			skip := s.removed || s.last() <= durable
+			j.mu.Unlock()
+			if skip {
+				continue
+			}
+			if err := s.f.Sync(); err != nil {
+				return fmt.Errorf("sync %s: %w", s.path, err)
+			}
+			j.mu.Lock()
+			j.st.Syncs++
+			j.mu.Unlock()
+		}
+	}
+	// Every record before seg is durable now: its header says so (made
+	// durable by the fdatasync below, with the records), which is what
+	// lets recovery tell damage in an older segment from a torn tail once
+	// nothing is written after this sync. (seg may have been rotated
+	// meanwhile; the claim holds all the same.)
+	if !seg.olderDurable && seg.version >= 3 {
+		hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: seg.first, OlderDurable: true})
+		if _, err := active.WriteAt(hdr, 0); err != nil {
+			return fmt.Errorf("write segment header %s: %w", seg.path, err)
+		}
+		seg.olderDurable = true
+	}
+	if !j.opts.NoSync {
+		if err := active.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", seg.path, err)
 		}
 		if j.opts.OnSync != nil {
 			j.opts.OnSync(time.Since(start))
@@ -234,42 +256,58 @@ func (j *Journal) syncActive() error {
 	j.durable = max(j.durable, target)
 	j.broadcastLocked()
 	j.mu.Unlock()
+	j.dropUnsynced(j.syncedLocked)
 	return nil
 }
 
-// rotate syncs and closes the active segment and starts a new one whose
-// first record is first.
+// syncedLocked reports whether an unsynced older segment no longer needs
+// a sync (j.mu held).
+func (j *Journal) syncedLocked(s *segment) bool { return s.removed || s.last() <= j.durable }
+
+// rotate closes the active segment and starts a new one whose first
+// record is first. The old segment is not synced: it goes on the unsynced
+// list with its file open, and the next sync covers it (syncActive), or
+// only closes it if nothing in it still needs one; retention may remove
+// it before that, and its pages then die in the page cache. (A segment of
+// an older format, appended to after an upgrade, is synced as its format
+// promises.) It holds ioMu; a sync in progress does not block it.
 func (j *Journal) rotate(first uint64) error {
-	j.syncMu.Lock()
-	defer j.syncMu.Unlock()
+	j.mu.Lock()
 	old := j.segs[len(j.segs)-1]
-	if !j.opts.NoSync {
+	j.mu.Unlock()
+	if old.version < 3 && !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", old.path, err)
 		}
+		j.mu.Lock()
+		j.st.Syncs++
+		j.durable = max(j.durable, j.written) // the older segments were synced at rotation too
+		j.broadcastLocked()
+		j.mu.Unlock()
 	}
 	j.mu.Lock()
-	j.st.Syncs++
-	j.durable = max(j.durable, j.written) // every earlier segment is synced
-	j.broadcastLocked()
+	olderDurable := j.durable >= old.last() && !slices.ContainsFunc(j.unsynced, func(s *segment) bool { return !j.syncedLocked(s) })
 	j.mu.Unlock()
-	if err := j.active.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", old.path, err)
-	}
-	j.active = nil
 	// The header and the directory entry are made durable before any
 	// record goes in: a power loss can then tear only records, never the
 	// header in front of records that survived it.
-	f, seg, err := j.createSegment(first, true)
+	f, seg, err := j.createSegment(first, true, olderDurable)
 	if err != nil {
 		return err
 	}
-	j.active = f
 	j.mu.Lock()
+	old.f = j.active
+	j.unsynced = append(j.unsynced, old)
+	j.active = f
 	j.segs = append(j.segs, seg)
 	j.total += seg.size
 	j.broadcastLocked()
 	j.mu.Unlock()
+	if j.syncMu.TryLock() {
+		// Close what needs no sync now, rather than at the next sync.
+		j.dropUnsynced(j.syncedLocked)
+		j.syncMu.Unlock()
+	}
 	j.poke() // the size bound may now apply (the flusher runs retention)
 	return nil
 }
@@ -279,18 +317,28 @@ type drop struct {
 	from uint64 // first seq the consumer had not released
 }
 
-// retention removes the oldest segments that every consumer has released
-// and, above MaxBytes, drops segments past droppable consumers. Called
-// with ioMu held.
+// retention enforces the size bound (bound) and then removes the oldest
+// segments that every consumer has released (with no consumers, those
+// the bound asks to go). Called with ioMu held.
 func (j *Journal) retention() error {
-	removed := false
+	var removed []*segment
 	defer func() {
-		if removed && !j.opts.NoSync {
+		if len(removed) > 0 && !j.opts.NoSync {
 			if err := j.fs.SyncDir(j.opts.Dir); err != nil {
 				j.fail(fmt.Errorf("sync dir %s: %w", j.opts.Dir, err))
+				return
 			}
+			// Gone for good: a sync no longer needs to cover them.
+			j.mu.Lock()
+			for _, s := range removed {
+				s.removed = true
+			}
+			j.mu.Unlock()
 		}
 	}()
+	if err := j.bound(); err != nil {
+		return err
+	}
 	for {
 		j.mu.Lock()
 		if len(j.segs) <= 1 {
@@ -299,82 +347,162 @@ func (j *Journal) retention() error {
 		}
 		s := j.segs[0]
 		last := s.last()
-		released := len(j.consumers) > 0
+		released := len(j.consumers) > 0 || j.total > j.opts.MaxBytes
 		for _, c := range j.consumers {
 			if c.released < last {
 				released = false
 			}
 		}
-		var drops []drop
 		if !released {
-			if j.total <= j.opts.MaxBytes {
-				j.mu.Unlock()
-				return nil
-			}
-			var blocker string
-			for name, c := range j.consumers {
-				if c.released >= last {
-					continue
-				}
-				if !c.droppable {
-					blocker = name
-					break
-				}
-				drops = append(drops, drop{name, max(c.released+1, s.first)})
-			}
-			if blocker != "" {
-				if j.warned != s.first {
-					j.warned = s.first
-					j.log.Warn("journal: over its size bound but a non-droppable consumer holds the oldest segment",
-						"consumer", blocker, "bytes", j.total, "max", j.opts.MaxBytes, "segment", s.path)
-				}
-				j.mu.Unlock()
-				return nil
-			}
+			j.mu.Unlock()
+			return nil
 		}
-		// From here on AddConsumer refuses positions in this segment, so
-		// the decision above stays valid while the lock is released.
-		j.removing = last
-		j.mu.Unlock()
-
-		var regs map[string][]Region
-		if len(drops) > 0 {
-			var err error
-			if regs, err = j.dropRegions(s, drops); err != nil {
-				j.mu.Lock()
-				j.removing = 0
-				j.mu.Unlock()
-				return err
-			}
-		}
-		// Consumers hear about a drop before the records disappear.
-		for _, d := range drops {
-			j.log.Warn("journal: size bound drops records a consumer has not released",
-				"consumer", d.name, "from", d.from, "through", last, "regions", len(regs[d.name]))
-			if j.opts.OnDrop != nil {
-				j.opts.OnDrop(d.name, last, regs[d.name])
-			}
-		}
-		j.mu.Lock()
-		j.removing = 0
 		j.segs = j.segs[1:]
 		j.total -= s.size
-		if len(drops) > 0 {
+		if s.first <= j.boundThrough {
 			j.st.SegmentsDropped++
 		} else {
 			j.st.SegmentsRemoved++
-		}
-		for _, d := range drops {
-			if c, ok := j.consumers[d.name]; ok && c.released < last {
-				c.released = last
-			}
 		}
 		j.broadcastLocked()
 		j.mu.Unlock()
 		if err := j.fs.Remove(s.path); err != nil {
 			return fmt.Errorf("remove %s: %w", s.path, err)
 		}
-		removed = true
+		removed = append(removed, s)
+	}
+}
+
+// bound enforces MaxBytes when the segments exceed it: the oldest
+// segments whose removal brings the journal back within the bound (never
+// the active one) must go, so every droppable consumer that has not
+// released them is dropped past them at once — OnDrop with the regions
+// of the records it had not released, its position moved to the last
+// seq of those segments — and a non-droppable consumer that holds them
+// is asked to release them (OnPressure), which it does by checkpointing;
+// until then the journal stays over the bound. It runs once per rotation
+// while the journal is over the bound (see workLocked) and after every
+// release. Called with ioMu held.
+func (j *Journal) bound() error {
+	j.mu.Lock()
+	j.bounded = j.segs[len(j.segs)-1].first
+	if j.total <= j.opts.MaxBytes || len(j.segs) <= 1 {
+		j.mu.Unlock()
+		return nil
+	}
+	k, freed := 0, int64(0)
+	for k < len(j.segs)-1 && j.total-freed > j.opts.MaxBytes {
+		freed += j.segs[k].size
+		k++
+	}
+	through := j.segs[k-1].last()
+	segs := slices.Clone(j.segs[:k])
+	var drops []drop
+	var blocker string
+	var blockerAt uint64
+	for name, c := range j.consumers {
+		switch {
+		case c.released >= through:
+		case c.droppable:
+			drops = append(drops, drop{name, c.released + 1})
+		case blocker == "" || c.released < blockerAt:
+			blocker, blockerAt = name, c.released
+		}
+	}
+	slices.SortFunc(drops, func(a, b drop) int { return cmp.Compare(a.name, b.name) })
+	j.boundThrough = max(j.boundThrough, through)
+	ask := blocker != "" && j.pressured < through
+	if ask {
+		j.pressured = through
+	}
+	total := j.total
+	j.mu.Unlock()
+
+	if len(drops) > 0 {
+		regs := make(map[string][]Region, len(drops))
+		for _, s := range segs {
+			r, err := j.dropRegions(s, drops)
+			if err != nil {
+				return err
+			}
+			for name, rs := range r {
+				regs[name] = append(regs[name], rs...)
+			}
+		}
+		// Consumers hear about a drop before the records can disappear.
+		for _, d := range drops {
+			rs := CoalesceRegions(regs[d.name])
+			j.log.Warn("journal: size bound drops records a consumer has not released",
+				"consumer", d.name, "from", d.from, "through", through, "regions", len(rs), "bytes", total, "max", j.opts.MaxBytes)
+			if j.opts.OnDrop != nil {
+				j.opts.OnDrop(d.name, through, rs)
+			}
+		}
+		j.mu.Lock()
+		for _, d := range drops {
+			if c, ok := j.consumers[d.name]; ok && c.released < through {
+				c.released = through
+			}
+		}
+		j.broadcastLocked()
+		j.mu.Unlock()
+	}
+	if ask {
+		j.log.Warn("journal: over its size bound and a non-droppable consumer holds the oldest records; asking it to release them",
+			"consumer", blocker, "released", blockerAt, "through", through, "bytes", total, "max", j.opts.MaxBytes)
+		if j.opts.OnPressure != nil {
+			j.opts.OnPressure(blocker, through)
+		}
+	}
+	return nil
+}
+
+// syncUnsynced makes the records of every older segment that rotation
+// left unsynced durable, and closes them all (TruncateAfter, which makes
+// everything it keeps durable). Called with syncMu held.
+func (j *Journal) syncUnsynced() error {
+	j.mu.Lock()
+	list := slices.Clone(j.unsynced)
+	j.mu.Unlock()
+	for _, s := range list {
+		j.mu.Lock()
+		skip := j.syncedLocked(s)
+		j.mu.Unlock()
+		if !skip && !j.opts.NoSync {
+			if err := s.f.Sync(); err != nil {
+				return fmt.Errorf("sync %s: %w", s.path, err)
+			}
+			j.mu.Lock()
+			j.st.Syncs++
+			j.mu.Unlock()
+		}
+		j.dropUnsynced(func(x *segment) bool { return x == s })
+	}
+	return nil
+}
+
+// dropUnsynced closes and forgets the unsynced older segments for which
+// drop (called with j.mu held) reports true: synced since, or removed.
+// Called with syncMu held: nobody else uses those files then.
+func (j *Journal) dropUnsynced(drop func(*segment) bool) {
+	j.mu.Lock()
+	var gone []*segment
+	kept := j.unsynced[:0]
+	for _, s := range j.unsynced {
+		if drop(s) {
+			gone = append(gone, s)
+		} else {
+			kept = append(kept, s)
+		}
+	}
+	clear(j.unsynced[len(kept):])
+	j.unsynced = kept
+	j.mu.Unlock()
+	for _, s := range gone {
+		// Nothing is lost by a failed close: the data was synced, or the
+		// file is gone.
+		_ = s.f.Close()
+		s.f = nil
 	}
 }
 

@@ -13,9 +13,19 @@ import (
 const (
 	// FormatVersion is the segment format version written into every
 	// new segment header (format). Version 2 adds the record's sync lag
-	// (bytes 37..39 of the record header, zero in version 1); segments of
-	// both versions are read.
-	FormatVersion = 2
+	// (bytes 37..39 of the record header, zero in version 1). Version 3
+	// (same record layout) no longer syncs a segment when the next one
+	// starts, so recovery may find a torn tail in any segment of the last
+	// sync window, and adds the header flag FlagOlderDurable. Segments of
+	// all three versions are read.
+	FormatVersion = 3
+
+	// FlagOlderDurable (segment header flags, version 3): when the header
+	// was written, every record with a lower seq than the segment's first
+	// was durable (or its segment's removal was). A sync sets it on the
+	// active segment before its fdatasync, once it has synced every older
+	// segment (format).
+	FlagOlderDurable = 1 << 0
 
 	// MaxSyncLag is the largest sync lag a record header holds (format):
 	// a record written MaxSyncLag or more seqs after the durable one says
@@ -54,6 +64,8 @@ type SegmentHeader struct {
 	Version  uint16
 	Volume   [16]byte
 	FirstSeq uint64
+	// OlderDurable is FlagOlderDurable (version 3 only).
+	OlderDurable bool
 }
 
 // AppendSegmentHeader appends the encoding of h (always SegmentHeaderSize
@@ -65,7 +77,9 @@ func AppendSegmentHeader(dst []byte, h SegmentHeader) []byte {
 		h.Version = FormatVersion
 	}
 	binary.LittleEndian.PutUint16(b[4:6], h.Version)
-	// b[6:8] flags, zero.
+	if h.OlderDurable {
+		binary.LittleEndian.PutUint16(b[6:8], FlagOlderDurable)
+	}
 	copy(b[8:24], h.Volume[:])
 	binary.LittleEndian.PutUint64(b[24:32], h.FirstSeq)
 	// b[32:36] reserved, zero.
@@ -91,9 +105,15 @@ func DecodeSegmentHeader(b []byte) (SegmentHeader, error) {
 	if h.Version < 1 || h.Version > FormatVersion {
 		return h, fmt.Errorf("%w: segment format version %d, this build reads 1 to %d", ErrVersion, h.Version, FormatVersion)
 	}
-	if binary.LittleEndian.Uint16(b[6:8]) != 0 || binary.LittleEndian.Uint32(b[32:36]) != 0 {
+	flags := binary.LittleEndian.Uint16(b[6:8])
+	known := uint16(0)
+	if h.Version >= 3 {
+		known = FlagOlderDurable
+	}
+	if flags&^known != 0 || binary.LittleEndian.Uint32(b[32:36]) != 0 {
 		return h, fmt.Errorf("%w: segment header has unknown flags", ErrCorrupt)
 	}
+	h.OlderDurable = flags&FlagOlderDurable != 0
 	copy(h.Volume[:], b[8:24])
 	h.FirstSeq = binary.LittleEndian.Uint64(b[24:32])
 	return h, nil

@@ -78,8 +78,11 @@ type Options struct {
 	// 1 KiB). A record larger than that gets a segment of its own.
 	SegmentBytes int64
 	// MaxBytes is the size bound of the journal (default 8 GiB). When the
-	// segments exceed it, the oldest segments are dropped even if
-	// droppable consumers have not released them (see OnDrop).
+	// segments exceed it (checked whenever a segment starts, and after
+	// releases), the oldest segments whose removal brings the journal back
+	// within it must go: droppable consumers that have not released them
+	// are dropped past them at once (OnDrop), a non-droppable one is asked
+	// to release them (OnPressure).
 	MaxBytes int64
 	// TailBytes bounds the in-memory tail of recent records served to
 	// readers without touching the files (default 64 MiB). Records not yet
@@ -102,6 +105,14 @@ type Options struct {
 	// Sync, TruncateAfter, SetStart or Close (Release and the accessors are
 	// fine).
 	OnDrop func(consumer string, through uint64, regions []Region)
+	// OnPressure is called when the journal is over MaxBytes and the
+	// non-droppable consumer named (of several, the one furthest behind)
+	// has not released records through through: releasing them (a
+	// checkpoint, for a store) lets the journal shrink back within the
+	// bound. Called once for each higher through, from the flush
+	// goroutine, with the same restrictions as OnDrop: it must not block
+	// (kick the checkpoint, do not take it).
+	OnPressure func(consumer string, through uint64)
 	// OnSync, when set, is called from the sync goroutine with the duration
 	// of each fdatasync of group commit (for metrics); it must not block.
 	OnSync func(d time.Duration)
@@ -168,9 +179,19 @@ type segment struct {
 	count   uint64 // records in the file
 	size    int64  // bytes in the file, header included
 	idx     []idxEntry
-	// kicked: early writeback was requested below this offset (active
-	// segment, ioMu).
-	kicked int64
+	// f is the still open file of a segment rotation closed (it is on the
+	// unsynced list): the next sync fdatasyncs it if it holds records no
+	// sync covered, unless its removal was made durable first (removed),
+	// and closes it. nil otherwise. Set by rotate under mu, cleared under
+	// syncMu.
+	f vfs.File
+	// removed: retention removed the file and synced the directory, so
+	// its records cannot come back after a power loss and no sync needs
+	// to cover them (mu).
+	removed bool
+	// olderDurable: the header carries FlagOlderDurable (on disk, or
+	// about to be with the next fdatasync of the file; syncMu).
+	olderDurable bool
 }
 
 func (s *segment) last() uint64 { return s.first + s.count - 1 } // first-1 when empty
@@ -234,17 +255,26 @@ type Journal struct {
 	done chan struct{} // closed when the flusher exits
 	kick chan struct{} // wakes the flusher; capacity 1
 
-	// ioMu serialises everything that changes files: the flusher's passes,
-	// TruncateAfter and SetStart. syncMu is held while the syncer uses the
-	// active file and by whoever replaces it. Lock order: ioMu, syncMu, mu.
+	// ioMu serialises everything that changes files: the flusher's passes
+	// (rotation included), TruncateAfter and SetStart. syncMu is held by
+	// the syncer while it syncs the files of its snapshot (the active one
+	// and the unsynced older ones), and by whoever closes those files or,
+	// outside a pass, replaces the active one (TruncateAfter, SetStart).
+	// Rotation replaces the active file under mu, without syncMu, and
+	// leaves the old one open on the unsynced list. Lock order: ioMu,
+	// syncMu, mu.
 	ioMu     sync.Mutex
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
-	active   vfs.File      // handle of the last segment (ioMu+syncMu to replace)
+	active   vfs.File      // handle of the last segment (ioMu and mu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
-	warned   uint64 // first seq of the segment last warned about (ioMu)
+	// bounded is the first seq of the active segment when bound last ran:
+	// over the bound, it runs again once the next segment starts.
+	// boundThrough is the highest seq bound asked to go, pressured the
+	// highest it asked a non-droppable consumer to release (mu).
+	bounded, boundThrough, pressured uint64
 
 	mu        sync.Mutex
 	sig       chan struct{} // closed and replaced when anything changes
@@ -253,6 +283,7 @@ type Journal struct {
 	closing   bool
 	stopped   bool // flusher exited
 	segs      []*segment
+	unsynced  []*segment // older segments whose f a sync must still cover, oldest first
 	total     int64
 	next      uint64 // seq the next Submit must carry
 	written   uint64
@@ -264,7 +295,6 @@ type Journal struct {
 	tailBytes int64
 	queued    int64 // bytes of records > written
 	gen       uint64
-	removing  uint64 // retention is removing records <= removing (0: none)
 	consumers map[string]*consumer
 	readers   map[*Reader]struct{}
 	waiters   []*waiter
@@ -326,6 +356,9 @@ func (j *Journal) Close() error {
 		cerr = j.active.Close()
 		j.active = nil
 	}
+	j.syncMu.Lock()
+	j.dropUnsynced(func(*segment) bool { return true }) // only left after a failure
+	j.syncMu.Unlock()
 	j.ioMu.Unlock()
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -334,6 +367,7 @@ func (j *Journal) Close() error {
 	if j.err != nil {
 		return j.err
 	}
+
 	if cerr != nil {
 		return fmt.Errorf("journal: close: %w", cerr)
 	}
@@ -690,8 +724,8 @@ func (j *Journal) AddConsumer(name string, from uint64, droppable bool) error {
 	if _, ok := j.consumers[name]; ok {
 		return fmt.Errorf("%w: %q already exists", ErrConsumer, name)
 	}
-	if from < j.firstLocked() || from <= j.removing {
-		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d, removing through %d)", name, from, ErrGone, j.firstLocked(), j.removing)
+	if from < j.firstLocked() {
+		return fmt.Errorf("journal: add consumer %q from %d: %w (first seq %d)", name, from, ErrGone, j.firstLocked())
 	}
 	if from == 0 {
 		from = 1
@@ -776,7 +810,12 @@ func (j *Journal) SetStart(seq uint64) error {
 	old := j.segs
 	j.mu.Unlock()
 
-	f, seg, err := j.createSegment(seq, true)
+	// The records of old segments left unsynced by rotation are about to
+	// go with their files, but until the directory is synced below the
+	// new header must not claim them durable.
+	older := len(j.unsynced) == 0
+	j.dropUnsynced(func(*segment) bool { return true })
+	f, seg, err := j.createSegment(seq, true, older)
 	if err != nil {
 		j.fail(err)
 		return j.err
@@ -811,8 +850,9 @@ func (j *Journal) SetStart(seq uint64) error {
 type preallocator interface{ Preallocate(n int64) error }
 
 // createSegment creates the segment file whose first record is first and
-// writes its header; with sync it makes file and directory entry durable.
-func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, error) {
+// writes its header, with FlagOlderDurable if olderDurable; with sync it
+// makes file and directory entry durable.
+func (j *Journal) createSegment(first uint64, sync, olderDurable bool) (vfs.File, *segment, error) {
 	path := filepath.Join(j.opts.Dir, segmentName(first))
 	f, err := j.fs.Create(path, 0o644)
 	if err != nil {
@@ -823,7 +863,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 		// disk shows up as a write error where it matters.
 		_ = p.Preallocate(j.opts.SegmentBytes)
 	}
-	hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: first})
+	hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: first, OlderDurable: olderDurable})
 	if _, err := f.WriteAt(hdr, 0); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("write segment header %s: %w", path, err)
@@ -838,7 +878,7 @@ func (j *Journal) createSegment(first uint64, sync bool) (vfs.File, *segment, er
 			return nil, nil, fmt.Errorf("sync dir %s: %w", j.opts.Dir, err)
 		}
 	}
-	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize}, nil
+	return f, &segment{path: path, version: FormatVersion, first: first, size: SegmentHeaderSize, olderDurable: olderDurable}, nil
 }
 
 // TruncateAfter removes every record > seq, written or only queued, and
@@ -962,6 +1002,14 @@ func (j *Journal) truncate(after func(first uint64) uint64) error {
 			j.fail(fmt.Errorf("truncate: sync %s: %w", target.path, err))
 			return j.err
 		}
+	}
+	// Every record kept becomes durable below, those of older segments
+	// rotation left unsynced too; the removed segments are gone for good
+	// (the directory was synced) and the target was just synced.
+	j.dropUnsynced(func(s *segment) bool { return s == target || slices.Contains(later, s) })
+	if err := j.syncUnsynced(); err != nil {
+		j.fail(fmt.Errorf("truncate: %w", err))
+		return j.err
 	}
 	j.mu.Lock()
 	j.total -= target.size - end

@@ -12,8 +12,9 @@ import (
 	"github.com/blockmirror/blockmirror/internal/vfs"
 )
 
-// recover scans Dir, verifies every segment, truncates a torn tail of the
-// last one and opens it for appending. It runs before the flusher starts.
+// recover scans Dir, verifies every segment, cuts the journal at a torn
+// tail and opens the last segment for appending. It runs before the
+// flusher starts.
 func (j *Journal) recover() error {
 	dir := j.opts.Dir
 	var err error
@@ -39,10 +40,11 @@ func (j *Journal) recover() error {
 
 	start := uint64(1) // first seq of a fresh segment if none survives
 	removed := false
+	var damage []*damaged // per segment of j.segs: nil, or where it is damaged
 	for i, first := range firsts {
 		last := i == len(firsts)-1
 		path := filepath.Join(dir, segmentName(first))
-		seg, torn, err := j.verifySegment(path, first, last)
+		seg, dmg, torn, err := j.verifySegment(path, first, last)
 		if err != nil {
 			return err
 		}
@@ -58,31 +60,15 @@ func (j *Journal) recover() error {
 			continue
 		}
 		j.segs = append(j.segs, seg)
+		damage = append(damage, dmg)
 	}
-	// Empty segments that are not the last carry nothing (they are left by
-	// an interrupted SetStart); drop them.
-	kept := j.segs[:0]
-	for i, s := range j.segs {
-		if s.count == 0 && i != len(j.segs)-1 {
-			j.log.Warn("journal: removing empty segment", "file", s.path)
-			if err := j.fs.Remove(s.path); err != nil {
-				return fmt.Errorf("journal: remove %s: %w", s.path, err)
-			}
-			removed = true
-			continue
-		}
-		kept = append(kept, s)
-	}
-	j.segs = kept
-	for i := 1; i < len(j.segs); i++ {
-		p, s := j.segs[i-1], j.segs[i]
-		if s.first != p.first+p.count {
-			return fmt.Errorf("journal: %s: %w: segment starts at seq %d but %s ends at %d (gap or overlap)",
-				s.path, ErrCorrupt, s.first, filepath.Base(p.path), p.last())
-		}
+	if cut, err := j.cutTornTail(damage); err != nil {
+		return err
+	} else if cut {
+		removed = true
 	}
 	if len(j.segs) == 0 {
-		f, seg, err := j.createSegment(start, true)
+		f, seg, err := j.createSegment(start, true, true)
 		if err != nil {
 			return fmt.Errorf("journal: %w", err)
 		}
@@ -97,7 +83,13 @@ func (j *Journal) recover() error {
 		j.active = f
 		if !j.opts.NoSync {
 			// Records recovered from the page cache of a crashed process
-			// become durable here.
+			// become durable here, in every segment: rotation does not
+			// sync, so any of them may hold unsynced records.
+			for _, s := range j.segs[:len(j.segs)-1] {
+				if err := j.syncFile(s.path); err != nil {
+					return err
+				}
+			}
 			if err := f.Sync(); err != nil {
 				return fmt.Errorf("journal: sync %s: %w", s.path, err)
 			}
@@ -120,43 +112,234 @@ func (j *Journal) recover() error {
 	return nil
 }
 
-// verifySegment reads and checks one segment file. For the last segment a
-// torn tail is truncated (torn reports a header that never reached disk);
-// any other damage is an error wrapping ErrCorrupt naming file and offset.
-func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segment, torn bool, err error) {
+// syncFile fdatasyncs the file at path.
+func (j *Journal) syncFile(path string) error {
 	f, err := j.fs.OpenRW(path)
 	if err != nil {
-		return nil, false, fmt.Errorf("journal: open %s: %w", path, err)
+		return fmt.Errorf("journal: open %s: %w", path, err)
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("journal: sync %s: %w", path, err)
+	}
+	return nil
+}
+
+// damaged is where a segment's records stop being valid: the offset of
+// the first damaged record, what is wrong with it, and the file's size.
+type damaged struct {
+	off, size int64
+	err       error
+}
+
+// cutTornTail finds where the chain of records breaks — a damaged record
+// (damage[k]), or a segment that does not start where the one before it
+// ends — and, when that is a torn tail, cuts the journal there: the
+// damaged segment is truncated and every later segment removed.
+//
+// Format 3 does not sync a segment when it rotates, so a power loss can
+// leave the unsynced tail of any segment of the last sync window torn,
+// lost or out of order, with later segments (whose headers were synced at
+// creation) holding records written after it — none of them ever
+// durable, since a sync covering them would have covered the lost record
+// too. The break is damage to durable records instead (ErrCorrupt) when
+// there is a proof that the first lost seq was durable (proveDurable):
+// an intact record after it written once it was durable (its seq minus
+// its sync lag reaches it), or a later segment whose header says every
+// record before it is durable. Segments of formats 1 and 2 were synced
+// when they were closed (by earlier builds, and by this one, see rotate):
+// damage inside one that is not the last is ErrCorrupt outright
+// (verifySegment), and any intact record after a gap behind one proves
+// the gap is not a tear. An empty segment in front of a gap is what an
+// interrupted SetStart leaves (the old start and the new one): only a
+// record's sync lag can prove that a loss there, and the break keeps the
+// earlier start. cut reports whether any file changed.
+func (j *Journal) cutTornTail(damage []*damaged) (cut bool, err error) {
+	for k, s := range j.segs {
+		var off, size int64 // where the records end; the file's size
+		var reason error
+		switch {
+		case damage[k] != nil:
+			off, size, reason = damage[k].off, damage[k].size, damage[k].err
+		case k+1 < len(j.segs) && j.segs[k+1].first != s.first+s.count:
+			off, size = s.size, s.size
+			reason = fmt.Errorf("journal: %s: %w: segment starts at seq %d but %s ends at %d (gap or overlap)",
+				j.segs[k+1].path, ErrCorrupt, j.segs[k+1].first, filepath.Base(s.path), s.last())
+		default:
+			continue
+		}
+		want := s.first + s.count // the first seq lost
+		// An empty segment in front of a gap may be a SetStart's leftover.
+		leftover := damage[k] == nil && s.count == 0
+		p, err := j.proveDurable(s, off, size, j.segs[k+1:], want, leftover)
+		if err != nil {
+			return false, err
+		}
+		if p.at >= 0 {
+			return false, fmt.Errorf("%w (%s, so this is damage to durable records, not a torn tail)", asCorrupt(reason), p.why)
+		}
+		later := j.segs[k+1:]
+		j.log.Warn("journal: truncating a torn tail (records written after the last sync that reached the disk)",
+			"file", s.path, "offset", off, "bytes", size-off, "reason", reason,
+			"later_segments_removed", len(later), "intact_unsynced_records_discarded", p.intact)
+		// Newest first, so that a crash meanwhile leaves a prefix.
+		for i := len(later) - 1; i >= 0; i-- {
+			if err := j.fs.Remove(later[i].path); err != nil {
+				return false, fmt.Errorf("journal: remove %s: %w", later[i].path, err)
+			}
+		}
+		j.segs = j.segs[:k+1]
+		if off < size {
+			if err := j.truncateFile(s.path, off); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// truncateFile cuts the file at path to size, durably.
+func (j *Journal) truncateFile(path string, size int64) error {
+	f, err := j.fs.OpenRW(path)
+	if err != nil {
+		return fmt.Errorf("journal: open %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("journal: truncate %s to %d: %w", path, size, err)
+	}
+	if !j.opts.NoSync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("journal: sync %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// proveDurable looks for a proof that seq want, lost at offset off of s
+// (whose file is size bytes long), was durable: in the rest of s and in
+// every segment of later (see cutTornTail). leftover: s is an empty
+// segment in front of a gap, which only a sync lag can prove a loss.
+func (j *Journal) proveDurable(s *segment, off, size int64, later []*segment, want uint64, leftover bool) (proof, error) {
+	total := size - off
+	for _, l := range later {
+		total += l.size - SegmentHeaderSize
+	}
+	maxSeq := want + uint64(total)/RecordHeaderSize
+	// Behind a segment of an older format (synced when it was closed) any
+	// intact record proves it; behind an empty one (see cutTornTail) only
+	// a sync lag does.
+	anyRecord := s.version < 3 && !leftover
+	p := proof{at: -1}
+	check := func(seg *segment, from int64) error {
+		rest, err := j.readFrom(seg.path, from)
+		if err != nil {
+			return err
+		}
+		q := durableProof(rest, want, maxSeq, seg.version, anyRecord)
+		p.intact += q.intact
+		if q.at >= 0 {
+			p.at, p.seq = from+q.at, q.seq
+			p.why = fmt.Sprintf("the intact record with seq %d in %s at offset %d was written when seq %d was already durable",
+				q.seq, filepath.Base(seg.path), p.at, want)
+			if anyRecord {
+				p.why = fmt.Sprintf("%s was synced when it was closed, and the intact record with seq %d follows in %s at offset %d",
+					filepath.Base(s.path), q.seq, filepath.Base(seg.path), p.at)
+			}
+		}
+		return nil
+	}
+	if off < size && s.version >= 2 {
+		// The damaged record itself (at off) is no proof. (In a version-1
+		// segment verifySegment applied that format's rule already.)
+		if err := check(s, off+1); err != nil {
+			return p, err
+		}
+	}
+	for _, l := range later {
+		if p.at >= 0 {
+			break
+		}
+		if l.olderDurable && !leftover {
+			p.at = 0
+			p.why = fmt.Sprintf("the header of %s says that every record before seq %d was durable when it was written", filepath.Base(l.path), l.first)
+			break
+		}
+		if err := check(l, SegmentHeaderSize); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// readFrom reads the file at path from off to its end.
+func (j *Journal) readFrom(path string, off int64) ([]byte, error) {
+	f, err := j.fs.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("journal: open %s: %w", path, err)
 	}
 	defer f.Close()
 	size, err := f.Size()
 	if err != nil {
-		return nil, false, fmt.Errorf("journal: stat %s: %w", path, err)
+		return nil, fmt.Errorf("journal: stat %s: %w", path, err)
+	}
+	if off >= size {
+		return nil, nil
+	}
+	b := make([]byte, size-off)
+	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("journal: read %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// verifySegment reads and checks one segment file: its header, then its
+// records until the end or the first damaged one, which it reports (dmg)
+// for cutTornTail to judge, except where the segment's format decides
+// alone: damage in a segment of format 1 or 2 that is not the last one is
+// an error wrapping ErrCorrupt (it was synced when it was closed), and so
+// is damage in a last version-1 segment followed by a valid record with
+// the next seq. torn reports a last segment whose
+// header never reached the disk. Any other damage to a header is an error
+// wrapping ErrCorrupt naming file and offset.
+func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segment, dmg *damaged, torn bool, err error) {
+	f, err := j.fs.Open(path)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("journal: open %s: %w", path, err)
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("journal: stat %s: %w", path, err)
 	}
 	hb := make([]byte, min(size, SegmentHeaderSize))
 	if _, err := f.ReadAt(hb, 0); err != nil && err != io.EOF {
-		return nil, false, fmt.Errorf("journal: read %s: %w", path, err)
+		return nil, nil, false, fmt.Errorf("journal: read %s: %w", path, err)
 	}
 	if size < SegmentHeaderSize {
 		if last {
-			return nil, true, nil
+			return nil, nil, true, nil
 		}
-		return nil, false, fmt.Errorf("journal: %s at offset 0: %w: segment header cut short (%d bytes)", path, ErrCorrupt, size)
+		return nil, nil, false, fmt.Errorf("journal: %s at offset 0: %w: segment header cut short (%d bytes)", path, ErrCorrupt, size)
 	}
 	h, err := DecodeSegmentHeader(hb)
 	if err != nil {
 		if last && isZero(hb) && j.zeroFile(f, size) {
-			return nil, true, nil
+			return nil, nil, true, nil
 		}
-		return nil, false, fmt.Errorf("journal: %s at offset 0: %w", path, err)
+		return nil, nil, false, fmt.Errorf("journal: %s at offset 0: %w", path, err)
 	}
 	if h.Volume != j.opts.Volume {
-		return nil, false, fmt.Errorf("journal: %s: %w: volume %x, want %x", path, ErrForeignVolume, h.Volume, j.opts.Volume)
+		return nil, nil, false, fmt.Errorf("journal: %s: %w: volume %x, want %x", path, ErrForeignVolume, h.Volume, j.opts.Volume)
 	}
 	if h.FirstSeq != first {
-		return nil, false, fmt.Errorf("journal: %s at offset 0: %w: header first seq %d does not match the file name", path, ErrCorrupt, h.FirstSeq)
+		return nil, nil, false, fmt.Errorf("journal: %s at offset 0: %w: header first seq %d does not match the file name", path, ErrCorrupt, h.FirstSeq)
 	}
-	seg = &segment{path: path, version: h.Version, first: first, size: SegmentHeaderSize}
+	seg = &segment{path: path, version: h.Version, first: first, size: SegmentHeaderSize, olderDurable: h.OlderDurable}
 	it := segIter{f: f, path: path, size: size, off: SegmentHeaderSize, chunk: scanChunk, version: h.Version}
 	want := first
 	for {
@@ -169,47 +352,29 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 		}
 		if err != nil {
 			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				return nil, false, err // an I/O error, not damage
+				return nil, nil, false, err // an I/O error, not damage
 			}
-			if !last {
-				return nil, false, asCorrupt(err)
+			if h.Version < 3 && !last {
+				// Synced when it was closed: not a torn tail.
+				return nil, nil, false, asCorrupt(err)
 			}
-			rest := make([]byte, size-off)
-			if _, rerr := f.ReadAt(rest, off); rerr != nil && rerr != io.EOF {
-				return nil, false, fmt.Errorf("journal: read %s: %w", path, rerr)
-			}
-			intact := 0
 			if h.Version < 2 {
+				rest := make([]byte, size-off)
+				if _, rerr := f.ReadAt(rest, off); rerr != nil && rerr != io.EOF {
+					return nil, nil, false, fmt.Errorf("journal: read %s: %w", path, rerr)
+				}
 				if later := validAfter(rest, want); later >= 0 {
-					return nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, off+later)
-				}
-			} else {
-				p := durableProof(rest, want)
-				if p.at >= 0 {
-					return nil, false, fmt.Errorf("%w (the intact record with seq %d at offset %d was written when seq %d was already durable, so this is damage to durable records, not a torn tail)",
-						asCorrupt(err), p.seq, off+p.at, want)
-				}
-				intact = p.intact
-			}
-			j.log.Warn("journal: truncating torn tail of the last segment", "file", path,
-				"offset", off, "bytes", size-off, "reason", err,
-				"intact_unsynced_records_discarded", intact)
-			if err := f.Truncate(off); err != nil {
-				return nil, false, fmt.Errorf("journal: truncate %s to %d: %w", path, off, err)
-			}
-			if !j.opts.NoSync {
-				if err := f.Sync(); err != nil {
-					return nil, false, fmt.Errorf("journal: sync %s: %w", path, err)
+					return nil, nil, false, fmt.Errorf("%w (a valid record with seq %d follows at offset %d, so this is not a torn tail)", asCorrupt(err), want+1, off+later)
 				}
 			}
-			break
+			return seg, &damaged{off: off, size: size, err: err}, false, nil
 		}
 		seg.addIndex(rec.Seq, off)
 		seg.count++
 		seg.size = it.off
 		want++
 	}
-	return seg, false, nil
+	return seg, nil, false, nil
 }
 
 // validAfter looks, in the bytes rest of a version-1 segment that follow
@@ -238,40 +403,44 @@ func validAfter(rest []byte, want uint64) int64 {
 
 // proof is what durableProof found beyond a damaged record: the first
 // intact record written after the damaged one was durable (at, its offset
-// in rest, < 0: none), and how many intact records it looked at.
+// in the bytes searched, < 0: none), how many intact records it looked
+// at, and (proveDurable) what the proof is, in words.
 type proof struct {
 	at     int64
 	seq    uint64
 	intact int
+	why    string
 }
 
-// durableProof looks, in the bytes rest of a version-2 segment that follow
-// the damaged record with seq want, for an intact record written when want
-// was already durable (its seq minus its sync lag reaches want). Finding
-// one proves the damage hit durable records. Without one, everything from
-// the damage on was written after the last sync that reached the disk: a
-// power loss may have written back some of it and not the rest, out of
-// order, which is a torn tail however many intact records follow.
+// durableProof looks, in the bytes rest of a segment of format version
+// that follow the damaged record with seq want (or in a later segment),
+// for an intact record written when want was already durable: one whose
+// seq minus its sync lag reaches want (version 2 and later), or, with
+// anyRecord, any intact record with a later seq. Finding one proves the
+// damage hit durable records. Without one, everything from the damage on
+// was written after the last sync that reached the disk: a power loss may
+// have written back some of it and not the rest, out of order, which is a
+// torn tail however many intact records follow. Seqs above maxSeq cannot
+// be real and are skipped.
 //
 // Intact records are found by trying every byte offset (cheap checks on
 // the header first, the checksum last) and then hopping record by record.
-func durableProof(rest []byte, want uint64) proof {
+func durableProof(rest []byte, want, maxSeq uint64, version uint16, anyRecord bool) proof {
 	p := proof{at: -1}
-	maxSeq := want + uint64(len(rest))/RecordHeaderSize
-	for pos := 1; pos+RecordHeaderSize <= len(rest); {
+	for pos := 0; pos+RecordHeaderSize <= len(rest); {
 		b := rest[pos:]
 		seq := binary.LittleEndian.Uint64(b[16:24])
 		if seq <= want || seq > maxSeq || !plausibleHeader(b) {
 			pos++
 			continue
 		}
-		rec, lag, n, err := decodeRecord(b, 2)
+		rec, lag, n, err := decodeRecord(b, version)
 		if err != nil {
 			pos++
 			continue
 		}
 		p.intact++
-		if lag != 0 && lag != MaxSyncLag && rec.Seq-uint64(lag) >= want {
+		if anyRecord || version >= 2 && lag != 0 && lag != MaxSyncLag && rec.Seq-uint64(lag) >= want {
 			p.at, p.seq = int64(pos), rec.Seq
 			return p
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blockmirror/blockmirror/internal/atomicfile"
@@ -97,6 +98,8 @@ type Node struct {
 	// contact showed (in memory; contact shows it again after a restart).
 	splitMu    sync.Mutex
 	splitBrain map[string]string
+
+	cpKick atomic.Pointer[func(through uint64)] // see journalPressure
 }
 
 // NoteSplitBrain records that contact with peer showed a split brain;
@@ -237,6 +240,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		SegmentBytes: opts.JournalSegment,
 		Logger:       log,
 		OnDrop:       n.recordDrop,
+		OnPressure:   n.journalPressure,
 		OnSync:       opts.OnSync,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,

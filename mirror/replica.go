@@ -89,6 +89,13 @@ type Mirror struct {
 	cpHint  uint64
 
 	wake chan struct{} // applier
+	// cpWant is the seq the journal, over its size bound, asked the
+	// store to release (journalPressure): the applier checkpoints once it
+	// has applied through it, or when it has caught up short of it (one
+	// checkpoint per catch-up, not one per batch). cpNow wakes an idle
+	// applier for it.
+	cpWant atomic.Uint64
+	cpNow  chan struct{}
 
 	// applyMu serialises store changes by the applier and by resync, and
 	// guards appliedSeq and recent.
@@ -186,7 +193,7 @@ func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*M
 // newMirrorVolume opens the volume (if the data directory has one).
 func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	opts = opts.withDefaults()
-	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{})}
+	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), cpNow: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{})}
 	nopts := opts.Node
 	nopts.Size = 0
 	nopts.Logger = opts.Logger
@@ -234,6 +241,7 @@ func (d *Mirror) adopt(node *Node) error {
 	}
 	d.mu.Lock()
 	d.node, d.core = node, rc
+	node.setCheckpointKick(d.checkpointPressure)
 	d.applyTo = written
 	d.mu.Unlock()
 	d.applyMu.Lock()
@@ -312,6 +320,7 @@ func (d *Mirror) finish() error {
 		return ErrPromoted
 	}
 	if node != nil {
+		node.setCheckpointKick(nil)
 		if cerr := node.Checkpoint(d.applied()); cerr != nil {
 			d.log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", cerr)
 		}
@@ -499,6 +508,17 @@ func (d *Mirror) syncLoop(ctx context.Context) {
 	}
 }
 
+// checkpointPressure is the node's checkpoint kick (see journalPressure).
+func (d *Mirror) checkpointPressure(through uint64) {
+	for {
+		old := d.cpWant.Load()
+		if through <= old || d.cpWant.CompareAndSwap(old, through) {
+			break
+		}
+	}
+	kickChannel(d.cpNow)(through)
+}
+
 // applyLoop applies durable journal records to the store in seq order and
 // checkpoints the store.
 func (d *Mirror) applyLoop(ctx context.Context) {
@@ -534,11 +554,16 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 			lastCP = applied // the journal was reset for a resync
 		}
 		if target <= applied {
+			if d.cpWant.Load() > lastCP {
+				checkpoint() // caught up short of what the journal asked
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-d.wake:
 			case <-cpTimer.C:
+				checkpoint()
+			case <-d.cpNow:
 				checkpoint()
 			}
 			continue
@@ -601,7 +626,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 		d.core.Applied(applied)
 		d.processLocked()
 		d.mu.Unlock()
-		if hint > lastCP && applied >= hint {
+		if want := d.cpWant.Load(); hint > lastCP && applied >= hint || want > lastCP && applied >= want {
 			checkpoint()
 		}
 	}

@@ -403,7 +403,13 @@ func (c *conn) do(r *request) {
 		err = dev.ReadAt(c.ctx, *r.buf, off)
 		c.replyRead(r, err)
 	case cmdWrite:
-		err = dev.WriteAt(c.ctx, *r.buf, off, fua)
+		if ow, ok := dev.(OwningWriter); ok {
+			p := *r.buf
+			r.buf = nil // the device keeps p: not back to the pool
+			err = ow.WriteOwned(c.ctx, p, off, fua)
+		} else {
+			err = dev.WriteAt(c.ctx, *r.buf, off, fua)
+		}
 		c.replyStatus(r, err)
 	case cmdFlush:
 		err = dev.Flush(c.ctx)

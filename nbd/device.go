@@ -31,6 +31,15 @@ type Device interface {
 	Flush(ctx context.Context) error
 }
 
+// OwningWriter is implemented by a Device that keeps the data of a write
+// after the write returns (a journal holding recent records in memory):
+// the server then calls WriteOwned instead of WriteAt and never reuses p,
+// so the device need not copy it. p is the request's payload, exactly
+// its length; the rules of WriteAt apply.
+type OwningWriter interface {
+	WriteOwned(ctx context.Context, p []byte, off int64, fua bool) error
+}
+
 // ZeroFlags are the request flags that modify WriteZeroes.
 type ZeroFlags struct {
 	// FUA: durable before the call returns.

@@ -933,3 +933,53 @@ func TestPipelinedAfterExportName(t *testing.T) {
 	}
 	c.Conn().Close()
 }
+
+// ownDev keeps the buffer of every write (nbd.OwningWriter), as the
+// journal does.
+type ownDev struct {
+	*memDev
+	mu   sync.Mutex
+	kept [][]byte
+}
+
+func (d *ownDev) WriteOwned(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.mu.Lock()
+	d.kept = append(d.kept, p)
+	d.mu.Unlock()
+	return d.memDev.WriteAt(ctx, p, off, fua)
+}
+
+// A device that keeps write buffers gets them through WriteOwned, each
+// exactly its payload, and the server never reuses one: every buffer
+// still holds its write after many more requests of the same size.
+func TestOwningWriterKeepsBuffers(t *testing.T) {
+	d := &ownDev{memDev: newMemDev(devSize)}
+	ts := oneExport(t, d)
+	c := negotiate(t, ts.addr, "disk", false)
+	const n = 64
+	var calls []*nbd.Call
+	for i := range n {
+		calls = append(calls, c.send(cCmdWrite, 0, uint64(i%8*65536), 65536, randBytes(65536, uint64(i))))
+	}
+	for i, cl := range calls {
+		if e, err := c.wait(cl); e != 0 || err != nil {
+			t.Fatalf("write %d: %d %v", i, e, err)
+		}
+	}
+	c.disconnect()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.kept) != n {
+		t.Fatalf("WriteOwned got %d writes, want %d", len(d.kept), n)
+	}
+	seen := make(map[string]bool)
+	for i := range n {
+		seen[string(randBytes(65536, uint64(i)))] = true
+	}
+	for i, p := range d.kept {
+		if len(p) != 65536 || !seen[string(p)] {
+			t.Fatalf("kept buffer %d (%d bytes) no longer holds a write: the server reused it", i, len(p))
+		}
+		delete(seen, string(p))
+	}
+}

@@ -5,6 +5,11 @@
 #
 #   sudo bash scripts/bench.sh
 #   RUNTIME=20 TARGETS="blockmirror nbdkit qsd-mirror" bash scripts/bench.sh
+#   # issue 15's large-write table (with the quic-go one-stream bulk figure):
+#   TARGETS="blockmirror nbdkit bm-sync1 bm-async1 qsd-mirror" \
+#       JOBS="seqwrite-1M-qd8 seqwrite-1M-qd8-flush256" bash scripts/bench.sh
+#
+# Run it alone on the machine (flock /tmp/bm-e2e.lock on shared hosts).
 #
 # Environment (all optional):
 #   TARGETS    space-separated targets (default "blockmirror nbdkit");
@@ -15,11 +20,20 @@
 #              2 mirrors, both must ack)
 #   JOBS       space-separated job names to run (default: all, see JOB LIST)
 #   RUNTIME    seconds per job (default 7)      RAMP  ramp seconds (default 1)
-#   REGION     bytes of the export the jobs touch, prefilled first (default 512M)
-#   DISK_SIZE  size of every backing file (default 1G)
+#   REGION     bytes of the export the 4 KiB jobs touch (default 512M)
+#   LARGE_REGION bytes the 1 MiB sequential jobs sweep (default 2G)
+#              The export is prefilled over the largest region first.
+#   DISK_SIZE  size of every backing file (default 4G, sparse)
 #   BENCH_DIR  where the backing files go (default: a new dir in /var/tmp;
 #              must be a real disk, not tmpfs)
 #   BASELINE   target the ratio column divides by (default nbdkit)
+#   BIN_LABEL  another blockmirror binary (e.g. built from main): a target
+#              NAME@LABEL (blockmirror@base, bm-sync1@base, ...) runs the
+#              binary in $BIN_LABEL (BIN_base; BASE_BIN is the same as
+#              BIN_base), so a change is measured side by side with the code
+#              before it (mkdir /tmp/src && git archive main | tar -x -C
+#              /tmp/src && (cd /tmp/src && go build -o /tmp/bm-main
+#              ./cmd/blockmirror); BIN_base=/tmp/bm-main)
 #   OUT        also write the raw results (TSV) to this file
 #   BM_ARGS    extra arguments for every blockmirror process (e.g.
 #              "--log-level debug")
@@ -39,7 +53,8 @@ TARGETS=${TARGETS:-"blockmirror nbdkit"}
 RUNTIME=${RUNTIME:-7}
 RAMP=${RAMP:-1}
 REGION=${REGION:-512M}
-DISK_SIZE=${DISK_SIZE:-1G}
+LARGE_REGION=${LARGE_REGION:-2G}
+DISK_SIZE=${DISK_SIZE:-4G}
 BASELINE=${BASELINE:-nbdkit}
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
@@ -119,9 +134,9 @@ wait_nbd() {
 # blockmirror serve, backing file DIR/disk.img created by blockmirror.
 target_blockmirror_start() {
 	local dir=$1 port
-	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	[ -x "$BM" ] || die "$BM missing"
 	port=$(free_port)
-	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/data" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$BM" serve --data "$dir/data" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
@@ -132,19 +147,19 @@ target_blockmirror_start() {
 # this machine: bm_repl_start DIR MODE N ACKS.
 bm_repl_start() {
 	local dir=$1 mode=$2 n=$3 acks=$4 port i mport names=() margs=()
-	[ -x "$ROOT/bin/blockmirror" ] || die "bin/blockmirror missing"
+	[ -x "$BM" ] || die "$BM missing"
 	for i in $(seq "$n"); do names+=("m$i"); done
-	"$ROOT/bin/blockmirror" certs init --out "$dir/certs" p1 "${names[@]}" >"$dir/certs.log" 2>&1 ||
+	"$BM" certs init --out "$dir/certs" p1 "${names[@]}" >"$dir/certs.log" 2>&1 ||
 		die "certs init failed: $(cat "$dir/certs.log")"
 	for name in "${names[@]}"; do
 		mport=$(free_port udp)
-		env ${BM_ENV:-} "$ROOT/bin/blockmirror" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
+		env ${BM_ENV:-} "$BM" mirror --data "$dir/$name" --listen "127.0.0.1:$mport" \
 			--certs "$dir/certs" --node "$name" --admin "" ${BM_ARGS:-} >"$dir/$name.log" 2>&1 &
 		PIDS+=($!)
 		margs+=(--mirror "$name=127.0.0.1:$mport")
 	done
 	port=$(free_port)
-	env ${BM_ENV:-} "$ROOT/bin/blockmirror" serve --data "$dir/p1" --size "$DISK_SIZE" \
+	env ${BM_ENV:-} "$BM" serve --data "$dir/p1" --size "$DISK_SIZE" \
 		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
 		--mode "$mode" --sync-acks "$acks" "${margs[@]}" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
@@ -236,18 +251,36 @@ PYEOF
 }
 
 # ---- jobs ------------------------------------------------------------------
-# name|fio options (size, runtime, ramp and engine are added). Latency
-# columns are per write/read (fio's lat_ns); with fsync=N fio's nbd engine
-# sends NBD_CMD_FLUSH every N writes and its latency is in "flush mean/p99".
-JOB_LIST='
+# name|fio options (size, runtime, ramp and engine are added; a --size in
+# the options replaces REGION). Latency columns are per write/read (fio's
+# lat_ns); with fsync=N fio's nbd engine sends NBD_CMD_FLUSH every N writes
+# and its latency is in "flush mean/p99". The 1 MiB jobs sweep LARGE_REGION
+# (issue 15's large-write measurement: a VM image copied in, a restore),
+# without flushes and with one every 256 MiB.
+JOB_LIST="
 randwrite-4k-qd1|--rw=randwrite --bs=4k --iodepth=1
 randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32
 randread-4k-qd32|--rw=randread --bs=4k --iodepth=32
-seqwrite-1M-qd8|--rw=write --bs=1M --iodepth=8
+seqwrite-1M-qd8|--rw=write --bs=1M --iodepth=8 --size=$LARGE_REGION
+seqwrite-1M-qd8-flush256|--rw=write --bs=1M --iodepth=8 --size=$LARGE_REGION --fsync=256
 randwrite-4k-qd32-fsync32|--rw=randwrite --bs=4k --iodepth=32 --fsync=32
 randwrite-4k-qd1-fsync1|--rw=randwrite --bs=4k --iodepth=1 --fsync=1
-'
+"
 JOBS=${JOBS:-$(echo "$JOB_LIST" | sed -n 's/|.*//p' | tr '\n' ' ')}
+
+# bytes SIZE: SIZE (e.g. 512M, 2G) in bytes.
+bytes() { numfmt --from=iec "$1"; }
+
+# The prefill covers the largest region any selected job touches.
+PREFILL=$REGION
+for job in $JOBS; do
+	case $(echo "$JOB_LIST" | sed -n "s/^$job|//p") in
+	*"--size=$LARGE_REGION"*)
+		[ "$(bytes "$LARGE_REGION")" -le "$(bytes "$PREFILL")" ] || PREFILL=$LARGE_REGION
+		;;
+	esac
+done
+[ "$(bytes "$PREFILL")" -le "$(bytes "$DISK_SIZE")" ] || die "DISK_SIZE $DISK_SIZE is smaller than the region $PREFILL"
 
 # run_job TARGET NAME OPTS...: one fio run, one TSV line in $RESULTS.
 run_job() {
@@ -289,6 +322,21 @@ PYEOF
 	say "$(tail -1 "$RESULTS" | tr '\t' ' ')"
 }
 
+# record_rss TARGET: the peak resident set (VmHWM) of every blockmirror
+# process of TARGET, one "TARGET<TAB>role<TAB>MiB" line each in $RSS.
+RSS=$BENCH_DIR/rss.tsv
+: >"$RSS"
+record_rss() {
+	local pid role kb
+	for pid in "${PIDS[@]}"; do
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(realpath "$BM")" ] || continue
+		role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | awk '{print $2}')
+		[ "$role" != mirror ] || role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -n 's/.*--node \([^ ]*\).*/mirror-\1/p')
+		kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+		printf '%s\t%s\t%d\n' "$1" "$role" $((kb / 1024)) >>"$RSS"
+	done
+}
+
 # ---- main ------------------------------------------------------------------
 if [[ " $TARGETS " == *" blockmirror "* || " $TARGETS " == *" bm-"* ]]; then
 	say "go build -o bin/blockmirror ./cmd/blockmirror"
@@ -297,21 +345,34 @@ if [[ " $TARGETS " == *" blockmirror "* || " $TARGETS " == *" bm-"* ]]; then
 fi
 
 for target in $TARGETS; do
-	declare -F "target_${target}_start" >/dev/null || die "unknown target $target"
+	kind=${target%@*}
+	BM=$ROOT/bin/blockmirror
+	if [ "$kind" != "$target" ]; then
+		label=${target##*@}
+		[[ $label =~ ^[A-Za-z0-9_]+$ ]] || die "target $target: the label after @ must be letters, digits or _"
+		var=BIN_$label
+		[ "$label" != base ] || [ -n "${!var:-}" ] || var=BASE_BIN
+		[ -n "${!var:-}" ] || die "target $target needs $var (a blockmirror binary)"
+		BM=$(realpath "${!var}")
+	fi
+	declare -F "target_${kind}_start" >/dev/null || die "unknown target $target"
 	dir=$BENCH_DIR/$target
 	mkdir -p "$dir"
 	say "== $target: starting"
-	"target_${target}_start" "$dir"
-	say "$target: $URI; prefilling $REGION"
-	fio --name=prefill --ioengine=nbd --uri="$URI" --size="$REGION" --rw=write \
+	"target_${kind}_start" "$dir"
+	say "$target: $URI; prefilling $PREFILL"
+	fio --name=prefill --ioengine=nbd --uri="$URI" --size="$PREFILL" --rw=write \
 		--bs=1M --iodepth=8 --output="$dir/prefill.txt" >/dev/null ||
 		die "prefill of $target failed"
+	# The prefill's dirty pages reach the disk now, not in the first job.
+	find "$dir" -type f -size +1M -exec sync {} + 2>/dev/null || true # files may go meanwhile
 	for job in $JOBS; do
 		opts=$(echo "$JOB_LIST" | sed -n "s/^$job|//p")
 		[ -n "$opts" ] || die "unknown job $job"
 		# shellcheck disable=SC2086
 		run_job "$target" "$job" $opts
 	done
+	record_rss "$target"
 	target_stop_all
 done
 
@@ -319,18 +380,25 @@ done
 
 # With replication targets: the raw quic-go loopback figures the
 # replication numbers stand on (4 KiB round trip on one stream; bulk
-# throughput of one stream; CPU per 4 KiB record streamed to another
-# process that acks each frame, the transport's floor under every
-# replicated write), from transport's Go benchmarks.
+# throughput of one stream, in-process and to another process — the
+# latter is the figure a replicated large write is held against; CPU per
+# 4 KiB record streamed to another process that acks each frame, the
+# transport's floor under every replicated write), from transport's Go
+# benchmarks.
 if [[ " $TARGETS " == *" bm-"* ]]; then
 	say "quic-go loopback: go test -bench 'RTT4K|Bulk1MiB|RecordsProcess' ./transport"
-	env ${BM_ENV:-} go test -run '^$' -bench 'RTT4K|Bulk1MiB|RecordsProcess' -benchtime 2s ./transport 2>&1 |
-		grep '^Benchmark' | sed 's/^/quic: /' >&2 || say "transport benchmarks failed"
+	env ${BM_ENV:-} go test -run '^$' -bench 'RTT4K|Bulk1MiB|RecordsProcess' -benchtime 2s ./transport \
+		>"$BENCH_DIR/quic.txt" 2>&1 || say "transport benchmarks failed"
+	grep '^Benchmark' "$BENCH_DIR/quic.txt" | sed 's/^/quic: /' >&2 || true
+	# The one-stream process-to-process bulk figure joins the table.
+	awk '$1 ~ /^BenchmarkBulk1MiBProcess/ {for (i = 1; i < NF; i++) if ($(i + 1) == "MB/s")
+		printf "quic-go\tbulk-1M-1stream\t%.0f\t%s\t0\t0\t0\t0\n", $i, $i}' "$BENCH_DIR/quic.txt" >>"$RESULTS"
+	[ -z "${OUT:-}" ] || cp "$RESULTS" "$OUT"
 fi
 
-"$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" <<'PYEOF'
+"$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" "$RSS" <<'PYEOF'
 import sys
-path, base, targets, jobs = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+path, base, targets, jobs, rss_path = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
 res = {}
 for line in open(path):
     t, j, *v = line.rstrip("\n").split("\t")
@@ -356,5 +424,39 @@ for j in jobs:
         if b and t != base:
             row += "  %10.2f %9.2f" % (r[0] / b[0] if b[0] else 0, r[3] / b[3] if b[3] else 0)
         print(row)
+q = res.get(("quic-go", "bulk-1M-1stream"))
+if q:
+    print("%-26s %-12s %9s %9.1f   (quic-go, 1 MiB frames on one stream to another process)" % (
+        "bulk-1M-1stream", "quic-go", "-", q[1]))
+# Issue 15's goals for large writes, as ratios of figures of this run.
+one = lambda t, j: (res.get((t, j)) or (None, None))[1]
+goals = [("blockmirror", "nbdkit", 0.8), ("bm-sync1", "blockmirror", 0.8),
+         ("bm-sync1", "quic-go", 0.7), ("bm-async1", "blockmirror", 0.9)]
+lines = []
+sfxs = [""] + sorted({"@" + t.split("@", 1)[1] for t in targets if "@" in t})
+for j in ("seqwrite-1M-qd8", "seqwrite-1M-qd8-flush256"):
+    for (t, b, goal), sfx in [(g, sfx) for sfx in sfxs for g in goals]:
+        t = t + sfx
+        if b.startswith(("blockmirror", "bm-")):
+            b = b + sfx
+        bj = "bulk-1M-1stream" if b == "quic-go" else j
+        a, d = one(t, j), one(b, bj)
+        if a is not None and d:
+            lines.append("%-26s %-17s / %-17s %5.2f  (goal >= %.1f)%s" % (
+                j, t, b, a / d, goal, "" if a / d >= goal else "  NOT MET"))
+if lines:
+    print()
+    print("large writes, MB/s ratios (issue 15 goals)")
+    print("\n".join(lines))
+rss = {}
+for line in open(rss_path):
+    t, role, mib = line.split()
+    rss.setdefault(t, []).append("%s %s MiB" % (role, mib))
+if rss:
+    print()
+    print("peak RSS of the blockmirror processes (VmHWM, whole run of the target; goal <= 256 MiB)")
+    for t in targets:
+        if t in rss:
+            print("%-12s %s" % (t, ", ".join(rss[t])))
 PYEOF
 exit "$FAILED"

@@ -89,9 +89,12 @@
 //
 // # Throughput and UDP buffers
 //
-// Receive windows grow up to Config.MaxStreamWindow (16 MiB) per stream and
-// Config.MaxConnWindow (48 MiB) per connection, enough for ~1.3 Gbit/s per
-// stream at 100 ms RTT. quic-go asks the kernel for ~7 MiB UDP socket
+// Receive windows are Config.MaxStreamWindow (16 MiB) per stream and
+// Config.MaxConnWindow (48 MiB) per connection from the start (not grown
+// from 1 MiB over the first round trips), enough for ~1.3 Gbit/s per
+// stream at 100 ms RTT. Congestion control is quic-go's (CUBIC with
+// pacing; not configurable): on a lossy path it, not the windows, sets
+// the rate, roughly packet size / RTT × 1.2 / √loss per connection. quic-go asks the kernel for ~7 MiB UDP socket
 // buffers and prints a warning to stderr when net.core.rmem_max /
 // net.core.wmem_max are lower; the blockmirror set-up raises them:
 //

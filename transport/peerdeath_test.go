@@ -25,6 +25,12 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv("BM_TRANSPORT_ACKER"); dir != "" {
 		os.Exit(ackerMain(dir, os.Getenv("BM_TRANSPORT_ADDR")))
 	}
+	if dir := os.Getenv("BM_TRANSPORT_SINK"); dir != "" {
+		os.Exit(sinkMain(dir))
+	}
+	if target := os.Getenv("BM_TRANSPORT_PROXY"); target != "" {
+		os.Exit(proxyMain(target, os.Getenv("BM_TRANSPORT_ARG")))
+	}
 	os.Exit(m.Run())
 }
 

@@ -464,3 +464,39 @@ func TestPrimaryAnswer(t *testing.T) {
 		}
 	}
 }
+
+// A second Hello after a quarantine never raises the fork point: the node
+// took the primary's history in the first (a higher epoch), so in the
+// second its quarantined records look like that history's, and a primary
+// that has written further (LastSeq 150) puts the fork past records that
+// were set aside at 145. They must stay unapplied until the resync's
+// Restart.
+func TestReplicaQuarantineLimitNeverRises(t *testing.T) {
+	cfg := replicaConfig()
+	cfg.LastSeq, cfg.DurableSeq, cfg.AppliedSeq = 170, 150, 140
+	r := newReplica(t, cfg)
+	r.Ready()
+	h := primaryHello(wire.AckWritten)
+	h.Epoch = 6
+	h.History = append(h.History, wire.EpochStart{Epoch: 6, FirstSeq: 146, ID: 9})
+	h.LastSeq = 145
+	r.Hello(h, 170)
+	rd := r.Ready()
+	if q := rd.Quarantine; q == nil || q.After != 145 {
+		t.Fatalf("quarantine %+v, want after 145", q)
+	}
+	if rd.NewEpoch != 6 {
+		t.Fatalf("history not adopted (new epoch %d): the case this test is about needs it", rd.NewEpoch)
+	}
+	r.Disconnect()
+	h.LastSeq = 160
+	r.Hello(h, 170)
+	r.Ready()
+	if limit, capped := r.ApplyLimit(); !capped || limit != 145 {
+		t.Fatalf("apply limit %d (capped %v) after the second Hello, want 145", limit, capped)
+	}
+	r.LocalProgress(170, 170)
+	if rd := r.Ready(); rd.ApplyThrough > 145 {
+		t.Fatalf("released %d past the fork at 145", rd.ApplyThrough)
+	}
+}

@@ -273,7 +273,12 @@ func (r *ReplicaCore) Hello(h wire.Hello, journalLast uint64) wire.HelloReply {
 			}
 			r.cfg.AcceptDivergence = false
 		}
-		r.capped, r.applyCap = true, fork
+		// Never raised before Restart: after adopting the primary's
+		// history the quarantined records pass for its own, and a later
+		// Hello would put the fork past them.
+		if !r.capped || fork < r.applyCap {
+			r.capped, r.applyCap = true, fork
+		}
 		r.cfg.Flags |= wire.FlagNeedsResync
 		r.ready.Quarantine = q
 	}
