@@ -43,15 +43,18 @@ type autoCluster struct {
 	mode      string
 	// extra flags for every node.
 	extra []string
-	// etcdFor overrides a node's --etcd (a proxy in front of etcd).
-	etcdFor map[string]string
+	// etcdFor overrides a node's --etcd (a proxy in front of etcd);
+	// mirrorFor a node's address of another (a proxy in front of it).
+	etcdFor   map[string]string
+	mirrorFor map[string]map[string]string
 }
 
 // newAutoCluster makes nodes names on 127.0.0.(host+i) and an etcd cluster
 // of members members on the hosts after them.
 func newAutoCluster(t *testing.T, host, members int, mode string, names ...string) *autoCluster {
 	t.Helper()
-	c := &autoCluster{foCluster: newFoCluster(t, host, names...), t: t, names: names, mode: mode, etcdFor: map[string]string{}}
+	c := &autoCluster{foCluster: newFoCluster(t, host, names...), t: t, names: names, mode: mode, etcdFor: map[string]string{},
+		mirrorFor: map[string]map[string]string{}}
 	var initial []string
 	for i := range members {
 		ip := fmt.Sprintf("127.0.0.%d", host+len(names)+i)
@@ -128,7 +131,11 @@ func (c *autoCluster) args(n *foNode) []string {
 	args := []string{"--etcd", etcd, "--failover-ttl", autoTTL.String(), "--failover-min-interval", "-1s",
 		"--listen", n.Listen, "--mode", c.mode, "--ack-timeout", "3s"}
 	for _, name := range c.names {
-		args = append(args, "--mirror", name+"="+c.N(name).Listen)
+		addr := c.N(name).Listen
+		if a := c.mirrorFor[n.Name][name]; a != "" {
+			addr = a
+		}
+		args = append(args, "--mirror", name+"="+addr)
 	}
 	return append(args, c.extra...)
 }
