@@ -287,6 +287,7 @@ type blockWriter struct {
 	done  chan struct{}
 	mu    sync.Mutex
 	acked []int64 // offsets, in order; block i has foPattern(tag, i)
+	times []time.Time
 	err   error
 }
 
@@ -313,6 +314,7 @@ func startBlockWriter(t *testing.T, n *foNode, tag string, first int64, count in
 			}
 			w.mu.Lock()
 			w.acked = append(w.acked, off)
+			w.times = append(w.times, time.Now())
 			w.mu.Unlock()
 		}
 	}()
