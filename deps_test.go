@@ -134,6 +134,7 @@ var rules = map[string]rule{
 		imports: map[string]string{
 			"internal/daemon":                     "serve and mirror hand one config.Process to the node assembly; the CLI commands use its control client and status types",
 			"internal/config":                     "flags and the config file become one config.Process before any wiring",
+			"internal/coord":                      "`blockmirror cluster` reads and changes a volume's coordination state in etcd",
 			"mirror":                              "offline promote and demote (--data) and the report types the CLI prints",
 			"nbd":                                 "`blockmirror attach` negotiates with nbd.Client before it hands the socket to the kernel",
 			"transport":                           "`blockmirror certs` issues certificates; --mirror names are checked as certificate names",
@@ -143,6 +144,7 @@ var rules = map[string]rule{
 	"internal/daemon": {
 		imports: map[string]string{
 			"internal/config":   "the node assembly is wired from one config.Process",
+			"internal/coord":    "automatic failover: the daemon owns each volume's coordinator and implements coord.Node",
 			"internal/metrics":  "each volume's NBD, journal and peer metrics, served at /metrics",
 			"internal/unixsock": "the control socket and its callers' peer credentials",
 			"mirror":            "the volumes: node, replication, mirror daemon, responder",
@@ -199,6 +201,7 @@ var rules = map[string]rule{
 	"internal/e2e": {
 		tests: map[string]string{
 			"internal/faultproxy":            "partitions in process when cmd/faultproxy cannot be built",
+			"internal/coord":                 "automatic failover tests run real etcd members in the test process and read the nodes' coordinator status",
 			"nbd":                            "nbd.Client, for what no client tool can do (pipelining, unread replies, dropped connections)",
 			"journal":                        "tests read a node's journal after a crash",
 			"mirror":                         "tests read a node's metadata and status types",

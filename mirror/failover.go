@@ -48,9 +48,12 @@ var ErrDemoted = errors.New("mirror: this node was demoted to mirror; it no long
 // journal has been replayed into its store (OpenNode does that). It
 // returns the new metadata; promoting a primary is a no-op that returns
 // ErrNotMirror.
-func Promote(n *Node, force bool) (*Meta, error) {
+func Promote(n *Node, force bool) (*Meta, error) { return promoteTo(n, 0, force) }
+
+// promoteTo is Promote to exactly epoch (0: the next).
+func promoteTo(n *Node, epoch uint64, force bool) (*Meta, error) {
 	m := n.Meta()
-	if _, _, err := core.Promotion(m.nodeState(), n.Journal.LastSeq(), 1, force); err != nil {
+	if _, _, err := core.PromotionTo(m.nodeState(), n.Journal.LastSeq(), 1, epoch, force); err != nil {
 		switch {
 		case errors.Is(err, ErrInconsistent):
 			return m, fmt.Errorf("mirror: promote %s: %w; promoting it would serve a disk that is not a consistent image — wait for the resync or use --force", n.Dir, err)
@@ -73,12 +76,12 @@ func Promote(n *Node, force bool) (*Meta, error) {
 	// configured with). Released now, they would be in the store only, and
 	// lost if this node later gives up its side of a split brain.
 	err := n.UpdateMeta(func(m *Meta) error {
-		epoch, history, err := core.Promotion(m.nodeState(), last, randomID(), force)
+		e, history, err := core.PromotionTo(m.nodeState(), last, randomID(), epoch, force)
 		if err != nil {
 			return err
 		}
 		m.Role = RolePrimary
-		m.Epoch, m.History = epoch, history
+		m.Epoch, m.History = e, history
 		m.FencedBy = 0
 		m.Inconsistent = false
 		m.NeedsResync = false

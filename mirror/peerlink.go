@@ -17,7 +17,7 @@ import (
 // handshakeTimeout bounds the wait for a HelloReply.
 const handshakeTimeout = 10 * time.Second
 
-// heartbeatEvery is the period of heartbeats on a session.
+// heartbeatEvery is the default period of heartbeats on a session.
 const heartbeatEvery = time.Second
 
 // peerLink keeps one mirror connected: it dials with backoff, handshakes,
@@ -38,6 +38,9 @@ type peerLink struct {
 	lastResync  ResyncProgress
 	splitBrain  string
 	acked       uint64 // last ack at the ack level seen in this session
+	// confirmed is the send time of the last heartbeat the mirror echoed
+	// (zero: none in the current session).
+	confirmed time.Time
 }
 
 // session is one connected stream to the mirror.
@@ -181,7 +184,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	defer func() {
 		r.mu.Lock()
 		l.sess = nil
-		l.connected = false
+		l.connected, l.confirmed = false, time.Time{}
 		r.core.PeerDown(l.addr.Name)
 		r.processLocked()
 		r.mu.Unlock()
@@ -326,7 +329,7 @@ func (l *peerLink) markNeedsResync() {
 
 // sendControl sends flushes and heartbeats.
 func (l *peerLink) sendControl(ctx context.Context, s *session) error {
-	t := time.NewTicker(heartbeatEvery)
+	t := time.NewTicker(l.r.opts.HeartbeatEvery)
 	defer t.Stop()
 	var buf []byte
 	for {
@@ -337,6 +340,9 @@ func (l *peerLink) sendControl(ctx context.Context, s *session) error {
 		case through := <-s.flushCh:
 			typ, buf = wire.MsgFlush, wire.AppendFlush(buf[:0], wire.Flush{Through: through})
 		case <-t.C:
+			if !l.r.opts.Lease.Valid() {
+				continue // fenced: no contact (coord's Node contract)
+			}
 			l.r.mu.Lock()
 			last := l.r.core.LastSeq()
 			l.r.mu.Unlock()
@@ -384,8 +390,12 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 				return fmt.Errorf("bad heartbeat echo: %w", err)
 			}
 			rtt := time.Since(s.start) - time.Duration(h.Time)
+			if rtt < 0 {
+				return errors.New("heartbeat echo from the future (not a time this session sent)")
+			}
 			r.mu.Lock()
 			l.rtt = rtt
+			l.confirmed = s.start.Add(time.Duration(h.Time))
 			r.mu.Unlock()
 		case wire.MsgHeartbeat:
 			// Mirrors do not send heartbeats of their own; ignore.

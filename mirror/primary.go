@@ -58,7 +58,17 @@ type ReplicationOptions struct {
 	// OnResyncSent, when set, counts chunk data bytes a resync sent to peer
 	// (what ResyncProgress.SentBytes adds up; for metrics, must not block).
 	OnResyncSent func(peer string, n int)
-	Logger       *slog.Logger
+	// Coordinated: a coordinator owns the ack set (SetAckSet); the
+	// primary never drops a mirror from it by itself, whatever
+	// AllowDegraded says (see core.PrimaryConfig.Coordinated).
+	Coordinated bool
+	// Lease, when set, is the coordinator's write lease: heartbeats are
+	// sent only while it is valid, so a fenced primary stops counting as
+	// contact for its mirrors (the Volume gates completions on it).
+	Lease *WriteLease
+	// HeartbeatEvery is the period of heartbeats (default 1 s).
+	HeartbeatEvery time.Duration
+	Logger         *slog.Logger
 }
 
 func (o ReplicationOptions) withDefaults() ReplicationOptions {
@@ -70,6 +80,9 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	}
 	if o.SyncAcks == 0 {
 		o.SyncAcks = 1
+	}
+	if o.HeartbeatEvery <= 0 {
+		o.HeartbeatEvery = heartbeatEvery
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 5 * time.Second
@@ -151,7 +164,7 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 	next := j.LastSeq() + 1
 	pc, err := core.NewPrimaryCore(core.PrimaryConfig{
 		Peers: names, Mode: opts.Mode, SyncAcks: opts.SyncAcks, AckLevel: opts.AckLevel,
-		AllowDegraded: opts.AllowDegraded, AckTimeoutTicks: ticks(opts.AckTimeout),
+		AllowDegraded: opts.AllowDegraded, Coordinated: opts.Coordinated, AckTimeoutTicks: ticks(opts.AckTimeout),
 		MaxLagTicks: ticks(opts.MaxLag), Epoch: m.Epoch, NextSeq: next,
 		JournalFirst: min(j.FirstSeq(), next), LocalDurable: min(durable, next-1),
 		// Fenced in an earlier run: no write completes.
@@ -629,4 +642,46 @@ func (r *Replication) Close() error {
 	r.cancel()
 	r.wg.Wait()
 	return nil
+}
+
+// SetAckSet makes only the acks of members count toward k (sync mode),
+// for every request not yet complete too (see core.PrimaryCore.SetAckSet).
+func (r *Replication) SetAckSet(members []string, k int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.core.SetAckSet(members, k); err != nil {
+		return err
+	}
+	r.processLocked()
+	return nil
+}
+
+// PeerContact is one mirror as a coordinator sees it.
+type PeerContact struct {
+	Name   string
+	InSync bool
+	// Acked is the mirror's ack at the ack level; Lag the assigned seqs
+	// it has not acknowledged at that level.
+	Acked, Lag uint64
+	// SinceConfirm is the age of the send time of the last heartbeat the
+	// mirror echoed in its current session (negative: none).
+	SinceConfirm time.Duration
+}
+
+// Contacts returns every mirror's contact state and the ack set (members
+// in Peers order, and K). Cheap: no I/O.
+func (r *Replication) Contacts() (peers []PeerContact, ackSet []string, k int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.core.Status()
+	for _, p := range st.Peers {
+		pc := PeerContact{Name: p.Name, InSync: p.State == core.PeerInSync, Acked: p.Acks.Level(r.opts.AckLevel),
+			Lag: p.LagRecords, SinceConfirm: -1}
+		if l := r.links[p.Name]; l != nil && !l.confirmed.IsZero() {
+			pc.SinceConfirm = time.Since(l.confirmed)
+		}
+		peers = append(peers, pc)
+	}
+	ackSet, k = r.core.AckSet()
+	return peers, ackSet, k
 }

@@ -123,6 +123,11 @@ type Mirror struct {
 	runCtx   context.Context
 	stopping bool
 	halted   chan struct{}
+
+	// contact is when the last heartbeat of a primary arrived (a session's
+	// primary has an epoch at least this node's: CheckHello), or when the
+	// daemon was made if none has; guarded by mu.
+	contact time.Time
 }
 
 type mirrorSession struct {
@@ -193,7 +198,8 @@ func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*M
 // newMirrorVolume opens the volume (if the data directory has one).
 func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	opts = opts.withDefaults()
-	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), cpNow: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{})}
+	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), cpNow: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{}),
+		contact: time.Now()}
 	nopts := opts.Node
 	nopts.Size = 0
 	nopts.Logger = opts.Logger
@@ -895,6 +901,11 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 			d.processLocked()
 			d.mu.Unlock()
 		case wire.MsgHeartbeat:
+			// A primary sends heartbeats only while it may complete writes
+			// (coord's Node contract): only they count as contact.
+			d.mu.Lock()
+			d.contact = time.Now()
+			d.mu.Unlock()
 			if err := sendFrame(&s.writeMu, s.st, wire.MsgHeartbeatEcho, p); err != nil {
 				return err
 			}
@@ -1066,4 +1077,13 @@ func (d *Mirror) Status() MirrorStatus {
 		st.Primary = d.active.peer
 	}
 	return st
+}
+
+// SincePrimaryContact is the time since the last heartbeat of a primary
+// (of an epoch at least this node's), or since the daemon was made if no
+// primary has sent one.
+func (d *Mirror) SincePrimaryContact() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return time.Since(d.contact)
 }

@@ -57,6 +57,19 @@ func (d *Mirror) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger)
 // ErrPromoted and Node returns the node for serving; the listener stays
 // open until Run returns, answering old primaries that they are fenced.
 func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
+	return d.promote(ctx, 0, force)
+}
+
+// PromoteTo is Promote to exactly epoch, as a coordinator decided it: it
+// fails if the node knows of that epoch or a later one already.
+func (d *Mirror) PromoteTo(ctx context.Context, epoch uint64) (*Meta, error) {
+	if epoch == 0 {
+		return nil, errors.New("mirror: promote: no epoch given")
+	}
+	return d.promote(ctx, epoch, false)
+}
+
+func (d *Mirror) promote(ctx context.Context, epoch uint64, force bool) (*Meta, error) {
 	d.mu.Lock()
 	if d.node == nil {
 		d.mu.Unlock()
@@ -76,7 +89,7 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		return nil, errors.New("mirror: promote: the volume is stopping")
 	}
 	if m := d.node.Meta(); m.Role == RoleMirror {
-		if _, _, err := core.Promotion(m.nodeState(), d.node.Journal.LastSeq(), 1, force); err != nil {
+		if _, _, err := core.PromotionTo(m.nodeState(), d.node.Journal.LastSeq(), 1, epoch, force); err != nil {
 			d.mu.Unlock()
 			return m, fmt.Errorf("mirror: promote: %w; wait for the resync or use force", err)
 		}
@@ -121,7 +134,7 @@ func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
-	m, err := Promote(d.node, force)
+	m, err := promoteTo(d.node, epoch, force)
 	if err != nil {
 		d.mu.Lock()
 		d.promoted = false

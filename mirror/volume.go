@@ -30,7 +30,10 @@ type VolumeOptions struct {
 	// OnAppend, when set, gets how long each write waited for the local
 	// journal (durable: FUA writes waiting for fdatasync); for metrics.
 	OnAppend func(durable bool, d time.Duration)
-	Logger   *slog.Logger
+	// Lease, when set, gates every completion of a write, trim, zero or
+	// flush on a coordinator's write lease (see WriteLease); nil: none.
+	Lease  *WriteLease
+	Logger *slog.Logger
 
 	// onSubmit (tests) sees every record submitted to the journal, under
 	// the volume's ordering lock, with its request's context.
@@ -112,6 +115,10 @@ type Volume struct {
 
 	stop context.CancelFunc
 	done chan struct{}
+	// unheld is closed when the volume is demoted or closed: requests held
+	// for a write lease fail at once.
+	unheld     chan struct{}
+	unheldOnce sync.Once
 }
 
 type extent struct {
@@ -141,6 +148,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		cpKick:   make(chan struct{}, 1),
 		stop:     cancel,
 		done:     make(chan struct{}),
+		unheld:   make(chan struct{}),
 		al:       node.activity(),
 	}
 	if m.FencedBy > m.Epoch {
@@ -363,11 +371,22 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 			v.opts.OnAppend(true, time.Since(start))
 		}
 	}
-	if v.repl != nil {
-		return v.repl.LocalDone(ctx, id)
-	}
-	return nil
+	return v.completed(ctx, id)
 }
+
+// completed waits until request id may be acknowledged: its mirrors (the
+// replicator's rule), then the write lease, read at this last moment.
+func (v *Volume) completed(ctx context.Context, id uint64) error {
+	if v.repl != nil {
+		if err := v.repl.LocalDone(ctx, id); err != nil {
+			return err
+		}
+	}
+	return v.opts.Lease.complete(ctx, v.unheld)
+}
+
+// releaseHeld fails every request held for a write lease, now and later.
+func (v *Volume) releaseHeld() { v.unheldOnce.Do(func() { close(v.unheld) }) }
 
 // writableLocked is the error writes fail with now, or nil.
 func (v *Volume) writableLocked() error {
@@ -421,10 +440,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 		v.forget(id)
 		return err
 	}
-	if v.repl != nil {
-		return v.repl.LocalDone(ctx, id)
-	}
-	return nil
+	return v.completed(ctx, id)
 }
 
 // ReadStable reads [off, off+len(p)) as it is after every record ≤ tag
@@ -509,6 +525,11 @@ func (v *Volume) Quiesce(ctx context.Context, err error) error {
 // turns the node into a mirror (see Demote). On failure the volume takes
 // writes again.
 func (v *Volume) Demote(ctx context.Context, splitBrainLoser bool) error {
+	if v.opts.Lease != nil {
+		// Under a coordinator the demotion completes nothing from now on
+		// (the lease is revoked already): held requests fail.
+		v.releaseHeld()
+	}
 	if err := v.Quiesce(ctx, ErrDemoted); err != nil {
 		v.SetReadOnly(nil)
 		return fmt.Errorf("mirror: demote: waiting for the writes in flight: %w", err)
@@ -571,6 +592,7 @@ func (v *Volume) checkpointLoop(ctx context.Context) {
 // flight must have ended (the NBD server waits for them).
 func (v *Volume) Close() error {
 	v.node.setCheckpointKick(nil)
+	v.releaseHeld()
 	v.stop()
 	<-v.done
 	if err := v.j.Sync(context.Background()); err != nil && !errors.Is(err, context.Canceled) {

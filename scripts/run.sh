@@ -12,6 +12,10 @@
 #   NBD_ADDR    the primary's NBD address                (default 127.0.0.1:10809)
 #   MIRROR_ADDR the mirror's QUIC address                (default 127.0.0.2:7001)
 #   MODE        sync or async                            (default sync)
+#               auto: automatic failover instead — a primary and two mirrors,
+#               each running an embedded etcd member; the primary is killed,
+#               a mirror takes over with no command, and the old primary,
+#               restarted with its usual command, rejoins as a mirror
 #   EXIT        1 = stop after the demonstration instead of serving on
 #   SKIP_SETUP  1 = do not run scripts/setup.sh first
 set -euo pipefail
@@ -59,6 +63,76 @@ trap cleanup INT TERM EXIT
 
 size_args=()
 [ -e "$VAR_DIR/primary/meta.json" ] || size_args=(--size "$SIZE")
+
+if [ "$MODE" = auto ]; then
+	# Automatic failover: n1 (127.0.0.1), n2 (127.0.0.2), n3 (127.0.0.3),
+	# each with an etcd member of one three-member cluster.
+	"$B" certs init --out "$VAR_DIR/auto/certs" n1 n2 n3 >/dev/null
+	A=$VAR_DIR/auto
+	[ -e "$A/n1/meta.json" ] || size_args=(--size "$SIZE")
+	cluster="n1=http://127.0.0.1:2380,n2=http://127.0.0.2:2380,n3=http://127.0.0.3:2380"
+	etcd="http://127.0.0.1:2379,http://127.0.0.2:2379,http://127.0.0.3:2379"
+	mirrors=(--mirror n1=127.0.0.1:7101 --mirror n2=127.0.0.2:7101 --mirror n3=127.0.0.3:7101)
+	declare -A pid
+	start() { # NAME CMD [ARGS]
+		local n=$1 cmd=$2 i=${1#n}
+		shift 2
+		"$B" "$cmd" --data "$A/$n" --listen "127.0.0.$i:7101" --nbd "127.0.0.$i:10809" --export "$EXPORT" \
+			--admin "127.0.0.$i:7480" --control "$A/$n.sock" --certs "$A/certs" --node "$n" "${mirrors[@]}" \
+			--etcd "$etcd" --etcd-embed "$A/etcd-$n" --etcd-embed-client "http://127.0.0.$i:2379" \
+			--etcd-embed-peer "http://127.0.0.$i:2380" --etcd-embed-cluster "$cluster" \
+			--failover-ttl 2s --failover-min-interval -1s "$@" >>"$A/$n.log" 2>&1 &
+		pid[$n]=$!
+		pids+=($!)
+	}
+	leader() { # prints the node serving as primary
+		for i in 1 2 3; do
+			"$B" status --admin "127.0.0.$i:7480" --json 2>/dev/null | grep -q '"leader": true' && { echo "n$i"; return; }
+		done
+		return 1
+	}
+	say "automatic failover: n1 (primary), n2 and n3 (mirrors), each with an embedded etcd member; logs in $A/*.log"
+	start n2 mirror
+	start n3 mirror
+	start n1 serve "${size_args[@]}"
+	for _ in $(seq 300); do
+		[ "$(leader)" = n1 ] && "$B" status --admin 127.0.0.1:7480 --json | grep -q '"writes_until_ns": [1-9]' && break
+		sleep 0.1
+	done
+	[ "$(leader)" = n1 ] || die "n1 did not become the leader (see $A/n1.log)"
+	say "n1 holds the leader key and serves nbd://127.0.0.1:10809/$EXPORT"
+	qemu-io -f raw -c 'write -P 0x5a 0 32M' -c flush "nbd://127.0.0.1:10809/$EXPORT" | grep -E '^wrote' | sed 's/^/run:   /'
+	"$B" cluster status --etcd "$etcd" --volume "$EXPORT" | sed 's/^/run:   /'
+	say "kill -9 n1 (pid ${pid[n1]}) — nobody runs a command"
+	t0=$(date +%s.%N)
+	kill -9 "${pid[n1]}"
+	new=""
+	for _ in $(seq 200); do
+		new=$(leader || true)
+		if [ -n "$new" ] && [ "$new" != n1 ]; then
+			i=${new#n}
+			nbdinfo "nbd://127.0.0.$i:10809/$EXPORT" >/dev/null 2>&1 && break
+		fi
+		sleep 0.05
+	done
+	[ -n "$new" ] && [ "$new" != n1 ] || die "no mirror took over (see $A/n2.log, $A/n3.log)"
+	t1=$(date +%s.%N)
+	say "$new took over: NBD served at nbd://127.0.0.${new#n}:10809/$EXPORT $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s after the kill"
+	qemu-io -f raw -c 'read -P 0x5a 0 32M' "nbd://127.0.0.${new#n}:10809/$EXPORT" | grep -E '^read' | sed 's/^/run:   /'
+	say "restarting n1 with its usual command: it finds a newer epoch in etcd and rejoins as a mirror"
+	start n1 serve
+	for _ in $(seq 300); do
+		"$B" status --admin 127.0.0.1:7480 --json 2>/dev/null | grep -q '"mirror"' && break
+		sleep 0.1
+	done
+	"$B" status --admin 127.0.0.1:7480 | sed 's/^/run:   /'
+	"$B" cluster status --etcd "$etcd" --volume "$EXPORT" | sed 's/^/run:   /'
+	say "done: $new is the primary, n1 its mirror again. Try: bin/blockmirror cluster status --etcd $etcd --volume $EXPORT"
+	[ "${EXIT:-0}" = 1 ] && exit 0
+	wait -n "${pids[@]}" || true
+	say "a node exited; see $A/*.log"
+	exit 0
+fi
 
 say "starting the mirror daemon: QUIC $MIRROR_ADDR, data $VAR_DIR/mirror1, log $VAR_DIR/mirror1.log"
 "$B" mirror --data "$VAR_DIR/mirror1" --listen "$MIRROR_ADDR" --certs "$VAR_DIR/certs" --node mirror1 \

@@ -69,9 +69,26 @@ func (d *daemonFlags) registerNode(fs *flag.FlagSet, admin string) {
 	d.str(fs, &n.LogLevel, "log-level", "log_level", config.DefaultLogLevel, "log level: debug, info, warn or error")
 	d.str(fs, &n.LogFormat, "log-format", "log_format", config.DefaultLogFormat, "log format: text or json")
 	d.boolean(fs, &n.Pprof, "pprof", "pprof", "serve Go profiles under /debug/pprof/ on the admin endpoint")
+	d.registerFailover(fs)
 	fs.StringVar(&d.path, "config", "", "node configuration file (TOML; see dist/blockmirror.example.toml); flags given on the command line override it")
 	fs.StringVar(&d.volume, "volume", "", "with --config: the one volume to run (default: every volume of this role in the file, in one process)")
 	registerTestHooks(fs, d)
+}
+
+// registerFailover adds the automatic failover flags (etcd).
+func (d *daemonFlags) registerFailover(fs *flag.FlagSet) {
+	n := &d.node
+	d.str(fs, &n.Etcd, "etcd", "etcd", "", "automatic failover: etcd client URLs, comma-separated (every node of the volume names the same cluster; default with --etcd-embed: its member)")
+	d.str(fs, &n.EtcdCerts, "etcd-certs", "etcd_certs", "", "directory with ca.crt, client.crt and client.key: TLS to etcd with a client certificate (and server.crt/server.key for --etcd-embed)")
+	d.str(fs, &n.EtcdPrefix, "etcd-prefix", "etcd_prefix", "", "etcd key prefix of the volumes' coordination keys (default /blockmirror)")
+	d.str(fs, &n.EtcdEmbed, "etcd-embed", "etcd_embed", "", "run an etcd member in this node with its data in DIR (as k3s does), named after --node; give three nodes one each for a cluster that survives one")
+	d.str(fs, &n.EtcdEmbedClient, "etcd-embed-client", "etcd_embed_client", "", "the embedded member's client URL (default http://127.0.0.1:2379)")
+	d.str(fs, &n.EtcdEmbedPeer, "etcd-embed-peer", "etcd_embed_peer", "", "the embedded member's peer URL (default http://127.0.0.1:2380)")
+	d.str(fs, &n.EtcdEmbedCluster, "etcd-embed-cluster", "etcd_embed_cluster", "", "every embedded member, NAME=PEERURL,... (default: this member alone)")
+	d.text(fs, durationFlag{&n.FailoverTTL}, "failover-ttl", "failover_ttl", "leader lease TTL, whole seconds ≥ 2s (default 5s): a lost primary is replaced after about this long; a cut-off one fences itself before")
+	d.text(fs, durationFlag{&n.FailoverMinInterval}, "failover-min-interval", "failover_min_interval", "least time between two automatic failovers (default 5m; negative: none)")
+	d.boolean(fs, &n.FailoverNoFailsafe, "failover-no-failsafe", "failover_no_failsafe", "when etcd is unreachable, fence the primary at its lease's end even while every mirror of the sync set confirms contact")
+	d.str(fs, &n.FailoverHook, "failover-hook", "failover_hook", "", "shell command run on each promotion, demotion, fence and unfence of this node (move a VIP, notify); env BLOCKMIRROR_EVENT, _EPOCH, _REASON, _VOLUME, _NODE, _NBD")
 }
 
 // registerReplication adds a primary's replication flags (a mirror's

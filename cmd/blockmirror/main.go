@@ -35,6 +35,7 @@ func commands() []command {
 		{"promote", "make a mirror the primary (epoch + 1)", runPromote},
 		{"demote", "turn a primary into a mirror", runDemote},
 		{"config", "check a node configuration file (config check FILE)", runConfig},
+		{"cluster", "automatic failover on etcd: cluster status, pause, resume, switchover", runCluster},
 		{"verify", "compare the primary with its mirrors online (and optionally resync differences)", runVerify},
 		{"attach", "attach an NBD export to a kernel /dev/nbdX device", runAttach},
 		{"version", "print the version", runVersion},

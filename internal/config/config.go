@@ -68,7 +68,43 @@ type NodeConfig struct {
 	LogFormat string `toml:"log_format"`
 	// Pprof serves Go profiles under /debug/pprof/ on the admin endpoint.
 	Pprof bool `toml:"pprof"`
+
+	// Automatic failover (internal/coord): every node of a volume points
+	// at the same etcd cluster. Etcd is its client URLs, comma-separated
+	// ("" without automatic failover, unless EtcdEmbed runs a member:
+	// then its own client URL).
+	Etcd string `toml:"etcd"`
+	// EtcdCerts holds ca.crt, client.crt and client.key (TLS to etcd).
+	EtcdCerts string `toml:"etcd_certs"`
+	// EtcdPrefix is the key prefix (default /blockmirror).
+	EtcdPrefix string `toml:"etcd_prefix"`
+	// EtcdEmbed runs an etcd member in this node (as k3s does) with its
+	// data in this directory; the member is named after the node.
+	// EtcdEmbedClient and EtcdEmbedPeer are its URLs (defaults
+	// http://127.0.0.1:2379 and :2380); EtcdEmbedCluster is
+	// NAME=PEERURL,... of every member (default: this member alone).
+	EtcdEmbed        string `toml:"etcd_embed"`
+	EtcdEmbedClient  string `toml:"etcd_embed_client"`
+	EtcdEmbedPeer    string `toml:"etcd_embed_peer"`
+	EtcdEmbedCluster string `toml:"etcd_embed_cluster"`
+	// FailoverTTL is the leader lease's TTL (whole seconds, ≥ 2 s;
+	// default 5 s).
+	FailoverTTL Duration `toml:"failover_ttl"`
+	// FailoverMinInterval is the least time between two automatic
+	// failovers (default 5 min; negative: none).
+	FailoverMinInterval Duration `toml:"failover_min_interval"`
+	// FailoverNoFailsafe fences the primary at its lease's end when etcd
+	// is unreachable, whatever its mirrors confirm.
+	FailoverNoFailsafe bool `toml:"failover_no_failsafe"`
+	// FailoverHook is a shell command run on every promotion, demotion,
+	// fence and unfence of this node (move a VIP, notify), with
+	// BLOCKMIRROR_EVENT, BLOCKMIRROR_EPOCH, BLOCKMIRROR_REASON,
+	// BLOCKMIRROR_VOLUME and BLOCKMIRROR_NODE in its environment.
+	FailoverHook string `toml:"failover_hook"`
 }
+
+// Coordinated reports whether the node runs automatic failover.
+func (n *NodeConfig) Coordinated() bool { return n.Etcd != "" || n.EtcdEmbed != "" }
 
 // VolumeConfig is one [[volumes]] table.
 type VolumeConfig struct {

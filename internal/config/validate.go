@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks c as it is (Load and Parse have already applied
@@ -89,6 +90,7 @@ func (v *validator) node(c *Config) {
 	case len(n.Control) > maxSocketPath:
 		v.add("node.control", "node: control %q is %d bytes, longer than the %d a unix socket path allows", n.Control, len(n.Control), maxSocketPath)
 	}
+	v.failover(n)
 	v.nbdTLS(n)
 	switch strings.ToLower(n.LogLevel) {
 	case "debug", "info", "warn", "error":
@@ -127,6 +129,26 @@ func (v *validator) nbdTLS(n *NodeConfig) {
 	}
 	if n.NBDTLSClientCA == NBDTLSClientCACluster && n.Certs == "" {
 		v.add("node.nbd_tls_client_ca", "node: nbd_tls_client_ca = %q needs certs (the directory with the cluster's ca.crt)", NBDTLSClientCACluster)
+	}
+}
+
+// failover checks the automatic failover settings.
+func (v *validator) failover(n *NodeConfig) {
+	if !n.Coordinated() {
+		if n.FailoverTTL != 0 || n.FailoverMinInterval != 0 || n.FailoverHook != "" || n.FailoverNoFailsafe ||
+			n.EtcdCerts != "" || n.EtcdPrefix != "" || n.EtcdEmbedClient != "" || n.EtcdEmbedPeer != "" || n.EtcdEmbedCluster != "" {
+			v.add("node.etcd", "node: the failover_* and etcd_* settings need etcd (the cluster's client URLs) or etcd_embed (a member in this node)")
+		}
+		return
+	}
+	if n.Name == "" {
+		v.add("node.name", "node: automatic failover needs name: it names this node's records in etcd")
+	}
+	if d := n.FailoverTTL.Duration(); d != 0 && (d < 2*time.Second || d%time.Second != 0) {
+		v.add("node.failover_ttl", "node: failover_ttl %v: must be whole seconds, at least 2s", d)
+	}
+	if n.EtcdEmbed == "" && (n.EtcdEmbedClient != "" || n.EtcdEmbedPeer != "" || n.EtcdEmbedCluster != "") {
+		v.add("node.etcd_embed", "node: etcd_embed_client, etcd_embed_peer and etcd_embed_cluster need etcd_embed (the member's data directory)")
 	}
 }
 

@@ -48,6 +48,8 @@ type Process struct {
 	// host serves several mirror volumes on one listener (nil otherwise).
 	host  *mirror.MirrorHost
 	admin *adminServer
+	// fo runs automatic failover (nil without --etcd).
+	fo *failover
 	// controlMu orders the updates of the control operations.
 	controlMu sync.Mutex
 
@@ -142,6 +144,22 @@ func New(ctx context.Context, cfg *config.Process, opts Options) (*Process, erro
 		servers: map[string]*nbdEntry{}, nbdErr: p.stop, roleChanged: p.roleChanged,
 	}
 	p.env.tc, p.env.tcErr = nodeTransport(cfg.Node, log)
+	if cfg.Node.Coordinated() {
+		if err := checkCoordinated(cfg); err != nil {
+			return nil, err
+		}
+		// The data directory's role wins over the command's: a node
+		// restarted after a failover opens as what it had become.
+		if role := openRole(&cfg.Volumes[0], cfg.Role); role != cfg.Role {
+			log.Info("automatic failover: opening the volume in the role its data directory records", "role", role, "command_role", cfg.Role)
+			c := *cfg
+			c.Role = role
+			c.Volumes = []config.VolumeConfig{cfg.Volumes[0]}
+			c.Volumes[0].Role = role
+			cfg = &c
+			p.cfg = cfg
+		}
+	}
 	for _, c := range cfg.Volumes {
 		vlog := log
 		if len(cfg.Volumes) > 1 || cfg.Role == config.RoleMirror {
@@ -150,7 +168,19 @@ func New(ctx context.Context, cfg *config.Process, opts Options) (*Process, erro
 		p.volumes = append(p.volumes, &Volume{cfg: c, env: p.env, log: vlog, hooks: newVolumeHooks(reg, c.Export),
 			role: mirror.Role(cfg.Role), onStop: p.stop})
 	}
+	if cfg.Node.Coordinated() {
+		v := p.volumes[0]
+		v.lease = mirror.NewWriteLease(v.cfg.AckTimeout.Duration())
+		fo, err := newFailover(cfg, v, reg, log)
+		if err != nil {
+			return nil, err
+		}
+		p.fo = fo
+	}
 	if err := p.open(ctx); err != nil {
+		if p.fo != nil {
+			p.fo.cli.Close()
+		}
 		return nil, err
 	}
 	return p, nil
@@ -306,6 +336,12 @@ func (p *Process) Run(ctx context.Context) error {
 			}
 		})
 	}
+	foCtx, stopFailover := context.WithCancel(context.Background())
+	defer stopFailover()
+	var foWG sync.WaitGroup
+	if p.fo != nil {
+		foWG.Go(func() { p.fo.run(foCtx, p.stop) })
+	}
 	if len(p.volumes) > 1 {
 		what := "mirroring several volumes in one process"
 		if p.cfg.Role == config.RolePrimary {
@@ -317,6 +353,10 @@ func (p *Process) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-p.stopped:
 	}
+	// The coordinator first: it revokes its lease (the leader key goes at
+	// once) and fences the volume, before the volume stops.
+	stopFailover()
+	foWG.Wait()
 	stopNBD()
 	p.env.nbdMu.Lock()
 	p.env.nbdStopped = true // no server starts after this
@@ -341,7 +381,7 @@ func (p *Process) Run(ctx context.Context) error {
 func (p *Process) runVolume(ctx context.Context, v *Volume) error {
 	if node := v.opened; node != nil {
 		v.opened = nil
-		return v.serve(ctx, node)
+		return v.rejoinLoop(ctx, v.serve(ctx, node))
 	}
 	if p.host != nil {
 		// The host runs the volume; a volume promoted online by the host
@@ -349,7 +389,7 @@ func (p *Process) runVolume(ctx context.Context, v *Volume) error {
 		<-ctx.Done()
 		return nil
 	}
-	return v.runMirror(ctx, v.mirror)
+	return v.rejoinLoop(ctx, v.runMirror(ctx, v.mirror))
 }
 
 // startAdmin starts the process's admin endpoint (read-only) and control
@@ -419,10 +459,26 @@ func (p *Process) roleChanged() {
 	}
 	a.handle("promote", nil)
 	a.handle("demote", nil)
+	a.handle("switchover", nil)
 	if len(p.volumes) != 1 {
 		return
 	}
 	v := p.volumes[0]
+	if p.fo != nil {
+		// The coordinator owns the role: a promotion or demotion by hand
+		// would bypass etcd's epoch. A planned change is a switchover.
+		a.handle("switchover", func(ctx context.Context, q url.Values) (any, error) {
+			to := q.Get("to")
+			if to == "" {
+				return nil, errors.New("switchover: name the target mirror (?to=NAME)")
+			}
+			if err := p.fo.coord.Switchover(ctx, to); err != nil {
+				return nil, err
+			}
+			return map[string]any{"switched_over": true, "to": to}, nil
+		})
+		return
+	}
 	if v.Role() == mirror.RolePrimary {
 		a.handle("demote", func(ctx context.Context, q url.Values) (any, error) {
 			if err := v.Demote(ctx, q.Get("split_brain_loser") == "1"); err != nil {
@@ -468,7 +524,11 @@ func (p *Process) verify(ctx context.Context, q url.Values) (any, error) {
 // counts.
 func (p *Process) Status() NodeStatus {
 	if len(p.volumes) == 1 {
-		return p.volumes[0].Status()
+		st := p.volumes[0].Status()
+		if p.fo != nil {
+			st.Failover = new(p.fo.coord.Status())
+		}
+		return st
 	}
 	out := NodeStatus{Volumes: make(map[string]NodeStatus, len(p.volumes))}
 	for _, v := range p.volumes {

@@ -1,6 +1,9 @@
 package daemon
 
-import "github.com/blockmirror/blockmirror/mirror"
+import (
+	"github.com/blockmirror/blockmirror/internal/coord"
+	"github.com/blockmirror/blockmirror/mirror"
+)
 
 // NodeStatus is what GET /v1/status returns for a process running one
 // volume: Primary or Mirror is set, as the volume's role is.
@@ -13,6 +16,10 @@ type NodeStatus struct {
 	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
 	Volumes     map[string]NodeStatus `json:"volumes,omitempty"`
 	Connections *ConnStatus           `json:"connections,omitempty"`
+	// Failover is the coordinator's view (automatic failover only):
+	// leader or not, lease age, how long writes may still complete and,
+	// when fenced, why; the last failover decision and etcd error.
+	Failover *coord.LocalStatus `json:"failover,omitempty"`
 	// Control is the node's control socket (promote, demote, verify),
 	// "" without one; set by the admin server for the whole process. It
 	// comes last so that the JSON still starts with the role.

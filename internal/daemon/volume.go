@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/blockmirror/blockmirror/internal/config"
+	"github.com/blockmirror/blockmirror/internal/coord"
 	"github.com/blockmirror/blockmirror/mirror"
 	"github.com/blockmirror/blockmirror/nbd"
 )
@@ -40,6 +42,14 @@ type Volume struct {
 	primary *primary
 	// onStop ends the process (a demote, or a failure).
 	onStop func(error)
+	// changed is closed and replaced on every change of role (guarded by
+	// mu).
+	changed chan struct{}
+
+	// lease gates the primary's completions under automatic failover (nil
+	// without: every write completes as the replication allows); it
+	// outlives the roles, as the coordinator does.
+	lease *mirror.WriteLease
 }
 
 // primary is a volume serving as primary.
@@ -50,6 +60,11 @@ type primary struct {
 	resp  *mirror.Responder // nil without a listen address
 	uri   string
 	owned sync.WaitGroup // the responder and the metrics refresher
+	dev   *volumeDevice
+	// rejoin is closed when the coordinator demoted the volume: serve
+	// returns errRejoin and the volume goes on as a mirror.
+	rejoin     chan struct{}
+	rejoinOnce sync.Once
 }
 
 // Name is the volume's configured name ("" for a volume given by flags).
@@ -101,7 +116,7 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 	defer stop()
 	m := node.Meta()
 	log := v.log.With("volume", m.Volume.String())
-	p := &primary{node: node}
+	p := &primary{node: node, rejoin: make(chan struct{})}
 	if p.repl, err = v.startReplication(node, log); err != nil {
 		return err
 	}
@@ -112,9 +127,10 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 	if p.repl != nil {
 		r = p.repl
 	}
-	if p.vol, err = mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log, OnAppend: v.hooks.onAppend}); err != nil {
+	if p.vol, err = mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log, OnAppend: v.hooks.onAppend, Lease: v.lease}); err != nil {
 		return err
 	}
+	p.dev = &volumeDevice{Volume: p.vol}
 	defer func() {
 		if err := p.vol.Close(); err != nil {
 			log.Error("final checkpoint failed; the journal will be replayed at the next start", "err", err)
@@ -141,7 +157,7 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 	if err := srv.AddExport(nbd.Export{
 		Name:        v.cfg.Export,
 		Description: fmt.Sprintf("blockmirror volume %s", m.Volume),
-		Device:      volumeDevice{p.vol},
+		Device:      p.dev,
 		ReadOnly:    v.cfg.ReadOnly,
 		Observe:     v.hooks.observeNBD,
 	}); err != nil {
@@ -160,9 +176,17 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 	v.setPrimary(p)
 	defer v.setPrimary(nil)
 	log.Info("serving NBD", "uri", p.uri, "size", m.Size, "epoch", m.Epoch, "example", "nbdinfo "+p.uri)
-	<-ctx.Done()
-	log.Info("stopped serving NBD")
-	return nil
+	select {
+	case <-ctx.Done():
+		log.Info("stopped serving NBD")
+		return nil
+	case <-p.rejoin:
+		// Connections to the export fail every request from now on (the
+		// volume closes under them).
+		p.dev.close(fmt.Errorf("%w (this node was demoted by its coordinator; connect to the new primary)", mirror.ErrDemoted))
+		log.Info("stopped serving NBD: demoted")
+		return errRejoin
+	}
 }
 
 // startReplication begins replication to the volume's mirrors (nil
@@ -192,9 +216,16 @@ func (v *Volume) startReplication(node *mirror.Node, log *slog.Logger) (*mirror.
 	if err != nil {
 		return nil, err
 	}
-	peers := make([]mirror.PeerAddr, len(c.Mirrors))
-	names := make([]string, len(c.Mirrors))
-	for i, m := range c.Mirrors {
+	mirrors := c.Mirrors
+	if v.lease != nil {
+		mirrors = otherMirrors(c, v.env.node.Name)
+	}
+	if c.SyncAcks < 1 || c.SyncAcks > len(mirrors) {
+		return nil, fmt.Errorf("--sync-acks %d: want 1..%d (the number of mirrors besides this node)", c.SyncAcks, len(mirrors))
+	}
+	peers := make([]mirror.PeerAddr, len(mirrors))
+	names := make([]string, len(mirrors))
+	for i, m := range mirrors {
 		peers[i] = mirror.PeerAddr{Name: m.Name, Addr: m.Address}
 		names[i] = m.Name + "=" + m.Address
 	}
@@ -204,6 +235,10 @@ func (v *Volume) startReplication(node *mirror.Node, log *slog.Logger) (*mirror.
 		Node: v.env.node.Name, VolumeName: c.Name, Pool: v.env.pool, Transport: tc, Logger: log,
 		Resync: mirror.ResyncOptions{Rate: c.ResyncRate.Bytes()},
 		OnAck:  v.hooks.onAck, OnResyncSent: v.hooks.onResyncSent,
+		// Under a coordinator: it owns the ack set, heartbeats stop with
+		// the write lease, and come often enough for the failsafe's
+		// contact window (the TTL).
+		Coordinated: v.lease != nil, Lease: v.lease, HeartbeatEvery: v.heartbeatEvery(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start replication: %w", err)
@@ -236,6 +271,38 @@ func (v *Volume) runMirror(ctx context.Context, d *mirror.Mirror) error {
 	return v.serve(ctx, d.Node())
 }
 
+// rejoin runs the volume as a mirror again after its coordinator demoted
+// it (err is errRejoin), for as long as it keeps changing roles, until ctx
+// ends; any other err is returned as it is.
+func (v *Volume) rejoinLoop(ctx context.Context, err error) error {
+	for errors.Is(err, errRejoin) && ctx.Err() == nil {
+		d, oerr := mirror.NewMirror(ctx, v.mirrorOptions())
+		if oerr != nil {
+			return fmt.Errorf("rejoin as a mirror: %w", oerr)
+		}
+		v.setMirror(d)
+		v.log.Info("rejoined as a mirror", "listen", v.cfg.Listen)
+		err = v.runMirror(ctx, d)
+	}
+	if errors.Is(err, errRejoin) {
+		return nil
+	}
+	return err
+}
+
+// heartbeatEvery is the primary's heartbeat period: default without a
+// coordinator, else a fifth of the TTL (the contact window), at most 1 s.
+func (v *Volume) heartbeatEvery() time.Duration {
+	if v.lease == nil {
+		return 0
+	}
+	ttl := v.env.node.FailoverTTL.Duration()
+	if ttl <= 0 {
+		ttl = coord.DefaultTTL
+	}
+	return min(time.Second, ttl/5)
+}
+
 // setPrimary records that the volume serves as primary (p), or no longer
 // does (nil: it stops serving).
 func (v *Volume) setPrimary(p *primary) {
@@ -244,8 +311,35 @@ func (v *Volume) setPrimary(p *primary) {
 	if p != nil {
 		v.mirror, v.role = nil, mirror.RolePrimary
 	}
+	v.notifyLocked()
 	v.mu.Unlock()
 	v.env.roleChanged()
+}
+
+// setMirror records that the volume runs as the mirror d.
+func (v *Volume) setMirror(d *mirror.Mirror) {
+	v.mu.Lock()
+	v.primary, v.mirror, v.role = nil, d, mirror.RoleMirror
+	v.notifyLocked()
+	v.mu.Unlock()
+	v.env.roleChanged()
+}
+
+func (v *Volume) notifyLocked() {
+	if v.changed != nil {
+		close(v.changed)
+	}
+	v.changed = make(chan struct{})
+}
+
+// roleChange returns a channel closed at the next change of role.
+func (v *Volume) roleChange() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.changed == nil {
+		v.changed = make(chan struct{})
+	}
+	return v.changed
 }
 
 func (v *Volume) current() (*primary, *mirror.Mirror) {
@@ -352,9 +446,67 @@ func nbdURI(a net.Addr, export string, tls bool) string {
 }
 
 // volumeDevice adapts a mirror.Volume to nbd.Device (mirror does not
-// import nbd).
-type volumeDevice struct{ *mirror.Volume }
+// import nbd). Once closed (the volume was demoted in a process that goes
+// on as a mirror) every request fails: NBD connections outlive the export.
+type volumeDevice struct {
+	*mirror.Volume
+	mu     sync.RWMutex
+	closed error
+}
 
-func (d volumeDevice) WriteZeroes(ctx context.Context, off, length int64, f nbd.ZeroFlags) error {
+// enter admits a request (release with mu.RUnlock), or says why not.
+func (d *volumeDevice) enter() error {
+	d.mu.RLock()
+	if d.closed != nil {
+		d.mu.RUnlock()
+		return d.closed
+	}
+	return nil
+}
+
+// close fails every later request with err, once those in flight ended.
+func (d *volumeDevice) close(err error) {
+	d.mu.Lock()
+	d.closed = err
+	d.mu.Unlock()
+}
+
+func (d *volumeDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
+	return d.Volume.ReadAt(ctx, p, off)
+}
+
+func (d *volumeDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
+	return d.Volume.WriteAt(ctx, p, off, fua)
+}
+
+func (d *volumeDevice) Trim(ctx context.Context, off, length int64, fua bool) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
+	return d.Volume.Trim(ctx, off, length, fua)
+}
+
+func (d *volumeDevice) Flush(ctx context.Context) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
+	return d.Volume.Flush(ctx)
+}
+
+func (d *volumeDevice) WriteZeroes(ctx context.Context, off, length int64, f nbd.ZeroFlags) error {
+	if err := d.enter(); err != nil {
+		return err
+	}
+	defer d.mu.RUnlock()
 	return d.Volume.WriteZeroes(ctx, off, length, mirror.ZeroFlagsView{FUA: f.FUA, NoHole: f.NoHole, FastZero: f.FastZero})
 }

@@ -1,5 +1,6 @@
 // Package faultproxy is a UDP proxy for tests that injects network faults
-// between two QUIC (or any UDP) peers on loopback.
+// between two QUIC (or any UDP) peers on loopback, and a TCP proxy
+// (TCPProxy) that can partition and heal TCP connections (a node and etcd).
 //
 // A Proxy listens on one UDP address and forwards every datagram from a
 // client to a fixed target, and the target's replies back to that client.

@@ -117,6 +117,15 @@ type Registry struct {
 	resyncReceived *prometheus.CounterVec
 	resyncApplied  *prometheus.CounterVec
 
+	foLeader      *prometheus.GaugeVec
+	foEpoch       *prometheus.GaugeVec
+	foLeaseAge    *prometheus.GaugeVec
+	foWrites      *prometheus.GaugeVec
+	foFailsafe    *prometheus.GaugeVec
+	foEtcdUp      *prometheus.GaugeVec
+	foMemberLag   *prometheus.GaugeVec
+	foTransitions *prometheus.CounterVec
+
 	volumeVecs []deleter // everything labelled by volume
 	peerVecs   []deleter // everything labelled by volume and peer
 }
@@ -186,8 +195,17 @@ func NewWith(o Options) *Registry {
 	r.peerResyncSent = counter("peer_resync_sent_bytes_total", "Chunk data bytes resyncs sent to the mirror (zero chunks send none); status --json's resync.sent_bytes counts the same for the current resync.", volPeer)
 	r.resyncReceived = counter("resync_received_bytes_total", "Mirror side: chunk data bytes received from the primary's resyncs.", vol)
 	r.resyncApplied = counter("resync_applied_bytes_total", "Mirror side: disk bytes resync chunks wrote (zero chunks count their length; stale chunks, sent again later, do not count).", vol)
+	r.foLeader = gauge("failover_leader", "1 while this node holds the volume's leader key in etcd (automatic failover), else 0.", vol)
+	r.foEpoch = gauge("failover_epoch", "The node's epoch for the volume.", vol)
+	r.foLeaseAge = gauge("failover_lease_age_seconds", "Leader only: time since the last lease renewal etcd confirmed was sent (the primary fences itself at TTL minus the margin).", vol)
+	r.foWrites = gauge("failover_writes_allowed", "Primary only: 1 while the coordinator's write lease lets the primary complete writes, 0 while it is fenced.", vol)
+	r.foFailsafe = gauge("failover_failsafe", "1 while the primary serves on its mirrors' confirmations because etcd does not answer (failsafe).", vol)
+	r.foEtcdUp = gauge("failover_etcd_reachable", "1 while the coordinator's last etcd step succeeded, else 0.", vol)
+	r.foMemberLag = gauge("failover_member_lag_records", "Primary only: records each mirror (member) has not acknowledged, as the coordinator sees it.", []string{LabelVolume, LabelPeer})
+	r.foTransitions = counter("failover_events_total", "Failover events of this node: promoted, demoted, fenced, unfenced, leader.", []string{LabelVolume, "event"})
 
-	r.volumeVecs = []deleter{r.nbdRequests, r.nbdBytes, r.nbdErrors, r.nbdLatency, r.jAppend, r.jFsync, r.jSize, r.jSegments, r.jRecords, r.jBytes, r.resyncReceived, r.resyncApplied}
+	r.volumeVecs = []deleter{r.nbdRequests, r.nbdBytes, r.nbdErrors, r.nbdLatency, r.jAppend, r.jFsync, r.jSize, r.jSegments, r.jRecords, r.jBytes, r.resyncReceived, r.resyncApplied,
+		r.foLeader, r.foEpoch, r.foLeaseAge, r.foWrites, r.foFailsafe, r.foEtcdUp, r.foMemberLag, r.foTransitions}
 	r.peerVecs = []deleter{r.peerAck, r.peerLagRecords, r.peerLagBytes, r.peerLagSeconds, r.peerConnected, r.peerQUICSRTT, r.peerQUICCwnd, r.peerQUICSent, r.peerQUICLost, r.peerState, r.peerResyncDone, r.peerResyncTotal, r.peerAge, r.peerResyncSent}
 
 	if !o.NoRuntimeMetrics {
@@ -518,4 +536,57 @@ func (m *PeerMetrics) SetResync(done, total uint64) {
 	}
 	m.resyncDone.Set(float64(done))
 	m.resyncTotal.Set(float64(total))
+}
+
+// FailoverMetrics are one volume's automatic failover gauges.
+type FailoverMetrics struct {
+	r      *Registry
+	volume string
+}
+
+// Failover returns the failover hooks of volume.
+func (r *Registry) Failover(volume string) *FailoverMetrics {
+	return &FailoverMetrics{r: r, volume: volume}
+}
+
+// FailoverState is what the failover gauges show.
+type FailoverState struct {
+	Leader, WritesAllowed, Failsafe, EtcdReachable bool
+	Epoch                                          uint64
+	// LeaseAge is negative when this node does not hold the lease.
+	LeaseAge time.Duration
+	// MemberLag: records per mirror not yet acknowledged (primary only).
+	MemberLag map[string]uint64
+}
+
+// Set updates the gauges.
+func (m *FailoverMetrics) Set(s FailoverState) {
+	if m == nil {
+		return
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	r, v := m.r, m.volume
+	r.foLeader.WithLabelValues(v).Set(b(s.Leader))
+	r.foEpoch.WithLabelValues(v).Set(float64(s.Epoch))
+	r.foLeaseAge.WithLabelValues(v).Set(max(s.LeaseAge, 0).Seconds())
+	r.foWrites.WithLabelValues(v).Set(b(s.WritesAllowed))
+	r.foFailsafe.WithLabelValues(v).Set(b(s.Failsafe))
+	r.foEtcdUp.WithLabelValues(v).Set(b(s.EtcdReachable))
+	r.foMemberLag.DeletePartialMatch(prometheus.Labels{LabelVolume: v})
+	for peer, lag := range s.MemberLag {
+		r.foMemberLag.WithLabelValues(v, peer).Set(float64(lag))
+	}
+}
+
+// Event counts a failover event (promoted, demoted, fenced, unfenced,
+// leader).
+func (m *FailoverMetrics) Event(kind string) {
+	if m != nil {
+		m.r.foTransitions.WithLabelValues(m.volume, kind).Inc()
+	}
 }

@@ -47,6 +47,14 @@ type NodeState struct {
 // whose store is inconsistent (ErrInconsistent) or that holds records
 // after a fork (ErrDiverged); a primary is refused with ErrNotMirror.
 func Promotion(s NodeState, last, id uint64, force bool) (epoch uint64, history []wire.EpochStart, err error) {
+	return PromotionTo(s, last, id, 0, force)
+}
+
+// PromotionTo is Promotion to exactly epoch want (0: the next one), as a
+// coordinator decided it by compare-and-swap: want must be above the
+// node's epoch and above any epoch that fenced it, or the promotion fails
+// (the node knows of a primary the coordinator did not count).
+func PromotionTo(s NodeState, last, id, want uint64, force bool) (epoch uint64, history []wire.EpochStart, err error) {
 	switch {
 	case s.Primary:
 		return 0, nil, fmt.Errorf("already primary in epoch %d: %w", s.Epoch, ErrNotMirror)
@@ -56,6 +64,12 @@ func Promotion(s NodeState, last, id uint64, force bool) (epoch uint64, history 
 		return 0, nil, ErrDiverged
 	}
 	epoch = max(s.Epoch, s.FencedBy) + 1
+	if want != 0 {
+		if want < epoch {
+			return 0, nil, fmt.Errorf("promotion to epoch %d: this node knows of epoch %d already (its own: %d)", want, max(s.Epoch, s.FencedBy), s.Epoch)
+		}
+		epoch = want
+	}
 	history = append(append([]wire.EpochStart(nil), s.History...), wire.EpochStart{Epoch: epoch, FirstSeq: last + 1, ID: id})
 	return epoch, history, nil
 }

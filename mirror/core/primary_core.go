@@ -54,6 +54,12 @@ type PrimaryConfig struct {
 	// is demoted to catching-up, so the request completes without it.
 	// Without it such requests fail with ErrNoQuorum after AckTimeoutTicks.
 	AllowDegraded bool
+	// Coordinated: a coordinator (internal/coord) owns the ack set. The
+	// core never changes it by itself: AllowDegraded no longer demotes a
+	// mirror that does not ack (a request that waits AckTimeoutTicks fails
+	// with ErrNoQuorum), and SetAckSet says whose acks count toward which K.
+	// AllowDegraded is kept only as a setting the coordinator reads.
+	Coordinated bool
 	// AckTimeoutTicks (sync mode) bounds how long a request waits for mirror
 	// acks (default DefaultAckTimeoutTicks).
 	AckTimeoutTicks int
@@ -427,6 +433,8 @@ type peerState struct {
 	target    uint64 // catching-up: in sync once acked at the level through it
 	flushSent uint64 // highest Flush.Through sent in this session
 	released  uint64 // highest durable watermark reported in Releases
+	// out: not in the ack set (sync mode: its acks do not count toward K).
+	out bool
 }
 
 // lagSeg says that seqs from firstSeq on (to the next segment) were
@@ -501,6 +509,8 @@ type PrimaryCore struct {
 	byName  map[string]*peerState
 	inSync  int
 	scratch []uint64
+	// ackK is K of the sync rule: SyncAcks until SetAckSet changes it.
+	ackK int
 
 	wLevel uint64 // quorum watermark at the ack level (sync rule)
 	wDur   uint64 // quorum watermark at the durable level (sync rule)
@@ -537,6 +547,7 @@ func NewPrimaryCore(cfg PrimaryConfig) (*PrimaryCore, error) {
 		pending:      make(map[uint64]*request),
 		rateSeq:      c.NextSeq - 1,
 		ackedHi:      c.NextSeq - 1,
+		ackK:         c.SyncAcks,
 	}
 	// An earlier run's writes count as acknowledged at the start: their
 	// age is a lower bound.
@@ -1105,7 +1116,12 @@ func (p *PrimaryCore) setState(ps *peerState, s PeerState) {
 	ps.state = s
 }
 
-func (p *PrimaryCore) degraded() bool { return p.inSync < p.cfg.SyncAcks }
+func (p *PrimaryCore) degraded() bool {
+	if p.cfg.Mode == wire.ModeSync {
+		return p.inSync < p.ackK
+	}
+	return p.inSync < p.cfg.SyncAcks
+}
 
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
 // MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
@@ -1117,14 +1133,67 @@ func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
 	return quorumInPlace(s, k)
 }
 
+// kthAckSet is kth over the peers of the ack set only.
+func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
+	s := p.scratch[:0]
+	for _, ps := range p.peers {
+		if !ps.out {
+			s = append(s, ps.ack.Level(level))
+		}
+	}
+	return quorumInPlace(s, k)
+}
+
 // recompute refreshes the sync quorum watermarks.
 func (p *PrimaryCore) recompute() {
-	k := p.cfg.SyncAcks
-	if p.cfg.AllowDegraded && p.inSync < k {
+	k := p.ackK
+	if p.cfg.AllowDegraded && !p.cfg.Coordinated && p.inSync < k {
 		k = p.inSync
 	}
-	p.wLevel = p.kth(p.cfg.AckLevel, k)
-	p.wDur = p.kth(wire.AckDurable, k)
+	p.wLevel = p.kthAckSet(p.cfg.AckLevel, k)
+	p.wDur = p.kthAckSet(wire.AckDurable, k)
+}
+
+// SetAckSet makes only the acks of members count toward k in sync mode
+// (0 ≤ k ≤ len(members); k 0: a write completes once local), for every
+// request not yet complete too; a coordinator calls it once the sync set
+// it recorded covers the new set (see PrimaryConfig.Coordinated). In async
+// mode the ack set names the promotion candidates only: it is recorded
+// (AckSet) but the throttle keeps SyncAcks over every mirror.
+func (p *PrimaryCore) SetAckSet(members []string, k int) error {
+	in := make(map[string]bool, len(members))
+	for _, m := range members {
+		if p.byName[m] == nil {
+			return fmt.Errorf("mirror: ack set: %q is not a mirror of this primary", m)
+		}
+		if in[m] {
+			return fmt.Errorf("mirror: ack set: %q listed twice", m)
+		}
+		in[m] = true
+	}
+	if k < 0 || k > len(members) {
+		return fmt.Errorf("mirror: ack set: k %d must be between 0 and the number of members (%d)", k, len(members))
+	}
+	for _, ps := range p.peers {
+		ps.out = !in[ps.name]
+	}
+	p.ackK = k
+	if p.cfg.Mode == wire.ModeSync {
+		p.recompute()
+		p.drain()
+	}
+	return nil
+}
+
+// AckSet returns the mirrors whose acks count toward K (sync mode), in
+// Peers order, and K.
+func (p *PrimaryCore) AckSet() (members []string, k int) {
+	for _, ps := range p.peers {
+		if !ps.out {
+			members = append(members, ps.name)
+		}
+	}
+	return members, p.ackK
 }
 
 // drain moves requests whose conditions hold out of the queues. O(1) per
@@ -1198,7 +1267,7 @@ func (p *PrimaryCore) complete(r *request, err error) {
 // request completes; otherwise it fails with ErrNoQuorum.
 func (p *PrimaryCore) expire(q *reqQueue, level wire.AckLevel) {
 	for r := q.front(); r != nil && r.tick+int64(p.cfg.AckTimeoutTicks) <= p.now; r = q.front() {
-		if p.cfg.AllowDegraded {
+		if p.cfg.AllowDegraded && !p.cfg.Coordinated {
 			last := p.lastSeq()
 			for _, ps := range p.peers {
 				if ps.state == PeerInSync && ps.ack.Level(level) < r.seq {

@@ -370,3 +370,63 @@ func TestPrimaryFlushesReachResyncingMirror(t *testing.T) {
 		t.Fatalf("flushes to the resyncing mirror: %+v", rd.PeerFlushes)
 	}
 }
+
+// A coordinated core does not degrade by itself: with AllowDegraded a
+// mirror that does not ack fails the request (the coordinator narrows the
+// ack set), and only the acks of the ack set count toward its K.
+func TestPrimaryCoordinatedAckSet(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 2, AckTimeoutTicks: 3,
+		AllowDegraded: true, Coordinated: true})
+	up(t, p, "a", "b")
+	p.ProposeWrite(1, false)
+	p.LocalDone(1)
+	p.PeerAck("a", wire.Ack{Received: 1, Written: 1})
+	for range 3 {
+		p.Tick()
+	}
+	wantDone(t, p, map[uint64]error{1: core.ErrNoQuorum})
+	if st := p.Status(); st.Peers[1].State != core.PeerInSync {
+		t.Fatalf("b demoted by the core itself: %+v", st)
+	}
+
+	// Ack set {b}, K 1: a's acks no longer count.
+	if err := p.SetAckSet([]string{"b"}, 1); err != nil {
+		t.Fatal(err)
+	}
+	p.ProposeWrite(2, false)
+	p.LocalDone(2)
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
+	wantDone(t, p, nil)
+	p.PeerAck("b", wire.Ack{Received: 2, Written: 2})
+	wantDone(t, p, map[uint64]error{2: nil})
+
+	// A request pending when the set changes completes under the new set.
+	p.ProposeWrite(3, false)
+	p.LocalDone(3)
+	p.PeerAck("a", wire.Ack{Received: 3, Written: 3})
+	wantDone(t, p, nil)
+	if err := p.SetAckSet([]string{"a", "b"}, 1); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, map[uint64]error{3: nil})
+
+	// K 0 with no members: local alone.
+	if err := p.SetAckSet(nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	p.ProposeWrite(4, false)
+	p.LocalDone(4)
+	wantDone(t, p, map[uint64]error{4: nil})
+	if m, k := p.AckSet(); len(m) != 0 || k != 0 {
+		t.Fatalf("AckSet %v %d", m, k)
+	}
+
+	for _, bad := range []struct {
+		m []string
+		k int
+	}{{[]string{"c"}, 1}, {[]string{"a", "a"}, 1}, {[]string{"a"}, 2}, {[]string{"a"}, -1}} {
+		if err := p.SetAckSet(bad.m, bad.k); err == nil {
+			t.Errorf("SetAckSet(%v, %d) accepted", bad.m, bad.k)
+		}
+	}
+}
