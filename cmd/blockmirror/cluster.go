@@ -42,7 +42,7 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case "switchover":
 		return clusterSwitchover(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "-help", "help":
-		fmt.Fprint(stdout, clusterUsage)
+		fmt.Fprint(stderr, clusterUsage)
 		return flag.ErrHelp
 	}
 	fmt.Fprintf(stderr, "blockmirror cluster: unknown subcommand %q\n\n%s", args[0], clusterUsage)
