@@ -96,9 +96,13 @@ func TLSConfig(dir string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
+// Client is etcd's client (so that callers name it without importing
+// etcd: this package is its only importer).
+type Client = clientv3.Client
+
 // Connect makes an etcd client. It does not wait for etcd to answer: the
 // coordinator copes with etcd being down.
-func Connect(cfg ClientConfig) (*clientv3.Client, error) {
+func Connect(cfg ClientConfig) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("connect to etcd: no endpoints")
 	}
