@@ -42,7 +42,7 @@ func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	case "switchover":
 		return clusterSwitchover(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "-help", "help":
-		fmt.Fprint(stdout, clusterUsage)
+		fmt.Fprint(stderr, clusterUsage)
 		return flag.ErrHelp
 	}
 	fmt.Fprintf(stderr, "blockmirror cluster: unknown subcommand %q\n\n%s", args[0], clusterUsage)
@@ -84,6 +84,19 @@ func (e *etcdFlags) clientConfig() (c *coord.ClientConfig, prefix string, err er
 }
 
 // cmp returns the first non-empty string.
+// connect makes an etcd client as the flags say (the caller closes it).
+func (e *etcdFlags) connect() (*coord.Client, *coord.ClientConfig, string, error) {
+	cc, prefix, err := e.clientConfig()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cli, err := coord.Connect(*cc)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("connect to etcd: %w", err)
+	}
+	return cli, cc, prefix, nil
+}
+
 func cmp(s ...string) string {
 	for _, v := range s {
 		if v != "" {
@@ -101,13 +114,9 @@ func clusterStatus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	cc, prefix, err := e.clientConfig()
+	cli, cc, prefix, err := e.connect()
 	if err != nil {
 		return err
-	}
-	cli, err := coord.Connect(*cc)
-	if err != nil {
-		return fmt.Errorf("connect to etcd: %w", err)
 	}
 	defer cli.Close()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -135,13 +144,9 @@ func clusterPause(ctx context.Context, op string, args []string, stdout, stderr 
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
 	}
-	cc, prefix, err := e.clientConfig()
+	cli, _, prefix, err := e.connect()
 	if err != nil {
 		return err
-	}
-	cli, err := coord.Connect(*cc)
-	if err != nil {
-		return fmt.Errorf("connect to etcd: %w", err)
 	}
 	defer cli.Close()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -39,7 +39,7 @@ func TestProblems(t *testing.T) {
 		{"unknown key dashed", node + primary + "sync-acks = 1 #!1\n",
 			[]string{"!1: unknown key volumes[0].sync-acks — did you mean sync_acks?"}},
 		{"unknown key without suggestion", "[node]\nname = \"alpha\"\ncerts = \"/c\"\ncolour = \"red\" #!1\n" + primary,
-			[]string{"!1: unknown key node.colour (known keys here: name, certs, admin, admin_allow_remote, control, control_group, nbd_tls, nbd_tls_cert, nbd_tls_key, nbd_tls_client_ca, log_level, log_format, pprof)"}},
+			[]string{"!1: unknown key node.colour (known keys here: name, certs, admin, admin_allow_remote, control, control_group, nbd_tls, nbd_tls_cert, nbd_tls_key, nbd_tls_client_ca, log_level, log_format, pprof, etcd, etcd_certs, etcd_prefix, etcd_embed, etcd_embed_client, etcd_embed_peer, etcd_embed_cluster, failover_ttl, failover_min_interval, failover_no_failsafe, failover_hook)"}},
 		{"unknown table", "[nodes] #!1\nname = \"alpha\"\n" + primary,
 			[]string{"!1: unknown key nodes — did you mean node?",
 				`t.toml: node: name is required (volume "db" replicates; it is this node's certificate name)`,

@@ -132,9 +132,10 @@
 //
 // # Configuration
 //
-// Flags and config names (wired by cmd): --etcd ENDPOINTS, --etcd-certs DIR
-// (ca.crt, client.crt, client.key), --etcd-prefix, --etcd-embed DIR[,PEER]
-// (run an etcd member in the node, as k3s does: StartEmbedded), and
-// --failover-ttl. Production points at an existing etcd cluster of three
+// Flags and config names (wired by cmd and internal/daemon; see the list
+// above EtcdCAFile): --etcd ENDPOINTS, --etcd-certs DIR (ca.crt,
+// client.crt, client.key), --etcd-prefix, --etcd-embed DIR with
+// --etcd-embed-client, -peer and -cluster (run an etcd member in the node,
+// as k3s does: StartEmbedded), --failover-ttl, --failover-hook. Production points at an existing etcd cluster of three
 // or five members.
 package coord

@@ -22,17 +22,20 @@ import (
 	"google.golang.org/grpc/backoff"
 )
 
-// The configuration names, as flags and in the config file's [etcd]
-// table (cmd wires them):
+// The configuration names, as flags and as keys of the config file's
+// [node] table (internal/config; cmd and internal/daemon wire them):
 //
-//	--etcd ENDPOINTS        etcd.endpoints   comma-separated client URLs
-//	--etcd-certs DIR        etcd.certs       ca.crt, client.crt, client.key
-//	--etcd-prefix PREFIX    etcd.prefix      default /blockmirror
-//	--etcd-embed DIR[,PEER] etcd.embed       run an etcd member in this node
-//	--failover-ttl D        failover.ttl     leader lease TTL, default 5s
-//	--failover-min-interval D  failover.min_interval  default 5m
-//	--failover-no-failsafe     failover.no_failsafe   fence when etcd is unreachable, whatever the mirrors say
-//	--failover-hook CMD        failover.hook          run on promotion/demotion/fence (move a VIP, notify): Config.OnEvent
+//	--etcd ENDPOINTS             etcd                   comma-separated client URLs
+//	--etcd-certs DIR             etcd_certs             ca.crt, client.crt, client.key
+//	--etcd-prefix PREFIX         etcd_prefix            default /blockmirror
+//	--etcd-embed DIR             etcd_embed             run an etcd member in this node
+//	--etcd-embed-client URL      etcd_embed_client      its client URL
+//	--etcd-embed-peer URL        etcd_embed_peer        its peer URL
+//	--etcd-embed-cluster N=U,..  etcd_embed_cluster     every member
+//	--failover-ttl D             failover_ttl           leader lease TTL, default 5s
+//	--failover-min-interval D    failover_min_interval  default 5m
+//	--failover-no-failsafe       failover_no_failsafe   fence when etcd is unreachable, whatever the mirrors say
+//	--failover-hook CMD          failover_hook          run on promotion/demotion/fence (move a VIP, notify): Config.OnEvent
 //
 // Certificate files in --etcd-certs.
 const (
@@ -93,9 +96,13 @@ func TLSConfig(dir string) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
+// Client is etcd's client (so that callers name it without importing
+// etcd: this package is its only importer).
+type Client = clientv3.Client
+
 // Connect makes an etcd client. It does not wait for etcd to answer: the
 // coordinator copes with etcd being down.
-func Connect(cfg ClientConfig) (*clientv3.Client, error) {
+func Connect(cfg ClientConfig) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("connect to etcd: no endpoints")
 	}
