@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -365,6 +364,3 @@ func autoTrials(def int) int {
 	}
 	return def
 }
-
-// imageOf is a node's disk image path (for comparisons of stopped nodes).
-func imageOf(n *foNode) string { return filepath.Join(n.Data, mirror.DiskFile) }
