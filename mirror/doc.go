@@ -48,13 +48,13 @@
 // flow-control window, so a slow or resyncing volume fills only its own
 // window; ending a session cancels the session's streams, never the shared
 // connection (the pool closes it when its last user releases it, and drops
-// it as soon as it dies). On the mirror side a MirrorHost owns the one
+// it as soon as it dies). On the mirror side a ReplicaHost owns the one
 // listener: it accepts every stream of every connection, reads its first
 // frame and hands it to the volume it names — Hello.VolumeName for a log
 // stream, StreamVolume (16) for a resync or verify stream, which attaches to
 // the volume's active session on the same connection. A new session of a
 // volume replaces the old one by cancelling the old session's streams.
-// NewMirror/Run keep serving one volume on a listener of its own (any
+// NewReplica/Run keep serving one volume on a listener of its own (any
 // volume name is accepted there).
 //
 //	primary process                       mirror host h1 (one listener)

@@ -14,8 +14,8 @@ import (
 	"github.com/blockmirror/blockmirror/transport"
 )
 
-// MirrorHostOptions configure a MirrorHost.
-type MirrorHostOptions struct {
+// ReplicaHostOptions configure a ReplicaHost.
+type ReplicaHostOptions struct {
 	// Listen is the QUIC address to accept primaries on, HOST:PORT.
 	Listen string
 	// Transport is the QUIC configuration (identity, allowed primaries).
@@ -24,7 +24,7 @@ type MirrorHostOptions struct {
 	Logger *slog.Logger
 }
 
-// MirrorHost serves several mirror volumes on one QUIC listener: a primary
+// ReplicaHost serves several mirror volumes on one QUIC listener: a primary
 // process opens one connection to the host and one set of streams per
 // volume on it. Every stream names its volume in its first frame (Hello for
 // a log stream, StreamVolume for a resync or verify stream) and the host
@@ -33,32 +33,32 @@ type MirrorHostOptions struct {
 // Add volumes with AddVolume before Run. Goroutines: the accept loop, one
 // per connection (accepting its streams), one per stream, and each volume's
 // own; all end when Run's ctx ends. Methods are safe for concurrent use.
-type MirrorHost struct {
-	opts MirrorHostOptions
+type ReplicaHost struct {
+	opts ReplicaHostOptions
 	log  *slog.Logger
 	ln   streamListener
 	acc  *acceptor
 
 	mu      sync.Mutex
-	vols    map[string]*Mirror
+	vols    map[string]*Replica
 	running bool
 }
 
-// NewMirrorHost listens on opts.Listen.
-func NewMirrorHost(opts MirrorHostOptions) (*MirrorHost, error) {
+// NewReplicaHost listens on opts.Listen.
+func NewReplicaHost(opts ReplicaHostOptions) (*ReplicaHost, error) {
 	ln, err := quicListen(opts.Listen, opts.Transport)
 	if err != nil {
 		return nil, fmt.Errorf("mirror: host listen %s: %w", opts.Listen, err)
 	}
-	return newMirrorHostOn(ln, opts), nil
+	return newReplicaHostOn(ln, opts), nil
 }
 
-// newMirrorHostOn serves the volumes added later on ln.
-func newMirrorHostOn(ln streamListener, opts MirrorHostOptions) *MirrorHost {
+// newReplicaHostOn serves the volumes added later on ln.
+func newReplicaHostOn(ln streamListener, opts ReplicaHostOptions) *ReplicaHost {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &MirrorHost{opts: opts, log: opts.Logger, ln: ln, vols: make(map[string]*Mirror)}
+	h := &ReplicaHost{opts: opts, log: opts.Logger, ln: ln, vols: make(map[string]*Replica)}
 	h.acc = &acceptor{ln: ln, log: h.log, route: h.route}
 	return h
 }
@@ -66,7 +66,7 @@ func newMirrorHostOn(ln streamListener, opts MirrorHostOptions) *MirrorHost {
 // AddVolume opens the mirror volume called name (opts.Listen and
 // opts.Transport are ignored: the host's are used). Sessions whose Hello
 // names this volume are routed to it. Must be called before Run.
-func (h *MirrorHost) AddVolume(ctx context.Context, name string, opts MirrorOptions) (*Mirror, error) {
+func (h *ReplicaHost) AddVolume(ctx context.Context, name string, opts ReplicaOptions) (*Replica, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.running {
@@ -86,14 +86,14 @@ func (h *MirrorHost) AddVolume(ctx context.Context, name string, opts MirrorOpti
 }
 
 // Volume returns the volume called name, or nil.
-func (h *MirrorHost) Volume(name string) *Mirror {
+func (h *ReplicaHost) Volume(name string) *Replica {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.vols[name]
 }
 
 // Volumes returns the volumes' names, sorted.
-func (h *MirrorHost) Volumes() []string {
+func (h *ReplicaHost) Volumes() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	names := make([]string, 0, len(h.vols))
@@ -105,12 +105,12 @@ func (h *MirrorHost) Volumes() []string {
 }
 
 // Addr is the address the host listens on.
-func (h *MirrorHost) Addr() string { return h.ln.Addr().String() }
+func (h *ReplicaHost) Addr() string { return h.ln.Addr().String() }
 
 // Connections is the number of primary connections accepted so far.
-func (h *MirrorHost) Connections() int64 { return h.acc.accepted.Load() }
+func (h *ReplicaHost) Connections() int64 { return h.acc.accepted.Load() }
 
-func (h *MirrorHost) route(name string) *Mirror {
+func (h *ReplicaHost) route(name string) *Replica {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.vols[name]
@@ -119,14 +119,14 @@ func (h *MirrorHost) route(name string) *Mirror {
 // Run serves every volume until ctx ends, then stops them (each
 // checkpoints and closes its volume) and closes the listener. A volume
 // promoted online stops alone; its node stays open for the caller.
-func (h *MirrorHost) Run(ctx context.Context) error {
+func (h *ReplicaHost) Run(ctx context.Context) error {
 	h.mu.Lock()
 	if h.running {
 		h.mu.Unlock()
 		return errors.New("mirror: host already running")
 	}
 	h.running = true
-	vols := make(map[string]*Mirror, len(h.vols))
+	vols := make(map[string]*Replica, len(h.vols))
 	for n, d := range h.vols {
 		vols[n] = d
 	}
@@ -158,7 +158,7 @@ func (h *MirrorHost) Run(ctx context.Context) error {
 type acceptor struct {
 	ln       streamListener
 	log      *slog.Logger
-	route    func(name string) *Mirror
+	route    func(name string) *Replica
 	accepted atomic.Int64
 }
 

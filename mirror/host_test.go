@@ -49,7 +49,7 @@ func startPrimaryVolAt(t *testing.T, dir, name, mirrorAddr string, id *transport
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: mirrorAddr}}, Mode: wire.ModeSync, SyncAcks: 1,
-		AckLevel: level, AckTimeout: 20 * time.Second, Node: "p", VolumeName: name, Pool: pool,
+		AckLevel: level, AckTimeout: 20 * time.Second, NodeName: "p", VolumeName: name, Pool: pool,
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -74,14 +74,14 @@ func (p *primaryVol) close() {
 
 // newHost makes a mirror host on a free loopback port with one volume per
 // name, each in dir/m-NAME.
-func newHost(t *testing.T, id *transport.Identity, dir string, names ...string) *mirror.MirrorHost {
+func newHost(t *testing.T, id *transport.Identity, dir string, names ...string) *mirror.ReplicaHost {
 	t.Helper()
-	host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: id}})
+	host, err := mirror.NewReplicaHost(mirror.ReplicaHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: id}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range names {
-		if _, err := host.AddVolume(t.Context(), n, mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-"+n)}}); err != nil {
+		if _, err := host.AddVolume(t.Context(), n, mirror.ReplicaOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-"+n)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +90,7 @@ func newHost(t *testing.T, id *transport.Identity, dir string, names ...string) 
 
 // runHost runs host until the returned stop is called, which reports the
 // host's error.
-func runHost(t *testing.T, host *mirror.MirrorHost) (stop func()) {
+func runHost(t *testing.T, host *mirror.ReplicaHost) (stop func()) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- host.Run(ctx) }()
@@ -102,14 +102,14 @@ func runHost(t *testing.T, host *mirror.MirrorHost) (stop func()) {
 	}
 }
 
-// TestMirrorHostRoutesVolumes: two primary volumes share one connection
+// TestReplicaHostRoutesVolumes: two primary volumes share one connection
 // (one pool) to a host with two volumes; each volume's writes land in its
 // own mirror volume, and a session naming an unknown volume is refused.
-func TestMirrorHostRoutesVolumes(t *testing.T) {
+func TestReplicaHostRoutesVolumes(t *testing.T) {
 	ids := identities(t, "p", "m")
 	dir := t.TempDir()
 	host := newHost(t, ids["m"], dir, "a", "b")
-	if _, err := host.AddVolume(t.Context(), "a", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-a2")}}); err == nil {
+	if _, err := host.AddVolume(t.Context(), "a", mirror.ReplicaOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-a2")}}); err == nil {
 		t.Fatal("a volume name was added twice")
 	}
 	stop := runHost(t, host)

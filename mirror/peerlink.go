@@ -112,7 +112,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	hello := wire.Hello{
 		Version: wire.ProtoVersion, Role: wire.PeerRolePrimary, Mode: r.opts.Mode, AckLevel: r.opts.AckLevel,
 		Volume: m.Volume, Size: uint64(m.Size), Epoch: m.Epoch, LastSeq: last,
-		Node: r.opts.Node, VolumeName: r.opts.VolumeName, History: m.History,
+		Node: r.opts.NodeName, VolumeName: r.opts.VolumeName, History: m.History,
 	}
 	buf, err := wire.AppendHello(nil, &hello)
 	if err != nil {

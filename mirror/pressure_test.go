@@ -46,11 +46,11 @@ func TestMirrorCheckpointsUnderJournalPressure(t *testing.T) {
 	const seg, bound = 64 << 10, 256 << 10
 	ids := identities(t, "p", "m")
 	dir := t.TempDir()
-	host, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
+	host, err := mirror.NewReplicaHost(mirror.ReplicaHostOptions{Listen: "127.0.0.1:0", Transport: transport.Config{Identity: ids["m"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", CheckpointInterval: time.Hour,
+	if _, err := host.AddVolume(t.Context(), "v", mirror.ReplicaOptions{Name: "m", CheckpointInterval: time.Hour,
 		Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m"), JournalSegment: seg, JournalMax: bound}}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestMirrorCheckpointsUnderJournalPressure(t *testing.T) {
 	defer node.Close()
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: host.Addr()}}, Mode: wire.ModeSync, SyncAcks: 1, AckLevel: wire.AckWritten,
-		Node: "p", VolumeName: "v", Transport: transport.Config{Identity: ids["p"]},
+		NodeName: "p", VolumeName: "v", Transport: transport.Config{Identity: ids["p"]},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -39,8 +39,8 @@ type ReplicationOptions struct {
 	Tick time.Duration
 	// BatchBytes caps the record data per Records frame (default 1 MiB).
 	BatchBytes int
-	// Node is this primary's node name, sent in the handshake.
-	Node string
+	// NodeName is this primary's node name, sent in the handshake.
+	NodeName string
 	// VolumeName is the volume's configured name, sent in the handshake so
 	// that a mirror host serving several volumes routes the session to it.
 	VolumeName string
@@ -169,7 +169,7 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 		JournalFirst: min(j.FirstSeq(), next), LocalDurable: min(durable, next-1),
 		// Fenced in an earlier run: no write completes.
 		FencedBy: m.FencedBy,
-		Node:     opts.Node, Volume: m.Volume, Size: uint64(m.Size),
+		Node:     opts.NodeName, Volume: m.Volume, Size: uint64(m.Size),
 	})
 	if err != nil {
 		return nil, err

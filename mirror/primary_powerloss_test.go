@@ -22,7 +22,7 @@ func startPrimaryOn(t *testing.T, fsys vfs.FS, dir, addr string, id *transport.I
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckDurable,
-		Node: "p", VolumeName: "v", Transport: transport.Config{Identity: id},
+		NodeName: "p", VolumeName: "v", Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
 		node.Close()
@@ -83,11 +83,11 @@ func testPrimaryPowerLoss(t *testing.T, seed uint64) {
 	crashed := fsys.CrashClone(rng) // the power is lost
 	p.close()
 
-	host2, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
+	host2, err := mirror.NewReplicaHost(mirror.ReplicaHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host2.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-v")}}); err != nil {
+	if _, err := host2.AddVolume(t.Context(), "v", mirror.ReplicaOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-v")}}); err != nil {
 		t.Fatal(err)
 	}
 	defer runHost(t, host2)()

@@ -16,8 +16,8 @@ import (
 	"github.com/blockmirror/blockmirror/transport"
 )
 
-// MirrorOptions configure the mirror daemon.
-type MirrorOptions struct {
+// ReplicaOptions configure the mirror daemon.
+type ReplicaOptions struct {
 	// Listen is the QUIC address to accept primaries on, HOST:PORT.
 	Listen string
 	// Name is this node's name (sent in HelloReply).
@@ -52,7 +52,7 @@ type MirrorOptions struct {
 	onResyncBegin func()
 }
 
-func (o MirrorOptions) withDefaults() MirrorOptions {
+func (o ReplicaOptions) withDefaults() ReplicaOptions {
 	if o.Tick <= 0 {
 		o.Tick = 10 * time.Millisecond
 	}
@@ -65,7 +65,7 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 	return o
 }
 
-// Mirror is the mirror daemon for one volume: it accepts a primary's
+// Replica is the mirror daemon for one volume: it accepts a primary's
 // session, journals the records it receives, acknowledges them, and
 // applies them to the store in seq order (only durable ones, so the store
 // is a write-order prefix of the primary's history even after a power
@@ -74,10 +74,10 @@ func (o MirrorOptions) withDefaults() MirrorOptions {
 // Goroutines: the accept loop, one per connection (one session at a time
 // is active; a new primary session replaces the old one), a journal
 // watcher, a syncer and an applier; all end when Run's ctx ends.
-type Mirror struct {
-	opts MirrorOptions
+type Replica struct {
+	opts ReplicaOptions
 	log  *slog.Logger
-	ln   streamListener // NewMirror only; a MirrorHost's volume has none
+	ln   streamListener // NewReplica only; a ReplicaHost's volume has none
 	addr string         // the listener's address (the host's for a host volume)
 
 	mu      sync.Mutex
@@ -164,10 +164,10 @@ func (s *mirrorSession) endSide() {
 	s.side.Wait()
 }
 
-// NewMirror opens the volume (if the data directory has one) and listens
+// NewReplica opens the volume (if the data directory has one) and listens
 // on opts.Listen for primaries of this one volume (a session's volume name
-// is not checked). See MirrorHost for several volumes on one listener.
-func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
+// is not checked). See ReplicaHost for several volumes on one listener.
+func NewReplica(ctx context.Context, opts ReplicaOptions) (*Replica, error) {
 	d, err := newMirrorVolume(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -184,8 +184,8 @@ func NewMirror(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
 	return d, nil
 }
 
-// newMirrorOn is NewMirror on a listener of the caller's.
-func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*Mirror, error) {
+// newReplicaOn is NewReplica on a listener of the caller's.
+func newReplicaOn(ctx context.Context, ln streamListener, opts ReplicaOptions) (*Replica, error) {
 	d, err := newMirrorVolume(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -196,9 +196,9 @@ func newMirrorOn(ctx context.Context, ln streamListener, opts MirrorOptions) (*M
 }
 
 // newMirrorVolume opens the volume (if the data directory has one).
-func newMirrorVolume(ctx context.Context, opts MirrorOptions) (*Mirror, error) {
+func newMirrorVolume(ctx context.Context, opts ReplicaOptions) (*Replica, error) {
 	opts = opts.withDefaults()
-	d := &Mirror{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), cpNow: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{}),
+	d := &Replica{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), cpNow: make(chan struct{}, 1), syncReq: make(chan uint64, 1), halted: make(chan struct{}),
 		contact: time.Now()}
 	nopts := opts.Node
 	nopts.Size = 0
@@ -227,7 +227,7 @@ func isNoVolume(err error) bool {
 }
 
 // adopt installs node and a core for it. d.mu must not be held.
-func (d *Mirror) adopt(node *Node) error {
+func (d *Replica) adopt(node *Node) error {
 	m := node.Meta()
 	written, durable := node.Journal.Watermarks()
 	var flags uint32
@@ -257,21 +257,21 @@ func (d *Mirror) adopt(node *Node) error {
 }
 
 // Addr is the address the daemon listens on.
-func (d *Mirror) Addr() string { return d.addr }
+func (d *Replica) Addr() string { return d.addr }
 
 // Run serves until ctx ends, then stops every goroutine, checkpoints and
 // closes the volume. After an online promotion it returns ErrPromoted and
 // leaves the volume open for the caller (see Node). Only for a Mirror made
-// by NewMirror; a MirrorHost runs its volumes itself.
-func (d *Mirror) Run(ctx context.Context) error {
+// by NewReplica; a ReplicaHost runs its volumes itself.
+func (d *Replica) Run(ctx context.Context) error {
 	if d.ln == nil {
-		return errors.New("mirror: Run on a volume of a MirrorHost; run the host")
+		return errors.New("mirror: Run on a volume of a ReplicaHost; run the host")
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	d.log.Info("mirror listening", "addr", d.Addr())
 	d.start(ctx, stop)
-	acc := &acceptor{ln: d.ln, log: d.log, route: func(string) *Mirror { return d }}
+	acc := &acceptor{ln: d.ln, log: d.log, route: func(string) *Replica { return d }}
 	aerr := make(chan error, 1)
 	go func() {
 		err := acc.run(ctx)
@@ -288,7 +288,7 @@ func (d *Mirror) Run(ctx context.Context) error {
 
 // start starts the volume's goroutines under ctx; stop ends ctx (an online
 // promotion calls it).
-func (d *Mirror) start(ctx context.Context, stop context.CancelFunc) {
+func (d *Replica) start(ctx context.Context, stop context.CancelFunc) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.stopRun = stop
@@ -303,7 +303,7 @@ func (d *Mirror) start(ctx context.Context, stop context.CancelFunc) {
 // finish waits (after the ctx given to start ended) for every goroutine of
 // the volume, then checkpoints and closes it; after a promotion it returns
 // ErrPromoted and leaves the volume open.
-func (d *Mirror) finish() error {
+func (d *Replica) finish() error {
 	d.mu.Lock()
 	if !d.stopping {
 		d.stopping = true
@@ -338,7 +338,7 @@ func (d *Mirror) finish() error {
 // dispatch serves a stream the acceptor routed to this volume: a log
 // stream (first frame Hello, payload p) or a resync/verify stream (first
 // frame StreamVolume). It returns when the stream is done.
-func (d *Mirror) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p []byte, log *slog.Logger) {
+func (d *Replica) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p []byte, log *slog.Logger) {
 	d.mu.Lock()
 	if d.runCtx == nil || d.stopping || d.runCtx.Err() != nil {
 		d.mu.Unlock()
@@ -364,7 +364,7 @@ func (d *Mirror) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p [
 
 // serveSide serves a resync or verify stream of the active session on the
 // same connection.
-func (d *Mirror) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
+func (d *Replica) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 	defer st.Cancel(0)
 	d.mu.Lock()
 	s := d.active
@@ -389,13 +389,13 @@ func (d *Mirror) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 }
 
 // Node returns the volume (nil before the first primary defined it).
-func (d *Mirror) Node() *Node {
+func (d *Replica) Node() *Node {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.node
 }
 
-func (d *Mirror) startWorkersLocked(ctx context.Context) {
+func (d *Replica) startWorkersLocked(ctx context.Context) {
 	if d.started {
 		return
 	}
@@ -406,7 +406,7 @@ func (d *Mirror) startWorkersLocked(ctx context.Context) {
 	go d.applyLoop(ctx)
 }
 
-func (d *Mirror) tickLoop(ctx context.Context) {
+func (d *Replica) tickLoop(ctx context.Context) {
 	defer d.wg.Done()
 	t := time.NewTicker(d.opts.Tick)
 	defer t.Stop()
@@ -427,12 +427,12 @@ func (d *Mirror) tickLoop(ctx context.Context) {
 
 // processLocked acts on the core's outputs without blocking (d.mu held).
 // Persist is handled by the session that received the records.
-func (d *Mirror) processLocked() (persist core.SeqRange) {
+func (d *Replica) processLocked() (persist core.SeqRange) {
 	return d.actLocked(d.core.Ready())
 }
 
 // actLocked acts on rd (d.mu held) and returns its Persist range.
-func (d *Mirror) actLocked(rd core.ReplicaReady) core.SeqRange {
+func (d *Replica) actLocked(rd core.ReplicaReady) core.SeqRange {
 	if rd.SyncLocal > 0 {
 		offer(d.syncReq, rd.SyncLocal, maxSeq)
 	}
@@ -454,7 +454,7 @@ func (d *Mirror) actLocked(rd core.ReplicaReady) core.SeqRange {
 }
 
 // sendAcks writes the session's acks as they come.
-func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
+func (d *Replica) sendAcks(ctx context.Context, s *mirrorSession) {
 	var buf []byte
 	for {
 		var a wire.Ack
@@ -479,7 +479,7 @@ func (d *Mirror) sendAcks(ctx context.Context, s *mirrorSession) {
 // are read under d.mu: the reset empties the journal before it restarts
 // the core under d.mu, so a watermark of the old journal can never reach
 // the new core (it would acknowledge records it does not have).
-func (d *Mirror) watchJournal(ctx context.Context) {
+func (d *Replica) watchJournal(ctx context.Context) {
 	defer d.wg.Done()
 	j := d.node.Journal
 	for {
@@ -497,7 +497,7 @@ func (d *Mirror) watchJournal(ctx context.Context) {
 	}
 }
 
-func (d *Mirror) syncLoop(ctx context.Context) {
+func (d *Replica) syncLoop(ctx context.Context) {
 	defer d.wg.Done()
 	j := d.node.Journal
 	for {
@@ -515,7 +515,7 @@ func (d *Mirror) syncLoop(ctx context.Context) {
 }
 
 // checkpointPressure is the node's checkpoint kick (see journalPressure).
-func (d *Mirror) checkpointPressure(through uint64) {
+func (d *Replica) checkpointPressure(through uint64) {
 	for {
 		old := d.cpWant.Load()
 		if through <= old || d.cpWant.CompareAndSwap(old, through) {
@@ -527,7 +527,7 @@ func (d *Mirror) checkpointPressure(through uint64) {
 
 // applyLoop applies durable journal records to the store in seq order and
 // checkpoints the store.
-func (d *Mirror) applyLoop(ctx context.Context) {
+func (d *Replica) applyLoop(ctx context.Context) {
 	defer d.wg.Done()
 	n := d.node
 	lastCP := d.applied()
@@ -639,7 +639,7 @@ func (d *Mirror) applyLoop(ctx context.Context) {
 }
 
 // applied returns the seq through which the store holds every record.
-func (d *Mirror) applied() uint64 {
+func (d *Replica) applied() uint64 {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	return d.appliedSeq
@@ -647,7 +647,7 @@ func (d *Mirror) applied() uint64 {
 
 // serveSession runs one primary's session on its log stream st, whose
 // first frame (a Hello) had payload p.
-func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStream, p []byte, log *slog.Logger) {
+func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStream, p []byte, log *slog.Logger) {
 	defer st.Cancel(0)
 	h, err := wire.DecodeHello(p)
 	if err != nil {
@@ -761,7 +761,7 @@ func (d *Mirror) serveSession(ctx context.Context, conn streamConn, st frameStre
 // metadata update holds all of it: a node whose journal holds records the
 // new history does not must say so durably, or after a crash its stale
 // records would pass for the new history's.
-func (d *Mirror) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.ReplicaReady, log *slog.Logger) error {
+func (d *Replica) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.ReplicaReady, log *slog.Logger) error {
 	if rd.SplitBrain != "" {
 		d.splitBrain = rd.SplitBrain
 		log.Error("split brain detected", "primary", h.Node, "epoch", reply.Epoch, "detail", rd.SplitBrain)
@@ -814,7 +814,7 @@ func (d *Mirror) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core.
 }
 
 // session reads records, flushes and heartbeats until the stream ends.
-func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
+func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
 	j := d.node.Journal
 	var recs []wire.Record
 	for {
@@ -929,7 +929,7 @@ func (d *Mirror) session(ctx context.Context, s *mirrorSession) error {
 // the general path takes. An ack carries the watermarks as they are, so
 // sending one early never claims more than is true. due says an ack is
 // owed even if the watermarks did not move (records received).
-func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
+func (d *Replica) ackNow(s *mirrorSession, due bool) error {
 	w, du := d.node.Journal.Watermarks()
 	d.mu.Lock()
 	if d.active != s {
@@ -949,7 +949,7 @@ func (d *Mirror) ackNow(s *mirrorSession, due bool) error {
 }
 
 // sendAck sends a on s from the session's goroutine.
-func (d *Mirror) sendAck(s *mirrorSession, a wire.Ack) error {
+func (d *Replica) sendAck(s *mirrorSession, a wire.Ack) error {
 	s.ackBuf = wire.AppendAck(s.ackBuf[:0], a)
 	if err := sendFrame(&s.writeMu, s.st, wire.MsgAck, s.ackBuf); err != nil {
 		return fmt.Errorf("send ack: %w", err)
@@ -957,7 +957,7 @@ func (d *Mirror) sendAck(s *mirrorSession, a wire.Ack) error {
 	return nil
 }
 
-func (d *Mirror) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
+func (d *Replica) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
 	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: msg})
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -968,7 +968,7 @@ func (d *Mirror) sendError(s *mirrorSession, code wire.ErrCode, msg string) {
 	s.errorSent.Store(true)
 }
 
-func (d *Mirror) refuse(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
+func (d *Replica) refuse(st frameStream, code wire.ErrCode, reason string, log *slog.Logger) {
 	log.Warn("refusing primary", "code", code, "reason", reason)
 	buf := wire.AppendError(nil, wire.ErrorMsg{Code: code, Message: reason})
 	if st.WriteFrame(uint8(wire.MsgError), buf) == nil {
@@ -992,7 +992,7 @@ func linger(st frameStream) {
 
 // ensureVolume creates the volume from the first primary's hello when the
 // data directory holds none.
-func (d *Mirror) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logger) error {
+func (d *Replica) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logger) error {
 	d.mu.Lock()
 	have := d.node != nil
 	d.mu.Unlock()
@@ -1031,8 +1031,8 @@ func (d *Mirror) ensureVolume(ctx context.Context, h wire.Hello, log *slog.Logge
 	return nil
 }
 
-// MirrorStatus is the mirror's state, as JSON for status.
-type MirrorStatus struct {
+// ReplicaStatus is the mirror's state, as JSON for status.
+type ReplicaStatus struct {
 	Role        string `json:"role"`
 	Volume      string `json:"volume,omitempty"`
 	Size        int64  `json:"size,omitempty"`
@@ -1058,10 +1058,10 @@ type MirrorStatus struct {
 }
 
 // Status returns a snapshot for `blockmirror status`.
-func (d *Mirror) Status() MirrorStatus {
+func (d *Replica) Status() ReplicaStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := MirrorStatus{Role: string(RoleMirror), SplitBrain: d.splitBrain, Quarantined: d.quarantined}
+	st := ReplicaStatus{Role: string(RoleMirror), SplitBrain: d.splitBrain, Quarantined: d.quarantined}
 	if d.core == nil {
 		return st
 	}
@@ -1082,7 +1082,7 @@ func (d *Mirror) Status() MirrorStatus {
 // SincePrimaryContact is the time since the last heartbeat of a primary
 // (of an epoch at least this node's), or since the daemon was made if no
 // primary has sent one.
-func (d *Mirror) SincePrimaryContact() time.Duration {
+func (d *Replica) SincePrimaryContact() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return time.Since(d.contact)

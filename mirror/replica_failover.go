@@ -15,7 +15,7 @@ import (
 // daemon stopped mirroring and the caller serves the node as primary.
 var ErrPromoted = errors.New("mirror: promoted to primary")
 
-func (d *Mirror) sendReply(st frameStream, r *wire.HelloReply) {
+func (d *Replica) sendReply(st frameStream, r *wire.HelloReply) {
 	buf, err := wire.AppendHelloReply(nil, r)
 	if err == nil && st.WriteFrame(uint8(wire.MsgHelloReply), buf) == nil {
 		st.Flush()
@@ -25,14 +25,14 @@ func (d *Mirror) sendReply(st frameStream, r *wire.HelloReply) {
 	}
 }
 
-func (d *Mirror) isPromoted() bool {
+func (d *Replica) isPromoted() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.promoted
 }
 
 // answerAsPrimary answers a primary's Hello after this node was promoted.
-func (d *Mirror) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger) {
+func (d *Replica) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger) {
 	m := d.node.Meta()
 	reply, stale := primaryAnswer(m, d.opts.Name, d.node.Journal.LastSeq(), h)
 	d.sendReply(st, &reply)
@@ -56,20 +56,20 @@ func (d *Mirror) answerAsPrimary(st frameStream, h wire.Hello, log *slog.Logger)
 // journal is applied, and the epoch change is recorded. Run then returns
 // ErrPromoted and Node returns the node for serving; the listener stays
 // open until Run returns, answering old primaries that they are fenced.
-func (d *Mirror) Promote(ctx context.Context, force bool) (*Meta, error) {
+func (d *Replica) Promote(ctx context.Context, force bool) (*Meta, error) {
 	return d.promote(ctx, 0, force)
 }
 
 // PromoteTo is Promote to exactly epoch, as a coordinator decided it: it
 // fails if the node knows of that epoch or a later one already.
-func (d *Mirror) PromoteTo(ctx context.Context, epoch uint64) (*Meta, error) {
+func (d *Replica) PromoteTo(ctx context.Context, epoch uint64) (*Meta, error) {
 	if epoch == 0 {
 		return nil, errors.New("mirror: promote: no epoch given")
 	}
 	return d.promote(ctx, epoch, false)
 }
 
-func (d *Mirror) promote(ctx context.Context, epoch uint64, force bool) (*Meta, error) {
+func (d *Replica) promote(ctx context.Context, epoch uint64, force bool) (*Meta, error) {
 	d.mu.Lock()
 	if d.node == nil {
 		d.mu.Unlock()

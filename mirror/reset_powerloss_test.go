@@ -59,7 +59,7 @@ func (c *crashPoint) arm() {
 // resetFixture makes a mirror volume whose journal holds records 1..30 of
 // epoch 1, all durable, 1..20 applied and checkpointed, 21..30 not yet
 // applied — a mirror in the middle of following its primary.
-func resetFixture(t *testing.T, fsys vfs.FS) *Mirror {
+func resetFixture(t *testing.T, fsys vfs.FS) *Replica {
 	t.Helper()
 	ctx := t.Context()
 	n, err := OpenNode(ctx, NodeOptions{FS: fsys, Dir: "/m", Size: plDisk, Role: RoleMirror, JournalSegment: 16 << 10})
@@ -83,7 +83,7 @@ func resetFixture(t *testing.T, fsys vfs.FS) *Mirror {
 	}
 	add(1, 20)
 	n.Close()
-	d, err := newMirrorVolume(ctx, MirrorOptions{Node: NodeOptions{FS: fsys, Dir: "/m", JournalSegment: 16 << 10}})
+	d, err := newMirrorVolume(ctx, ReplicaOptions{Node: NodeOptions{FS: fsys, Dir: "/m", JournalSegment: 16 << 10}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@ func startPrimaryMode(t *testing.T, dir, addr string, id *transport.Identity, mo
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1,
-		AckLevel: wire.AckDurable, AckTimeout: 20 * time.Second, Node: "p", VolumeName: "v",
+		AckLevel: wire.AckDurable, AckTimeout: 20 * time.Second, NodeName: "p", VolumeName: "v",
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -89,7 +89,7 @@ func writeBlocks(t *testing.T, v *mirror.Volume, tag byte, first, n int) {
 
 // waitInSync waits until the mirror is in sync with p and has applied its
 // last seq.
-func waitInSync(t *testing.T, p *primaryVol, d *mirror.Mirror, within time.Duration) {
+func waitInSync(t *testing.T, p *primaryVol, d *mirror.Replica, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -202,11 +202,11 @@ func testRestartedPrimary(t *testing.T, mode wire.Mode, lossy bool) {
 	if lossy {
 		waitFor(t, "records dropped for the mirror", func() bool { return p2.node.Meta().Peers["m"].NeedsResync })
 	}
-	host2, err := mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
+	host2, err := mirror.NewReplicaHost(mirror.ReplicaHostOptions{Listen: addr, Transport: transport.Config{Identity: ids["m"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := host2.AddVolume(t.Context(), "v", mirror.MirrorOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-v")}}); err != nil {
+	if _, err := host2.AddVolume(t.Context(), "v", mirror.ReplicaOptions{Name: "m", Node: mirror.NodeOptions{Dir: filepath.Join(dir, "m-v")}}); err != nil {
 		t.Fatal(err)
 	}
 	defer runHost(t, host2)()
@@ -232,7 +232,7 @@ func startPrimaryDegraded(t *testing.T, dir, addr string, id *transport.Identity
 	}
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: addr}}, Mode: mode, SyncAcks: 1, AllowDegraded: true,
-		AckLevel: wire.AckDurable, AckTimeout: time.Second, Node: "p", VolumeName: "v",
+		AckLevel: wire.AckDurable, AckTimeout: time.Second, NodeName: "p", VolumeName: "v",
 		Transport: transport.Config{Identity: id},
 	})
 	if err != nil {
@@ -365,7 +365,7 @@ func TestFenceSurvivesRestart(t *testing.T) {
 	}
 	repl, err := mirror.StartReplication(q, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "p", Addr: resp.Addr()}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckWritten,
-		Node: "q", VolumeName: "v", Transport: transport.Config{Identity: ids["q"]},
+		NodeName: "q", VolumeName: "v", Transport: transport.Config{Identity: ids["q"]},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,7 @@ func TestResyncKeepsMarksMadeDuringIt(t *testing.T) {
 	proxy.Partition(faultproxy.Both)
 	repl, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: []mirror.PeerAddr{{Name: "m", Addr: proxy.Addr().String()}}, Mode: wire.ModeAsync, SyncAcks: 1, AckLevel: wire.AckWritten,
-		Node: "p", VolumeName: "v", Resync: mirror.ResyncOptions{Rate: 1 << 20, Window: 256 << 10},
+		NodeName: "p", VolumeName: "v", Resync: mirror.ResyncOptions{Rate: 1 << 20, Window: 256 << 10},
 		Transport: transport.Config{Identity: ids["p"], KeepAlive: 100 * time.Millisecond, IdleTimeout: 700 * time.Millisecond},
 	})
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 // rule).
 
 // beginResync handles ResyncBegin from the log stream.
-func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
+func (d *Replica) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	n := d.node
 	j := n.Journal
 	if d.opts.onResyncBegin != nil {
@@ -152,7 +152,7 @@ func (d *Mirror) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 }
 
 // serveResync answers a primary's resync stream.
-func (d *Mirror) serveResync(ctx context.Context, st frameStream) error {
+func (d *Replica) serveResync(ctx context.Context, st frameStream) error {
 	defer st.Cancel(0)
 	h := resync.NewHasher(d.node.Store, resync.DefaultSyncChunk)
 	var cacheOff, cacheLen uint64
@@ -261,7 +261,7 @@ func (w *streamWriter) send(typ wire.MsgType, p []byte) error {
 
 // writeChunk writes a resync chunk unless a later overlapping record was
 // applied already (then it reports false).
-func (d *Mirror) writeChunk(m wire.SyncChunk) (bool, error) {
+func (d *Replica) writeChunk(m wire.SyncChunk) (bool, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	end := m.Off + uint64(m.Len)
@@ -287,7 +287,7 @@ func (d *Mirror) writeChunk(m wire.SyncChunk) (bool, error) {
 // every 250 ms, after 64 MiB, or when the stream goes quiet), which is
 // what lets the primary clear them from its bitmap. Transfer and the
 // store's write-back overlap instead of alternating.
-func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan wire.SyncChunkResult) error {
+func (d *Replica) ackChunks(ctx context.Context, w *streamWriter, results <-chan wire.SyncChunkResult) error {
 	var batch, unconfirmed []wire.SyncChunkResult
 	var unconfirmedBytes int64
 	var out []byte
@@ -374,7 +374,7 @@ func (d *Mirror) ackChunks(ctx context.Context, w *streamWriter, results <-chan 
 }
 
 // waitApplied waits until the store holds every record ≤ seq.
-func (d *Mirror) waitApplied(ctx context.Context, seq uint64) error {
+func (d *Replica) waitApplied(ctx context.Context, seq uint64) error {
 	for d.applied() < seq {
 		select {
 		case <-ctx.Done():
@@ -387,7 +387,7 @@ func (d *Mirror) waitApplied(ctx context.Context, seq uint64) error {
 
 // completeResync waits until every record ≤ tag is applied, then marks the
 // store consistent.
-func (d *Mirror) completeResync(ctx context.Context, tag uint64) error {
+func (d *Replica) completeResync(ctx context.Context, tag uint64) error {
 	if err := d.waitApplied(ctx, tag); err != nil {
 		return err
 	}

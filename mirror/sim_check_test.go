@@ -97,7 +97,7 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 	type view struct {
 		inc  *simInc
 		node *Node
-		d    *Mirror
+		d    *Replica
 		dead bool
 	}
 	var vs []view

@@ -192,7 +192,7 @@ type simInc struct {
 	clients  sync.WaitGroup
 
 	// as mirror
-	m       *Mirror
+	m       *Replica
 	mStop   context.CancelFunc
 	mDone   chan struct{} // closed when Run returned (with runErr)
 	runErr  error
@@ -406,7 +406,7 @@ func (c *simInc) startPrimary(node *Node) error {
 	log := w.log.With("node", n.name, "inc", c.id)
 	repl, err := StartReplication(node, ReplicationOptions{
 		Peers: peers, Mode: w.p.mode, SyncAcks: w.p.k, AckLevel: w.p.level, AllowDegraded: w.p.degraded,
-		AckTimeout: time.Second, MaxLag: w.p.maxLag, Node: n.name, VolumeName: simVolName,
+		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName,
 		Pool: newConnPool(w.net.dialer(n.name, c.disk.isDead)), Resync: ResyncOptions{Window: 128 << 10}, Logger: log,
 	})
 	if err != nil {
@@ -459,7 +459,7 @@ func (c *simInc) startMirror() error {
 		return err
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	d, err := newMirrorOn(ctx, ln, MirrorOptions{
+	d, err := newReplicaOn(ctx, ln, ReplicaOptions{
 		Name: n.name, Node: c.nodeOptions(false), Tick: 10 * time.Millisecond, CheckpointInterval: w.p.mirrorCkpt,
 		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset, onQuarantine: c.onQuarantine,
 		onResyncBegin: c.onResyncBegin,

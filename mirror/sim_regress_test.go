@@ -32,7 +32,7 @@ func TestSenderFailureEndsSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		mctx, stop := context.WithCancel(ctx)
-		d, err := newMirrorOn(mctx, ln, MirrorOptions{Name: "m", Node: NodeOptions{Dir: "/d", FS: vfs.NewCrashableMem()}})
+		d, err := newReplicaOn(mctx, ln, ReplicaOptions{Name: "m", Node: NodeOptions{Dir: "/d", FS: vfs.NewCrashableMem()}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +45,7 @@ func TestSenderFailureEndsSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		repl, err := StartReplication(node, ReplicationOptions{
-			Peers: []PeerAddr{{Name: "m", Addr: "m"}}, Mode: ModeAsync, SyncAcks: 1, Node: "p", VolumeName: "v",
+			Peers: []PeerAddr{{Name: "m", Addr: "m"}}, Mode: ModeAsync, SyncAcks: 1, NodeName: "p", VolumeName: "v",
 			Tick: time.Hour, Pool: newConnPool(net.dialer("p", func() bool { return false })),
 		})
 		if err != nil {
@@ -118,7 +118,7 @@ func TestPromoteWhileStopping(t *testing.T) {
 			t.Fatal(err)
 		}
 		mctx, stop := context.WithCancel(ctx)
-		d, err := newMirrorOn(mctx, ln, MirrorOptions{Name: "m", Node: NodeOptions{Dir: "/m", FS: fsys}})
+		d, err := newReplicaOn(mctx, ln, ReplicaOptions{Name: "m", Node: NodeOptions{Dir: "/m", FS: fsys}})
 		if err != nil {
 			t.Fatal(err)
 		}

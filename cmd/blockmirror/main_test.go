@@ -194,8 +194,8 @@ func TestDaemonFlagsMatchTheFile(t *testing.T) {
 func TestPrintStatusSeveralVolumes(t *testing.T) {
 	st := &daemon.NodeStatus{
 		Volumes: map[string]daemon.NodeStatus{
-			"b": {Mirror: &mirror.MirrorStatus{Role: "mirror", Volume: "uuid-b", Connected: true, Primary: "p1"}},
-			"a": {Mirror: &mirror.MirrorStatus{Role: "mirror"}},
+			"b": {Mirror: &mirror.ReplicaStatus{Role: "mirror", Volume: "uuid-b", Connected: true, Primary: "p1"}},
+			"a": {Mirror: &mirror.ReplicaStatus{Role: "mirror"}},
 		},
 		Connections: &daemon.ConnStatus{Accepted: 1},
 	}

@@ -51,7 +51,7 @@ func testLogger(b *syncBuf) *slog.Logger { return slog.New(slog.NewTextHandler(b
 // counts its calls.
 func testAdmin(t *testing.T, log *slog.Logger) (*adminServer, *atomic.Int32) {
 	t.Helper()
-	a := newAdminServer(log, func() NodeStatus { return NodeStatus{Mirror: &mirror.MirrorStatus{Role: "mirror"}} })
+	a := newAdminServer(log, func() NodeStatus { return NodeStatus{Mirror: &mirror.ReplicaStatus{Role: "mirror"}} })
 	var calls atomic.Int32
 	a.handle("promote", func(ctx context.Context, q url.Values) (any, error) {
 		calls.Add(1)

@@ -12,7 +12,7 @@
 //     and, with a listen address, answers other primaries (the responder:
 //     an old primary learns it is fenced, a split brain is noticed).
 //   - mirrors: one volume listens alone (any volume name is accepted);
-//     several share one listener (mirror.MirrorHost, sessions routed by
+//     several share one listener (mirror.ReplicaHost, sessions routed by
 //     volume name).
 //
 // Volume holds the policy cmd used to: the fence policy (Fence: writes

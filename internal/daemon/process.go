@@ -46,7 +46,7 @@ type Process struct {
 	log     *slog.Logger
 	volumes []*Volume
 	// host serves several mirror volumes on one listener (nil otherwise).
-	host  *mirror.MirrorHost
+	host  *mirror.ReplicaHost
 	admin *adminServer
 	// fo runs automatic failover (nil without --etcd).
 	fo *failover
@@ -256,14 +256,14 @@ func (p *Process) openMirrors(ctx context.Context) error {
 	p.env.tc = tc
 	if len(p.volumes) == 1 {
 		v := p.volumes[0]
-		d, err := mirror.NewMirror(ctx, v.mirrorOptions())
+		d, err := mirror.NewReplica(ctx, v.mirrorOptions())
 		if err != nil {
 			return err
 		}
 		v.mirror = d
 		return nil
 	}
-	p.host, err = mirror.NewMirrorHost(mirror.MirrorHostOptions{Listen: p.volumes[0].cfg.Listen, Transport: tc, Logger: p.log})
+	p.host, err = mirror.NewReplicaHost(mirror.ReplicaHostOptions{Listen: p.volumes[0].cfg.Listen, Transport: tc, Logger: p.log})
 	if err != nil {
 		return err
 	}

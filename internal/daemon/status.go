@@ -13,7 +13,7 @@ import (
 // Connections.
 type NodeStatus struct {
 	Primary     *PrimaryStatus        `json:"primary,omitempty"`
-	Mirror      *mirror.MirrorStatus  `json:"mirror,omitempty"`
+	Mirror      *mirror.ReplicaStatus `json:"mirror,omitempty"`
 	Volumes     map[string]NodeStatus `json:"volumes,omitempty"`
 	Connections *ConnStatus           `json:"connections,omitempty"`
 	// Failover is the coordinator's view (automatic failover only):

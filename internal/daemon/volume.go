@@ -38,7 +38,7 @@ type Volume struct {
 	role mirror.Role
 	// mirror is the mirror daemon until an online promotion; primary is
 	// set while the volume serves as primary.
-	mirror  *mirror.Mirror
+	mirror  *mirror.Replica
 	primary *primary
 	// onStop ends the process (a demote, or a failure).
 	onStop func(error)
@@ -98,9 +98,9 @@ func (v *Volume) openPrimary(ctx context.Context) (*mirror.Node, error) {
 }
 
 // mirrorOptions are the mirror daemon's options for v.
-func (v *Volume) mirrorOptions() mirror.MirrorOptions {
+func (v *Volume) mirrorOptions() mirror.ReplicaOptions {
 	c := &v.cfg
-	return mirror.MirrorOptions{
+	return mirror.ReplicaOptions{
 		Listen: c.Listen, Name: v.env.node.Name, Transport: v.env.tc, Logger: v.log, OnResyncChunk: v.hooks.onResyncChunk,
 		Node: mirror.NodeOptions{Dir: c.Data, Disk: c.Disk, JournalMax: c.JournalMax.Bytes(), OnSync: v.hooks.onSync},
 	}
@@ -232,7 +232,7 @@ func (v *Volume) startReplication(node *mirror.Node, log *slog.Logger) (*mirror.
 	rep, err := mirror.StartReplication(node, mirror.ReplicationOptions{
 		Peers: peers, Mode: mode, SyncAcks: c.SyncAcks, AckLevel: level,
 		AllowDegraded: c.AllowDegraded, AckTimeout: c.AckTimeout.Duration(), MaxLag: c.MaxLag.Duration(),
-		Node: v.env.node.Name, VolumeName: c.Name, Pool: v.env.pool, Transport: tc, Logger: log,
+		NodeName: v.env.node.Name, VolumeName: c.Name, Pool: v.env.pool, Transport: tc, Logger: log,
 		Resync: mirror.ResyncOptions{Rate: c.ResyncRate.Bytes()},
 		OnAck:  v.hooks.onAck, OnResyncSent: v.hooks.onResyncSent,
 		// Under a coordinator: it owns the ack set, heartbeats stop with
@@ -262,7 +262,7 @@ func parseAckLevel(s string) (mirror.AckLevel, error) {
 
 // runMirror runs the mirror daemon d (of its own listener) until ctx
 // ends; a volume promoted online goes on serving as primary.
-func (v *Volume) runMirror(ctx context.Context, d *mirror.Mirror) error {
+func (v *Volume) runMirror(ctx context.Context, d *mirror.Replica) error {
 	err := d.Run(ctx)
 	if !errors.Is(err, mirror.ErrPromoted) {
 		return err
@@ -276,7 +276,7 @@ func (v *Volume) runMirror(ctx context.Context, d *mirror.Mirror) error {
 // ends; any other err is returned as it is.
 func (v *Volume) rejoinLoop(ctx context.Context, err error) error {
 	for errors.Is(err, errRejoin) && ctx.Err() == nil {
-		d, oerr := mirror.NewMirror(ctx, v.mirrorOptions())
+		d, oerr := mirror.NewReplica(ctx, v.mirrorOptions())
 		if oerr != nil {
 			return fmt.Errorf("rejoin as a mirror: %w", oerr)
 		}
@@ -317,7 +317,7 @@ func (v *Volume) setPrimary(p *primary) {
 }
 
 // setMirror records that the volume runs as the mirror d.
-func (v *Volume) setMirror(d *mirror.Mirror) {
+func (v *Volume) setMirror(d *mirror.Replica) {
 	v.mu.Lock()
 	v.primary, v.mirror, v.role = nil, d, mirror.RoleMirror
 	v.notifyLocked()
@@ -342,7 +342,7 @@ func (v *Volume) roleChange() <-chan struct{} {
 	return v.changed
 }
 
-func (v *Volume) current() (*primary, *mirror.Mirror) {
+func (v *Volume) current() (*primary, *mirror.Replica) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.primary, v.mirror

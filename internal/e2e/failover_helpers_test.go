@@ -35,7 +35,7 @@ type foStatus struct {
 		SplitBrain  string                    `json:"split_brain"`
 		Replication *mirror.ReplicationStatus `json:"replication"`
 	} `json:"primary"`
-	Mirror *mirror.MirrorStatus `json:"mirror"`
+	Mirror *mirror.ReplicaStatus `json:"mirror"`
 }
 
 // foNode is one blockmirror node. Its addresses are fixed when the

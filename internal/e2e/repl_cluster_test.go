@@ -29,7 +29,7 @@ type replStatus struct {
 		Epoch       uint64                    `json:"epoch"`
 		Replication *mirror.ReplicationStatus `json:"replication"`
 	} `json:"primary"`
-	Mirror *mirror.MirrorStatus `json:"mirror"`
+	Mirror *mirror.ReplicaStatus `json:"mirror"`
 }
 
 // replMirror is one mirror daemon of a replCluster.
@@ -248,7 +248,7 @@ func (c *replCluster) PrimaryStatus() (*mirror.ReplicationStatus, error) {
 }
 
 // MirrorStatus returns a mirror's status.
-func (c *replCluster) MirrorStatus(name string) (*mirror.MirrorStatus, error) {
+func (c *replCluster) MirrorStatus(name string) (*mirror.ReplicaStatus, error) {
 	st, err := replGetStatus(c.t.Context(), c.M(name).Admin)
 	if err != nil {
 		return nil, err
@@ -314,9 +314,9 @@ func (c *replCluster) WaitApplied(timeout time.Duration, names ...string) {
 
 // WaitMirrorQuiet waits until a mirror has applied everything it received
 // (used when its primary is gone).
-func (c *replCluster) WaitMirrorQuiet(timeout time.Duration, name string) *mirror.MirrorStatus {
+func (c *replCluster) WaitMirrorQuiet(timeout time.Duration, name string) *mirror.ReplicaStatus {
 	c.t.Helper()
-	var last *mirror.MirrorStatus
+	var last *mirror.ReplicaStatus
 	testutil.WaitFor(c.t, timeout, name+" applied all it received", func() (bool, string) {
 		ms, err := c.MirrorStatus(name)
 		if err != nil {
