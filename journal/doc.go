@@ -24,10 +24,16 @@
 // (fdatasync'd, survives power loss).
 //
 // Durability is where it is asked for, and per segment: rotation does not
-// fsync the segment it closes, and nothing starts writeback of journal
-// pages early, so records released before anyone asked for them to be
-// durable — a checkpointed segment's, usually — can die in the page cache
-// without ever being written to the disk. A segment closed with records
+// fsync the segment it closes. What a sync has to write back is bounded
+// all the same by the dirty window (Options.WritebackBytes, default
+// 32 MiB): once more than that was written to the active segment since
+// writeback was last started, the flusher starts the writeback of those
+// bytes (sync_file_range WRITE: it does not wait and promises nothing,
+// so no durability rule depends on it), and of a segment's rest when
+// rotation closes it; a FLUSH after a long run of writes then waits for
+// at most about the window, not for everything since the previous sync.
+// Records a consumer releases while they are still in the window can die
+// in the page cache. A segment closed with records
 // no sync covered stays open on an unsynced list; the next sync
 // fdatasyncs each such segment, oldest first, then the active one, and
 // only then moves the Durable watermark (a segment whose removal was

@@ -133,13 +133,13 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			i++
 		}
 		if i > start {
-			// Only written: the pages reach the disk when a waiter asks for
-			// durability (or the kernel's writeback gets to them), so records
-			// released before that — the usual fate of a checkpointed
-			// segment — need never be written to the disk at all.
+			// Only written: nothing is synced until a waiter asks for
+			// durability. The dirty window (startWriteback) keeps what such
+			// a sync must then write back bounded.
 			if _, err := j.active.WriteAt(j.buf, base); err != nil {
 				return fmt.Errorf("write %s at %d: %w", seg.path, base, err)
 			}
+			j.startWriteback(seg, base+int64(len(j.buf)), false)
 			j.mu.Lock()
 			seg.idx = append(seg.idx, idx...)
 			seg.count += uint64(i - start)
@@ -171,6 +171,34 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 		}
 	}
 	return nil
+}
+
+// writebacker is implemented by files that can start writeback early
+// (vfs.OS: sync_file_range).
+type writebacker interface{ StartWriteback(off, n int64) error }
+
+// startWriteback starts the writeback of the active segment seg's bytes
+// from seg.kicked to end once they exceed the dirty window
+// (Options.WritebackBytes), or whatever is left with closing (rotation
+// hands the file to the syncer, so this is the last chance to). It only
+// moves the time the kernel writes the pages: no durability claim
+// depends on it, and a power loss may keep or tear them as before. A
+// failure is ignored here: a real I/O error shows at the next sync.
+// Called with ioMu held (j.active is seg's file).
+func (j *Journal) startWriteback(seg *segment, end int64, closing bool) {
+	n := end - seg.kicked
+	if j.opts.WritebackBytes < 0 || n <= 0 || (!closing && n < j.opts.WritebackBytes) {
+		return
+	}
+	wb, ok := j.active.(writebacker)
+	if !ok {
+		return
+	}
+	_ = wb.StartWriteback(seg.kicked, n)
+	seg.kicked = end
+	j.mu.Lock()
+	j.st.Writebacks++
+	j.mu.Unlock()
 }
 
 // syncer is the goroutine that makes written records durable: while the
@@ -265,8 +293,9 @@ func (j *Journal) syncActive() error {
 func (j *Journal) syncedLocked(s *segment) bool { return s.removed || s.last() <= j.durable }
 
 // rotate closes the active segment and starts a new one whose first
-// record is first. The old segment is not synced: it goes on the unsynced
-// list with its file open, and the next sync covers it (syncActive), or
+// record is first. The old segment is not synced (its writeback is
+// started, see startWriteback): it goes on the unsynced list with its
+// file open, and the next sync covers it (syncActive), or
 // only closes it if nothing in it still needs one; retention may remove
 // it before that, and its pages then die in the page cache. (A segment of
 // an older format, appended to after an upgrade, is synced as its format
@@ -275,6 +304,7 @@ func (j *Journal) rotate(first uint64) error {
 	j.mu.Lock()
 	old := j.segs[len(j.segs)-1]
 	j.mu.Unlock()
+	j.startWriteback(old, old.size, true)
 	if old.version < 3 && !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {
 			return fmt.Errorf("sync %s: %w", old.path, err)

@@ -53,6 +53,9 @@ const (
 	DefaultMaxBytes     = 8 << 30
 	DefaultTailBytes    = 64 << 20
 	DefaultQueueBytes   = 64 << 20
+	// DefaultWritebackBytes is the default dirty window (see
+	// Options.WritebackBytes and docs/tuning.md for the measurements).
+	DefaultWritebackBytes = 32 << 20
 
 	// minSegmentBytes keeps segments large enough to hold a header and a
 	// small record; tests use small segments to exercise rotation.
@@ -92,6 +95,17 @@ type Options struct {
 	// blocks while it is exceeded (default 64 MiB). A single record larger
 	// than the bound is still accepted when the queue is empty.
 	QueueBytes int64
+	// WritebackBytes bounds the dirty window: the bytes of the active
+	// segment that were written but neither handed to the disk's
+	// writeback nor asked to be durable. Once more are waiting, their
+	// writeback is started (sync_file_range WRITE, which does not wait and
+	// promises nothing), and a segment's rest when rotation closes it, so
+	// a sync never has more than about this much to write back; a window
+	// much larger than that lets a FLUSH wait for everything written since
+	// the previous one. Default 32 MiB; negative leaves writeback to the
+	// kernel alone (the dirty pages then reach the disk at the next sync or
+	// when the kernel's dirty limits say).
+	WritebackBytes int64
 	// NoSync skips fdatasync (for tests only): Durable then means Written.
 	NoSync bool
 	// Logger receives recovery notes and warnings; nil discards.
@@ -137,6 +151,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.QueueBytes == 0 {
 		o.QueueBytes = DefaultQueueBytes
+	}
+	if o.WritebackBytes == 0 {
+		o.WritebackBytes = DefaultWritebackBytes
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -189,6 +206,9 @@ type segment struct {
 	// its records cannot come back after a power loss and no sync needs
 	// to cover them (mu).
 	removed bool
+	// kicked: writeback was started (or a sync asked for) below this
+	// offset (ioMu).
+	kicked int64
 	// olderDurable: the header carries FlagOlderDurable (on disk, or
 	// about to be with the next fdatasync of the file; syncMu).
 	olderDurable bool
@@ -236,6 +256,7 @@ type Stats struct {
 	QueuedBytes       int64  // submitted, not yet written
 	Writes            uint64 // write(2) calls for records
 	Syncs             uint64 // fdatasync calls
+	Writebacks        uint64 // early writeback requests (WritebackBytes)
 	Batches           uint64 // flush passes that wrote records
 	RecordsWritten    uint64
 	BytesWritten      uint64

@@ -15,9 +15,8 @@ import (
 )
 
 // Durability only where asked: rotation does not fdatasync the segment it
-// closes, and nothing starts writeback of journal pages early, so segments
-// released before anyone asked for their records to be durable never
-// reach the disk. The price is on the recovery side: after a power loss
+// closes (the dirty window may start its writeback, which promises
+// nothing: see TestDirtyWindowBounded). The price is on the recovery side: after a power loss
 // the unsynced tail of any segment of the last sync window may be torn
 // while a newer segment survived. These tests build such states on the
 // crashable MemFS and check what Open makes of them.
