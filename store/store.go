@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +23,64 @@ type File struct {
 	path   string
 	size   int64
 	device bool
+	wb     window
+}
+
+// DefaultWritebackBytes is the image's default dirty window (see
+// SetWritebackWindow; docs/tuning.md has the measurements).
+const DefaultWritebackBytes = 32 << 20
+
+// window tracks the image's writes since its writeback was last started:
+// how many bytes, and the span [lo, hi) they fall in.
+type window struct {
+	mu     sync.Mutex
+	max    int64 // 0: off
+	n      int64
+	lo, hi int64
+}
+
+// SetWritebackWindow sets the image's dirty window to n bytes (0 or
+// negative turns it off; Create and Open set DefaultWritebackBytes): once
+// more than n bytes were written since the last sync or writeback start,
+// and they lie dense in the range they span (at least a quarter of it: a
+// stream of large writes, not scattered small ones, which the page cache
+// is better left to gather), the writeback of that range is started
+// (sync_file_range WRITE: no wait, no durability promise). Sync and the
+// kernel's own writeback then find at most about n bytes of such a
+// stream still to write, instead of everything since the last sync.
+func (s *File) SetWritebackWindow(n int64) {
+	s.wb.mu.Lock()
+	s.wb.max = max(n, 0)
+	s.wb.n = 0
+	s.wb.mu.Unlock()
+}
+
+// wrote notes a completed write of [off, off+n) and starts the
+// writeback of the window's span when it is due.
+func (s *File) wrote(off, n int64) {
+	w := &s.wb
+	w.mu.Lock()
+	if w.max == 0 || n == 0 {
+		w.mu.Unlock()
+		return
+	}
+	if w.n == 0 {
+		w.lo, w.hi = off, off+n
+	} else {
+		w.lo, w.hi = min(w.lo, off), max(w.hi, off+n)
+	}
+	w.n += n
+	if w.n < w.max {
+		w.mu.Unlock()
+		return
+	}
+	lo, hi, dense := w.lo, w.hi, w.n*4 >= w.hi-w.lo
+	w.n = 0
+	w.mu.Unlock()
+	if wb, ok := s.f.(writebacker); ok && dense {
+		// Best effort: a real I/O error shows at the next Sync.
+		_ = wb.StartWriteback(lo, hi-lo)
+	}
 }
 
 // Create makes a new sparse image of size bytes at path. It fails if path
@@ -51,7 +110,9 @@ func CreateFS(fsys vfs.FS, path string, size int64) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("store: sync dir %s: %w", dir, err)
 	}
-	return &File{f: f, path: path, size: size}, nil
+	s := &File{f: f, path: path, size: size}
+	s.SetWritebackWindow(DefaultWritebackBytes)
+	return s, nil
 }
 
 // Open opens an existing image file or block device read-write.
@@ -65,6 +126,7 @@ func OpenFS(fsys vfs.FS, path string) (*File, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	s := &File{f: f, path: path}
+	s.SetWritebackWindow(DefaultWritebackBytes)
 	mode, size, err := statFile(f)
 	if err != nil {
 		f.Close()
@@ -103,6 +165,7 @@ type (
 	statter     interface{ Stat() (os.FileInfo, error) }
 	holePuncher interface{ PunchHole(off, n int64) error }
 	zeroRanger  interface{ ZeroRange(off, n int64) error }
+	writebacker interface{ StartWriteback(off, n int64) error }
 	dataRanger  interface {
 		DataRanges(off, n int64, fn func(off, n int64) error) error
 	}
@@ -184,9 +247,11 @@ func (s *File) WriteAt(p []byte, off int64) (int, error) {
 		m, err := s.f.WriteAt(p[done:done+n], at)
 		done += m
 		if err != nil {
+			s.wrote(off, int64(done))
 			return done, fmt.Errorf("store: write %s at %d: %w", s.path, at, err)
 		}
 	}
+	s.wrote(off, int64(done))
 	return done, nil
 }
 
@@ -274,6 +339,9 @@ func (s *File) writeZeroes(off, n int64) error {
 
 // Sync makes every completed write durable (fdatasync).
 func (s *File) Sync() error {
+	s.wb.mu.Lock()
+	s.wb.n = 0 // what was written so far is written back below
+	s.wb.mu.Unlock()
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("store: sync %s: %w", s.path, err)
 	}
