@@ -282,16 +282,51 @@ for job in $JOBS; do
 done
 [ "$(bytes "$PREFILL")" -le "$(bytes "$DISK_SIZE")" ] || die "DISK_SIZE $DISK_SIZE is smaller than the region $PREFILL"
 
-# run_job TARGET NAME OPTS...: one fio run, one TSV line in $RESULTS.
+# The block device under BENCH_DIR, for the bytes each job made it write
+# (/sys/block/DEV/stat, field 7: 512-byte sectors written); empty if it
+# cannot be told (then the column is left out).
+DISK_STAT=
+dev=$(df --output=source "$BENCH_DIR" 2>/dev/null | tail -1)
+dev=$(basename "$(realpath "$dev" 2>/dev/null)" 2>/dev/null || true)
+for d in "$dev" "$(basename "$(dirname "$(realpath "/sys/class/block/$dev" 2>/dev/null)")")"; do
+	[ -n "$d" ] && [ -r "/sys/block/$d/stat" ] && { DISK_STAT=/sys/block/$d/stat; break; }
+done
+disk_written() { [ -n "$DISK_STAT" ] && awk '{printf "%.0f\n", $7 * 512}' "$DISK_STAT" || echo 0; }
+
+# While a job runs: the peaks of the machine's dirty and under-writeback
+# page cache (/proc/vmstat nr_dirty, nr_writeback, in MiB), every 0.2 s,
+# as "dirty writeback" into $1 — what tells the kernel's dirty throttling
+# (balance_dirty_pages) and a sync writing back a large backlog apart from
+# a CPU limit. Other work on the machine counts too.
+vm_peaks() {
+	local d=0 w=0 nd nw
+	while :; do
+		read -r nd nw < <(awk '/^nr_dirty /{d=$2} /^nr_writeback /{w=$2} END{print int(d*4/1024), int(w*4/1024)}' /proc/vmstat)
+		[ "$nd" -le "$d" ] || d=$nd
+		[ "$nw" -le "$w" ] || w=$nw
+		echo "$d $w" >"$1"
+		sleep 0.2
+	done
+}
+VM=$BENCH_DIR/vm.tsv
+: >"$VM"
+
+# run_job TARGET NAME OPTS...: one fio run, one TSV line in $RESULTS (and
+# one in $VM: dirty/writeback peaks and the bytes the disk wrote).
 run_job() {
-	local target=$1 name=$2 json
+	local target=$1 name=$2 json vmpid disk0
 	shift 2
 	json=$BENCH_DIR/$target-$name.json
+	disk0=$(disk_written)
+	vm_peaks "$BENCH_DIR/vm.now" &
+	vmpid=$!
 	# shellcheck disable=SC2068
 	fio --name="$name" --ioengine=nbd --uri="$URI" --size="$REGION" \
 		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
 		--lat_percentiles=1 --randrepeat=0 --norandommap \
 		--output-format=json --output="$json" $@ >"$json.out" 2>&1 || {
+		kill "$vmpid" 2>/dev/null || true
+		wait "$vmpid" 2>/dev/null || true
 		CLEAN_DIR=0 # keep the evidence
 		tail -5 "$json.out" >&2
 		for f in "$BENCH_DIR/$target"/*.log; do
@@ -303,6 +338,10 @@ run_job() {
 		printf '%s\t%s\tFAILED\n' "$target" "$name" >>"$RESULTS"
 		return 0
 	}
+	kill "$vmpid" 2>/dev/null || true
+	wait "$vmpid" 2>/dev/null || true
+	printf '%s\t%s\t%s\t%s\n' "$target" "$name" "$(cat "$BENCH_DIR/vm.now" 2>/dev/null || echo "0 0")" \
+		$(($(disk_written) - disk0)) | tr ' ' '\t' >>"$VM"
 	"$PY" - "$json" "$target" "$name" >>"$RESULTS" <<'PYEOF'
 import json, sys
 path, target, name = sys.argv[1:4]
@@ -396,9 +435,10 @@ if [[ " $TARGETS " == *" bm-"* ]]; then
 	[ -z "${OUT:-}" ] || cp "$RESULTS" "$OUT"
 fi
 
-"$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" "$RSS" <<'PYEOF'
+"$PY" - "$RESULTS" "$BASELINE" "$TARGETS" "$JOBS" "$RSS" "$VM" $((RUNTIME + RAMP)) <<'PYEOF'
 import sys
 path, base, targets, jobs, rss_path = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
+vm_path, secs = sys.argv[6], float(sys.argv[7])
 res = {}
 for line in open(path):
     t, j, *v = line.rstrip("\n").split("\t")
@@ -448,6 +488,22 @@ if lines:
     print()
     print("large writes, MB/s ratios (issue 15 goals)")
     print("\n".join(lines))
+vm = {}
+for line in open(vm_path):
+    t, j, d, w, disk = line.split()
+    vm[(t, j)] = (int(d), int(w), int(disk))
+if vm:
+    print()
+    print("page cache and disk during each job (peaks of /proc/vmstat nr_dirty and nr_writeback, whole machine;")
+    print("disk MB/s: bytes the disk under BENCH_DIR wrote over ramp + runtime, per byte the job wrote)")
+    print("%-26s %-17s %10s %14s %10s %8s" % ("job", "target", "dirty MiB", "writeback MiB", "disk MB/s", "x job"))
+    for j in jobs:
+        for t in targets:
+            if (t, j) in vm and res.get((t, j)):
+                d, w, disk = vm[(t, j)]
+                mbs = disk / secs / 1e6
+                r = res[(t, j)][1]
+                print("%-26s %-17s %10d %14d %10.1f %8s" % (j, t, d, w, mbs, "%.2f" % (mbs / r) if r else "-"))
 rss = {}
 for line in open(rss_path):
     t, role, mib = line.split()
