@@ -177,6 +177,9 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 // (vfs.OS: sync_file_range).
 type writebacker interface{ StartWriteback(off, n int64) error }
 
+// writebackPage is the page size the dirty window's ranges are aligned to.
+const writebackPage = 4096
+
 // startWriteback starts the writeback of the active segment seg's bytes
 // from seg.kicked to end once they exceed the dirty window
 // (Options.WritebackBytes), or whatever is left with closing (rotation
@@ -184,8 +187,14 @@ type writebacker interface{ StartWriteback(off, n int64) error }
 // moves the time the kernel writes the pages: no durability claim
 // depends on it, and a power loss may keep or tear them as before. A
 // failure is ignored here: a real I/O error shows at the next sync.
-// Called with ioMu held (j.active is seg's file).
+// Short of closing, the range stops at a page boundary: the next append
+// goes on filling the last page, which would otherwise be under
+// writeback already (and written twice). Called with ioMu held
+// (j.active is seg's file).
 func (j *Journal) startWriteback(seg *segment, end int64, closing bool) {
+	if !closing {
+		end &^= writebackPage - 1
+	}
 	n := end - seg.kicked
 	if j.opts.WritebackBytes < 0 || n <= 0 || (!closing && n < j.opts.WritebackBytes) {
 		return
