@@ -74,10 +74,12 @@ func (s *File) wrote(off, n int64) {
 		w.mu.Unlock()
 		return
 	}
-	lo, hi, dense := w.lo, w.hi, w.n*4 >= w.hi-w.lo
+	// The range stops at a page boundary: a write going on where the
+	// last one ended would fill that page while it is under writeback.
+	lo, hi, dense := w.lo, w.hi&^(4096-1), w.n*4 >= w.hi-w.lo
 	w.n = 0
 	w.mu.Unlock()
-	if wb, ok := s.f.(writebacker); ok && dense {
+	if wb, ok := s.f.(writebacker); ok && dense && hi > lo {
 		// Best effort: a real I/O error shows at the next Sync.
 		_ = wb.StartWriteback(lo, hi-lo)
 	}
