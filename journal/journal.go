@@ -206,7 +206,7 @@ type segment struct {
 	// its records cannot come back after a power loss and no sync needs
 	// to cover them (mu).
 	removed bool
-	// kicked: writeback was started (or a sync asked for) below this
+	// kicked: the dirty window started writeback below this
 	// offset (ioMu).
 	kicked int64
 	// olderDurable: the header carries FlagOlderDurable (on disk, or
