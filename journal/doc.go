@@ -26,7 +26,7 @@
 // Durability is where it is asked for, and per segment: rotation does not
 // fsync the segment it closes. What a sync has to write back is bounded
 // all the same by the dirty window (Options.WritebackBytes, default
-// 32 MiB): once more than that was written to the active segment since
+// 8 MiB): once more than that was written to the active segment since
 // writeback was last started, the flusher starts the writeback of those
 // bytes (sync_file_range WRITE: it does not wait and promises nothing,
 // so no durability rule depends on it), and of a segment's rest when

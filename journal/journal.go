@@ -55,7 +55,7 @@ const (
 	DefaultQueueBytes   = 64 << 20
 	// DefaultWritebackBytes is the default dirty window (see
 	// Options.WritebackBytes and docs/tuning.md for the measurements).
-	DefaultWritebackBytes = 32 << 20
+	DefaultWritebackBytes = 8 << 20
 
 	// minSegmentBytes keeps segments large enough to hold a header and a
 	// small record; tests use small segments to exercise rotation.
@@ -102,7 +102,7 @@ type Options struct {
 	// promises nothing), and a segment's rest when rotation closes it, so
 	// a sync never has more than about this much to write back; a window
 	// much larger than that lets a FLUSH wait for everything written since
-	// the previous one. Default 32 MiB; negative leaves writeback to the
+	// the previous one. Default 8 MiB; negative leaves writeback to the
 	// kernel alone (the dirty pages then reach the disk at the next sync or
 	// when the kernel's dirty limits say).
 	WritebackBytes int64

@@ -28,7 +28,7 @@ type File struct {
 
 // DefaultWritebackBytes is the image's default dirty window (see
 // SetWritebackWindow; docs/tuning.md has the measurements).
-const DefaultWritebackBytes = 32 << 20
+const DefaultWritebackBytes = 8 << 20
 
 // window tracks the image's writes since its writeback was last started:
 // how many bytes, and the span [lo, hi) they fall in.
