@@ -368,7 +368,7 @@ RSS=$BENCH_DIR/rss.tsv
 record_rss() {
 	local pid role kb
 	for pid in "${PIDS[@]}"; do
-		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(realpath "$BM")" ] || continue
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(realpath -m "$BM")" ] || continue
 		role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | awk '{print $2}')
 		[ "$role" != mirror ] || role=$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed -n 's/.*--node \([^ ]*\).*/mirror-\1/p')
 		kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
