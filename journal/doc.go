@@ -32,8 +32,9 @@
 // so no durability rule depends on it), and of a segment's rest when
 // rotation closes it; a FLUSH after a long run of writes then waits for
 // at most about the window, not for everything since the previous sync.
-// Records a consumer releases while they are still in the window can die
-// in the page cache. A segment closed with records
+// (A node's checkpoint makes the journal durable through the records it
+// releases, so on a primary or a mirror every journal byte reaches the
+// disk anyway; the window only decides when.) A segment closed with records
 // no sync covered stays open on an unsynced list; the next sync
 // fdatasyncs each such segment, oldest first, then the active one, and
 // only then moves the Durable watermark (a segment whose removal was

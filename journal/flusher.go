@@ -195,7 +195,6 @@ func (j *Journal) startWriteback(seg *segment, end int64, closing bool) {
 	if !closing {
 		end &^= writebackPage - 1
 	}
-	seg.kicked = min(seg.kicked, end) // TruncateAfter may have cut the segment
 	n := end - seg.kicked
 	if j.opts.WritebackBytes < 0 || n <= 0 || (!closing && n < j.opts.WritebackBytes) {
 		return

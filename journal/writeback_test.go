@@ -153,3 +153,33 @@ func TestDirtyWindowBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestDirtyWindowAfterTruncate: after TruncateAfter cuts the active
+// segment, the records written again below the old writeback mark are
+// handed to writeback like any others.
+func TestDirtyWindowAfterTruncate(t *testing.T) {
+	const window = 64 << 10
+	w := &wbFS{FS: vfs.NewCrashableMem(), files: map[string]*wbState{}}
+	o := rotOpts(w)
+	o.SegmentBytes = 1 << 20
+	o.WritebackBytes = window
+	j, err := journal.Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	for s := uint64(1); s <= 500; s++ {
+		writeOnly(t, j, s, s)
+	}
+	if err := j.TruncateAfter(100); err != nil {
+		t.Fatal(err)
+	}
+	before := j.Stats().Writebacks
+	for s := uint64(101); s <= 300; s++ { // ends ~200 KB below the old mark
+		writeOnly(t, j, s, s)
+	}
+	if st := j.Stats(); st.Segments != 1 || st.Writebacks-before < 200*1000/window {
+		t.Fatalf("%d writeback requests for 200 KB written again after the cut (window %d, %d segments)",
+			st.Writebacks-before, window, st.Segments)
+	}
+}
