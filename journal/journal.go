@@ -1035,7 +1035,7 @@ func (j *Journal) truncate(after func(first uint64) uint64) error {
 	j.mu.Lock()
 	j.total -= target.size - end
 	target.size = end
-	target.kicked = min(target.kicked, end) // the dirty window starts again from the cut
+	target.kicked = min(target.kicked, end)              // the dirty window starts again from the cut
 	target.count = min(target.count, seq+1-target.first) // records <= seq may still be queued
 	for len(target.idx) > 0 && target.idx[len(target.idx)-1].seq > seq {
 		target.idx = target.idx[:len(target.idx)-1]
