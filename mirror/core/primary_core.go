@@ -435,6 +435,11 @@ type peerState struct {
 	released  uint64 // highest durable watermark reported in Releases
 	// out: not in the ack set (sync mode: its acks do not count toward K).
 	out bool
+	// resyncFrom: the seq live records restarted at in the peer's resync
+	// (0: none since its last handshake). Until ResyncDone the peer holds
+	// the records from it on and none before it (those are only in the
+	// chunks still to copy), whatever its acks say: see credit.
+	resyncFrom uint64
 }
 
 // lagSeg says that seqs from firstSeq on (to the next segment) were
@@ -740,6 +745,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 		info.DurableSeq = info.LastSeq
 	}
 	ps.flushSent = 0
+	ps.resyncFrom = 0 // ack is set below from what the peer holds now
 	last := p.lastSeq()
 	switch {
 	case info.Flags&(wire.FlagNeedsResync|wire.FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
@@ -815,9 +821,14 @@ func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 
 // StartResync starts streaming live records to a connected peer that
 // needs a resync, from seq from (its next seq if still in the journal,
-// else the journal's first): the peer becomes PeerResyncing and its acks
-// count from from-1 on. The driver copies the rest (chunks) itself and
-// calls ResyncDone when the peer's store is consistent.
+// else any seq from the journal's first to the last assigned + 1): the
+// peer becomes PeerResyncing and its acks count from from-1 on, but
+// toward a quorum only once the other peers' acks hold every seq below
+// from (see credit): a write is never counted as held by a mirror that
+// has it only in a chunk not yet copied. A from above QuorumHeld + 1 is
+// safe but leaves the writes between waiting for the other peers or
+// ResyncDone. The driver copies the rest (chunks) itself and calls
+// ResyncDone when the peer's store is consistent.
 func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	ps := p.byName[peer]
 	if ps == nil {
@@ -830,6 +841,7 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
+	ps.resyncFrom = from
 	ps.flushSent = 0
 	ps.rate, ps.rateAck = 0, from-1
 	if ps.released > ps.ack.Durable {
@@ -877,6 +889,7 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 	if ps.state != PeerResyncing {
 		return fmt.Errorf("mirror: peer %s is %v, not resyncing", peer, ps.state)
 	}
+	ps.resyncFrom = 0 // its store now reflects every record below from
 	last := p.lastSeq()
 	if ps.ack.Level(p.cfg.AckLevel) >= last {
 		p.setState(ps, PeerInSync)
@@ -1126,22 +1139,78 @@ func (p *PrimaryCore) degraded() bool {
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
 // MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
 func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
-	s := p.scratch[:0]
-	for _, ps := range p.peers {
-		s = append(s, ps.ack.Level(level))
-	}
-	return quorumInPlace(s, k)
+	return p.quorum(level, k, false)
 }
 
 // kthAckSet is kth over the peers of the ack set only.
 func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
-	s := p.scratch[:0]
-	for _, ps := range p.peers {
-		if !ps.out {
-			s = append(s, ps.ack.Level(level))
+	return p.quorum(level, k, true)
+}
+
+// quorum returns the highest seq W such that k peers (of the ack set
+// only, if ackSet) hold every seq ≤ W at level.
+//
+// The invariant: a peer is credited only with seqs it holds. A resyncing
+// peer's ack says it holds resyncFrom..ack; the seqs below resyncFrom are
+// in chunks not yet copied. Its ack is therefore credited only once W
+// computed without it already covers resyncFrom-1 (then the seqs it
+// lacks have k holders anyway, and those above W it holds exactly as its
+// ack says); otherwise it counts as holding nothing. W only grows as more
+// resyncing peers are credited, so the fixed point takes at most one pass
+// per resyncing peer beyond the first.
+func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool) uint64 {
+	w, resyncing := p.quorumPass(level, k, ackSet, 0)
+	for resyncing {
+		next, _ := p.quorumPass(level, k, ackSet, w)
+		if next == w {
+			break
 		}
+		w = next
 	}
-	return quorumInPlace(s, k)
+	return w
+}
+
+// quorumPass is one pass of quorum with the seqs ≤ held taken as held by
+// k peers already; it also reports whether any counted peer is resyncing.
+func (p *PrimaryCore) quorumPass(level wire.AckLevel, k int, ackSet bool, held uint64) (uint64, bool) {
+	s := p.scratch[:0]
+	resyncing := false
+	for _, ps := range p.peers {
+		if ackSet && ps.out {
+			continue
+		}
+		s = append(s, p.credit(ps, level, held))
+		resyncing = resyncing || ps.resyncFrom > 1
+	}
+	return quorumInPlace(s, k), resyncing
+}
+
+// credit is what peer ps counts toward a quorum at level when every seq
+// ≤ held has its k holders: its ack, unless it is a resyncing peer
+// lacking seqs above held (those below its resyncFrom), then nothing.
+func (p *PrimaryCore) credit(ps *peerState, level wire.AckLevel, held uint64) uint64 {
+	if ps.resyncFrom > 1 && ps.resyncFrom-1 > held {
+		return 0
+	}
+	return ps.ack.Level(level)
+}
+
+// QuorumHeld returns the highest seq through which no write waits for a
+// mirror's ack any more: in sync mode the ack set's watermarks (at the ack
+// level and durable, with the degraded rule), in async mode the
+// throttle's K-th ack while the throttle can hold writes, else the last
+// seq. A resync that starts at QuorumHeld()+1 or below (a journal tail up
+// to it replaced by chunk copies) delays no write: the resyncing peer is
+// credited with nothing below its start that the others do not hold.
+func (p *PrimaryCore) QuorumHeld() uint64 {
+	last := p.lastSeq()
+	if p.cfg.Mode == wire.ModeSync {
+		return min(last, p.wLevel, p.wDur)
+	}
+	if p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
+		return last
+	}
+	return min(last, p.kth(p.cfg.AckLevel, p.cfg.SyncAcks))
 }
 
 // recompute refreshes the sync quorum watermarks.

@@ -432,3 +432,111 @@ func TestPrimaryCoordinatedAckSet(t *testing.T) {
 		}
 	}
 }
+
+// TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds (issue 18 item 3):
+// a resync that starts its live records above a write still waiting for
+// the quorum (the lean resync skips the journal tail) must not let the
+// resyncing mirror's start count as an ack of that write: the mirror has
+// it only in a chunk not yet copied. 79d3f5d's driver did exactly this
+// and the simulation (seed 56) saw an acknowledged write held by no node
+// but the primary.
+func TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
+	up(t, p, "a", "b")
+	if _, err := p.ProposeWrite(1, false); err != nil { // seq 1
+		t.Fatal(err)
+	}
+	p.LocalDone(1)
+	wantDone(t, p, nil)
+	if err := p.RequireResync("b"); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	// b's resync restarts live records after seq 1 (its chunk carries it).
+	if err := p.StartResync("b", 2); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, nil) // seq 1: only the primary holds it
+	if st := p.Status(); st.QuorumSeq != 0 {
+		t.Fatalf("quorum seq %d, want 0: b holds nothing below 2", st.QuorumSeq)
+	}
+	p.ProposeWrite(2, false) // seq 2, streamed to b
+	p.LocalDone(2)
+	if err := p.PeerAck("b", wire.Ack{Received: 2, Written: 2}); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, nil) // b holds 2 but not 1: no prefix has a holder
+	// a acks seq 1: now every seq below b's start has its holder, and b's
+	// ack of 2 counts.
+	if err := p.PeerAck("a", wire.Ack{Received: 1, Written: 1}); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, map[uint64]error{1: nil, 2: nil})
+}
+
+// QuorumHeld in sync mode: the lower of the ack set's watermarks, to which
+// a resyncing peer counts only with what it holds.
+func TestPrimaryQuorumHeldSync(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
+	up(t, p, "a", "b")
+	p.ProposeWrite(1, false)
+	p.LocalDone(1)
+	p.RequireResync("b")
+	if h := p.QuorumHeld(); h != 0 {
+		t.Fatalf("QuorumHeld %d with seq 1 unacknowledged, want 0", h)
+	}
+	p.StartResync("b", 2)
+	p.ProposeWrite(2, false)
+	p.LocalDone(2)
+	p.PeerAck("b", wire.Ack{Received: 2, Written: 2, Durable: 2})
+	if h := p.QuorumHeld(); h != 0 {
+		t.Fatalf("QuorumHeld %d, want 0: b lacks seq 1", h)
+	}
+	p.PeerAck("a", wire.Ack{Received: 1, Written: 1})
+	if h := p.QuorumHeld(); h != 0 {
+		t.Fatalf("QuorumHeld %d, want 0: seq 1 is durable on no mirror", h)
+	}
+	p.PeerAck("a", wire.Ack{Received: 1, Written: 1, Durable: 1})
+	if h := p.QuorumHeld(); h != 2 {
+		t.Fatalf("QuorumHeld %d, want 2", h)
+	}
+}
+
+// Once its resync is done, the mirror's store reflects every record below
+// its start: its acks count in full.
+func TestPrimaryResyncDoneCreditsFully(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
+	up(t, p, "a", "b")
+	p.ProposeWrite(1, false)
+	p.LocalDone(1)
+	p.RequireResync("b")
+	p.StartResync("b", 2)
+	p.ProposeWrite(2, false)
+	p.LocalDone(2)
+	p.PeerAck("b", wire.Ack{Received: 2, Written: 2})
+	wantDone(t, p, nil)
+	if err := p.ResyncDone("b"); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, map[uint64]error{1: nil, 2: nil})
+}
+
+// QuorumHeld in async mode: the last seq while the throttle cannot hold
+// writes, else the throttle's K-th ack.
+func TestPrimaryQuorumHeldAsync(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, Mode: wire.ModeAsync, SyncAcks: 1, MaxLagTicks: 10})
+	up(t, p, "a", "b")
+	for id := uint64(1); id <= 3; id++ {
+		p.ProposeWrite(id, false)
+		p.LocalDone(id)
+	}
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
+	if h := p.QuorumHeld(); h != 2 {
+		t.Fatalf("QuorumHeld %d, want a's 2", h)
+	}
+	q := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, Mode: wire.ModeAsync, SyncAcks: 1})
+	q.ProposeWrite(1, false)
+	if h := q.QuorumHeld(); h != 1 {
+		t.Fatalf("QuorumHeld %d without a max lag, want the last seq 1", h)
+	}
+}
