@@ -156,15 +156,15 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 func (l *peerLink) planTail(plan core.ResyncPlan, b *resync.Bitmap) core.ResyncPlan {
 	j := l.r.j
 	// through ≤ the volume's last seq: every chunk read later reflects it.
-	// It is capped at what the other mirrors' quorum already holds: the
-	// core credits the resyncing mirror with nothing below its new From
-	// that it lacks (core.PrimaryCore.StartResync), so skipping a write
-	// still waiting for its acks would leave it waiting for the whole
-	// resync; records above the cap are streamed to the mirror as usual.
+	// It is capped below the first write still waiting for mirror acks
+	// (core.PrimaryCore.ResyncSkipLimit): the mirror lacks the skipped
+	// records until its resync completes, so the core would not count its
+	// acks for such a write (StartResync), which would wait for the other
+	// mirrors or the whole resync. Records above the cap are streamed.
 	l.r.mu.Lock()
-	held := l.r.core.QuorumHeld()
+	limit := l.r.core.ResyncSkipLimit(l.addr.Name)
 	l.r.mu.Unlock()
-	through := min(j.LastSeq(), held)
+	through := min(j.LastSeq(), limit)
 	if through < plan.From {
 		return plan
 	}

@@ -822,13 +822,14 @@ func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 // StartResync starts streaming live records to a connected peer that
 // needs a resync, from seq from (its next seq if still in the journal,
 // else any seq from the journal's first to the last assigned + 1): the
-// peer becomes PeerResyncing and its acks count from from-1 on, but
-// toward a quorum only once the other peers' acks hold every seq below
-// from (see credit): a write is never counted as held by a mirror that
-// has it only in a chunk not yet copied. A from above QuorumHeld + 1 is
-// safe but leaves the writes between waiting for the other peers or
-// ResyncDone. The driver copies the rest (chunks) itself and calls
-// ResyncDone when the peer's store is consistent.
+// peer becomes PeerResyncing and its acks count from from-1 on. The
+// invariant: a request waiting for mirror acks is never completed by a
+// mirror that has its seq only in a chunk not yet copied. So when a
+// request at or below from-1 still waits (from > ResyncSkipLimit + 1),
+// the peer counts toward a quorum only once the other peers' acks hold
+// every seq below from, or once ResyncDone (see quorum); those requests
+// wait for the others meanwhile. The driver copies the rest (chunks)
+// itself and calls ResyncDone when the peer's store is consistent.
 func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	ps := p.byName[peer]
 	if ps == nil {
@@ -840,8 +841,14 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	if from < p.journalFirst || from > p.lastSeq()+1 {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
+	// Crediting the peer with from-1 is harmless when it decides nothing:
+	// no request at or below from-1 waits for a mirror's ack. Otherwise
+	// it holds only what it acks from from on (see quorum).
+	ps.resyncFrom = 0
+	if from-1 > p.settled(ps) {
+		ps.resyncFrom = from
+	}
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
-	ps.resyncFrom = from
 	ps.flushSent = 0
 	ps.rate, ps.rateAck = 0, from-1
 	if ps.released > ps.ack.Durable {
@@ -1139,16 +1146,16 @@ func (p *PrimaryCore) degraded() bool {
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
 // MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
 func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
-	return p.quorum(level, k, false)
+	return p.quorum(level, k, false, nil)
 }
 
 // kthAckSet is kth over the peers of the ack set only.
 func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
-	return p.quorum(level, k, true)
+	return p.quorum(level, k, true, nil)
 }
 
 // quorum returns the highest seq W such that k peers (of the ack set
-// only, if ackSet) hold every seq ≤ W at level.
+// only, if ackSet; never exclude) hold every seq ≤ W at level.
 //
 // The invariant: a peer is credited only with seqs it holds. A resyncing
 // peer's ack says it holds resyncFrom..ack; the seqs below resyncFrom are
@@ -1158,10 +1165,10 @@ func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
 // ack says); otherwise it counts as holding nothing. W only grows as more
 // resyncing peers are credited, so the fixed point takes at most one pass
 // per resyncing peer beyond the first.
-func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool) uint64 {
-	w, resyncing := p.quorumPass(level, k, ackSet, 0)
+func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool, exclude *peerState) uint64 {
+	w, resyncing := p.quorumPass(level, k, ackSet, exclude, 0)
 	for resyncing {
-		next, _ := p.quorumPass(level, k, ackSet, w)
+		next, _ := p.quorumPass(level, k, ackSet, exclude, w)
 		if next == w {
 			break
 		}
@@ -1172,14 +1179,18 @@ func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool) uint64 {
 
 // quorumPass is one pass of quorum with the seqs ≤ held taken as held by
 // k peers already; it also reports whether any counted peer is resyncing.
-func (p *PrimaryCore) quorumPass(level wire.AckLevel, k int, ackSet bool, held uint64) (uint64, bool) {
+func (p *PrimaryCore) quorumPass(level wire.AckLevel, k int, ackSet bool, exclude *peerState, held uint64) (uint64, bool) {
 	s := p.scratch[:0]
 	resyncing := false
 	for _, ps := range p.peers {
 		if ackSet && ps.out {
 			continue
 		}
-		s = append(s, p.credit(ps, level, held))
+		if ps == exclude {
+			s = append(s, 0)
+			continue
+		}
+		s = append(s, credit(ps, level, held))
 		resyncing = resyncing || ps.resyncFrom > 1
 	}
 	return quorumInPlace(s, k), resyncing
@@ -1188,29 +1199,45 @@ func (p *PrimaryCore) quorumPass(level wire.AckLevel, k int, ackSet bool, held u
 // credit is what peer ps counts toward a quorum at level when every seq
 // ≤ held has its k holders: its ack, unless it is a resyncing peer
 // lacking seqs above held (those below its resyncFrom), then nothing.
-func (p *PrimaryCore) credit(ps *peerState, level wire.AckLevel, held uint64) uint64 {
+func credit(ps *peerState, level wire.AckLevel, held uint64) uint64 {
 	if ps.resyncFrom > 1 && ps.resyncFrom-1 > held {
 		return 0
 	}
 	return ps.ack.Level(level)
 }
 
-// QuorumHeld returns the highest seq through which no write waits for a
-// mirror's ack any more: in sync mode the ack set's watermarks (at the ack
-// level and durable, with the degraded rule), in async mode the
-// throttle's K-th ack while the throttle can hold writes, else the last
-// seq. A resync that starts at QuorumHeld()+1 or below (a journal tail up
-// to it replaced by chunk copies) delays no write: the resyncing peer is
-// credited with nothing below its start that the others do not hold.
-func (p *PrimaryCore) QuorumHeld() uint64 {
+// ResyncSkipLimit returns the highest seq a resync of peer may start
+// after (ResyncBegin.From - 1) without any waiting request depending on
+// that peer's acks of seqs it lacks (see settled). The driver caps the
+// journal tail it replaces by chunk copies at it; StartResync then
+// credits the peer with From-1 as before.
+func (p *PrimaryCore) ResyncSkipLimit(peer string) uint64 {
+	ps := p.byName[peer]
+	if ps == nil {
+		return 0
+	}
+	return p.settled(ps)
+}
+
+// settled returns the highest seq through which no request waits for a
+// mirror's ack other than ps's: in sync mode, below the first request
+// still waiting for its ack quorum (the last seq if none waits); in async
+// mode, the throttle's K-th ack over the other peers while the throttle
+// can hold writes, else the last seq.
+func (p *PrimaryCore) settled(ps *peerState) uint64 {
 	last := p.lastSeq()
 	if p.cfg.Mode == wire.ModeSync {
-		return min(last, p.wLevel, p.wDur)
+		for _, q := range []*reqQueue{&p.qLevel, &p.qDur} {
+			if r := q.front(); r != nil {
+				last = min(last, max(r.seq, 1)-1)
+			}
+		}
+		return last
 	}
 	if p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
 		return last
 	}
-	return min(last, p.kth(p.cfg.AckLevel, p.cfg.SyncAcks))
+	return min(last, p.quorum(p.cfg.AckLevel, p.cfg.SyncAcks, false, ps))
 }
 
 // recompute refreshes the sync quorum watermarks.

@@ -474,56 +474,55 @@ func TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds(t *testing.T) {
 	wantDone(t, p, map[uint64]error{1: nil, 2: nil})
 }
 
-// QuorumHeld in sync mode: the lower of the ack set's watermarks, to which
-// a resyncing peer counts only with what it holds.
-func TestPrimaryQuorumHeldSync(t *testing.T) {
+// ResyncSkipLimit in sync mode: below the first request waiting for a
+// mirror ack, the last seq when none waits.
+func TestPrimaryResyncSkipLimitSync(t *testing.T) {
 	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
 	up(t, p, "a", "b")
-	p.ProposeWrite(1, false)
+	p.ProposeWrite(1, false) // seq 1
 	p.LocalDone(1)
-	p.RequireResync("b")
-	if h := p.QuorumHeld(); h != 0 {
-		t.Fatalf("QuorumHeld %d with seq 1 unacknowledged, want 0", h)
-	}
-	p.StartResync("b", 2)
-	p.ProposeWrite(2, false)
+	p.ProposeWrite(2, true) // seq 2, FUA
 	p.LocalDone(2)
-	p.PeerAck("b", wire.Ack{Received: 2, Written: 2, Durable: 2})
-	if h := p.QuorumHeld(); h != 0 {
-		t.Fatalf("QuorumHeld %d, want 0: b lacks seq 1", h)
+	p.RequireResync("b")
+	if h := p.ResyncSkipLimit("b"); h != 0 {
+		t.Fatalf("ResyncSkipLimit %d with seq 1 waiting, want 0", h)
 	}
-	p.PeerAck("a", wire.Ack{Received: 1, Written: 1})
-	if h := p.QuorumHeld(); h != 0 {
-		t.Fatalf("QuorumHeld %d, want 0: seq 1 is durable on no mirror", h)
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
+	if h := p.ResyncSkipLimit("b"); h != 1 {
+		t.Fatalf("ResyncSkipLimit %d with the FUA seq 2 waiting for a durable ack, want 1", h)
 	}
-	p.PeerAck("a", wire.Ack{Received: 1, Written: 1, Durable: 1})
-	if h := p.QuorumHeld(); h != 2 {
-		t.Fatalf("QuorumHeld %d, want 2", h)
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2, Durable: 2})
+	wantDone(t, p, map[uint64]error{1: nil}) // 2 waits for the local journal only
+	if h := p.ResyncSkipLimit("b"); h != 2 {
+		t.Fatalf("ResyncSkipLimit %d with nothing waiting for a mirror, want the last seq 2", h)
+	}
+	if h := p.ResyncSkipLimit("nobody"); h != 0 {
+		t.Fatalf("ResyncSkipLimit of an unknown peer %d", h)
 	}
 }
 
-// Once its resync is done, the mirror's store reflects every record below
-// its start: its acks count in full.
-func TestPrimaryResyncDoneCreditsFully(t *testing.T) {
-	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
-	up(t, p, "a", "b")
-	p.ProposeWrite(1, false)
-	p.LocalDone(1)
-	p.RequireResync("b")
-	p.StartResync("b", 2)
-	p.ProposeWrite(2, false)
-	p.LocalDone(2)
-	p.PeerAck("b", wire.Ack{Received: 2, Written: 2})
-	wantDone(t, p, nil)
-	if err := p.ResyncDone("b"); err != nil {
+// One mirror, K 1, resynced from the journal's first seq with nothing
+// waiting: crediting it with the seqs before decides nothing, so the
+// writes streamed to it complete on its acks (found by a review of the
+// first version of this change, which made them wait for the resync).
+func TestPrimarySingleMirrorResyncLiveness(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, SyncAcks: 1, NextSeq: 11, JournalFirst: 5})
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 2}); err != nil { // behind the journal
 		t.Fatal(err)
 	}
-	wantDone(t, p, map[uint64]error{1: nil, 2: nil})
+	p.Ready()
+	if err := p.StartResync("a", 5); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	p.ProposeWrite(1, false) // seq 11
+	p.LocalDone(1)
+	p.PeerAck("a", wire.Ack{Received: 11, Written: 11})
+	wantDone(t, p, map[uint64]error{1: nil})
 }
-
-// QuorumHeld in async mode: the last seq while the throttle cannot hold
-// writes, else the throttle's K-th ack.
-func TestPrimaryQuorumHeldAsync(t *testing.T) {
+// ResyncSkipLimit in async mode: the throttle's K-th ack over the other
+// peers while the throttle can hold writes, else the last seq.
+func TestPrimaryResyncSkipLimitAsync(t *testing.T) {
 	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, Mode: wire.ModeAsync, SyncAcks: 1, MaxLagTicks: 10})
 	up(t, p, "a", "b")
 	for id := uint64(1); id <= 3; id++ {
@@ -531,12 +530,13 @@ func TestPrimaryQuorumHeldAsync(t *testing.T) {
 		p.LocalDone(id)
 	}
 	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
-	if h := p.QuorumHeld(); h != 2 {
-		t.Fatalf("QuorumHeld %d, want a's 2", h)
+	p.PeerAck("b", wire.Ack{Received: 3, Written: 3})
+	if h := p.ResyncSkipLimit("b"); h != 2 {
+		t.Fatalf("ResyncSkipLimit(b) %d, want a's 2 (b's own ack does not count)", h)
 	}
 	q := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, Mode: wire.ModeAsync, SyncAcks: 1})
 	q.ProposeWrite(1, false)
-	if h := q.QuorumHeld(); h != 1 {
-		t.Fatalf("QuorumHeld %d without a max lag, want the last seq 1", h)
+	if h := q.ResyncSkipLimit("a"); h != 1 {
+		t.Fatalf("ResyncSkipLimit %d without a max lag, want the last seq 1", h)
 	}
 }

@@ -71,9 +71,9 @@ const TailRecordOverhead = 64
 // chunk is read reflecting every record up to its tag, which is at least
 // the last seq assigned when it is read, and through must not exceed the
 // last seq assigned when the plan is made. Durability does not depend on
-// it either (StartResync credits the mirror with nothing below From it
-// lacks); the driver caps through at PrimaryCore.QuorumHeld so that no
-// write waiting for mirror acks waits for the whole resync instead.
+// it either (StartResync does not let the mirror's acks complete a
+// waiting request whose seq it lacks); the driver caps through at
+// PrimaryCore.ResyncSkipLimit so that no such request is left waiting.
 func (p ResyncPlan) PlanTail(through, tailBytes, newChunkBytes uint64) (ResyncPlan, bool) {
 	if p.WholeDisk || through < p.From || newChunkBytes >= tailBytes {
 		return p, false
