@@ -520,6 +520,7 @@ func TestPrimarySingleMirrorResyncLiveness(t *testing.T) {
 	p.PeerAck("a", wire.Ack{Received: 11, Written: 11})
 	wantDone(t, p, map[uint64]error{1: nil})
 }
+
 // ResyncSkipLimit in async mode: the throttle's K-th ack over the other
 // peers while the throttle can hold writes, else the last seq.
 func TestPrimaryResyncSkipLimitAsync(t *testing.T) {
