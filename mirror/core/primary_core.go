@@ -823,13 +823,14 @@ func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 // needs a resync, from seq from (its next seq if still in the journal,
 // else any seq from the journal's first to the last assigned + 1): the
 // peer becomes PeerResyncing and its acks count from from-1 on. The
-// invariant: a request waiting for mirror acks is never completed by a
-// mirror that has its seq only in a chunk not yet copied. So when a
-// request at or below from-1 still waits (from > ResyncSkipLimit + 1),
-// the peer counts toward a quorum only once the other peers' acks hold
-// every seq below from, or once ResyncDone (see quorum); those requests
-// wait for the others meanwhile. The driver copies the rest (chunks)
-// itself and calls ResyncDone when the peer's store is consistent.
+// invariant: no request is completed by a mirror's acks for a seq the
+// mirror has only in a chunk not yet copied. So until ResyncDone a
+// request at or below from-1 (one waiting now, from > ResyncSkipLimit +
+// 1, or a flush proposed before any new write) does not count the peer
+// unless the other peers' acks hold every seq below from (see quorum):
+// it waits for the others or the resync. The driver copies the rest
+// (chunks) itself and calls ResyncDone when the peer's store is
+// consistent.
 func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	ps := p.byName[peer]
 	if ps == nil {
@@ -841,13 +842,7 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	if from < p.journalFirst || from > p.lastSeq()+1 {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
-	// Crediting the peer with from-1 is harmless when it decides nothing:
-	// no request at or below from-1 waits for a mirror's ack. Otherwise
-	// it holds only what it acks from from on (see quorum).
-	ps.resyncFrom = 0
-	if from-1 > p.settled(ps) {
-		ps.resyncFrom = from
-	}
+	ps.resyncFrom = from // it holds only what it acks from from on (see quorum)
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
 	ps.rate, ps.rateAck = 0, from-1
@@ -1146,30 +1141,48 @@ func (p *PrimaryCore) degraded() bool {
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
 // MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
 func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
-	return p.quorum(level, k, false, nil)
+	return p.quorum(level, k, false, nil, 0)
 }
 
-// kthAckSet is kth over the peers of the ack set only.
-func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
-	return p.quorum(level, k, true, nil)
+// kthAckSet is kth over the peers of the ack set only, for the requests
+// of q: the seqs below its first request need no holders.
+func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int, q *reqQueue) uint64 {
+	floor := p.lastSeq()
+	if r := q.front(); r != nil {
+		floor = min(floor, max(r.seq, 1)-1)
+	}
+	return p.quorum(level, k, true, nil, floor)
+}
+
+// resyncing reports whether a peer's acks are credited only above its
+// resync's start (see quorum).
+func (p *PrimaryCore) resyncing() bool {
+	for _, ps := range p.peers {
+		if ps.resyncFrom > 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // quorum returns the highest seq W such that k peers (of the ack set
-// only, if ackSet; never exclude) hold every seq ≤ W at level.
+// only, if ackSet; never exclude) hold every seq ≤ W at level, where
+// the seqs ≤ floor count as held (no request waits for them; 0 for the
+// true K-th ack).
 //
 // The invariant: a peer is credited only with seqs it holds. A resyncing
 // peer's ack says it holds resyncFrom..ack; the seqs below resyncFrom are
-// in chunks not yet copied. Its ack is therefore credited only once W
-// computed without it already covers resyncFrom-1 (then the seqs it
-// lacks have k holders anyway, and those above W it holds exactly as its
-// ack says); otherwise it counts as holding nothing. W only grows as more
-// resyncing peers are credited, so the fixed point takes at most one pass
-// per resyncing peer beyond the first.
-func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool, exclude *peerState) uint64 {
-	w, resyncing := p.quorumPass(level, k, ackSet, exclude, 0)
+// in chunks not yet copied. Its ack is therefore credited only once
+// max(floor, W computed without it) covers resyncFrom-1 (then the seqs it
+// lacks need no holder or have k anyway, and those above it holds exactly
+// as its ack says); otherwise it counts as holding nothing. W only grows
+// as more resyncing peers are credited, so the fixed point takes at most
+// one pass per resyncing peer beyond the first.
+func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool, exclude *peerState, floor uint64) uint64 {
+	w, resyncing := p.quorumPass(level, k, ackSet, exclude, floor)
 	for resyncing {
-		next, _ := p.quorumPass(level, k, ackSet, exclude, w)
-		if next == w {
+		next, _ := p.quorumPass(level, k, ackSet, exclude, max(w, floor))
+		if next <= w {
 			break
 		}
 		w = next
@@ -1207,16 +1220,19 @@ func credit(ps *peerState, level wire.AckLevel, held uint64) uint64 {
 }
 
 // ResyncSkipLimit returns the highest seq a resync of peer may start
-// after (ResyncBegin.From - 1) without any waiting request depending on
-// that peer's acks of seqs it lacks (see settled). The driver caps the
-// journal tail it replaces by chunk copies at it; StartResync then
-// credits the peer with From-1 as before.
+// after (ResyncBegin.From - 1) without a waiting request depending on
+// that peer's acks of seqs it lacks (see settled), so that none waits for
+// the whole resync. The driver caps the journal tail it replaces by chunk
+// copies at it.
 func (p *PrimaryCore) ResyncSkipLimit(peer string) uint64 {
 	ps := p.byName[peer]
 	if ps == nil {
 		return 0
 	}
-	return p.settled(ps)
+	// The last record is always streamed: a flush proposed before the
+	// next write (its seq is the last) then has a record of the peer's to
+	// wait for instead of the whole resync.
+	return min(p.settled(ps), max(p.lastSeq(), 1)-1)
 }
 
 // settled returns the highest seq through which no request waits for a
@@ -1237,7 +1253,7 @@ func (p *PrimaryCore) settled(ps *peerState) uint64 {
 	if p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
 		return last
 	}
-	return min(last, p.quorum(p.cfg.AckLevel, p.cfg.SyncAcks, false, ps))
+	return min(last, p.quorum(p.cfg.AckLevel, p.cfg.SyncAcks, false, ps, 0))
 }
 
 // recompute refreshes the sync quorum watermarks.
@@ -1246,8 +1262,8 @@ func (p *PrimaryCore) recompute() {
 	if p.cfg.AllowDegraded && !p.cfg.Coordinated && p.inSync < k {
 		k = p.inSync
 	}
-	p.wLevel = p.kthAckSet(p.cfg.AckLevel, k)
-	p.wDur = p.kthAckSet(wire.AckDurable, k)
+	p.wLevel = p.kthAckSet(p.cfg.AckLevel, k, &p.qLevel)
+	p.wDur = p.kthAckSet(wire.AckDurable, k, &p.qDur)
 }
 
 // SetAckSet makes only the acks of members count toward k in sync mode
@@ -1298,19 +1314,32 @@ func (p *PrimaryCore) drain() {
 	if p.fenced {
 		return
 	}
-	for r := p.qLevel.front(); r != nil && r.seq <= p.wLevel; r = p.qLevel.front() {
-		p.qLevel.pop()
-		r.remoteOK = true
-		p.tryComplete(r)
-	}
-	for r := p.qDur.front(); r != nil && r.seq <= p.wDur; r = p.qDur.front() {
-		p.qDur.pop()
-		r.remoteOK = true
-		if r.seq <= p.localDurable {
-			r.durOK = true
+	// The watermarks depend on the queues' first requests while a peer
+	// resyncs (kthAckSet): recompute them as those change.
+	for resyncing := p.resyncing(); ; {
+		if resyncing {
+			p.recompute()
+		}
+		moved := false
+		for r := p.qLevel.front(); r != nil && r.seq <= p.wLevel; r = p.qLevel.front() {
+			p.qLevel.pop()
+			r.remoteOK = true
 			p.tryComplete(r)
-		} else {
-			p.qLocal.push(r)
+			moved = true
+		}
+		for r := p.qDur.front(); r != nil && r.seq <= p.wDur; r = p.qDur.front() {
+			p.qDur.pop()
+			r.remoteOK = true
+			if r.seq <= p.localDurable {
+				r.durOK = true
+				p.tryComplete(r)
+			} else {
+				p.qLocal.push(r)
+			}
+			moved = true
+		}
+		if !moved || !resyncing {
+			break
 		}
 	}
 	for r := p.qLocal.front(); r != nil && r.seq <= p.localDurable; r = p.qLocal.front() {
