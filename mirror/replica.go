@@ -152,6 +152,13 @@ type mirrorSession struct {
 	sideMu    sync.Mutex
 	sideEnded bool
 	side      sync.WaitGroup
+
+	// begun is closed once the session's ResyncBegin is handled: a
+	// SyncComplete on the resync stream (another stream, which may
+	// overtake it) waits for it, or beginResync would mark the store
+	// inconsistent again after the resync completed.
+	begun     chan struct{}
+	beginOnce sync.Once
 }
 
 // endSide ends the session and waits for its resync and verify streams;
@@ -382,7 +389,7 @@ func (d *Replica) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 	s.sideMu.Unlock()
 	defer s.side.Done()
 	defer context.AfterFunc(s.ctx, func() { st.Cancel(0) })()
-	if err := d.serveResync(s.ctx, st); err != nil && s.ctx.Err() == nil {
+	if err := d.serveResync(s.ctx, st, s.begun); err != nil && s.ctx.Err() == nil {
 		log.Warn("resync stream ended", "err", err)
 		s.cancel()
 	}
@@ -664,7 +671,8 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 	// Ending the session cancels its stream, so blocked reads return; the
 	// connection may carry other volumes' sessions and stays up.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan wire.Ack, 1)}
+	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan wire.Ack, 1),
+		begun: make(chan struct{})}
 	defer close(s.done)
 	// The session's resync and verify streams end with it.
 	defer s.endSide()
@@ -885,6 +893,9 @@ func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
 			m, err := wire.DecodeResyncBegin(p)
 			if err == nil {
 				err = d.beginResync(ctx, m)
+			}
+			if err == nil {
+				s.beginOnce.Do(func() { close(s.begun) })
 			}
 			if err != nil {
 				d.sendError(s, wire.CodeInternal, "resync begin: "+err.Error())

@@ -151,8 +151,9 @@ func (d *Replica) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	return nil
 }
 
-// serveResync answers a primary's resync stream.
-func (d *Replica) serveResync(ctx context.Context, st frameStream) error {
+// serveResync answers a primary's resync stream; begun is closed once
+// the session's ResyncBegin is handled.
+func (d *Replica) serveResync(ctx context.Context, st frameStream, begun <-chan struct{}) error {
 	defer st.Cancel(0)
 	h := resync.NewHasher(d.node.Store, resync.DefaultSyncChunk)
 	var cacheOff, cacheLen uint64
@@ -230,6 +231,11 @@ func (d *Replica) serveResync(ctx context.Context, st frameStream) error {
 			m, err := wire.DecodeSyncComplete(p)
 			if err != nil {
 				return err
+			}
+			select { // see mirrorSession.begun
+			case <-begun:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 			if err := d.completeResync(ctx, m.Tag); err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockmirror/blockmirror/journal"
 	"github.com/blockmirror/blockmirror/mirror/core"
 	"github.com/blockmirror/blockmirror/mirror/resync"
 	"github.com/blockmirror/blockmirror/mirror/wire"
@@ -130,6 +131,9 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 	if plan.WholeDisk {
 		b = resync.NewBitmap(r.node.Store.Size(), resync.DefaultSyncChunk)
 		b.SetAll()
+	} else {
+		plan = l.planTail(plan, b)
+		begin.From, begin.Reset = plan.From, plan.Reset
 	}
 	if err := r.node.SaveBitmap(l.addr.Name, b); err != nil {
 		return begin, nil, err
@@ -144,6 +148,56 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 		return nil
 	})
 	return begin, b, err
+}
+
+// planTail weighs replaying the journal tail from plan.From against
+// copying the chunks it touches (core.PlanTail) and, if copying is
+// cheaper, marks them in b and returns the plan that skips the tail.
+func (l *peerLink) planTail(plan core.ResyncPlan, b *resync.Bitmap) core.ResyncPlan {
+	j := l.r.j
+	// through ≤ the volume's last seq: every chunk read later reflects it.
+	// It is capped below the first write still waiting for mirror acks
+	// (core.PrimaryCore.ResyncSkipLimit): the mirror lacks the skipped
+	// records until its resync completes, so the core would not count its
+	// acks for such a write (StartResync), which would wait for the other
+	// mirrors or the whole resync. Records above the cap are streamed.
+	l.r.mu.Lock()
+	limit := l.r.core.ResyncSkipLimit(l.addr.Name)
+	l.r.mu.Unlock()
+	through := min(j.LastSeq(), limit)
+	if through < plan.From {
+		return plan
+	}
+	tail := resync.NewBitmap(b.Size(), b.ChunkSize())
+	var tailBytes uint64
+	errEnd := errors.New("end of the tail")
+	err := j.Scan(plan.From, func(rec journal.Record) error {
+		if rec.Seq > through {
+			return errEnd
+		}
+		tailBytes += uint64(len(rec.Data)) + core.TailRecordOverhead
+		tail.SetRange(int64(rec.Offset), int64(rec.Length))
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnd) {
+		l.log.Warn("reading the journal tail to plan the resync failed; replaying it", "from_seq", plan.From, "err", err)
+		return plan
+	}
+	var fresh int64
+	for i := tail.Next(0); i >= 0; i = tail.Next(i + 1) {
+		if !b.Test(i) {
+			fresh++
+		}
+	}
+	chunkBytes := uint64(fresh * b.ChunkSize())
+	next, mark := plan.PlanTail(through, tailBytes, chunkBytes)
+	if !mark {
+		return plan
+	}
+	b.Or(tail)
+	l.log.Info("resync copies the chunks the journal tail touches instead of replaying it",
+		"tail_from_seq", plan.From, "tail_through_seq", through, "journal_last_seq", j.LastSeq(), "tail_bytes", tailBytes, "added_chunk_bytes", chunkBytes)
+	return next
 }
 
 // runResync opens the resync stream and copies until the bitmap is empty.

@@ -388,6 +388,33 @@ func TestPlanResync(t *testing.T) {
 	}
 }
 
+// PlanTail: a bitmap resync marks the journal tail's chunks instead of
+// replaying it when they are fewer bytes (issue 18 item 3).
+func TestPlanTail(t *testing.T) {
+	bitmap := core.ResyncPlan{From: 10, Reset: true}
+	for _, c := range []struct {
+		name                    string
+		plan                    core.ResyncPlan
+		through, tail, newChunk uint64
+		want                    core.ResyncPlan
+		marked                  bool
+	}{
+		{"a tail rewriting marked chunks is skipped", bitmap, 50, 32 << 20, 0, core.ResyncPlan{From: 51, Reset: true}, true},
+		{"fewer chunk bytes than tail bytes: skipped", bitmap, 50, 32 << 20, 8 << 20, core.ResyncPlan{From: 51, Reset: true}, true},
+		{"small scattered writes are cheaper replayed", bitmap, 50, 41 * 4096, 41 << 16, bitmap, false},
+		{"equal: replayed", bitmap, 50, 1 << 20, 1 << 20, bitmap, false},
+		{"empty tail", bitmap, 9, 0, 0, bitmap, false},
+		{"a resumed resync is reset when it skips", core.ResyncPlan{From: 41}, 50, 1 << 20, 0, core.ResyncPlan{From: 51, Reset: true}, true},
+		{"whole disk: left alone", core.ResyncPlan{From: 10, Reset: true, WholeDisk: true}, 50, 32 << 20, 0,
+			core.ResyncPlan{From: 10, Reset: true, WholeDisk: true}, false},
+	} {
+		got, marked := c.plan.PlanTail(c.through, c.tail, c.newChunk)
+		if got != c.want || marked != c.marked {
+			t.Errorf("%s: %+v %v, want %+v %v", c.name, got, marked, c.want, c.marked)
+		}
+	}
+}
+
 func TestFailoverRules(t *testing.T) {
 	hist := []wire.EpochStart{{Epoch: 1, FirstSeq: 1, ID: 1}, {Epoch: 2, FirstSeq: 50, ID: 2}}
 	mirror := core.NodeState{Epoch: 2, History: hist}

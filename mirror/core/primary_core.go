@@ -435,6 +435,11 @@ type peerState struct {
 	released  uint64 // highest durable watermark reported in Releases
 	// out: not in the ack set (sync mode: its acks do not count toward K).
 	out bool
+	// resyncFrom: the seq live records restarted at in the peer's resync
+	// (0: none since its last handshake). Until ResyncDone the peer holds
+	// the records from it on and none before it (those are only in the
+	// chunks still to copy), whatever its acks say: see credit.
+	resyncFrom uint64
 }
 
 // lagSeg says that seqs from firstSeq on (to the next segment) were
@@ -740,6 +745,7 @@ func (p *PrimaryCore) PeerUp(peer string, info PeerInfo) error {
 		info.DurableSeq = info.LastSeq
 	}
 	ps.flushSent = 0
+	ps.resyncFrom = 0 // ack is set below from what the peer holds now
 	last := p.lastSeq()
 	switch {
 	case info.Flags&(wire.FlagNeedsResync|wire.FlagInconsistent) != 0, info.LastSeq > last, info.LastSeq+1 < p.journalFirst:
@@ -815,9 +821,16 @@ func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 
 // StartResync starts streaming live records to a connected peer that
 // needs a resync, from seq from (its next seq if still in the journal,
-// else the journal's first): the peer becomes PeerResyncing and its acks
-// count from from-1 on. The driver copies the rest (chunks) itself and
-// calls ResyncDone when the peer's store is consistent.
+// else any seq from the journal's first to the last assigned + 1): the
+// peer becomes PeerResyncing and its acks count from from-1 on. The
+// invariant: no request is completed by a mirror's acks for a seq the
+// mirror has only in a chunk not yet copied. So until ResyncDone a
+// request at or below from-1 (one waiting now, from > ResyncSkipLimit +
+// 1, or a flush proposed before any new write) does not count the peer
+// unless the other peers' acks hold every seq below from (see quorum):
+// it waits for the others or the resync. The driver copies the rest
+// (chunks) itself and calls ResyncDone when the peer's store is
+// consistent.
 func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	ps := p.byName[peer]
 	if ps == nil {
@@ -829,6 +842,7 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 	if from < p.journalFirst || from > p.lastSeq()+1 {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
+	ps.resyncFrom = from // it holds only what it acks from from on (see quorum)
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
 	ps.rate, ps.rateAck = 0, from-1
@@ -877,6 +891,7 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 	if ps.state != PeerResyncing {
 		return fmt.Errorf("mirror: peer %s is %v, not resyncing", peer, ps.state)
 	}
+	ps.resyncFrom = 0 // its store now reflects every record below from
 	last := p.lastSeq()
 	if ps.ack.Level(p.cfg.AckLevel) >= last {
 		p.setState(ps, PeerInSync)
@@ -1126,22 +1141,119 @@ func (p *PrimaryCore) degraded() bool {
 // kth returns the k-th largest ack at level over all peers (k ≥ 1), or
 // MaxUint64 for k == 0 (QuorumSeq over the peers' acks, without allocating).
 func (p *PrimaryCore) kth(level wire.AckLevel, k int) uint64 {
-	s := p.scratch[:0]
-	for _, ps := range p.peers {
-		s = append(s, ps.ack.Level(level))
-	}
-	return quorumInPlace(s, k)
+	return p.quorum(level, k, false, nil, 0)
 }
 
-// kthAckSet is kth over the peers of the ack set only.
-func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int) uint64 {
-	s := p.scratch[:0]
+// kthAckSet is kth over the peers of the ack set only, for the requests
+// of q: the seqs below its first request need no holders.
+func (p *PrimaryCore) kthAckSet(level wire.AckLevel, k int, q *reqQueue) uint64 {
+	floor := p.lastSeq()
+	if r := q.front(); r != nil {
+		floor = min(floor, max(r.seq, 1)-1)
+	}
+	return p.quorum(level, k, true, nil, floor)
+}
+
+// resyncing reports whether a peer's acks are credited only above its
+// resync's start (see quorum).
+func (p *PrimaryCore) resyncing() bool {
 	for _, ps := range p.peers {
-		if !ps.out {
-			s = append(s, ps.ack.Level(level))
+		if ps.resyncFrom > 1 {
+			return true
 		}
 	}
-	return quorumInPlace(s, k)
+	return false
+}
+
+// quorum returns the highest seq W such that k peers (of the ack set
+// only, if ackSet; never exclude) hold every seq ≤ W at level, where
+// the seqs ≤ floor count as held (no request waits for them; 0 for the
+// true K-th ack).
+//
+// The invariant: a peer is credited only with seqs it holds. A resyncing
+// peer's ack says it holds resyncFrom..ack; the seqs below resyncFrom are
+// in chunks not yet copied. Its ack is therefore credited only once
+// max(floor, W computed without it) covers resyncFrom-1 (then the seqs it
+// lacks need no holder or have k anyway, and those above it holds exactly
+// as its ack says); otherwise it counts as holding nothing. W only grows
+// as more resyncing peers are credited, so the fixed point takes at most
+// one pass per resyncing peer beyond the first.
+func (p *PrimaryCore) quorum(level wire.AckLevel, k int, ackSet bool, exclude *peerState, floor uint64) uint64 {
+	w, resyncing := p.quorumPass(level, k, ackSet, exclude, floor)
+	for resyncing {
+		next, _ := p.quorumPass(level, k, ackSet, exclude, max(w, floor))
+		if next <= w {
+			break
+		}
+		w = next
+	}
+	return w
+}
+
+// quorumPass is one pass of quorum with the seqs ≤ held taken as held by
+// k peers already; it also reports whether any counted peer is resyncing.
+func (p *PrimaryCore) quorumPass(level wire.AckLevel, k int, ackSet bool, exclude *peerState, held uint64) (uint64, bool) {
+	s := p.scratch[:0]
+	resyncing := false
+	for _, ps := range p.peers {
+		if ackSet && ps.out {
+			continue
+		}
+		if ps == exclude {
+			s = append(s, 0)
+			continue
+		}
+		s = append(s, credit(ps, level, held))
+		resyncing = resyncing || ps.resyncFrom > 1
+	}
+	return quorumInPlace(s, k), resyncing
+}
+
+// credit is what peer ps counts toward a quorum at level when every seq
+// ≤ held has its k holders: its ack, unless it is a resyncing peer
+// lacking seqs above held (those below its resyncFrom), then nothing.
+func credit(ps *peerState, level wire.AckLevel, held uint64) uint64 {
+	if ps.resyncFrom > 1 && ps.resyncFrom-1 > held {
+		return 0
+	}
+	return ps.ack.Level(level)
+}
+
+// ResyncSkipLimit returns the highest seq a resync of peer may start
+// after (ResyncBegin.From - 1) without a waiting request depending on
+// that peer's acks of seqs it lacks (see settled), so that none waits for
+// the whole resync. The driver caps the journal tail it replaces by chunk
+// copies at it.
+func (p *PrimaryCore) ResyncSkipLimit(peer string) uint64 {
+	ps := p.byName[peer]
+	if ps == nil {
+		return 0
+	}
+	// The last record is always streamed: a flush proposed before the
+	// next write (its seq is the last) then has a record of the peer's to
+	// wait for instead of the whole resync.
+	return min(p.settled(ps), max(p.lastSeq(), 1)-1)
+}
+
+// settled returns the highest seq through which no request waits for a
+// mirror's ack other than ps's: in sync mode, below the first request
+// still waiting for its ack quorum (the last seq if none waits); in async
+// mode, the throttle's K-th ack over the other peers while the throttle
+// can hold writes, else the last seq.
+func (p *PrimaryCore) settled(ps *peerState) uint64 {
+	last := p.lastSeq()
+	if p.cfg.Mode == wire.ModeSync {
+		for _, q := range []*reqQueue{&p.qLevel, &p.qDur} {
+			if r := q.front(); r != nil {
+				last = min(last, max(r.seq, 1)-1)
+			}
+		}
+		return last
+	}
+	if p.cfg.MaxLagTicks == 0 || p.cfg.SyncAcks == 0 || p.inSync < p.cfg.SyncAcks {
+		return last
+	}
+	return min(last, p.quorum(p.cfg.AckLevel, p.cfg.SyncAcks, false, ps, 0))
 }
 
 // recompute refreshes the sync quorum watermarks.
@@ -1150,8 +1262,8 @@ func (p *PrimaryCore) recompute() {
 	if p.cfg.AllowDegraded && !p.cfg.Coordinated && p.inSync < k {
 		k = p.inSync
 	}
-	p.wLevel = p.kthAckSet(p.cfg.AckLevel, k)
-	p.wDur = p.kthAckSet(wire.AckDurable, k)
+	p.wLevel = p.kthAckSet(p.cfg.AckLevel, k, &p.qLevel)
+	p.wDur = p.kthAckSet(wire.AckDurable, k, &p.qDur)
 }
 
 // SetAckSet makes only the acks of members count toward k in sync mode
@@ -1202,19 +1314,32 @@ func (p *PrimaryCore) drain() {
 	if p.fenced {
 		return
 	}
-	for r := p.qLevel.front(); r != nil && r.seq <= p.wLevel; r = p.qLevel.front() {
-		p.qLevel.pop()
-		r.remoteOK = true
-		p.tryComplete(r)
-	}
-	for r := p.qDur.front(); r != nil && r.seq <= p.wDur; r = p.qDur.front() {
-		p.qDur.pop()
-		r.remoteOK = true
-		if r.seq <= p.localDurable {
-			r.durOK = true
+	// The watermarks depend on the queues' first requests while a peer
+	// resyncs (kthAckSet): recompute them as those change.
+	for resyncing := p.resyncing(); ; {
+		if resyncing {
+			p.recompute()
+		}
+		moved := false
+		for r := p.qLevel.front(); r != nil && r.seq <= p.wLevel; r = p.qLevel.front() {
+			p.qLevel.pop()
+			r.remoteOK = true
 			p.tryComplete(r)
-		} else {
-			p.qLocal.push(r)
+			moved = true
+		}
+		for r := p.qDur.front(); r != nil && r.seq <= p.wDur; r = p.qDur.front() {
+			p.qDur.pop()
+			r.remoteOK = true
+			if r.seq <= p.localDurable {
+				r.durOK = true
+				p.tryComplete(r)
+			} else {
+				p.qLocal.push(r)
+			}
+			moved = true
+		}
+		if !moved || !resyncing {
+			break
 		}
 	}
 	for r := p.qLocal.front(); r != nil && r.seq <= p.localDurable; r = p.qLocal.front() {

@@ -432,3 +432,140 @@ func TestPrimaryCoordinatedAckSet(t *testing.T) {
 		}
 	}
 }
+
+// TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds (issue 18 item 3):
+// a resync that starts its live records above a write still waiting for
+// the quorum (the lean resync skips the journal tail) must not let the
+// resyncing mirror's start count as an ack of that write: the mirror has
+// it only in a chunk not yet copied. 79d3f5d's driver did exactly this
+// and the simulation (seed 56) saw an acknowledged write held by no node
+// but the primary.
+func TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
+	up(t, p, "a", "b")
+	if _, err := p.ProposeWrite(1, false); err != nil { // seq 1
+		t.Fatal(err)
+	}
+	p.LocalDone(1)
+	wantDone(t, p, nil)
+	if err := p.RequireResync("b"); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	// b's resync restarts live records after seq 1 (its chunk carries it).
+	if err := p.StartResync("b", 2); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, nil) // seq 1: only the primary holds it
+	if st := p.Status(); st.QuorumSeq != 0 {
+		t.Fatalf("quorum seq %d, want 0: b holds nothing below 2", st.QuorumSeq)
+	}
+	p.ProposeWrite(2, false) // seq 2, streamed to b
+	p.LocalDone(2)
+	if err := p.PeerAck("b", wire.Ack{Received: 2, Written: 2}); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, nil) // b holds 2 but not 1: no prefix has a holder
+	// a acks seq 1: now every seq below b's start has its holder, and b's
+	// ack of 2 counts.
+	if err := p.PeerAck("a", wire.Ack{Received: 1, Written: 1}); err != nil {
+		t.Fatal(err)
+	}
+	wantDone(t, p, map[uint64]error{1: nil, 2: nil})
+}
+
+// ResyncSkipLimit in sync mode: below the first request waiting for a
+// mirror ack, the last seq when none waits.
+func TestPrimaryResyncSkipLimitSync(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, SyncAcks: 1})
+	up(t, p, "a", "b")
+	p.ProposeWrite(1, false) // seq 1
+	p.LocalDone(1)
+	p.ProposeWrite(2, true) // seq 2, FUA
+	p.LocalDone(2)
+	p.RequireResync("b")
+	if h := p.ResyncSkipLimit("b"); h != 0 {
+		t.Fatalf("ResyncSkipLimit %d with seq 1 waiting, want 0", h)
+	}
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
+	if h := p.ResyncSkipLimit("b"); h != 1 {
+		t.Fatalf("ResyncSkipLimit %d with the FUA seq 2 waiting for a durable ack, want 1", h)
+	}
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2, Durable: 2})
+	wantDone(t, p, map[uint64]error{1: nil}) // 2 waits for the local journal only
+	if h := p.ResyncSkipLimit("b"); h != 1 {
+		t.Fatalf("ResyncSkipLimit %d with nothing waiting for a mirror, want the seq before the last (1)", h)
+	}
+	if h := p.ResyncSkipLimit("nobody"); h != 0 {
+		t.Fatalf("ResyncSkipLimit of an unknown peer %d", h)
+	}
+}
+
+// One mirror, K 1, resynced from the journal's first seq with nothing
+// waiting: crediting it with the seqs before decides nothing, so the
+// writes streamed to it complete on its acks (found by a review of the
+// first version of this change, which made them wait for the resync).
+func TestPrimarySingleMirrorResyncLiveness(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, SyncAcks: 1, NextSeq: 11, JournalFirst: 5})
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 2}); err != nil { // behind the journal
+		t.Fatal(err)
+	}
+	p.Ready()
+	if err := p.StartResync("a", 5); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	p.ProposeWrite(1, false) // seq 11
+	p.LocalDone(1)
+	p.PeerAck("a", wire.Ack{Received: 11, Written: 11})
+	wantDone(t, p, map[uint64]error{1: nil})
+}
+
+// ResyncSkipLimit in async mode: the throttle's K-th ack over the other
+// peers while the throttle can hold writes, else the last seq.
+func TestPrimaryResyncSkipLimitAsync(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a", "b"}, Mode: wire.ModeAsync, SyncAcks: 1, MaxLagTicks: 10})
+	up(t, p, "a", "b")
+	for id := uint64(1); id <= 3; id++ {
+		p.ProposeWrite(id, false)
+		p.LocalDone(id)
+	}
+	p.PeerAck("a", wire.Ack{Received: 2, Written: 2})
+	p.PeerAck("b", wire.Ack{Received: 3, Written: 3})
+	p.ProposeWrite(4, false)
+	if h := p.ResyncSkipLimit("b"); h != 2 {
+		t.Fatalf("ResyncSkipLimit(b) %d, want a's 2 (b's own ack does not count)", h)
+	}
+	q := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, Mode: wire.ModeAsync, SyncAcks: 1})
+	q.ProposeWrite(1, false)
+	q.ProposeWrite(2, false)
+	if h := q.ResyncSkipLimit("a"); h != 1 {
+		t.Fatalf("ResyncSkipLimit %d without a max lag, want the seq before the last (1)", h)
+	}
+}
+
+// A flush proposed during a resync before any new write covers only seqs
+// the resyncing mirror lacks: it must not complete on the mirror's start
+// (the simulation's seed 3126 caught b5a1154 doing so after a resync
+// that skipped the whole journal tail), only once the resync is done.
+func TestPrimaryFlushDuringResyncWaitsForIt(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, SyncAcks: 1, NextSeq: 11, JournalFirst: 5})
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 2}); err != nil {
+		t.Fatal(err)
+	}
+	p.Ready()
+	if err := p.StartResync("a", 11); err != nil { // the tail 5..10 skipped
+		t.Fatal(err)
+	}
+	p.Ready()
+	if err := p.ProposeFlush(1); err != nil { // seq 10
+		t.Fatal(err)
+	}
+	wantDone(t, p, nil)
+	p.PeerDown("a")
+	wantDone(t, p, nil)
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 10, DurableSeq: 10, AppliedSeq: 10}); err != nil {
+		t.Fatal(err) // reconnected with its resync done and its store synced
+	}
+	wantDone(t, p, map[uint64]error{1: nil})
+}

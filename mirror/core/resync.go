@@ -54,3 +54,30 @@ func PlanResync(in ResyncInput) ResyncPlan {
 	}
 	return p
 }
+
+// TailRecordOverhead is what PlanTail counts per replayed record besides
+// its data (framing and record header, rounded up).
+const TailRecordOverhead = 64
+
+// PlanTail decides, for a resync that copies only its bitmap's chunks (not
+// WholeDisk), between replaying the journal's records From..through to the
+// mirror (tailBytes: their data plus TailRecordOverhead each) and marking
+// the chunks they touch in the bitmap instead (newChunkBytes: the bytes of
+// those chunks the bitmap does not mark yet), so that live records restart
+// at through+1 and each chunk goes over the wire once however often the
+// tail rewrote it. It marks them when that is fewer bytes and reports
+// whether it did; the returned plan then starts at through+1 with the
+// mirror's journal reset. Correctness does not depend on the choice: every
+// chunk is read reflecting every record up to its tag, which is at least
+// the last seq assigned when it is read, and through must not exceed the
+// last seq assigned when the plan is made. Durability does not depend on
+// it either (StartResync does not let the mirror's acks complete a
+// waiting request whose seq it lacks); the driver caps through at
+// PrimaryCore.ResyncSkipLimit so that no such request is left waiting.
+func (p ResyncPlan) PlanTail(through, tailBytes, newChunkBytes uint64) (ResyncPlan, bool) {
+	if p.WholeDisk || through < p.From || newChunkBytes >= tailBytes {
+		return p, false
+	}
+	p.From, p.Reset = through+1, true
+	return p, true
+}
