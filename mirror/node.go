@@ -242,6 +242,8 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		OnDrop:       n.recordDrop,
 		OnPressure:   n.journalPressure,
 		OnSync:       opts.OnSync,
+		// An indirect record may be durable only once its data is.
+		BeforeSync: st.Sync,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
 		QueueBytes:     opts.journalQueueBytes,
@@ -279,6 +281,13 @@ func (n *Node) recover(ctx context.Context) error {
 	}
 	if first := j.FirstSeq(); first > cp+1 {
 		return fmt.Errorf("mirror: journal starts at seq %d but the store is checkpointed only through %d: records are missing; resync this node", first, cp)
+	}
+	if cut, err := n.verifyIndirect(ctx, cp+1); err != nil {
+		return err
+	} else if cut {
+		if last = j.LastSeq(); last <= cp {
+			return j.AddConsumer(storeConsumer, cp+1, false)
+		}
 	}
 	var replayed int
 	err := j.Scan(cp+1, func(r journal.Record) error {
@@ -332,6 +341,10 @@ func ApplyRecord(st *store.File, r journal.Record) error {
 	case journal.OpZero:
 		return st.Zero(int64(r.Offset), int64(r.Length), false)
 	case journal.OpEpoch:
+		return nil
+	case journal.OpIndirect:
+		// Its data was written to this store before the record (and
+		// replay verified it, Node.recover).
 		return nil
 	}
 	return fmt.Errorf("mirror: record %d has unknown op %v", r.Seq, r.Op)

@@ -1,0 +1,508 @@
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/blockmirror/blockmirror/journal"
+)
+
+// Indirect writes (docs/design.md, "Indirect writes"): a write of at least
+// VolumeOptions.IndirectMin bytes is written once, to the image, and the
+// journal gets an OpIndirect record holding the CRC-32C of each
+// journal.IndirectPiece-aligned piece instead of the data. The rules that
+// keep "every copy is the same disk" are:
+//
+//   - Image first: the store write happens before the seq is taken and the
+//     record submitted, so a record in the journal file (even one written
+//     back by the kernel before any sync) never precedes its data in the
+//     page cache, and a sync covering it syncs the image first
+//     (journal.Options.BeforeSync). Overlapping writes and stable reads
+//     wait for a pending indirect write to take its seq.
+//   - No overwrite before durable: while an indirect record may still be
+//     replayed (seq above the last checkpoint), a later write touching one
+//     of its chunks makes its own record durable before its store write,
+//     and is never indirect itself. Replay skips the pieces of chunks later
+//     records touch and verifies the others (Node.verifyIndirect).
+//   - Catch-up from the image only while intact: a mirror that needs an
+//     indirect record from the journal files gets the data read from the
+//     image only if no later write touched its chunks (indirectChunk) and
+//     the data matches the sums; otherwise it is resynced (sendRecords).
+
+// indirectAlign is the alignment (offset and length) a write needs to take
+// the indirect path.
+const indirectAlign = 4 << 10
+
+// maxIndirectChunks bounds the chunk map (about 40 MiB, 64 GiB of disk):
+// past it, a checkpoint forgets the chunks of checkpointed records, whose
+// data a lagging mirror then gets by a resync instead of from the image.
+const maxIndirectChunks = 1 << 20
+
+// indirectSize reports whether rec is a write the indirect path may take
+// (size and alignment; the overlap rule is checked under v.mu).
+func (v *Volume) indirectSize(rec *journal.Record) bool {
+	return v.opts.IndirectMin > 0 && rec.Op == journal.OpWrite && int(rec.Length) >= v.opts.IndirectMin &&
+		rec.Offset%indirectAlign == 0 && rec.Length%indirectAlign == 0
+}
+
+// chunkRange is the range of IndirectPiece chunks [off, end) touches.
+func chunkRange(off, end uint64) (first, last uint64) {
+	return off / journal.IndirectPiece, (end - 1) / journal.IndirectPiece
+}
+
+// pendingOverlapLocked returns the done channel of a pending indirect write
+// overlapping [off, end), or nil.
+func (v *Volume) pendingOverlapLocked(off, end uint64) chan struct{} {
+	for e := range v.pending {
+		if e.overlaps(off, end) {
+			return e.done
+		}
+	}
+	return nil
+}
+
+// overlapsLocked returns the done channels of the writes in flight and the
+// stable reads overlapping [off, end).
+func (v *Volume) overlapsLocked(off, end uint64) []chan struct{} {
+	var waits []chan struct{}
+	for _, e := range v.inflight {
+		if e.overlaps(off, end) {
+			waits = append(waits, e.done)
+		}
+	}
+	for e := range v.readers {
+		if e.overlaps(off, end) {
+			waits = append(waits, e.done)
+		}
+	}
+	return waits
+}
+
+// touchesReplayableLocked reports whether [off, end) touches a chunk of an
+// indirect record above the last checkpoint (one the next start may verify
+// against the image).
+func (v *Volume) touchesReplayableLocked(off, end uint64) bool {
+	if len(v.chunks) == 0 || end <= off {
+		return false
+	}
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		if x, ok := v.chunks[c]; ok && x.seq > v.cpSeq {
+			return true
+		}
+	}
+	return false
+}
+
+// overwriteLocked notes that record seq touches [off, end).
+func (v *Volume) overwriteLocked(seq, off, end uint64) {
+	if len(v.chunks) == 0 || end <= off {
+		return
+	}
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		if x, ok := v.chunks[c]; ok && x.seq < seq && x.over == 0 {
+			x.over = seq
+		}
+	}
+}
+
+// coverLocked notes that the indirect record seq covers [off, end): older
+// records there can no longer be read back from the image.
+func (v *Volume) coverLocked(seq, off, end uint64) {
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		if x, ok := v.chunks[c]; ok {
+			*x = indirectChunk{seq: seq}
+		} else {
+			v.chunks[c] = &indirectChunk{seq: seq}
+		}
+	}
+}
+
+// intactLocked reports whether the image still holds the data of the
+// indirect record seq on [off, end).
+func (v *Volume) intactLocked(seq, off, end uint64) bool {
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		if x, ok := v.chunks[c]; !ok || x.seq != seq || x.over != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkpointed notes a checkpoint through seq and forgets the chunks of
+// records the journal no longer holds (all checkpointed ones past
+// maxIndirectChunks).
+func (v *Volume) checkpointed(seq uint64) {
+	first := v.j.FirstSeq()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.cpSeq = max(v.cpSeq, seq)
+	over := len(v.chunks) > maxIndirectChunks
+	for c, x := range v.chunks {
+		if x.seq < first || (over && x.seq <= v.cpSeq) {
+			delete(v.chunks, c)
+		}
+	}
+}
+
+// loadIndirect rebuilds the chunk map from the records the journal holds
+// (after a restart), so that mirrors behind an indirect record from the
+// previous run can still be caught up from the image.
+func (v *Volume) loadIndirect() error {
+	if v.opts.IndirectMin <= 0 {
+		return nil // no indirect records are written, and older ones are not served: resync
+	}
+	first, last := v.j.FirstSeq(), v.j.LastSeq()
+	if last < first {
+		return nil
+	}
+	start := time.Now()
+	n := 0
+	err := v.j.Scan(first, func(r journal.Record) error {
+		end := r.Offset + uint64(r.Length)
+		if r.Op == journal.OpIndirect {
+			v.coverLocked(r.Seq, r.Offset, end)
+			n++
+		} else if r.Op != journal.OpEpoch {
+			v.overwriteLocked(r.Seq, r.Offset, end)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mirror: read the journal's indirect records: %w", err)
+	}
+	if n > 0 {
+		v.log.Info("indirect records in the journal", "records", n, "chunks", len(v.chunks), "took", time.Since(start))
+	}
+	return nil
+}
+
+// changeIndirect is change for a write taking the indirect path; called
+// with v.mu held (it unlocks it), the write checked writable and with no
+// pending write overlapping it.
+func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua bool) error {
+	end := rec.Offset + uint64(rec.Length)
+	waits := v.overlapsLocked(rec.Offset, end)
+	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
+	v.pending[me] = struct{}{}
+	v.mu.Unlock()
+	rec.Sums = journal.IndirectSums(make([]byte, 0, 4*journal.IndirectPieces(rec.Offset, uint64(rec.Length))), rec.Offset, rec.Data)
+	for _, w := range waits {
+		<-w // earlier overlapping writes reach the store first
+	}
+	// From here the store may hold the write although no record does: the
+	// activity log covers it (its extents stay until the seq is known),
+	// and a failure fails the volume, so that the next start is unclean
+	// and compares those extents with the mirrors.
+	start := time.Now()
+	settle, err := v.al.Pin(context.Background(), rec.Offset, uint64(rec.Length))
+	if err == nil {
+		if _, err = v.st.WriteAt(rec.Data, int64(rec.Offset)); err != nil {
+			err = fmt.Errorf("mirror: indirect write [%d, +%d) to the store: %w", rec.Offset, rec.Length, err)
+		}
+	}
+	v.mu.Lock()
+	for err == nil && !v.j.HasRoom(&rec) {
+		v.mu.Unlock()
+		err = v.j.WaitRoom(context.Background(), &rec)
+		v.mu.Lock()
+	}
+	var id uint64
+	if err == nil {
+		err = v.failed
+	}
+	if err == nil {
+		rec.Epoch = v.epoch
+		v.nextID++
+		id = v.nextID
+		rec.Seq = v.lastSeq + 1
+		if v.repl != nil {
+			rec.Seq, err = v.repl.Admit(id, int(rec.Length), fua)
+		}
+	}
+	if err == nil {
+		if err = v.j.SubmitDeferred(context.Background(), rec); err != nil {
+			err = fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
+			v.forgetLocked(id)
+		}
+	}
+	if err != nil {
+		v.failLocked(fmt.Errorf("mirror: an indirect write reached the store but not the journal: %w", err))
+		delete(v.pending, me)
+		v.idleLocked()
+		v.mu.Unlock()
+		close(me.done)
+		if settle != nil {
+			settle(0)
+		}
+		return err
+	}
+	v.lastSeq = rec.Seq
+	if v.opts.onSubmit != nil {
+		v.opts.onSubmit(ctx, rec)
+	}
+	v.coverLocked(rec.Seq, rec.Offset, end)
+	v.sinceCP += int64(rec.Length)
+	kick := v.sinceCP >= v.opts.CheckpointBytes
+	delete(v.pending, me)
+	v.idleLocked()
+	v.mu.Unlock()
+	close(me.done)
+	settle(rec.Seq)
+	if kick {
+		select {
+		case v.cpKick <- struct{}{}:
+		default:
+		}
+	}
+	if err := v.j.WriteThrough(context.Background(), rec.Seq); err != nil {
+		err = fmt.Errorf("mirror: journal seq %d: %w", rec.Seq, err)
+		v.mu.Lock()
+		v.failLocked(err)
+		v.mu.Unlock()
+		v.forget(id)
+		return err
+	}
+	if v.opts.OnAppend != nil {
+		v.opts.OnAppend(false, time.Since(start))
+	}
+	if fua {
+		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
+			v.forget(id)
+			return err
+		}
+		if v.opts.OnAppend != nil {
+			v.opts.OnAppend(true, time.Since(start))
+		}
+	}
+	return v.completed(ctx, id)
+}
+
+// forgetLocked is forget for a request admitted under v.mu.
+func (v *Volume) forgetLocked(id uint64) {
+	if v.repl != nil && id != 0 {
+		v.repl.Forget(id)
+	}
+}
+
+// errNotIntact: an indirect record's data is no longer in the image.
+var errNotIntact = errors.New("the image no longer holds the data of this indirect record (a later write overlapped it)")
+
+// IndirectData returns the data of the indirect record rec (read from the
+// journal's files) for a mirror that needs it: read from the image as a
+// stable read, and only if no later write touched its chunks and the data
+// matches the record's sums; errNotIntact otherwise.
+func (v *Volume) IndirectData(ctx context.Context, rec journal.Record) ([]byte, error) {
+	end := rec.Offset + uint64(rec.Length)
+	v.mu.Lock()
+	ok := v.intactLocked(rec.Seq, rec.Offset, end)
+	v.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("seq %d [%d, +%d): %w", rec.Seq, rec.Offset, rec.Length, errNotIntact)
+	}
+	p := make([]byte, rec.Length)
+	if _, err := v.ReadStable(ctx, p, int64(rec.Offset)); err != nil {
+		return nil, fmt.Errorf("read indirect seq %d from the store: %w", rec.Seq, err)
+	}
+	// Checked again after the read: a write admitted meanwhile marked the
+	// chunks before its store write, which waited for the read.
+	v.mu.Lock()
+	ok = v.intactLocked(rec.Seq, rec.Offset, end)
+	v.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("seq %d [%d, +%d): %w", rec.Seq, rec.Offset, rec.Length, errNotIntact)
+	}
+	if at := journal.VerifyIndirect(&rec, p, nil); at >= 0 {
+		v.log.Error("the image does not match the checksums of an indirect record no later write touched; the mirror is resynced instead",
+			"seq", rec.Seq, "piece_offset", at)
+		return nil, fmt.Errorf("seq %d: piece at %d does not match its checksum: %w", rec.Seq, at, errNotIntact)
+	}
+	return p, nil
+}
+
+// verifyIndirect checks, at open, the indirect records from seq from on
+// against the store, and cuts the journal before the first one whose data
+// is not there (cut). A piece of a record is checked unless a later record
+// touches its chunk: that record was made durable before its store write
+// (the volume's rule), after a sync that made this record's data durable
+// — or it never reached the store, and the piece is in the activity log
+// like any write that was not made durable. A piece that does not match
+// means no sync covered the record (a sync makes the image durable first)
+// and the journal page reached the disk by writeback alone: neither it
+// nor any later record was acknowledged as durable. The node's start is
+// then unclean (as after any power loss), so a mirror holding the records
+// cut gets a new branch and quarantines them.
+func (n *Node) verifyIndirect(ctx context.Context, from uint64) (cut bool, err error) {
+	type span struct {
+		seq, off, end uint64
+		sums          []byte // indirect records only
+	}
+	var recs []span
+	indirect := false
+	err = n.Journal.Scan(from, func(r journal.Record) error {
+		if r.Op == journal.OpEpoch {
+			return nil
+		}
+		s := span{seq: r.Seq, off: r.Offset, end: r.Offset + uint64(r.Length)}
+		if r.Op == journal.OpIndirect {
+			s.sums, indirect = append([]byte(nil), r.Sums...), true
+		}
+		recs = append(recs, s)
+		return ctx.Err()
+	})
+	if err != nil || !indirect {
+		if err != nil {
+			err = fmt.Errorf("mirror: verify indirect records from %d: %w", from, err)
+		}
+		return false, err
+	}
+	// The latest record touching each chunk an indirect record covers.
+	touch := make(map[uint64]uint64)
+	for _, s := range recs {
+		if s.sums == nil {
+			continue
+		}
+		first, last := chunkRange(s.off, s.end)
+		for c := first; c <= last; c++ {
+			touch[c] = 0
+		}
+	}
+	for _, s := range recs {
+		first, last := chunkRange(s.off, s.end)
+		for c := first; c <= last; c++ {
+			if t, ok := touch[c]; ok {
+				touch[c] = max(t, s.seq)
+			}
+		}
+	}
+	var buf []byte
+	for _, s := range recs {
+		if s.sums == nil {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		rec := journal.Record{Seq: s.seq, Op: journal.OpIndirect, Offset: s.off, Length: uint32(s.end - s.off), Sums: s.sums}
+		if cap(buf) < int(rec.Length) {
+			buf = make([]byte, rec.Length)
+		}
+		p := buf[:rec.Length]
+		if _, err := n.Store.ReadAt(p, int64(s.off)); err != nil {
+			return false, fmt.Errorf("mirror: verify indirect seq %d: read the store: %w", s.seq, err)
+		}
+		at := journal.VerifyIndirect(&rec, p, func(off, _ uint64) bool { return touch[off/journal.IndirectPiece] > s.seq })
+		if at < 0 {
+			continue
+		}
+		last := n.Journal.LastSeq()
+		n.log.Warn("the store lacks the data of an indirect record (a power loss before any sync covered it); cutting the journal before it: no record from it on was acknowledged as durable",
+			"seq", s.seq, "piece_offset", at, "records_cut", last-s.seq+1)
+		if err := n.Journal.TruncateAfter(s.seq - 1); err != nil {
+			return false, fmt.Errorf("mirror: cut the journal before indirect seq %d: %w", s.seq, err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+// indirectSource is what a primary's senders need from its volume to turn
+// an indirect record read from the journal's files back into data.
+type indirectSource interface {
+	IndirectData(ctx context.Context, rec journal.Record) ([]byte, error)
+}
+
+// journalFirstLocked is the lowest seq a mirror can be streamed from, given
+// the journal's first seq (r.mu held): past the last indirect record whose
+// data is gone from the image.
+func (r *Replication) journalFirstLocked(first uint64) uint64 {
+	return max(first, r.indirectFloor+1)
+}
+
+// resolveIndirect turns the indirect records of recs (read from the
+// journal's files) into writes carrying their data, read back from the
+// image (Volume.IndirectData). When that data is gone — a later write
+// overlapped it — every mirror behind the record is treated as one the
+// journal dropped: the regions of its records through it go into its dirty
+// bitmap, the core sees the journal start after it (journalFirstLocked),
+// and the session ends, so that the next handshake resyncs the mirror
+// (the bitmap resync that "fell behind the journal" takes).
+func (r *Replication) resolveIndirect(ctx context.Context, recs []journal.Record) ([]journal.Record, error) {
+	var out []journal.Record // a copy: recs may share the journal's memory
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Op != journal.OpIndirect {
+			continue
+		}
+		if out == nil {
+			out = append([]journal.Record(nil), recs...)
+		}
+		src, _ := r.source().(indirectSource)
+		err := fmt.Errorf("seq %d: %w", rec.Seq, errNotIntact)
+		var data []byte
+		if src != nil {
+			data, err = src.IndirectData(ctx, *rec)
+		}
+		if err != nil {
+			if errors.Is(err, errNotIntact) {
+				r.behindIndirect(rec.Seq)
+			}
+			return nil, fmt.Errorf("catch up from the image: %w", err)
+		}
+		out[i] = journal.Record{Epoch: rec.Epoch, Seq: rec.Seq, Op: journal.OpWrite, Offset: rec.Offset, Length: rec.Length, Data: data}
+	}
+	if out == nil {
+		return recs, nil
+	}
+	return out, nil
+}
+
+// behindIndirect handles the indirect record seq whose data is gone from
+// the image (see resolveIndirect).
+func (r *Replication) behindIndirect(seq uint64) {
+	r.mu.Lock()
+	if seq <= r.indirectFloor {
+		r.mu.Unlock()
+		return
+	}
+	r.indirectFloor = seq
+	names := make([]string, 0, len(r.links))
+	for name := range r.links {
+		names = append(names, name)
+	}
+	r.core.JournalFirst(r.journalFirstLocked(r.j.FirstSeq()))
+	r.mu.Unlock()
+	for _, name := range names {
+		released, ok := r.j.Consumer(peerConsumer(name))
+		if !ok || released >= seq {
+			continue
+		}
+		var regions []journal.Region
+		err := r.j.Scan(released+1, func(rec journal.Record) error {
+			if rec.Seq > seq {
+				return errScanDone
+			}
+			if rec.Op != journal.OpEpoch && rec.Length > 0 {
+				regions = append(regions, journal.Region{Offset: rec.Offset, Length: uint64(rec.Length)})
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errScanDone) {
+			// Without the regions the bitmap would not cover what the
+			// mirror lacks: compare the whole disk.
+			r.log.Error("reading the journal for a mirror behind an overwritten indirect record failed; it needs a full resync", "peer", name, "err", err)
+			regions = []journal.Region{{Offset: 0, Length: uint64(r.node.Store.Size())}}
+		}
+		r.log.Warn("a mirror is behind an indirect record whose data a later write overwrote in the image; it is resynced instead of streamed to",
+			"peer", name, "seq", seq, "mirror_durable", released)
+		r.node.recordDrop(peerConsumer(name), seq, journal.CoalesceRegions(regions))
+	}
+}
+
+// errScanDone stops a journal scan early.
+var errScanDone = errors.New("scan done")
