@@ -306,11 +306,11 @@ type Journal struct {
 	// lastIndirect is the highest seq written as an OpIndirect record
 	// (mu); a sync covering it calls BeforeSync first.
 	lastIndirect uint64
-	gen       uint64
-	consumers map[string]*consumer
-	readers   map[*Reader]struct{}
-	waiters   []*waiter
-	st        Stats
+	gen          uint64
+	consumers    map[string]*consumer
+	readers      map[*Reader]struct{}
+	waiters      []*waiter
+	st           Stats
 }
 
 // Open opens (creating if needed) the journal in opts.Dir, verifying every

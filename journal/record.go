@@ -99,17 +99,17 @@ func IndirectSums(dst []byte, off uint64, data []byte) []byte {
 	return dst
 }
 
-// VerifyIndirect checks data, read from the image at off, against the
-// sums of the piece(s) it covers: skip(pieceOff, pieceEnd) tells which
-// pieces need no check. off and len(data) must cover whole pieces of the
-// record (clipped to its range), i.e. [rec.Offset, rec.Offset+rec.Length)
-// for a full check. It returns the offset of the first piece that does not
-// match, or -1.
-func VerifyIndirect(rec *Record, data []byte, skip func(off, end uint64) bool) int64 {
+// VerifyIndirect checks data, read from the image over the range of the
+// indirect record rec (len(data) == rec.Length), against rec.Sums. It
+// returns the disk offset of the first piece that does not match, or -1.
+func VerifyIndirect(rec *Record, data []byte) int64 {
 	off, end := rec.Offset, rec.Offset+uint64(rec.Length)
 	for i := 0; off < end; i++ {
 		n := min(end-off, IndirectPiece-off%IndirectPiece)
-		if (skip == nil || !skip(off, off+n)) && 4*i+4 <= len(rec.Sums) {
+		if 4*i+4 > len(rec.Sums) || uint64(len(data)) < end-rec.Offset {
+			return int64(off)
+		}
+		{
 			got := crc32.Checksum(data[off-rec.Offset:off-rec.Offset+n], castagnoli)
 			if got != binary.LittleEndian.Uint32(rec.Sums[4*i:]) {
 				return int64(off)

@@ -66,8 +66,8 @@ type activityLog struct {
 	mu      sync.Mutex
 	hot     map[uint32]*activityExtent
 	pinned  map[uint32]int // extents of writes whose seq is not known yet (Pin)
-	gen     uint64 // bumped by every change that must reach the file
-	durable uint64 // gen of the last file written
+	gen     uint64         // bumped by every change that must reach the file
+	durable uint64         // gen of the last file written
 
 	prevCheckpoint uint64 // the seq of the previous Checkpointed
 }

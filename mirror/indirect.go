@@ -21,11 +21,13 @@ import (
 //     page cache, and a sync covering it syncs the image first
 //     (journal.Options.BeforeSync). Overlapping writes and stable reads
 //     wait for a pending indirect write to take its seq.
-//   - No overwrite before durable: while an indirect record may still be
-//     replayed (seq above the last checkpoint), a later write touching one
-//     of its chunks makes its own record durable before its store write,
-//     and is never indirect itself. Replay skips the pieces of chunks later
-//     records touch and verifies the others (Node.verifyIndirect).
+//   - No overwrite before a checkpoint: while an indirect record may still
+//     be replayed (seq above the last checkpoint), a write touching one of
+//     its chunks waits, before it takes a seq, for a checkpoint covering it
+//     (kicked at once). So the store range of every indirect record the
+//     next start replays holds its data or what a power loss left of it,
+//     never a later write's, and replay verifies every piece
+//     (Node.verifyIndirect).
 //   - Catch-up from the image only while intact: a mirror that needs an
 //     indirect record from the journal files gets the data read from the
 //     image only if no later write touched its chunks (indirectChunk) and
@@ -80,20 +82,50 @@ func (v *Volume) overlapsLocked(off, end uint64) []chan struct{} {
 	return waits
 }
 
-// touchesReplayableLocked reports whether [off, end) touches a chunk of an
-// indirect record above the last checkpoint (one the next start may verify
-// against the image).
-func (v *Volume) touchesReplayableLocked(off, end uint64) bool {
+// replayableLocked returns the highest seq of an indirect record above the
+// last checkpoint (one the next start may verify against the image) whose
+// chunks [off, end) touches, or 0.
+func (v *Volume) replayableLocked(off, end uint64) uint64 {
 	if len(v.chunks) == 0 || end <= off {
-		return false
+		return 0
 	}
+	var seq uint64
 	first, last := chunkRange(off, end)
 	for c := first; c <= last; c++ {
 		if x, ok := v.chunks[c]; ok && x.seq > v.cpSeq {
-			return true
+			seq = max(seq, x.seq)
 		}
 	}
-	return false
+	return seq
+}
+
+// waitCheckpointLocked kicks a checkpoint and waits until one covers seq
+// (v.mu held; unlocked on error, held again otherwise).
+func (v *Volume) waitCheckpointLocked(ctx context.Context, seq uint64) error {
+	for v.cpSeq < seq {
+		if v.cpWait == nil {
+			v.cpWait = make(chan struct{})
+		}
+		ch := v.cpWait
+		v.mu.Unlock()
+		select {
+		case v.cpKick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ch:
+		case <-v.done:
+			return fmt.Errorf("mirror: a write over indirect seq %d waited for a checkpoint, but the volume closed", seq)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		v.mu.Lock()
+		if err := v.writableLocked(); err != nil {
+			v.mu.Unlock()
+			return err
+		}
+	}
+	return nil
 }
 
 // overwriteLocked notes that record seq touches [off, end).
@@ -142,6 +174,10 @@ func (v *Volume) checkpointed(seq uint64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.cpSeq = max(v.cpSeq, seq)
+	if v.cpWait != nil {
+		close(v.cpWait)
+		v.cpWait = nil
+	}
 	over := len(v.chunks) > maxIndirectChunks
 	for c, x := range v.chunks {
 		if x.seq < first || (over && x.seq <= v.cpSeq) {
@@ -317,7 +353,7 @@ func (v *Volume) IndirectData(ctx context.Context, rec journal.Record) ([]byte, 
 	if !ok {
 		return nil, fmt.Errorf("seq %d [%d, +%d): %w", rec.Seq, rec.Offset, rec.Length, errNotIntact)
 	}
-	if at := journal.VerifyIndirect(&rec, p, nil); at >= 0 {
+	if at := journal.VerifyIndirect(&rec, p); at >= 0 {
 		v.log.Error("the image does not match the checksums of an indirect record no later write touched; the mirror is resynced instead",
 			"seq", rec.Seq, "piece_offset", at)
 		return nil, fmt.Errorf("seq %d: piece at %d does not match its checksum: %w", rec.Seq, at, errNotIntact)
@@ -327,84 +363,44 @@ func (v *Volume) IndirectData(ctx context.Context, rec journal.Record) ([]byte, 
 
 // verifyIndirect checks, at open, the indirect records from seq from on
 // against the store, and cuts the journal before the first one whose data
-// is not there (cut). A piece of a record is checked unless a later record
-// touches its chunk: that record was made durable before its store write
-// (the volume's rule), after a sync that made this record's data durable
-// — or it never reached the store, and the piece is in the activity log
-// like any write that was not made durable. A piece that does not match
-// means no sync covered the record (a sync makes the image durable first)
-// and the journal page reached the disk by writeback alone: neither it
-// nor any later record was acknowledged as durable. The node's start is
-// then unclean (as after any power loss), so a mirror holding the records
-// cut gets a new branch and quarantines them.
+// is not there (cut). No later record touches the chunks of such a record
+// (the volume waits for a checkpoint first), so every piece is checked. A
+// piece that does not match means that no sync covered the record (a sync
+// makes the image durable first) and its journal page reached the disk by
+// writeback alone: neither it nor any later record was acknowledged as
+// durable. The node's start is then unclean (as after any power loss), so
+// a mirror holding the records cut is given a new branch and quarantines
+// them, and the activity log covers what they left in the store.
 func (n *Node) verifyIndirect(ctx context.Context, from uint64) (cut bool, err error) {
-	type span struct {
-		seq, off, end uint64
-		sums          []byte // indirect records only
-	}
-	var recs []span
-	indirect := false
+	var recs []journal.Record
 	err = n.Journal.Scan(from, func(r journal.Record) error {
-		if r.Op == journal.OpEpoch {
-			return nil
-		}
-		s := span{seq: r.Seq, off: r.Offset, end: r.Offset + uint64(r.Length)}
 		if r.Op == journal.OpIndirect {
-			s.sums, indirect = append([]byte(nil), r.Sums...), true
+			recs = append(recs, journal.Record{Seq: r.Seq, Op: r.Op, Offset: r.Offset, Length: r.Length, Sums: append([]byte(nil), r.Sums...)})
 		}
-		recs = append(recs, s)
 		return ctx.Err()
 	})
-	if err != nil || !indirect {
-		if err != nil {
-			err = fmt.Errorf("mirror: verify indirect records from %d: %w", from, err)
-		}
-		return false, err
-	}
-	// The latest record touching each chunk an indirect record covers.
-	touch := make(map[uint64]uint64)
-	for _, s := range recs {
-		if s.sums == nil {
-			continue
-		}
-		first, last := chunkRange(s.off, s.end)
-		for c := first; c <= last; c++ {
-			touch[c] = 0
-		}
-	}
-	for _, s := range recs {
-		first, last := chunkRange(s.off, s.end)
-		for c := first; c <= last; c++ {
-			if t, ok := touch[c]; ok {
-				touch[c] = max(t, s.seq)
-			}
-		}
+	if err != nil {
+		return false, fmt.Errorf("mirror: verify indirect records from %d: %w", from, err)
 	}
 	var buf []byte
-	for _, s := range recs {
-		if s.sums == nil {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return false, err
-		}
-		rec := journal.Record{Seq: s.seq, Op: journal.OpIndirect, Offset: s.off, Length: uint32(s.end - s.off), Sums: s.sums}
+	for i := range recs {
+		rec := &recs[i]
 		if cap(buf) < int(rec.Length) {
 			buf = make([]byte, rec.Length)
 		}
 		p := buf[:rec.Length]
-		if _, err := n.Store.ReadAt(p, int64(s.off)); err != nil {
-			return false, fmt.Errorf("mirror: verify indirect seq %d: read the store: %w", s.seq, err)
+		if _, err := n.Store.ReadAt(p, int64(rec.Offset)); err != nil {
+			return false, fmt.Errorf("mirror: verify indirect seq %d: read the store: %w", rec.Seq, err)
 		}
-		at := journal.VerifyIndirect(&rec, p, func(off, _ uint64) bool { return touch[off/journal.IndirectPiece] > s.seq })
+		at := journal.VerifyIndirect(rec, p)
 		if at < 0 {
 			continue
 		}
 		last := n.Journal.LastSeq()
 		n.log.Warn("the store lacks the data of an indirect record (a power loss before any sync covered it); cutting the journal before it: no record from it on was acknowledged as durable",
-			"seq", s.seq, "piece_offset", at, "records_cut", last-s.seq+1)
-		if err := n.Journal.TruncateAfter(s.seq - 1); err != nil {
-			return false, fmt.Errorf("mirror: cut the journal before indirect seq %d: %w", s.seq, err)
+			"seq", rec.Seq, "piece_offset", at, "records_cut", last-rec.Seq+1)
+		if err := n.Journal.TruncateAfter(rec.Seq - 1); err != nil {
+			return false, fmt.Errorf("mirror: cut the journal before indirect seq %d: %w", rec.Seq, err)
 		}
 		return true, nil
 	}

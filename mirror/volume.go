@@ -117,6 +117,8 @@ type Volume struct {
 	// cpSeq is the last checkpoint saved (records ≤ it are never
 	// replayed).
 	cpSeq uint64
+	// cpWait is closed (and replaced by nil) at the next checkpoint.
+	cpWait   chan struct{}
 	sinceCP  int64
 	cpKick   chan struct{}
 	readOnly error // non-nil: writes fail with it (fenced, demoted)
@@ -298,7 +300,15 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 			v.mu.Lock()
 			continue
 		}
-		if indirect && !v.touchesReplayableLocked(rec.Offset, end) {
+		if s := v.replayableLocked(rec.Offset, end); s > 0 {
+			// The crash rule (indirect.go): nothing overwrites an indirect
+			// record the next start may verify; a checkpoint ends that.
+			if err := v.waitCheckpointLocked(ctx, s); err != nil {
+				return err // unlocked
+			}
+			continue
+		}
+		if indirect {
 			return v.changeIndirect(ctx, rec, fua) // unlocks v.mu
 		}
 		if v.j.HasRoom(&rec) {
@@ -339,16 +349,12 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	if v.opts.onSubmit != nil {
 		v.opts.onSubmit(ctx, rec)
 	}
-	// Over an indirect record the next start may still verify against the
-	// image, this write's record must be durable before its store write
-	// (the crash rule, docs/design.md): a checkpoint soon ends that.
-	durableFirst := v.touchesReplayableLocked(rec.Offset, end)
 	v.overwriteLocked(rec.Seq, rec.Offset, end)
 	waits := v.overlapsLocked(rec.Offset, end)
 	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
 	v.inflight[rec.Seq] = me
 	v.sinceCP += int64(rec.Length)
-	kick := v.sinceCP >= v.opts.CheckpointBytes || durableFirst
+	kick := v.sinceCP >= v.opts.CheckpointBytes
 	alone := len(v.inflight) == 1
 	v.mu.Unlock()
 	if alone && v.repl != nil && v.repl.WaitsForMirrors(fua) {
@@ -375,9 +381,6 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	err := v.j.WriteThrough(context.Background(), rec.Seq)
 	if v.opts.OnAppend != nil && err == nil {
 		v.opts.OnAppend(false, time.Since(start))
-	}
-	if err == nil && durableFirst {
-		err = v.j.Wait(context.Background(), rec.Seq, journal.Durable)
 	}
 	for _, w := range waits {
 		<-w // earlier overlapping writes reach the store first
