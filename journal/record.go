@@ -109,11 +109,8 @@ func VerifyIndirect(rec *Record, data []byte) int64 {
 		if 4*i+4 > len(rec.Sums) || uint64(len(data)) < end-rec.Offset {
 			return int64(off)
 		}
-		{
-			got := crc32.Checksum(data[off-rec.Offset:off-rec.Offset+n], castagnoli)
-			if got != binary.LittleEndian.Uint32(rec.Sums[4*i:]) {
-				return int64(off)
-			}
+		if crc32.Checksum(data[off-rec.Offset:off-rec.Offset+n], castagnoli) != binary.LittleEndian.Uint32(rec.Sums[4*i:]) {
+			return int64(off)
 		}
 		off += n
 	}

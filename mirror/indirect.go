@@ -502,3 +502,15 @@ func (r *Replication) behindIndirect(seq uint64) {
 
 // errScanDone stops a journal scan early.
 var errScanDone = errors.New("scan done")
+
+// indirectWrite returns the indirect record r as a write with its data,
+// read from the store, when the data there matches r's checksums; else r
+// itself, noted in rep (QuarantineReport.IndirectOverwritten).
+func (n *Node) indirectWrite(r journal.Record, rep *QuarantineReport) journal.Record {
+	p := make([]byte, r.Length)
+	if _, err := n.Store.ReadAt(p, int64(r.Offset)); err == nil && journal.VerifyIndirect(&r, p) < 0 {
+		return journal.Record{Epoch: r.Epoch, Seq: r.Seq, Op: journal.OpWrite, Offset: r.Offset, Length: r.Length, Data: p}
+	}
+	rep.IndirectOverwritten = append(rep.IndirectOverwritten, r.Seq)
+	return r
+}

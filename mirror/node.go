@@ -60,6 +60,8 @@ type NodeOptions struct {
 
 	// journalQueueBytes (tests): journal.Options.QueueBytes.
 	journalQueueBytes int64
+	// journalTailBytes (tests): journal.Options.TailBytes.
+	journalTailBytes int64
 	// activityExtent (tests): the activity log's extent size (0:
 	// ActivityExtent); the simulation's small disks need small extents for
 	// an unclean start to mark less than the whole disk.
@@ -247,6 +249,7 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
 		QueueBytes:     opts.journalQueueBytes,
+		TailBytes:      opts.journalTailBytes,
 	})
 	if err != nil {
 		st.Close()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -483,6 +484,12 @@ func (w *simWorld) checkQuarantines() int {
 					ok = ok || simSameRecord(wr, r)
 				}
 				for _, rep := range reps {
+					// An indirect record a later record of the node
+					// overwrote in its image: range and sums only.
+					for _, r := range recs[wr.seq] {
+						ok = ok || r.Op == journal.OpIndirect && slices.Contains(rep.IndirectOverwritten, wr.seq) &&
+							r.Offset == uint64(wr.block*simBlock) && int(r.Length) == wr.blocks*simBlock
+					}
 					// Reported missing: a record it received as a mirror
 					// and checkpointed before the fork was known, or one
 					// the journal's size bound dropped (both documented).
