@@ -1,12 +1,14 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/blockmirror/blockmirror/journal"
+	"github.com/blockmirror/blockmirror/store"
 )
 
 // Indirect writes (docs/design.md, "Indirect writes"): a write of at least
@@ -201,7 +203,7 @@ func (v *Volume) loadIndirect() error {
 	n := 0
 	err := v.j.Scan(first, func(r journal.Record) error {
 		end := r.Offset + uint64(r.Length)
-		if r.Op == journal.OpIndirect {
+		if isIndirect(&r) {
 			v.coverLocked(r.Seq, r.Offset, end)
 			n++
 		} else if r.Op != journal.OpEpoch {
@@ -363,24 +365,29 @@ func (v *Volume) IndirectData(ctx context.Context, rec journal.Record) ([]byte, 
 
 // verifyIndirect checks, at open, the indirect records from seq from on
 // against the store, and cuts the journal before the first one whose data
-// is not there (cut). No later record touches the chunks of such a record
-// (the volume waits for a checkpoint first), so every piece is checked. A
+// is not there. No later record touches the chunks of such a record (the
+// volume waits for a checkpoint first), so every piece is checked. A
 // piece that does not match means that no sync covered the record (a sync
 // makes the image durable first) and its journal page reached the disk by
 // writeback alone: neither it nor any later record was acknowledged as
 // durable. The node's start is then unclean (as after any power loss), so
 // a mirror holding the records cut is given a new branch and quarantines
-// them, and the activity log covers what they left in the store.
-func (n *Node) verifyIndirect(ctx context.Context, from uint64) (cut bool, err error) {
+// them, and the activity log covers what they left in the store. It
+// returns the indirect records kept, for the replay.
+func (n *Node) verifyIndirect(ctx context.Context, from uint64) (indirectSet, error) {
 	var recs []journal.Record
-	err = n.Journal.Scan(from, func(r journal.Record) error {
-		if r.Op == journal.OpIndirect {
-			recs = append(recs, journal.Record{Seq: r.Seq, Op: r.Op, Offset: r.Offset, Length: r.Length, Sums: append([]byte(nil), r.Sums...)})
+	err := n.Journal.Scan(from, func(r journal.Record) error {
+		if isIndirect(&r) {
+			sums := r.Sums
+			if sums == nil {
+				sums = journal.IndirectSums(nil, r.Offset, r.Data)
+			}
+			recs = append(recs, journal.Record{Seq: r.Seq, Op: journal.OpIndirect, Offset: r.Offset, Length: r.Length, Sums: bytes.Clone(sums)})
 		}
 		return ctx.Err()
 	})
 	if err != nil {
-		return false, fmt.Errorf("mirror: verify indirect records from %d: %w", from, err)
+		return indirectSet{}, fmt.Errorf("mirror: verify indirect records from %d: %w", from, err)
 	}
 	var buf []byte
 	for i := range recs {
@@ -390,7 +397,7 @@ func (n *Node) verifyIndirect(ctx context.Context, from uint64) (cut bool, err e
 		}
 		p := buf[:rec.Length]
 		if _, err := n.Store.ReadAt(p, int64(rec.Offset)); err != nil {
-			return false, fmt.Errorf("mirror: verify indirect seq %d: read the store: %w", rec.Seq, err)
+			return indirectSet{}, fmt.Errorf("mirror: verify indirect seq %d: read the store: %w", rec.Seq, err)
 		}
 		at := journal.VerifyIndirect(rec, p)
 		if at < 0 {
@@ -400,11 +407,80 @@ func (n *Node) verifyIndirect(ctx context.Context, from uint64) (cut bool, err e
 		n.log.Warn("the store lacks the data of an indirect record (a power loss before any sync covered it); cutting the journal before it: no record from it on was acknowledged as durable",
 			"seq", rec.Seq, "piece_offset", at, "records_cut", last-rec.Seq+1)
 		if err := n.Journal.TruncateAfter(rec.Seq - 1); err != nil {
-			return false, fmt.Errorf("mirror: cut the journal before indirect seq %d: %w", rec.Seq, err)
+			return indirectSet{}, fmt.Errorf("mirror: cut the journal before indirect seq %d: %w", rec.Seq, err)
 		}
-		return true, nil
+		recs = recs[:i]
+		break
 	}
-	return false, nil
+	return newIndirectSet(recs), nil
+}
+
+// isIndirect reports whether r is an indirect record (from the files) or
+// an indirect write (from the memory tail).
+func isIndirect(r *journal.Record) bool {
+	return r.Op == journal.OpIndirect || (r.Op == journal.OpWrite && r.Sums != nil)
+}
+
+// indirectSet is the indirect records of a replay, found by chunk.
+type indirectSet struct {
+	recs    []journal.Record
+	byChunk map[uint64][]int // chunk → indexes into recs
+}
+
+func newIndirectSet(recs []journal.Record) indirectSet {
+	s := indirectSet{recs: recs, byChunk: make(map[uint64][]int)}
+	for i, r := range recs {
+		first, last := chunkRange(r.Offset, r.Offset+uint64(r.Length))
+		for c := first; c <= last; c++ {
+			s.byChunk[c] = append(s.byChunk[c], i)
+		}
+	}
+	return s
+}
+
+// apply replays r onto st, except the bytes a later indirect record of the
+// set covers (its data is in st already).
+func (s indirectSet) apply(st *store.File, r journal.Record) error {
+	if isIndirect(&r) || r.Op == journal.OpEpoch || len(s.recs) == 0 || r.Length == 0 {
+		return ApplyRecord(st, r)
+	}
+	off, end := r.Offset, r.Offset+uint64(r.Length)
+	var covered []journal.Region
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		for _, i := range s.byChunk[c] {
+			u := &s.recs[i]
+			if u.Seq > r.Seq && u.Offset < end && off < u.Offset+uint64(u.Length) {
+				covered = append(covered, journal.Region{Offset: u.Offset, Length: uint64(u.Length)})
+			}
+		}
+	}
+	if len(covered) == 0 {
+		return ApplyRecord(st, r)
+	}
+	at := off
+	for _, g := range journal.CoalesceRegions(covered) {
+		if g.Offset > at {
+			if err := applyPart(st, r, at, min(g.Offset, end)); err != nil {
+				return err
+			}
+		}
+		at = max(at, g.Offset+g.Length)
+	}
+	if at < end {
+		return applyPart(st, r, at, end)
+	}
+	return nil
+}
+
+// applyPart applies the part [off, end) of r.
+func applyPart(st *store.File, r journal.Record, off, end uint64) error {
+	p := r
+	p.Offset, p.Length = off, uint32(end-off)
+	if r.Op == journal.OpWrite {
+		p.Data = r.Data[off-r.Offset : end-r.Offset]
+	}
+	return ApplyRecord(st, p)
 }
 
 // indirectSource is what a primary's senders need from its volume to turn

@@ -285,20 +285,22 @@ func (n *Node) recover(ctx context.Context) error {
 	if first := j.FirstSeq(); first > cp+1 {
 		return fmt.Errorf("mirror: journal starts at seq %d but the store is checkpointed only through %d: records are missing; resync this node", first, cp)
 	}
-	if cut, err := n.verifyIndirect(ctx, cp+1); err != nil {
+	later, err := n.verifyIndirect(ctx, cp+1)
+	if err != nil {
 		return err
-	} else if cut {
-		if last = j.LastSeq(); last <= cp {
-			return j.AddConsumer(storeConsumer, cp+1, false)
-		}
+	}
+	if last = j.LastSeq(); last <= cp {
+		return j.AddConsumer(storeConsumer, cp+1, false)
 	}
 	var replayed int
-	err := j.Scan(cp+1, func(r journal.Record) error {
+	err = j.Scan(cp+1, func(r journal.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		replayed++
-		return ApplyRecord(n.Store, r)
+		// What a later indirect record wrote is in the store already (and
+		// only there): replaying an earlier record over it would undo it.
+		return later.apply(n.Store, r)
 	})
 	if err != nil {
 		return fmt.Errorf("mirror: replay journal from %d: %w", cp+1, err)
