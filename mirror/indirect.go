@@ -101,6 +101,86 @@ func (v *Volume) replayableLocked(off, end uint64) uint64 {
 	return seq
 }
 
+// overwriteWaitLocked applies, before a write may take a seq for
+// [off, end) (v.mu held), the two rules for a write over an indirect
+// record s (see the top of this file): it waits for a checkpoint covering
+// s (the crash rule), and, the first time s is overwritten while a mirror
+// may still need s from the journal, until every request admitted before
+// has ended — so that when a mirror behind s must be resynced instead
+// (resolveIndirect), no request still waits for an ack of s that the
+// resync's start would credit that mirror with. It reports whether it
+// waited (v.mu held again: check everything again), or fails (v.mu
+// released).
+func (v *Volume) overwriteWaitLocked(ctx context.Context, off, end uint64) (bool, error) {
+	if len(v.chunks) == 0 || end <= off {
+		return false, nil
+	}
+	if s := v.replayableLocked(off, end); s > 0 {
+		return true, v.waitCheckpointLocked(ctx, s)
+	}
+	if v.repl == nil {
+		return false, nil
+	}
+	var drain, seq uint64
+	first, last := chunkRange(off, end)
+	for c := first; c <= last; c++ {
+		if x, ok := v.chunks[c]; ok && x.over == 0 {
+			if x.drain == 0 {
+				x.drain = v.nextID
+			}
+			drain, seq = max(drain, x.drain), max(seq, x.seq)
+		}
+	}
+	if drain == 0 || !v.openBeforeLocked(drain) {
+		return false, nil
+	}
+	if h, ok := v.repl.(interface{ allHave(seq uint64) bool }); ok && h.allHave(seq) {
+		return false, nil // every mirror has it: none will need it from the image
+	}
+	for v.openBeforeLocked(drain) {
+		if v.openWait == nil {
+			v.openWait = make(chan struct{})
+		}
+		ch := v.openWait
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return true, ctx.Err()
+		}
+		v.mu.Lock()
+	}
+	return true, nil
+}
+
+// newIDLocked admits a request: its id, open until closeID.
+func (v *Volume) newIDLocked() uint64 {
+	v.nextID++
+	v.open[v.nextID] = struct{}{}
+	return v.nextID
+}
+
+// closeID ends request id (completed, failed or withdrawn).
+func (v *Volume) closeID(id uint64) {
+	v.mu.Lock()
+	delete(v.open, id)
+	if v.openWait != nil {
+		close(v.openWait)
+		v.openWait = nil
+	}
+	v.mu.Unlock()
+}
+
+// openBeforeLocked reports whether a request with an id ≤ id is open.
+func (v *Volume) openBeforeLocked(id uint64) bool {
+	for o := range v.open {
+		if o <= id {
+			return true
+		}
+	}
+	return false
+}
+
 // waitCheckpointLocked kicks a checkpoint and waits until one covers seq
 // (v.mu held; unlocked on error, held again otherwise).
 func (v *Volume) waitCheckpointLocked(ctx context.Context, seq uint64) error {
@@ -256,8 +336,8 @@ func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua boo
 	}
 	if err == nil {
 		rec.Epoch = v.epoch
-		v.nextID++
-		id = v.nextID
+		id = v.newIDLocked()
+		defer v.closeID(id)
 		rec.Seq = v.lastSeq + 1
 		if v.repl != nil {
 			rec.Seq, err = v.repl.Admit(id, int(rec.Length), fua)
@@ -574,6 +654,19 @@ func (r *Replication) behindIndirect(seq uint64) {
 			"peer", name, "seq", seq, "mirror_durable", released)
 		r.node.recordDrop(peerConsumer(name), seq, journal.CoalesceRegions(regions))
 	}
+}
+
+// allHave reports whether every mirror's journal consumer released seq
+// (it is durable on each of them).
+func (r *Replication) allHave(seq uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name := range r.links {
+		if released, ok := r.j.Consumer(peerConsumer(name)); !ok || released < seq {
+			return false
+		}
+	}
+	return true
 }
 
 // errScanDone stops a journal scan early.

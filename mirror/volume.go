@@ -118,7 +118,11 @@ type Volume struct {
 	// replayed).
 	cpSeq uint64
 	// cpWait is closed (and replaced by nil) at the next checkpoint.
-	cpWait   chan struct{}
+	cpWait chan struct{}
+	// open holds the ids of the requests admitted and not yet completed
+	// (or failed); openWait is closed (and replaced by nil) when one ends.
+	open     map[uint64]struct{}
+	openWait chan struct{}
 	sinceCP  int64
 	cpKick   chan struct{}
 	readOnly error // non-nil: writes fail with it (fenced, demoted)
@@ -150,8 +154,10 @@ func (e *extent) overlaps(off, end uint64) bool { return e.off < end && off < e.
 // covered by an indirect record: seq, the latest such record, and over,
 // the seq of the first later record (any op) that touched the chunk, 0
 // while none did. An indirect record's data can be read back from the
-// image only from chunks where it is still seq with over 0.
-type indirectChunk struct{ seq, over uint64 }
+// image only from chunks where it is still seq with over 0. drain is the
+// last request id admitted when the first write over it came (0: none
+// yet): that write waits until those requests ended (overwriteWaitLocked).
+type indirectChunk struct{ seq, over, drain uint64 }
 
 // NewVolume serves node as a primary. repl may be nil (no mirrors). The
 // volume starts a checkpoint goroutine that Close stops.
@@ -172,6 +178,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		readers:  make(map[*extent]struct{}),
 		pending:  make(map[*extent]struct{}),
 		chunks:   make(map[uint64]*indirectChunk),
+		open:     make(map[uint64]struct{}),
 		cpSeq:    m.CheckpointSeq,
 		lastSeq:  node.Journal.LastSeq(),
 		epoch:    m.Epoch,
@@ -300,12 +307,9 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 			v.mu.Lock()
 			continue
 		}
-		if s := v.replayableLocked(rec.Offset, end); s > 0 {
-			// The crash rule (indirect.go): nothing overwrites an indirect
-			// record the next start may verify; a checkpoint ends that.
-			if err := v.waitCheckpointLocked(ctx, s); err != nil {
-				return err // unlocked
-			}
+		if waited, err := v.overwriteWaitLocked(ctx, rec.Offset, end); err != nil {
+			return err // unlocked
+		} else if waited {
 			continue
 		}
 		if indirect {
@@ -321,8 +325,8 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		v.mu.Lock()
 	}
 	rec.Epoch = v.epoch
-	v.nextID++
-	id := v.nextID
+	id := v.newIDLocked()
+	defer v.closeID(id)
 	if v.repl != nil {
 		seq, err := v.repl.Admit(id, int(rec.Length), fua)
 		if err != nil {
@@ -481,10 +485,10 @@ func (v *Volume) Flush(ctx context.Context) error {
 	var id uint64
 	if v.repl != nil {
 		v.mu.Lock()
-		v.nextID++
-		id = v.nextID
+		id = v.newIDLocked()
 		err := v.repl.AdmitFlush(id)
 		v.mu.Unlock()
+		defer v.closeID(id)
 		if err != nil {
 			return err
 		}
