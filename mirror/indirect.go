@@ -104,11 +104,12 @@ func (v *Volume) replayableLocked(off, end uint64) uint64 {
 // overwriteWaitLocked applies, before a write may take a seq for
 // [off, end) (v.mu held), the two rules for a write over an indirect
 // record s (see the top of this file): it waits for a checkpoint covering
-// s (the crash rule), and, the first time s is overwritten while a mirror
-// may still need s from the journal, until every request admitted before
-// has ended — so that when a mirror behind s must be resynced instead
-// (resolveIndirect), no request still waits for an ack of s that the
-// resync's start would credit that mirror with. It reports whether it
+// s (the crash rule), and, while s is intact in the image and a mirror may
+// still need it from there, until no write with a seq ≤ s and no flush
+// covering no more than s is open — so that when a mirror behind s must
+// be resynced instead (resolveIndirect), no request still waits for an
+// ack that the resync's start (which credits the mirror with s) would
+// give falsely. It reports whether it
 // waited (v.mu held again: check everything again), or fails (v.mu
 // released).
 func (v *Volume) overwriteWaitLocked(ctx context.Context, off, end uint64) (bool, error) {
@@ -121,23 +122,20 @@ func (v *Volume) overwriteWaitLocked(ctx context.Context, off, end uint64) (bool
 	if v.repl == nil {
 		return false, nil
 	}
-	var drain, seq uint64
+	var seq uint64
 	first, last := chunkRange(off, end)
 	for c := first; c <= last; c++ {
 		if x, ok := v.chunks[c]; ok && x.over == 0 {
-			if x.drain == 0 {
-				x.drain = v.nextID
-			}
-			drain, seq = max(drain, x.drain), max(seq, x.seq)
+			seq = max(seq, x.seq)
 		}
 	}
-	if drain == 0 || !v.openBeforeLocked(drain) {
+	if seq == 0 || !v.openBeforeLocked(seq) {
 		return false, nil
 	}
 	if h, ok := v.repl.(interface{ allHave(seq uint64) bool }); ok && h.allHave(seq) {
 		return false, nil // every mirror has it: none will need it from the image
 	}
-	for v.openBeforeLocked(drain) {
+	for v.openBeforeLocked(seq) {
 		if v.openWait == nil {
 			v.openWait = make(chan struct{})
 		}
@@ -153,10 +151,11 @@ func (v *Volume) overwriteWaitLocked(ctx context.Context, off, end uint64) (bool
 	return true, nil
 }
 
-// newIDLocked admits a request: its id, open until closeID.
+// newIDLocked admits a request: its id, open until closeID (the caller
+// sets what it covers in v.open).
 func (v *Volume) newIDLocked() uint64 {
 	v.nextID++
-	v.open[v.nextID] = struct{}{}
+	v.open[v.nextID] = ^uint64(0)
 	return v.nextID
 }
 
@@ -171,10 +170,11 @@ func (v *Volume) closeID(id uint64) {
 	v.mu.Unlock()
 }
 
-// openBeforeLocked reports whether a request with an id ≤ id is open.
-func (v *Volume) openBeforeLocked(id uint64) bool {
-	for o := range v.open {
-		if o <= id {
+// openBeforeLocked reports whether a write with a seq ≤ seq, or a flush
+// covering no more than seq, is open.
+func (v *Volume) openBeforeLocked(seq uint64) bool {
+	for _, s := range v.open {
+		if s <= seq {
 			return true
 		}
 	}
@@ -342,6 +342,7 @@ func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua boo
 		if v.repl != nil {
 			rec.Seq, err = v.repl.Admit(id, int(rec.Length), fua)
 		}
+		v.open[id] = rec.Seq
 	}
 	if err == nil {
 		if err = v.j.SubmitDeferred(context.Background(), rec); err != nil {

@@ -121,7 +121,7 @@ type Volume struct {
 	cpWait chan struct{}
 	// open holds the ids of the requests admitted and not yet completed
 	// (or failed); openWait is closed (and replaced by nil) when one ends.
-	open     map[uint64]struct{}
+	open     map[uint64]uint64 // id → seq (a write) or the last seq it covers (a flush)
 	openWait chan struct{}
 	sinceCP  int64
 	cpKick   chan struct{}
@@ -154,10 +154,8 @@ func (e *extent) overlaps(off, end uint64) bool { return e.off < end && off < e.
 // covered by an indirect record: seq, the latest such record, and over,
 // the seq of the first later record (any op) that touched the chunk, 0
 // while none did. An indirect record's data can be read back from the
-// image only from chunks where it is still seq with over 0. drain is the
-// last request id admitted when the first write over it came (0: none
-// yet): that write waits until those requests ended (overwriteWaitLocked).
-type indirectChunk struct{ seq, over, drain uint64 }
+// image only from chunks where it is still seq with over 0.
+type indirectChunk struct{ seq, over uint64 }
 
 // NewVolume serves node as a primary. repl may be nil (no mirrors). The
 // volume starts a checkpoint goroutine that Close stops.
@@ -178,7 +176,7 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		readers:  make(map[*extent]struct{}),
 		pending:  make(map[*extent]struct{}),
 		chunks:   make(map[uint64]*indirectChunk),
-		open:     make(map[uint64]struct{}),
+		open:     make(map[uint64]uint64),
 		cpSeq:    m.CheckpointSeq,
 		lastSeq:  node.Journal.LastSeq(),
 		epoch:    m.Epoch,
@@ -337,6 +335,7 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	} else {
 		rec.Seq = v.lastSeq + 1
 	}
+	v.open[id] = rec.Seq
 	// Deferred: this goroutine writes the record itself (WriteThrough
 	// below) unless a write is already under way. Not cancellable: the seq
 	// is taken.
@@ -486,6 +485,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if v.repl != nil {
 		v.mu.Lock()
 		id = v.newIDLocked()
+		v.open[id] = v.lastSeq // what it covers
 		err := v.repl.AdmitFlush(id)
 		v.mu.Unlock()
 		defer v.closeID(id)
