@@ -390,16 +390,7 @@ func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua boo
 	if v.opts.OnAppend != nil {
 		v.opts.OnAppend(false, time.Since(start))
 	}
-	if fua {
-		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
-			v.forget(id)
-			return err
-		}
-		if v.opts.OnAppend != nil {
-			v.opts.OnAppend(true, time.Since(start))
-		}
-	}
-	return v.completed(ctx, id)
+	return v.finish(ctx, id, rec.Seq, fua, start)
 }
 
 // forgetLocked is forget for a request admitted under v.mu.

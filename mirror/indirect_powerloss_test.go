@@ -154,7 +154,7 @@ func TestIndirectPowerLossEveryStep(t *testing.T) {
 	for _, s := range steps {
 		for i, crashed := range s.clones {
 			var logBuf bytes.Buffer
-			n := plOpenErr(t, crashed, slog.New(slog.NewTextHandler(&logBuf, nil)))
+			n := plOpen(t, crashed, slog.New(slog.NewTextHandler(&logBuf, nil)))
 			last := int(n.Journal.LastSeq())
 			if last < s.acked || last > len(ops) {
 				t.Fatalf("step %d (%s), outcome %d: journal ends at %d; %d were acknowledged durable, %d issued\n%s", s.k, s.op, i, last, s.acked, len(ops), logBuf.String())
@@ -170,16 +170,6 @@ func TestIndirectPowerLossEveryStep(t *testing.T) {
 	if cuts == 0 {
 		t.Fatal("no outcome had an indirect record on disk without its data: the replay check was not exercised")
 	}
-}
-
-// plOpenErr is plOpen for a file system that must open.
-func plOpenErr(t *testing.T, fsys vfs.FS, log *slog.Logger) *Node {
-	t.Helper()
-	n, err := OpenNode(context.Background(), NodeOptions{FS: fsys, Dir: "/data/vol", Size: plDisk, Logger: log, JournalSegment: 64 << 10})
-	if err != nil {
-		t.Fatalf("open node after a power loss: %v", err)
-	}
-	return n
 }
 
 // TestIndirectData: a mirror's sender turns an indirect record read from

@@ -413,8 +413,14 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		v.forget(id)
 		return err
 	}
+	return v.finish(ctx, id, rec.Seq, fua, start)
+}
+
+// finish completes request id once its local part is done: with fua, its
+// record seq must be durable first; start is when the local part began.
+func (v *Volume) finish(ctx context.Context, id, seq uint64, fua bool, start time.Time) error {
 	if fua {
-		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
+		if err := v.j.Wait(ctx, seq, journal.Durable); err != nil {
 			v.forget(id)
 			return err
 		}
