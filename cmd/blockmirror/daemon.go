@@ -188,6 +188,8 @@ func mirrorFlags(stderr io.Writer) (*daemonFlags, *flag.FlagSet) {
 	d.keys["allow"] = "allow"
 	v.JournalMax = config.DefaultJournalMax
 	d.text(fs, sizeFlag{&v.JournalMax}, "journal-max", "journal_max", "journal size bound on disk")
+	v.IndirectMin = config.DefaultIndirectMin
+	d.text(fs, sizeFlag{&v.IndirectMin}, "indirect-min", "indirect_min", "after promotion: writes of at least this size are written once, to the disk image (0: journal every write with its data)")
 	d.registerNode(fs, "127.0.0.1:7481")
 	d.registerReplication(fs)
 	return d, fs
