@@ -72,6 +72,17 @@ func TestIndirectRecord(t *testing.T) {
 	if len(got) != 2 || got[0].Op != journal.OpIndirect || got[0].Data != nil || got[0].Offset != r1.Offset || got[0].Length != r1.Length {
 		t.Fatalf("reopened: %+v", got)
 	}
+	// A reader's byte bound counts an indirect record as the data it
+	// becomes: one at a time with a 4 KiB bound.
+	rd, err = j.NewReader(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err = rd.Next(ctx, 100, 4096)
+	rd.Close()
+	if err != nil || len(recs) != 1 || recs[0].Op != journal.OpIndirect {
+		t.Fatalf("read from the files with a 4 KiB bound: %v, %d records", err, len(recs))
+	}
 	if at := journal.VerifyIndirect(&got[0], r1.Data); at >= 0 {
 		t.Fatalf("sums of the reopened record do not verify the data (piece at %d)", at)
 	}
