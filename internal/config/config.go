@@ -219,8 +219,10 @@ const (
 	DefaultMaxLag     = Duration(5e9)
 	DefaultAckTimeout = Duration(5e9)
 	DefaultJournalMax = Size(8 << 30)
-	// DefaultIndirectMin: measured in docs/tuning.md ("Indirect writes").
-	DefaultIndirectMin = Size(256 << 10)
+	// DefaultIndirectMin is 0 (off) until the e2e tests that fill the
+	// journal with 1 MiB writes are adapted; 256K is what docs/tuning.md
+	// ("Indirect writes") measured.
+	DefaultIndirectMin = Size(0)
 )
 
 // Load reads and parses the TOML file at path (see Parse).
