@@ -73,9 +73,10 @@
 //	+------+--------+------+------------------+-----------+--------+------+
 //	| BMJS |version | flags|  volume UUID (16)| first seq | reserv.| crc  |
 //	+------+--------+------+------------------+-----------+--------+------+
-//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (3)
-//	for new segments, 1 or 2 for segments of earlier builds (all are read);
-//	flags (u16): bit 0 FlagOlderDurable (version 3: every record before
+//	crc = CRC-32C (Castagnoli) of bytes 0..35; version = FormatVersion (4)
+//	for new segments, 1 to 3 for segments of earlier builds (all are read;
+//	a segment keeps its version when appended to);
+//	flags (u16): bit 0 FlagOlderDurable (version 3 and 4: every record before
 //	this segment's first seq was durable when the header was written),
 //	other bits zero, and all zero before version 3; reserved is zero.
 //
@@ -86,7 +87,10 @@
 //	| crc  | data len| epoch  |  seq   | offset  | length | op| sync lag| data... |
 //	+------+---------+--------+--------+---------+--------+---+---------+---------+
 //	crc = CRC-32C of bytes 4.. to the end of the data; data len <= MaxRecordData
-//	(32 MiB) and equals length for OpWrite, zero for the other ops.
+//	(32 MiB) and equals length for OpWrite, zero for OpTrim, OpZero and
+//	OpEpoch. OpIndirect (5, version 4 only): the data is 4 bytes per
+//	IndirectPiece-aligned piece of [offset, offset+length), the CRC-32C of
+//	that piece of the write, whose data is in the disk image, not here.
 //	sync lag (u24, version 2 and 3) = seq minus the journal's durable seq
 //	when the record was written, capped at MaxSyncLag; 0 means unknown, and
 //	is what version-1 segments and records outside segments (AppendRecord)
@@ -94,6 +98,20 @@
 //
 // The decoder checks every length against MaxRecordData before reading or
 // allocating for it.
+//
+// # Indirect records
+//
+// A caller that wrote a large write's data to its disk image submits it as
+// an OpWrite with Sums (IndirectSums): the memory tail keeps Data, for
+// readers, and the segment (format 4) gets an OpIndirect record holding
+// only the sums. A sync that covers such a record calls Options.BeforeSync
+// (fdatasync the image) before any fdatasync of its own, so an indirect
+// record is durable only once its data is; Submit refuses Sums without
+// BeforeSync. Into a segment of an older format (an upgrade appending to
+// it) the write goes with its data, as that format knows it. Readers and
+// Scan return OpIndirect records read from the files as they are; turning
+// them back into data (and verifying them after a crash) is the caller's
+// (mirror: indirect.go).
 //
 // # Recovery
 //

@@ -114,9 +114,11 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			lastIdx = seg.idx[n-1].off
 		}
 		start := i
+		var mem int64 // the queue's bytes of the records written
+		indirect := uint64(0)
 		for i < len(batch) {
 			r := &batch[i]
-			sz := int64(encodedSize(r))
+			sz := int64(fileSize(r, seg.version))
 			if (hasRecords || i > start) && base+int64(len(j.buf))+sz > j.opts.SegmentBytes {
 				break
 			}
@@ -129,7 +131,12 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			if seg.version >= 2 {
 				lag = uint32(min(r.Seq-durable, MaxSyncLag))
 			}
-			j.buf = appendRecord(j.buf, r, lag)
+			ind := indirectIn(r, seg.version)
+			if ind {
+				indirect = r.Seq
+			}
+			j.buf = appendRecord(j.buf, r, lag, ind)
+			mem += int64(encodedSize(r))
 			i++
 		}
 		if i > start {
@@ -146,7 +153,8 @@ func (j *Journal) writeBatch(batch []Record, durable uint64) error {
 			seg.size += int64(len(j.buf))
 			j.total += int64(len(j.buf))
 			j.written = batch[i-1].Seq
-			j.queued -= int64(len(j.buf))
+			j.queued -= mem
+			j.lastIndirect = max(j.lastIndirect, indirect)
 			j.st.Writes++
 			j.st.RecordsWritten += uint64(i - start)
 			j.st.BytesWritten += uint64(len(j.buf))
@@ -251,6 +259,9 @@ func (j *Journal) syncActive() error {
 	if target <= durable {
 		return nil
 	}
+	if err := j.beforeSync(durable); err != nil {
+		return err
+	}
 	start := time.Now()
 	if !j.opts.NoSync {
 		for _, s := range older {
@@ -274,7 +285,7 @@ func (j *Journal) syncActive() error {
 	// nothing is written after this sync. (seg may have been rotated
 	// meanwhile; the claim holds all the same.)
 	if !seg.olderDurable && seg.version >= 3 {
-		hdr := AppendSegmentHeader(nil, SegmentHeader{Volume: j.opts.Volume, FirstSeq: seg.first, OlderDurable: true})
+		hdr := AppendSegmentHeader(nil, SegmentHeader{Version: seg.version, Volume: j.opts.Volume, FirstSeq: seg.first, OlderDurable: true})
 		if _, err := active.WriteAt(hdr, 0); err != nil {
 			return fmt.Errorf("write segment header %s: %w", seg.path, err)
 		}

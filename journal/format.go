@@ -16,9 +16,12 @@ const (
 	// (bytes 37..39 of the record header, zero in version 1). Version 3
 	// (same record layout) no longer syncs a segment when the next one
 	// starts, so recovery may find a torn tail in any segment of the last
-	// sync window, and adds the header flag FlagOlderDurable. Segments of
-	// all three versions are read.
-	FormatVersion = 3
+	// sync window, and adds the header flag FlagOlderDurable. Version 4
+	// (same layouts) adds OpIndirect records: a large write's data is
+	// in the disk image, the record holds its piece checksums. Segments of
+	// all four versions are read; an OpIndirect record in a segment of an
+	// older version is damage.
+	FormatVersion = 4
 
 	// FlagOlderDurable (segment header flags, version 3): when the header
 	// was written, every record with a lower seq than the segment's first
@@ -130,12 +133,20 @@ func checkRecord(rec *Record) error {
 		if uint64(rec.Length) != uint64(len(rec.Data)) {
 			return fmt.Errorf("seq %d: write Length %d != len(Data) %d", rec.Seq, rec.Length, len(rec.Data))
 		}
+		if rec.Sums != nil && len(rec.Sums) != 4*IndirectPieces(rec.Offset, uint64(rec.Length)) {
+			return fmt.Errorf("seq %d: write of %d bytes at %d with %d bytes of indirect sums, want %d", rec.Seq, rec.Length, rec.Offset, len(rec.Sums), 4*IndirectPieces(rec.Offset, uint64(rec.Length)))
+		}
+	case OpIndirect:
+		if len(rec.Data) != 0 || rec.Length == 0 || len(rec.Sums) != 4*IndirectPieces(rec.Offset, uint64(rec.Length)) {
+			return fmt.Errorf("seq %d: indirect record of %d bytes at %d must carry no data and %d bytes of sums (has %d, %d)",
+				rec.Seq, rec.Length, rec.Offset, 4*IndirectPieces(rec.Offset, uint64(rec.Length)), len(rec.Data), len(rec.Sums))
+		}
 	case OpTrim, OpZero:
-		if len(rec.Data) != 0 {
+		if len(rec.Data) != 0 || rec.Sums != nil {
 			return fmt.Errorf("seq %d: %s record carries data", rec.Seq, rec.Op)
 		}
 	case OpEpoch:
-		if len(rec.Data) != 0 || rec.Length != 0 || rec.Offset != 0 {
+		if len(rec.Data) != 0 || rec.Sums != nil || rec.Length != 0 || rec.Offset != 0 {
 			return fmt.Errorf("seq %d: epoch record must not carry offset, length or data", rec.Seq)
 		}
 	default:
@@ -147,8 +158,25 @@ func checkRecord(rec *Record) error {
 	return nil
 }
 
-// encodedSize is the number of bytes rec occupies in a segment.
-func encodedSize(rec *Record) int { return RecordHeaderSize + len(rec.Data) }
+// encodedSize is the number of bytes rec occupies in memory (the queue
+// and tail bounds).
+func encodedSize(rec *Record) int { return RecordHeaderSize + len(rec.Data) + len(rec.Sums) }
+
+// fileSize is the number of bytes rec occupies in a segment of format
+// version: an OpWrite with Sums is written indirect in version 4 (its
+// data went to the image before), directly in older segments.
+func fileSize(rec *Record, version uint16) int {
+	if indirectIn(rec, version) || rec.Op == OpIndirect {
+		return RecordHeaderSize + len(rec.Sums)
+	}
+	return RecordHeaderSize + len(rec.Data)
+}
+
+// indirectIn reports whether the OpWrite rec is written in its indirect
+// form into a segment of format version.
+func indirectIn(rec *Record, version uint16) bool {
+	return rec.Op == OpWrite && rec.Sums != nil && version >= 4
+}
 
 // AppendRecord appends the encoding of rec to dst (sync lag 0: unknown).
 // It fails (wrapping ErrInvalid) if rec violates the format's constraints.
@@ -156,23 +184,29 @@ func AppendRecord(dst []byte, rec Record) ([]byte, error) {
 	if err := checkRecord(&rec); err != nil {
 		return dst, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	return appendRecord(dst, &rec, 0), nil
+	return appendRecord(dst, &rec, 0, false), nil
 }
 
 // appendRecord encodes an already validated record with the given sync
-// lag (0 for version-1 segments and records outside segments).
-func appendRecord(dst []byte, rec *Record, lag uint32) []byte {
+// lag (0 for version-1 segments and records outside segments); indirect:
+// an OpWrite with Sums is encoded as an OpIndirect record. An OpIndirect
+// record is always encoded as one.
+func appendRecord(dst []byte, rec *Record, lag uint32, indirect bool) []byte {
 	start := len(dst)
 	var h [RecordHeaderSize]byte
-	binary.LittleEndian.PutUint32(h[4:8], uint32(len(rec.Data)))
+	op, payload := rec.Op, rec.Data
+	if indirect || op == OpIndirect {
+		op, payload = OpIndirect, rec.Sums
+	}
+	binary.LittleEndian.PutUint32(h[4:8], uint32(len(payload)))
 	binary.LittleEndian.PutUint64(h[8:16], rec.Epoch)
 	binary.LittleEndian.PutUint64(h[16:24], rec.Seq)
 	binary.LittleEndian.PutUint64(h[24:32], rec.Offset)
 	binary.LittleEndian.PutUint32(h[32:36], rec.Length)
-	h[36] = byte(rec.Op)
+	h[36] = byte(op)
 	h[37], h[38], h[39] = byte(lag), byte(lag>>8), byte(lag>>16)
 	dst = append(dst, h[:]...)
-	dst = append(dst, rec.Data...)
+	dst = append(dst, payload...)
 	crc := crc32.Checksum(dst[start+4:], castagnoli)
 	binary.LittleEndian.PutUint32(dst[start:start+4], crc)
 	return dst
@@ -227,7 +261,12 @@ func decodeRecord(b []byte, version uint16) (Record, uint32, int, error) {
 	rec.Offset = binary.LittleEndian.Uint64(b[24:32])
 	rec.Length = binary.LittleEndian.Uint32(b[32:36])
 	rec.Op = Op(b[36])
-	if n > 0 {
+	if rec.Op == OpIndirect && version < 4 {
+		return Record{}, 0, 0, fmt.Errorf("%w: seq %d: indirect record in a segment of format %d", ErrCorrupt, rec.Seq, version)
+	}
+	if n > 0 && rec.Op == OpIndirect {
+		rec.Sums = b[RecordHeaderSize:total:total]
+	} else if n > 0 {
 		rec.Data = b[RecordHeaderSize:total:total]
 	}
 	if err := checkRecord(&rec); err != nil {

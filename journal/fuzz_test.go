@@ -19,6 +19,8 @@ func seedRecords() []journal.Record {
 		{Seq: 5, Op: journal.OpZero, Offset: 1 << 40, Length: 1 << 20},
 		{Seq: 6, Epoch: 9, Op: journal.OpEpoch},
 		rec(^uint64(0), 17),
+		{Seq: 7, Op: journal.OpIndirect, Offset: 3 << 16, Length: 1 << 17, Sums: make([]byte, 8)},
+		{Seq: 8, Op: journal.OpIndirect, Offset: 100, Length: 1 << 16, Sums: []byte{1, 2, 3, 4, 5, 6, 7, 8}},
 	}
 }
 
@@ -41,7 +43,7 @@ func FuzzDecodeRecord(f *testing.F) {
 			}
 			return
 		}
-		if n != journal.RecordHeaderSize+len(r.Data) || n > len(b) || len(r.Data) > journal.MaxRecordData {
+		if n != journal.RecordHeaderSize+len(r.Data)+len(r.Sums) || n > len(b) || len(r.Data) > journal.MaxRecordData {
 			t.Fatalf("bad length %d for %d data bytes of %d", n, len(r.Data), len(b))
 		}
 		again, err := journal.AppendRecord(nil, r)

@@ -127,6 +127,15 @@ type Options struct {
 	// goroutine, with the same restrictions as OnDrop: it must not block
 	// (kick the checkpoint, do not take it).
 	OnPressure func(consumer string, through uint64)
+	// BeforeSync is called before a sync that makes indirect records
+	// durable (written since the last sync), and must make the data they
+	// describe durable (for a volume, fdatasync its disk image): an
+	// indirect record may be durable only once its data is. It runs on the
+	// sync goroutine (or a closing or truncating caller) with no journal
+	// lock held; an error fails the journal like a failed fdatasync.
+	// nil: a journal holding indirect records must not be synced — Submit
+	// refuses them without it.
+	BeforeSync func() error
 	// OnSync, when set, is called from the sync goroutine with the duration
 	// of each fdatasync of group commit (for metrics); it must not block.
 	OnSync func(d time.Duration)
@@ -315,11 +324,14 @@ type Journal struct {
 	tailFirst uint64 // tail[i].Seq == tailFirst+i
 	tailBytes int64
 	queued    int64 // bytes of records > written
-	gen       uint64
-	consumers map[string]*consumer
-	readers   map[*Reader]struct{}
-	waiters   []*waiter
-	st        Stats
+	// lastIndirect is the highest seq written as an OpIndirect record
+	// (mu); a sync covering it calls BeforeSync first.
+	lastIndirect uint64
+	gen          uint64
+	consumers    map[string]*consumer
+	readers      map[*Reader]struct{}
+	waiters      []*waiter
+	st           Stats
 }
 
 // Open opens (creating if needed) the journal in opts.Dir, verifying every
@@ -552,6 +564,9 @@ func (j *Journal) submit(ctx context.Context, rec Record, assign, kick bool) (ui
 	if err := checkRecord(&rec); err != nil {
 		return 0, fmt.Errorf("journal: submit: %w: %v", ErrInvalid, err)
 	}
+	if rec.Op == OpIndirect || (rec.Sums != nil && j.opts.BeforeSync == nil) {
+		return 0, fmt.Errorf("journal: submit %d: %w: an indirect write is submitted as an OpWrite with Sums, to a journal with Options.BeforeSync", rec.Seq, ErrInvalid)
+	}
 	size := int64(encodedSize(&rec))
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -720,6 +735,21 @@ func (j *Journal) Sync(ctx context.Context) error {
 		return nil // everything that is left is durable
 	}
 	return err
+}
+
+// beforeSync calls BeforeSync when records written since durable include
+// an indirect one (see Options.BeforeSync).
+func (j *Journal) beforeSync(durable uint64) error {
+	j.mu.Lock()
+	need := j.lastIndirect > durable
+	j.mu.Unlock()
+	if !need || j.opts.BeforeSync == nil {
+		return nil
+	}
+	if err := j.opts.BeforeSync(); err != nil {
+		return fmt.Errorf("make the data of indirect records durable before the journal: %w", err)
+	}
+	return nil
 }
 
 // fail records a sticky failure.
@@ -1017,6 +1047,10 @@ func (j *Journal) truncate(after func(first uint64) uint64) error {
 			j.fail(fmt.Errorf("truncate %s to %d: %w", target.path, end, err))
 			return j.err
 		}
+	}
+	if err := j.beforeSync(0); err != nil {
+		j.fail(fmt.Errorf("truncate: %w", err))
+		return j.err
 	}
 	if !j.opts.NoSync {
 		if err := j.active.Sync(); err != nil {

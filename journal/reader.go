@@ -70,7 +70,8 @@ func (r *Reader) Position() uint64 {
 // Next returns at least one record, in seq order, blocking until one is
 // submitted or ctx ends. It returns at most maxRecords records (no limit if
 // <= 0) and stops before exceeding maxBytes of data (no limit if <= 0)
-// unless that would return nothing. Records submitted but not yet written
+// unless that would return nothing; an OpIndirect record counts as its
+// Length (the data its reader reads back). Records submitted but not yet written
 // are returned too; a reader that must not run ahead of durability should
 // Wait. Returned records share the journal's buffers and are read-only.
 // Errors: ErrGone if the records were removed by retention, ErrTruncated
@@ -222,11 +223,15 @@ func (r *Reader) readFile(path string, size int64, end, gen, want, idxSeq uint64
 		if rec.Seq < want {
 			continue
 		}
-		if len(out) > 0 && bytes+len(rec.Data) > maxBytes {
+		sz := len(rec.Data)
+		if rec.Op == OpIndirect {
+			sz = int(rec.Length) // what its reader turns it back into
+		}
+		if len(out) > 0 && bytes+sz > maxBytes {
 			it.off = roff
 			break
 		}
-		bytes += len(rec.Data)
+		bytes += sz
 		out = append(out, rec)
 	}
 	return out, it.off, nil

@@ -461,6 +461,9 @@ func plausibleHeader(b []byte) bool {
 		return n == 0
 	case OpEpoch:
 		return n == 0 && length == 0
+	case OpIndirect:
+		off := binary.LittleEndian.Uint64(b[24:32])
+		return length > 0 && int(n) == 4*IndirectPieces(off, uint64(length)) && int(n) <= len(b)-RecordHeaderSize
 	}
 	return false
 }

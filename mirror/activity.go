@@ -65,8 +65,9 @@ type activityLog struct {
 
 	mu      sync.Mutex
 	hot     map[uint32]*activityExtent
-	gen     uint64 // bumped by every change that must reach the file
-	durable uint64 // gen of the last file written
+	pinned  map[uint32]int // extents of writes whose seq is not known yet (Pin)
+	gen     uint64         // bumped by every change that must reach the file
+	durable uint64         // gen of the last file written
 
 	prevCheckpoint uint64 // the seq of the previous Checkpointed
 }
@@ -77,7 +78,8 @@ type activityExtent struct {
 }
 
 func newActivityLog(fsys vfs.FS, dir string, j *journal.Journal, extent uint64) *activityLog {
-	return &activityLog{fs: fsys, path: filepath.Join(dir, activityFile), j: j, extent: extent, hot: make(map[uint32]*activityExtent)}
+	return &activityLog{fs: fsys, path: filepath.Join(dir, activityFile), j: j, extent: extent,
+		hot: make(map[uint32]*activityExtent), pinned: make(map[uint32]int)}
 }
 
 // loadActivity reads the extents a previous run left in the log and their
@@ -174,6 +176,37 @@ func (a *activityLog) Ensure(ctx context.Context, off, n, seq uint64) error {
 	return a.persist(ctx, need)
 }
 
+// Pin is Ensure for a write that reaches the store before it has a seq (an
+// indirect write): the extents of [off, off+n) are in the log durably when
+// it returns, and neither making room nor a checkpoint removes them until
+// settle, given the write's seq (0: it got none), records it as the latest
+// write there and unpins them.
+func (a *activityLog) Pin(ctx context.Context, off, n uint64) (settle func(seq uint64), err error) {
+	first, last := a.extentsOf(off, n)
+	a.mu.Lock()
+	for e := first; e <= last; e++ {
+		a.pinned[e]++
+	}
+	a.mu.Unlock()
+	settle = func(seq uint64) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for e := first; e <= last; e++ {
+			if x := a.hot[e]; x != nil {
+				x.last = max(x.last, seq)
+			}
+			if a.pinned[e]--; a.pinned[e] <= 0 {
+				delete(a.pinned, e)
+			}
+		}
+	}
+	if err := a.Ensure(ctx, off, n, 0); err != nil {
+		settle(0)
+		return nil, err
+	}
+	return settle, nil
+}
+
 // persist writes the log once durable < need: the first writer in writes
 // every extent added so far (group commit), making room first if needed.
 func (a *activityLog) persist(ctx context.Context, need uint64) error {
@@ -225,7 +258,7 @@ func (a *activityLog) snapshotLocked() []uint32 {
 
 // oldestLocked returns the n extents written longest ago.
 func (a *activityLog) oldestLocked(n int) []uint32 {
-	ext := a.snapshotLocked()
+	ext := slices.DeleteFunc(a.snapshotLocked(), func(e uint32) bool { return a.pinned[e] > 0 })
 	slices.SortFunc(ext, func(x, y uint32) int {
 		lx, ly := a.hot[x].last, a.hot[y].last
 		switch {
@@ -254,7 +287,7 @@ func (a *activityLog) Checkpointed(seq uint64, all bool) error {
 	a.prevCheckpoint = seq
 	changed := false
 	for e, x := range a.hot {
-		if x.last <= limit {
+		if x.last <= limit && a.pinned[e] == 0 {
 			delete(a.hot, e)
 			changed = true
 		}

@@ -149,11 +149,20 @@ type QuarantineReport struct {
 	// no longer in the journal (checkpointed and dropped): their data is in
 	// the store only, and the resync overwrites it.
 	MissingBefore uint64 `json:"missing_before,omitempty"`
+	// IndirectOverwritten lists the indirect records (large writes whose
+	// data was written to the image only) that a later record of this node
+	// overwrote in the image before the quarantine: the file holds them as
+	// OpIndirect records (range and checksums, no data); what the range
+	// ended as on this node is in the later records. Every other indirect
+	// record is in the file as a write with its data, read back from the
+	// image and checked against its checksums.
+	IndirectOverwritten []uint64 `json:"indirect_overwritten,omitempty"`
 }
 
 // quarantineMagic opens a quarantine file (format): magic, format version
 // u16, volume UUID, record count u64; then the records in the journal's
-// record encoding (journal.AppendRecord: CRC32C per record).
+// record encoding (journal.AppendRecord: CRC32C per record; journal
+// format 4, so an OpIndirect record may appear, see IndirectOverwritten).
 const quarantineMagic = "BMQ1"
 
 // Quarantine copies the node's journal records after fork into a file in
@@ -196,6 +205,9 @@ func (n *Node) Quarantine(fork uint64, reason string) (*QuarantineReport, error)
 	err := j.Scan(from, func(r journal.Record) error {
 		if r.Seq > last {
 			return nil
+		}
+		if r.Op == journal.OpIndirect {
+			r = n.indirectWrite(r, rep)
 		}
 		var err error
 		if buf, err = journal.AppendRecord(buf, r); err != nil {

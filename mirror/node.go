@@ -60,6 +60,8 @@ type NodeOptions struct {
 
 	// journalQueueBytes (tests): journal.Options.QueueBytes.
 	journalQueueBytes int64
+	// journalTailBytes (tests): journal.Options.TailBytes.
+	journalTailBytes int64
 	// activityExtent (tests): the activity log's extent size (0:
 	// ActivityExtent); the simulation's small disks need small extents for
 	// an unclean start to mark less than the whole disk.
@@ -242,9 +244,12 @@ func OpenNode(ctx context.Context, opts NodeOptions) (*Node, error) {
 		OnDrop:       n.recordDrop,
 		OnPressure:   n.journalPressure,
 		OnSync:       opts.OnSync,
+		// An indirect record may be durable only once its data is.
+		BeforeSync: st.Sync,
 
 		TestWriteDelay: opts.JournalTestWriteDelay,
 		QueueBytes:     opts.journalQueueBytes,
+		TailBytes:      opts.journalTailBytes,
 	})
 	if err != nil {
 		st.Close()
@@ -280,13 +285,22 @@ func (n *Node) recover(ctx context.Context) error {
 	if first := j.FirstSeq(); first > cp+1 {
 		return fmt.Errorf("mirror: journal starts at seq %d but the store is checkpointed only through %d: records are missing; resync this node", first, cp)
 	}
+	later, err := n.verifyIndirect(ctx, cp+1)
+	if err != nil {
+		return err
+	}
+	if last = j.LastSeq(); last <= cp {
+		return j.AddConsumer(storeConsumer, cp+1, false)
+	}
 	var replayed int
-	err := j.Scan(cp+1, func(r journal.Record) error {
+	err = j.Scan(cp+1, func(r journal.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		replayed++
-		return ApplyRecord(n.Store, r)
+		// What a later indirect record wrote is in the store already (and
+		// only there): replaying an earlier record over it would undo it.
+		return later.apply(n.Store, r)
 	})
 	if err != nil {
 		return fmt.Errorf("mirror: replay journal from %d: %w", cp+1, err)
@@ -332,6 +346,10 @@ func ApplyRecord(st *store.File, r journal.Record) error {
 	case journal.OpZero:
 		return st.Zero(int64(r.Offset), int64(r.Length), false)
 	case journal.OpEpoch:
+		return nil
+	case journal.OpIndirect:
+		// Its data was written to this store before the record (and
+		// replay verified it, Node.recover).
 		return nil
 	}
 	return fmt.Errorf("mirror: record %d has unknown op %v", r.Seq, r.Op)

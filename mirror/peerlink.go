@@ -306,6 +306,9 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 			}
 			return fmt.Errorf("read journal: %w", err)
 		}
+		if recs, err = l.r.resolveIndirect(ctx, recs); err != nil {
+			return err
+		}
 		wrecs = wireRecords(wrecs, recs)
 		buf, err = wire.AppendRecords(buf[:0], wrecs)
 		if err != nil {
@@ -322,7 +325,7 @@ func (l *peerLink) markNeedsResync() {
 	l.needsResync = true
 	// The next handshake must see the journal as it is now, not as of
 	// the last tick: the mirror is resynced instead of streamed to again.
-	l.r.core.JournalFirst(l.r.j.FirstSeq())
+	l.r.core.JournalFirst(l.r.journalFirstLocked(l.r.j.FirstSeq()))
 	l.r.mu.Unlock()
 	l.log.Warn("records this mirror needs were dropped from the journal; it needs a resync")
 }

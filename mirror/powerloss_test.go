@@ -49,6 +49,18 @@ func randomOp(rng *rand.Rand, i int) plOp {
 	return op
 }
 
+// largeOp is a 4 KiB-aligned write of 16 to 256 KiB (the indirect path's
+// size with IndirectMin 16 KiB).
+func largeOp(rng *rand.Rand, i int) plOp {
+	n := int64(4+rng.IntN(61)) * 4096
+	off := rng.Int64N((plDisk-n)/4096+1) * 4096
+	op := plOp{kind: journal.OpWrite, off: off, n: n, fua: rng.IntN(8) == 0, data: make([]byte, n)}
+	for j := range op.data {
+		op.data[j] = byte(i*7 + j/plSector + 1)
+	}
+	return op
+}
+
 func (op plOp) apply(disk []byte) {
 	if op.kind == journal.OpWrite {
 		copy(disk[op.off:], op.data)
@@ -179,16 +191,20 @@ func TestNodePowerLoss(t *testing.T) {
 		seeds = 10
 	}
 	for seed := range uint64(seeds) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) { nodePowerLossOnce(t, seed) })
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { nodePowerLossOnce(t, seed, 0) })
 	}
 }
 
-func nodePowerLossOnce(t *testing.T, seed uint64) {
+// nodePowerLossOnce is one seed of TestNodePowerLoss; with indirect > 0
+// it is VolumeOptions.IndirectMin, and a third of the writes are large
+// enough for the indirect path (TestNodePowerLossIndirect).
+func nodePowerLossOnce(t *testing.T, seed uint64, indirect int) {
 	rng := rand.New(rand.NewPCG(seed, 21))
 	m := vfs.NewCrashableMem()
 	n, v := plVolume(t, m, VolumeOptions{
 		CheckpointInterval: time.Duration(1+rng.IntN(5)) * time.Millisecond,
 		CheckpointBytes:    int64(64<<10 + rng.IntN(512<<10)),
+		IndirectMin:        indirect,
 	})
 	ctx := context.Background()
 	var (
@@ -214,6 +230,9 @@ func nodePowerLossOnce(t *testing.T, seed uint64) {
 				continue
 			}
 			op := randomOp(opRng, i)
+			if indirect > 0 && opRng.IntN(3) == 0 {
+				op = largeOp(opRng, i)
+			}
 			mu.Lock()
 			ops = append(ops, op)
 			idx := len(ops)

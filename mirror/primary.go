@@ -127,6 +127,10 @@ type Replication struct {
 	resyncOpts ResyncOptions
 	srcMu      sync.Mutex
 	src        stableReader
+	// indirectFloor (mu): the highest indirect record the journal holds
+	// whose data the image no longer has; a mirror behind it is resynced
+	// (journalFirst).
+	indirectFloor uint64
 
 	// cumBytes[seq%cumRing] is the total record data admitted through seq,
 	// for the lag in bytes that status shows.
@@ -375,7 +379,7 @@ func (r *Replication) tickLoop() {
 			first := r.j.FirstSeq()
 			due := int64(time.Since(start) / r.opts.Tick)
 			r.mu.Lock()
-			r.core.JournalFirst(first)
+			r.core.JournalFirst(r.journalFirstLocked(first))
 			for ; ticked < due; ticked++ {
 				r.core.Tick()
 			}

@@ -116,6 +116,7 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 	}
 	first := r.j.FirstSeq()
 	r.mu.Lock()
+	first = r.journalFirstLocked(first) // records a mirror can be streamed
 	last := r.core.LastSeq()
 	r.mu.Unlock()
 	pm, known := r.node.Meta().Peers[l.addr.Name]

@@ -77,11 +77,13 @@ type simParams struct {
 	queueBytes int64         // > 0: small, so writes wait for room
 	ckpt       time.Duration // the volume's checkpoint interval
 	mirrorCkpt time.Duration
+	indirect   int   // VolumeOptions.IndirectMin (0: off)
+	tailBytes  int64 // > 0: a small journal memory tail, so senders read records (indirect ones too) from the files
 }
 
 func (p simParams) String() string {
-	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v",
-		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt)
+	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v indirect=%d tail=%d",
+		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt, p.indirect, p.tailBytes)
 }
 
 func drawParams(rng *rand.Rand) simParams {
@@ -103,6 +105,12 @@ func drawParams(rng *rand.Rand) simParams {
 	}
 	p.ckpt = []time.Duration{50 * time.Millisecond, 300 * time.Millisecond, 2 * time.Second}[rng.IntN(3)]
 	p.mirrorCkpt = []time.Duration{100 * time.Millisecond, time.Second}[rng.IntN(2)]
+	if rng.IntN(3) != 0 {
+		p.indirect = []int{simBlock, 2 * simBlock}[rng.IntN(2)]
+	}
+	if rng.IntN(3) == 0 {
+		p.tailBytes = 8 << 10
+	}
 	return p
 }
 
@@ -341,6 +349,7 @@ func (c *simInc) nodeOptions(create bool) NodeOptions {
 		o.Size, o.Role = simSize, RolePrimary
 	}
 	o.journalQueueBytes = w.p.queueBytes
+	o.journalTailBytes = w.p.tailBytes
 	o.activityExtent = simActivityExtent
 	return o
 }
@@ -413,7 +422,7 @@ func (c *simInc) startPrimary(node *Node) error {
 		node.Close()
 		return fmt.Errorf("%s: start replication: %w", n.name, err)
 	}
-	vol, err := NewVolume(node, repl, VolumeOptions{CheckpointInterval: w.p.ckpt, Logger: log, onSubmit: c.onSubmit})
+	vol, err := NewVolume(node, repl, VolumeOptions{CheckpointInterval: w.p.ckpt, Logger: log, onSubmit: c.onSubmit, IndirectMin: w.p.indirect})
 	if err != nil {
 		repl.Close()
 		node.Close()

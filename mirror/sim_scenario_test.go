@@ -160,6 +160,10 @@ func (sc *scenario) set(kv string) error {
 		p.ckpt, err = time.ParseDuration(v)
 	case "mirrorckpt":
 		p.mirrorCkpt, err = time.ParseDuration(v)
+	case "indirect":
+		p.indirect, err = strconv.Atoi(v)
+	case "tail":
+		p.tailBytes, err = strconv.ParseInt(v, 10, 64)
 	default:
 		return fmt.Errorf("unknown cluster setting %q", k)
 	}

@@ -30,6 +30,12 @@ type VolumeOptions struct {
 	// OnAppend, when set, gets how long each write waited for the local
 	// journal (durable: FUA writes waiting for fdatasync); for metrics.
 	OnAppend func(durable bool, d time.Duration)
+	// IndirectMin: writes of at least this many bytes (4 KiB-aligned)
+	// take the indirect path — their data is written once, to the image,
+	// and the journal holds their piece checksums (docs/design.md,
+	// "Indirect writes"). 0 disables it (every write is journaled with its
+	// data). The daemon's default is config.DefaultIndirectMin.
+	IndirectMin int
 	// Lease, when set, gates every completion of a write, trim, zero or
 	// flush on a coordinator's write lease (see WriteLease); nil: none.
 	Lease  *WriteLease
@@ -101,6 +107,22 @@ type Volume struct {
 	lastSeq  uint64
 	inflight map[uint64]*extent   // by seq
 	readers  map[*extent]struct{} // stable reads in progress
+	// pending: indirect writes writing the image before they take a seq;
+	// a write or stable read overlapping one waits until it has its seq.
+	pending map[*extent]struct{}
+	// chunks: for each IndirectPiece chunk of the disk that an indirect
+	// record still in the journal covers, that record's seq and the
+	// first later write that touched the chunk (see indirectChunk).
+	chunks map[uint64]*indirectChunk
+	// cpSeq is the last checkpoint saved (records ≤ it are never
+	// replayed).
+	cpSeq uint64
+	// cpWait is closed (and replaced by nil) at the next checkpoint.
+	cpWait chan struct{}
+	// open holds the ids of the requests admitted and not yet completed
+	// (or failed); openWait is closed (and replaced by nil) when one ends.
+	open     map[uint64]uint64 // id → seq (a write) or the last seq it covers (a flush)
+	openWait chan struct{}
 	sinceCP  int64
 	cpKick   chan struct{}
 	readOnly error // non-nil: writes fail with it (fenced, demoted)
@@ -126,6 +148,15 @@ type extent struct {
 	done     chan struct{}
 }
 
+func (e *extent) overlaps(off, end uint64) bool { return e.off < end && off < e.end }
+
+// indirectChunk is the state of one IndirectPiece-sized chunk of the disk
+// covered by an indirect record: seq, the latest such record, and over,
+// the seq of the first later record (any op) that touched the chunk, 0
+// while none did. An indirect record's data can be read back from the
+// image only from chunks where it is still seq with over 0.
+type indirectChunk struct{ seq, over uint64 }
+
 // NewVolume serves node as a primary. repl may be nil (no mirrors). The
 // volume starts a checkpoint goroutine that Close stops.
 func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error) {
@@ -143,6 +174,10 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 		node: node, st: node.Store, j: node.Journal, repl: repl, opts: opts, log: opts.Logger,
 		inflight: make(map[uint64]*extent),
 		readers:  make(map[*extent]struct{}),
+		pending:  make(map[*extent]struct{}),
+		chunks:   make(map[uint64]*indirectChunk),
+		open:     make(map[uint64]uint64),
+		cpSeq:    m.CheckpointSeq,
 		lastSeq:  node.Journal.LastSeq(),
 		epoch:    m.Epoch,
 		cpKick:   make(chan struct{}, 1),
@@ -154,6 +189,9 @@ func NewVolume(node *Node, repl Replicator, opts VolumeOptions) (*Volume, error)
 	if m.FencedBy > m.Epoch {
 		v.readOnly = fmt.Errorf("%w (a node is primary in epoch %d, this node was in epoch %d): demote it and run it as a mirror", core.ErrFenced, m.FencedBy, m.Epoch)
 		v.log.Error("this primary was fenced in an earlier run; every write fails", "epoch", m.Epoch, "fenced_by", m.FencedBy)
+	}
+	if err := v.loadIndirect(); err != nil {
+		return nil, err
 	}
 	v.fastZero = probeFastZero(node.fs, node.Dir)
 	if s, ok := repl.(interface{ setSource(stableReader) }); ok {
@@ -242,16 +280,38 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	if rec.Offset+uint64(rec.Length) > uint64(v.st.Size()) {
 		return fmt.Errorf("mirror: %v [%d, +%d) beyond the end of the volume: %w", rec.Op, rec.Offset, rec.Length, syscall.ENOSPC)
 	}
+	end := rec.Offset + uint64(rec.Length)
+	indirect := v.indirectSize(&rec)
 	v.mu.Lock()
 	// Room in the journal's queue first, while nothing is committed: once
 	// a seq is assigned its record must be submitted, so the submission
 	// below must not block. All submissions happen under v.mu, so room
 	// seen under it cannot fill before the submission; the wait for room
-	// happens outside it, so that it can be cancelled.
+	// happens outside it, so that it can be cancelled. An overlapping
+	// indirect write that has not taken its seq yet comes first: this
+	// write's seq must follow it, as its store write does.
 	for {
 		if err := v.writableLocked(); err != nil {
 			v.mu.Unlock()
 			return err
+		}
+		if w := v.pendingOverlapLocked(rec.Offset, end); w != nil {
+			v.mu.Unlock()
+			select {
+			case <-w:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			v.mu.Lock()
+			continue
+		}
+		if waited, err := v.overwriteWaitLocked(ctx, rec.Offset, end); err != nil {
+			return err // unlocked
+		} else if waited {
+			continue
+		}
+		if indirect {
+			return v.changeIndirect(ctx, rec, fua) // unlocks v.mu
 		}
 		if v.j.HasRoom(&rec) {
 			break
@@ -263,8 +323,8 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		v.mu.Lock()
 	}
 	rec.Epoch = v.epoch
-	v.nextID++
-	id := v.nextID
+	id := v.newIDLocked()
+	defer v.closeID(id)
 	if v.repl != nil {
 		seq, err := v.repl.Admit(id, int(rec.Length), fua)
 		if err != nil {
@@ -275,6 +335,7 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	} else {
 		rec.Seq = v.lastSeq + 1
 	}
+	v.open[id] = rec.Seq
 	// Deferred: this goroutine writes the record itself (WriteThrough
 	// below) unless a write is already under way. Not cancellable: the seq
 	// is taken.
@@ -291,18 +352,8 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 	if v.opts.onSubmit != nil {
 		v.opts.onSubmit(ctx, rec)
 	}
-	var waits []chan struct{}
-	end := rec.Offset + uint64(rec.Length)
-	for _, e := range v.inflight {
-		if e.off < end && rec.Offset < e.end {
-			waits = append(waits, e.done)
-		}
-	}
-	for e := range v.readers {
-		if e.off < end && rec.Offset < e.end {
-			waits = append(waits, e.done)
-		}
-	}
+	v.overwriteLocked(rec.Seq, rec.Offset, end)
+	waits := v.overlapsLocked(rec.Offset, end)
 	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
 	v.inflight[rec.Seq] = me
 	v.sinceCP += int64(rec.Length)
@@ -362,8 +413,14 @@ func (v *Volume) change(ctx context.Context, rec journal.Record, fua bool) error
 		v.forget(id)
 		return err
 	}
+	return v.finish(ctx, id, rec.Seq, fua, start)
+}
+
+// finish completes request id once its local part is done: with fua, its
+// record seq must be durable first; start is when the local part began.
+func (v *Volume) finish(ctx context.Context, id, seq uint64, fua bool, start time.Time) error {
 	if fua {
-		if err := v.j.Wait(ctx, rec.Seq, journal.Durable); err != nil {
+		if err := v.j.Wait(ctx, seq, journal.Durable); err != nil {
 			v.forget(id)
 			return err
 		}
@@ -408,7 +465,12 @@ func (v *Volume) failLocked(err error) {
 // doneLocked removes a completed write from inflight.
 func (v *Volume) doneLocked(seq uint64) {
 	delete(v.inflight, seq)
-	if len(v.inflight) == 0 && v.idle != nil {
+	v.idleLocked()
+}
+
+// idleLocked wakes Quiesce once no write is in flight or pending.
+func (v *Volume) idleLocked() {
+	if len(v.inflight) == 0 && len(v.pending) == 0 && v.idle != nil {
 		close(v.idle)
 		v.idle = nil
 	}
@@ -428,10 +490,11 @@ func (v *Volume) Flush(ctx context.Context) error {
 	var id uint64
 	if v.repl != nil {
 		v.mu.Lock()
-		v.nextID++
-		id = v.nextID
+		id = v.newIDLocked()
+		v.open[id] = v.lastSeq // what it covers
 		err := v.repl.AdmitFlush(id)
 		v.mu.Unlock()
+		defer v.closeID(id)
 		if err != nil {
 			return err
 		}
@@ -453,10 +516,23 @@ func (v *Volume) ReadStable(ctx context.Context, p []byte, off int64) (tag uint6
 	end := uint64(off) + uint64(len(p))
 	me := &extent{off: uint64(off), end: end, done: make(chan struct{})}
 	v.mu.Lock()
+	for {
+		w := v.pendingOverlapLocked(uint64(off), end)
+		if w == nil {
+			break
+		}
+		v.mu.Unlock()
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		v.mu.Lock()
+	}
 	tag = v.lastSeq
 	var waits []chan struct{}
 	for _, e := range v.inflight {
-		if e.off < end && uint64(off) < e.end {
+		if e.overlaps(uint64(off), end) {
 			waits = append(waits, e.done)
 		}
 	}
@@ -500,7 +576,7 @@ func (v *Volume) Quiesce(ctx context.Context, err error) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.readOnly = err
-	for len(v.inflight) > 0 {
+	for len(v.inflight) > 0 || len(v.pending) > 0 {
 		if v.failed != nil {
 			return v.failed
 		}
@@ -579,6 +655,7 @@ func (v *Volume) checkpointLoop(ctx context.Context) {
 			v.log.Error("checkpoint failed; the journal keeps the records until it succeeds", "seq", seq, "err", err)
 			continue
 		}
+		v.checkpointed(seq)
 		if err := v.al.Checkpointed(seq, false); err != nil {
 			v.log.Warn("trimming the activity log failed; a crash now would compare more extents with the mirrors", "err", err)
 		}

@@ -153,6 +153,8 @@ func serveFlags(stderr io.Writer) (*daemonFlags, *flag.FlagSet) {
 	d.str(fs, &v.Export, "export", "export", "disk", "NBD export name")
 	v.JournalMax = config.DefaultJournalMax
 	d.text(fs, sizeFlag{&v.JournalMax}, "journal-max", "journal_max", "journal size bound on disk, e.g. 8G; a mirror that falls further behind is resynced")
+	v.IndirectMin = config.DefaultIndirectMin
+	d.text(fs, sizeFlag{&v.IndirectMin}, "indirect-min", "indirect_min", "writes of at least this size (4 KiB-aligned) are written once, to the disk image, with only their checksums in the journal; 0 journals every write with its data")
 	d.boolean(fs, &v.ReadOnly, "read-only", "read_only", "serve the export read-only")
 	d.str(fs, &v.Listen, "listen", "listen", "", "QUIC address where this primary answers other primaries (an old primary learns it is fenced; a split brain is detected); usually the address it had as a mirror")
 	d.registerNode(fs, defaultAdmin)
@@ -186,6 +188,8 @@ func mirrorFlags(stderr io.Writer) (*daemonFlags, *flag.FlagSet) {
 	d.keys["allow"] = "allow"
 	v.JournalMax = config.DefaultJournalMax
 	d.text(fs, sizeFlag{&v.JournalMax}, "journal-max", "journal_max", "journal size bound on disk")
+	v.IndirectMin = config.DefaultIndirectMin
+	d.text(fs, sizeFlag{&v.IndirectMin}, "indirect-min", "indirect_min", "after promotion: writes of at least this size are written once, to the disk image (0: journal every write with its data)")
 	d.registerNode(fs, "127.0.0.1:7481")
 	d.registerReplication(fs)
 	return d, fs

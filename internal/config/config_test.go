@@ -29,7 +29,7 @@ func TestLoadExample(t *testing.T) {
 	}
 	wantDB := config.VolumeConfig{
 		Name: "db", Role: "primary", Data: "/var/lib/blockmirror/db", Size: 10 << 30,
-		NBD: config.DefaultNBD, Export: "db", JournalMax: config.DefaultJournalMax,
+		NBD: config.DefaultNBD, Export: "db", JournalMax: config.DefaultJournalMax, IndirectMin: config.DefaultIndirectMin,
 		Mirrors: []config.MirrorConfig{{Name: "beta", Address: "10.0.0.2:7443"}, {Name: "gamma", Address: "[fd00::3]:7443"}},
 		Mode:    "sync", SyncAcks: 2, AckLevel: "durable", MaxLag: config.DefaultMaxLag,
 		AckTimeout: config.Duration(2 * time.Second), ResyncRate: 100 << 20,
@@ -40,7 +40,7 @@ func TestLoadExample(t *testing.T) {
 	logs, _ := c.Volume("logs")
 	wantLogs := config.VolumeConfig{
 		Name: "logs", Role: "mirror", Data: "/var/lib/blockmirror/logs", Disk: "/dev/vg0/logs",
-		NBD: config.DefaultNBD, Export: "logs", JournalMax: config.DefaultJournalMax,
+		NBD: config.DefaultNBD, Export: "logs", JournalMax: config.DefaultJournalMax, IndirectMin: config.DefaultIndirectMin,
 		Listen: "0.0.0.0:7443", Allow: []string{"delta"},
 	}
 	if !reflect.DeepEqual(*logs, wantLogs) {

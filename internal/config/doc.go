@@ -33,6 +33,7 @@
 //	max_lag     = "5s"
 //	ack_timeout = "5s"
 //	journal_max = "8G"
+//	indirect_min = "256K"                   # 0: journal every write with its data
 //	resync_rate = "200M"                    # bytes/s, 0 = unlimited
 //	mirrors = [
 //	  { name = "beta",  address = "10.0.0.2:7443" },

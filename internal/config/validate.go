@@ -198,6 +198,9 @@ func (v *validator) volumes(c *Config) {
 		if vol.JournalMax <= 0 {
 			v.add(at("journal_max"), "%s: journal_max must be positive", who)
 		}
+		if vol.IndirectMin < 0 || vol.IndirectMin%4096 != 0 {
+			v.add(at("indirect_min"), "%s: indirect_min %d must be 0 (off) or a positive multiple of 4096", who, int64(vol.IndirectMin))
+		}
 
 		if vol.NBD == "" {
 			v.add(at("nbd"), "%s: nbd is required (HOST:PORT or unix:PATH)", who)

@@ -227,7 +227,7 @@ func TestProblems(t *testing.T) {
 
 		{"many problems in file order", node + "[[volumes]]\nname = \"v\"\nrole = \"primary\"\ndata = \"/d\"\nmode = \"x\" #!1\nack_level = \"y\" #!2\nbogus = 1 #!3\nsize = \"1\" #!4\n",
 			[]string{`!1: volume "v": mode "x": want sync or async`, `!2: volume "v": ack_level "y": want received, written or durable`,
-				`!3: unknown key volumes[0].bogus (known keys here: name, role, data, disk, size, nbd, export, read_only, journal_max, mirrors, mode, sync_acks, ack_level, max_lag, ack_timeout, allow_degraded, resync_rate, listen, allow)`,
+				`!3: unknown key volumes[0].bogus (known keys here: name, role, data, disk, size, nbd, export, read_only, journal_max, indirect_min, mirrors, mode, sync_acks, ack_level, max_lag, ack_timeout, allow_degraded, resync_rate, listen, allow)`,
 				`!4: volume "v": size 1 is not a multiple of 512`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

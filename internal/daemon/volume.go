@@ -127,7 +127,7 @@ func (v *Volume) serve(ctx context.Context, node *mirror.Node) (err error) {
 	if p.repl != nil {
 		r = p.repl
 	}
-	if p.vol, err = mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log, OnAppend: v.hooks.onAppend, Lease: v.lease}); err != nil {
+	if p.vol, err = mirror.NewVolume(node, r, mirror.VolumeOptions{Logger: log, OnAppend: v.hooks.onAppend, Lease: v.lease, IndirectMin: int(v.cfg.IndirectMin)}); err != nil {
 		return err
 	}
 	p.dev = &volumeDevice{Volume: p.vol}
