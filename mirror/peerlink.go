@@ -53,6 +53,8 @@ type session struct {
 	start   time.Time   // heartbeat times are measured from here
 	// begin, when set, is sent on the log stream before the first record.
 	begin *wire.ResyncBegin
+	// flags are the mirror's HelloReply flags.
+	flags uint32
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -163,7 +165,7 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	// Ending the session (or replication) unblocks reads on the stream; the
 	// shared connection stays up for the other volumes.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
+	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now(), flags: reply.Flags}
 	r.mu.Lock()
 	l.sess = s // before the core's StartStreams reach it
 	kind, perr := r.core.PeerReply(l.addr.Name, reply, dirty)
@@ -275,7 +277,10 @@ func sendFrame(mu *sync.Mutex, st frameStream, typ wire.MsgType, p []byte) error
 	return st.Flush()
 }
 
-// sendRecords streams journal records from the seq the core names.
+// sendRecords streams journal records from the seq the core names, on the
+// session's lanes when the mirror offers them (else on the log stream).
+// Encoding is pipelined with sending: while lane writers have frames on
+// the wire, the next ones are read from the journal and encoded.
 func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	var from uint64
 	select {
@@ -291,28 +296,41 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 		return fmt.Errorf("read journal from %d: %w", from, err)
 	}
 	defer rd.Close()
-	var buf []byte
-	var wrecs []wire.Record
 	if s.begin != nil {
 		if err := sendFrame(&s.writeMu, s.st, wire.MsgResyncBegin, wire.AppendResyncBegin(nil, *s.begin)); err != nil {
 			return fmt.Errorf("send resync begin: %w", err)
 		}
 	}
+	lanes, closeLanes := l.openLanes(ctx, s, from)
+	p := newLanePipe(ctx, lanes)
+	defer func() {
+		// Returning ends the session (see session's send): cancelling the
+		// streams first releases a writer blocked on one.
+		p.cancel()
+		closeLanes()
+		s.st.Cancel(0)
+		p.wg.Wait()
+	}()
+	var wrecs []wire.Record
 	for {
-		recs, err := rd.Next(ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
+		recs, err := rd.Next(p.ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
 		if err != nil {
 			if errors.Is(err, journal.ErrGone) {
 				l.markNeedsResync()
 			}
-			return fmt.Errorf("read journal: %w", err)
+			return p.err(fmt.Errorf("read journal: %w", err))
+		}
+		buf, err := p.buffer()
+		if err != nil {
+			return p.err(err)
 		}
 		wrecs = wireRecords(wrecs, recs)
-		buf, err = wire.AppendRecords(buf[:0], wrecs)
+		*buf, err = wire.AppendRecords((*buf)[:0], wrecs)
 		if err != nil {
 			return err
 		}
-		if err := sendFrame(&s.writeMu, s.st, wire.MsgRecords, buf); err != nil {
-			return fmt.Errorf("send records: %w", err)
+		if err := p.send(buf); err != nil {
+			return p.err(err)
 		}
 	}
 }

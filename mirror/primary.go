@@ -39,6 +39,13 @@ type ReplicationOptions struct {
 	Tick time.Duration
 	// BatchBytes caps the record data per Records frame (default 1 MiB).
 	BatchBytes int
+	// Lanes is how many record lanes a session uses (default DefaultLanes,
+	// at most wire.MaxLanes; 1: records on the log stream): streams each
+	// on a connection of its own — its own congestion window and loss
+	// recovery — that the records of one session are spread over and the
+	// mirror puts back in seq order (see lanes.go). Mirrors that do not
+	// offer lanes (wire.FlagLanes) get the records on the log stream.
+	Lanes int
 	// NodeName is this primary's node name, sent in the handshake.
 	NodeName string
 	// VolumeName is the volume's configured name, sent in the handshake so
@@ -93,6 +100,10 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = 1 << 20
 	}
+	if o.Lanes <= 0 {
+		o.Lanes = DefaultLanes
+	}
+	o.Lanes = min(o.Lanes, wire.MaxLanes)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}

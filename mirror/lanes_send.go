@@ -1,0 +1,189 @@
+package mirror
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"sync"
+
+	"github.com/blockmirror/blockmirror/mirror/wire"
+)
+
+// DefaultLanes is ReplicationOptions.Lanes' default. One connection's
+// congestion control (quic-go's NewReno, see docs/tuning.md) grows its
+// window by one packet per round trip once it left slow start, and halves
+// it at a loss: on a long or lossy path each connection carries a small
+// share of the link, and the lanes add up (bench-wan.sh).
+const DefaultLanes = 4
+
+// laneOut is where a lane's frames are written: a stream and the lock its
+// writers share (the log stream's is the session's writeMu).
+type laneOut struct {
+	st frameStream
+	mu *sync.Mutex
+}
+
+// openLanes opens the session's record lanes and announces them on the
+// log stream (MsgLanes, first record from). Lane 0 is a second stream on
+// the session's connection, lane i > 0 a stream on the pool's lane-i
+// connection to the same mirror. A mirror that does not offer lanes, a
+// single lane configured, or a lane that cannot be opened: the records
+// go on the log stream, as one lane. done cancels the lane streams and
+// releases their connections.
+func (l *peerLink) openLanes(ctx context.Context, s *session, from uint64) (lanes []laneOut, done func()) {
+	single := []laneOut{{st: s.st, mu: &s.writeMu}}
+	n := l.r.opts.Lanes
+	if n <= 1 || s.flags&wire.FlagLanes == 0 {
+		return single, func() {}
+	}
+	var undo []func()
+	done = func() {
+		for _, f := range undo {
+			f()
+		}
+	}
+	var tb [8]byte
+	if _, err := rand.Read(tb[:]); err != nil {
+		l.log.Warn("no random lane token; records go on the log stream", "err", err)
+		return single, func() {}
+	}
+	token := binary.LittleEndian.Uint64(tb[:])
+	for i := range n {
+		st, release, err := l.openLane(ctx, s, i, token)
+		if err != nil {
+			done()
+			l.log.Warn("opening a record lane failed; records go on the log stream this session", "lane", i, "err", err)
+			return single, func() {}
+		}
+		undo = append(undo, release)
+		lanes = append(lanes, laneOut{st: st, mu: new(sync.Mutex)})
+	}
+	if err := sendFrame(&s.writeMu, s.st, wire.MsgLanes, wire.AppendLanes(nil, wire.Lanes{Token: token, From: from, Count: uint8(n)})); err != nil {
+		done()
+		// The log stream failed: the session ends; its sender finds out.
+		return single, func() {}
+	}
+	return lanes, done
+}
+
+// openLane opens lane i's stream and sends its LaneJoin; release cancels
+// the stream and releases the connection.
+func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64) (frameStream, func(), error) {
+	conn, release := s.conn, func() {}
+	if i > 0 {
+		c, rel, err := l.r.opts.Pool.getLane(ctx, l.addr.Addr, l.addr.Name, i, l.r.opts.Transport)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
+		}
+		conn, release = c, rel
+	}
+	st, err := conn.OpenStream(ctx)
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("open stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
+	cleanup := func() { stop(); st.Cancel(0); release() }
+	buf, err := wire.AppendLaneJoin(nil, wire.LaneJoin{Volume: l.r.opts.VolumeName, Token: token, Index: uint8(i)})
+	if err == nil {
+		err = st.WriteFrame(uint8(wire.MsgLaneJoin), buf)
+	}
+	if err == nil {
+		err = st.Flush()
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("join lane %d: %w", i, err)
+	}
+	return st, cleanup, nil
+}
+
+// lanePipe feeds encoded Records frames to one writer goroutine per lane.
+// Frames go in the order they are sent to whichever writer is free next,
+// so a lane that stalls (a lost packet, a small window) takes fewer. At
+// most 2 frames per lane plus one are encoded or on their way at once:
+// the memory bound (buffers are reused). Its owner cancels it, cancels
+// the lanes' streams (releasing a writer blocked on one) and waits on wg.
+type lanePipe struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	jobs   chan *[]byte
+	free   chan *[]byte
+	made   int
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	first  error // first writer error
+}
+
+func newLanePipe(ctx context.Context, lanes []laneOut) *lanePipe {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &lanePipe{ctx: ctx, cancel: cancel, jobs: make(chan *[]byte, len(lanes)), free: make(chan *[]byte, 2*len(lanes)+1)}
+	for i, ln := range lanes {
+		p.wg.Add(1)
+		go p.write(i, ln)
+	}
+	return p
+}
+
+func (p *lanePipe) write(i int, ln laneOut) {
+	defer p.wg.Done()
+	for {
+		select {
+		case b := <-p.jobs:
+			if err := sendFrame(ln.mu, ln.st, wire.MsgRecords, *b); err != nil {
+				p.mu.Lock()
+				if p.first == nil {
+					p.first = fmt.Errorf("send records (lane %d): %w", i, err)
+				}
+				p.mu.Unlock()
+				p.cancel()
+				return
+			}
+			p.free <- b
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// buffer returns a frame buffer, waiting for one when all are in use.
+func (p *lanePipe) buffer() (*[]byte, error) {
+	select {
+	case b := <-p.free:
+		return b, nil
+	default:
+	}
+	if p.made < cap(p.free) {
+		p.made++
+		return new([]byte), nil
+	}
+	select {
+	case b := <-p.free:
+		return b, nil
+	case <-p.ctx.Done():
+		return nil, p.ctx.Err()
+	}
+}
+
+// send queues an encoded frame for the next free lane.
+func (p *lanePipe) send(b *[]byte) error {
+	select {
+	case p.jobs <- b:
+		return nil
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
+}
+
+// err returns a writer's error in preference to err (which is then
+// usually its consequence, a cancelled context).
+func (p *lanePipe) err(err error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.first != nil {
+		return p.first
+	}
+	return err
+}
+
