@@ -186,4 +186,3 @@ func (p *lanePipe) err(err error) error {
 	}
 	return err
 }
-
