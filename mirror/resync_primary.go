@@ -378,26 +378,36 @@ func (rs *resyncer) copy(ctx context.Context) error {
 		if remaining == 0 {
 			break
 		}
+		// The hash request of the next marked segment is sent before this
+		// segment's chunks (one segment ahead), so the mirror hashes it
+		// while they cross the link and are written, instead of the link
+		// idling for a round trip and the mirror's hashing per segment.
+		// One ahead at most: the mirror keeps the leaves of the last range
+		// it hashed, which a leaves request after a differing summary uses.
+		var sent *wire.SyncHashReq
 		for segOff := int64(0); segOff < size; segOff += seg {
 			segLen := min(seg, size-segOff)
 			first, lastChunk := segOff/chunk, (segOff+segLen-1)/chunk
-			rs.mu.Lock()
-			next := rs.bm.Next(first)
-			marked := 0
-			for c := next; c >= 0 && c <= lastChunk; c = rs.bm.Next(c + 1) {
-				marked++
-			}
-			rs.mu.Unlock()
-			if next < 0 || next > lastChunk {
+			var q wire.SyncHashReq
+			switch {
+			case sent != nil && sent.Off == uint64(segOff):
+				q, sent = *sent, nil
+			case sent != nil:
+				// Marked after the request ahead was sent: left to the
+				// next pass, the answers must stay in request order.
 				continue
+			default:
+				var ok bool
+				if q, ok = rs.hashReq(segOff, segLen); !ok {
+					continue
+				}
+				if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
+					return err
+				}
 			}
 			// Upper level: one summary when the whole segment is marked.
 			// The mirror hashes while we do.
-			whole := int64(marked) == lastChunk-first+1
-			q := wire.SyncHashReq{Off: uint64(segOff), Len: uint64(segLen), Leaves: !whole}
-			if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
-				return err
-			}
+			whole := !q.Leaves
 			var job *hashJob
 			if ahead != nil && ahead.off == segOff {
 				job = ahead
@@ -445,6 +455,15 @@ func (rs *resyncer) copy(ctx context.Context) error {
 			if len(theirs.Hashes) != len(leaves) {
 				return fmt.Errorf("resync: mirror sent %d hashes for %d chunks", len(theirs.Hashes), len(leaves))
 			}
+			if nc >= 0 {
+				noff := nc / resync.ChunksPerSegment * seg
+				if nq, ok := rs.hashReq(noff, min(seg, size-noff)); ok {
+					if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, nq)); err != nil {
+						return err
+					}
+					sent = &nq
+				}
+			}
 			for i := range leaves {
 				c := first + int64(i)
 				rs.mu.Lock()
@@ -489,6 +508,13 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				}
 			}
 		}
+		if sent != nil {
+			// Requested ahead, but its chunks were cleared meanwhile:
+			// the answer is read and dropped, keeping answers in step.
+			if _, err := rs.wait(ctx, *sent); err != nil {
+				return err
+			}
+		}
 		// Wait for every answer of this pass; chunks answered not-OK stay
 		// marked for the next pass.
 		if err := rs.waitWindow(ctx, -1); err != nil {
@@ -527,6 +553,25 @@ func (rs *resyncer) clearRange(from, to int64) {
 		}
 	}
 	rs.mu.Unlock()
+}
+
+// hashReq is the hash request for the segment at off: one summary when
+// every chunk of it is marked, its leaves when some are; ok is false when
+// none is marked.
+func (rs *resyncer) hashReq(off, n int64) (q wire.SyncHashReq, ok bool) {
+	chunk := rs.bm.ChunkSize()
+	first, last := off/chunk, (off+n-1)/chunk
+	rs.mu.Lock()
+	next := rs.bm.Next(first)
+	marked := int64(0)
+	for c := next; c >= 0 && c <= last; c = rs.bm.Next(c + 1) {
+		marked++
+	}
+	rs.mu.Unlock()
+	if next < 0 || next > last {
+		return q, false
+	}
+	return wire.SyncHashReq{Off: uint64(off), Len: uint64(n), Leaves: marked != last-first+1}, true
 }
 
 // waitWindow waits until n more bytes fit the window (n < 0: until
