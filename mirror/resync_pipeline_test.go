@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -151,5 +152,118 @@ func TestResyncRequestsNextHashesBeforeSendingChunks(t *testing.T) {
 		if prev, ok := firstChunk[s-1]; !ok || reqs[0] > prev {
 			t.Errorf("segment %d's hashes requested at frame %d, after segment %d's first chunk (frame %d): not requested ahead", s, reqs[0], s-1, prev)
 		}
+	}
+}
+
+// gatedStream is a stream whose writes wait for the gate, then record the
+// frame or fail with failWith.
+type gatedStream struct {
+	scriptedResyncStream
+	gate     chan struct{}
+	mu       sync.Mutex
+	frames   [][]byte
+	flushes  int
+	failWith error
+}
+
+func (g *gatedStream) WriteFrame(_ uint8, parts ...[]byte) error {
+	<-g.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.failWith != nil {
+		return g.failWith
+	}
+	g.frames = append(g.frames, append([]byte(nil), parts[0]...))
+	return nil
+}
+
+func (g *gatedStream) Flush() error {
+	g.mu.Lock()
+	g.flushes++
+	g.mu.Unlock()
+	return nil
+}
+
+// TestFrameSenderPipelines: while a write waits for the link, the owner
+// goes on reading and encoding into the sender's buffers (up to their
+// number), the frames leave in order, and a failed write fails the
+// owner's next call and close.
+func TestFrameSenderPipelines(t *testing.T) {
+	g := &gatedStream{gate: make(chan struct{})}
+	const bufs = 4
+	fs := newFrameSender(g, bufs)
+	ctx := t.Context()
+	// The first write blocks at the gate; the other buffers are encoded
+	// and queued meanwhile.
+	queued := make(chan error, 1)
+	go func() {
+		for i := range bufs {
+			b, err := fs.buffer(ctx)
+			if err != nil {
+				queued <- err
+				return
+			}
+			if err := fs.sendPooled(ctx, wire.MsgSyncChunk, append(b, byte(i))); err != nil {
+				queued <- err
+				return
+			}
+		}
+		queued <- nil
+	}()
+	select {
+	case err := <-queued:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the owner blocked while one write waited: no pipelining")
+	}
+	// With every buffer queued or in the write, the next buffer waits.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	b, err := fs.buffer(short)
+	if err == nil {
+		t.Fatalf("got a %d-byte buffer while all %d were queued", cap(b), bufs)
+	}
+	close(g.gate)
+	if err := fs.send(ctx, wire.MsgSyncHashReq, []byte{0xff}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.frames) != bufs+1 {
+		t.Fatalf("%d frames written, want %d", len(g.frames), bufs+1)
+	}
+	for i, f := range g.frames[:bufs] {
+		if len(f) != 1 || f[0] != byte(i) {
+			t.Fatalf("frame %d is %x: out of order", i, f)
+		}
+	}
+	if g.flushes == 0 || g.flushes > bufs+1 {
+		t.Fatalf("%d flushes for %d frames", g.flushes, bufs+1)
+	}
+
+	// A failed write: the next call and close report it.
+	boom := errors.New("link gone")
+	g2 := &gatedStream{gate: make(chan struct{}), failWith: boom}
+	close(g2.gate)
+	fs2 := newFrameSender(g2, bufs)
+	if err := fs2.send(ctx, wire.MsgSyncHashReq, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := fs2.send(ctx, wire.MsgSyncHashReq, []byte{2})
+		if errors.Is(err, boom) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("send after a failed write: %v, want %v", err, boom)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := fs2.close(); !errors.Is(err, boom) {
+		t.Fatalf("close: %v, want %v", err, boom)
 	}
 }
