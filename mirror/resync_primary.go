@@ -529,13 +529,6 @@ func (rs *resyncer) copy(ctx context.Context) (err error) {
 				}
 			}
 		}
-		if sent != nil {
-			// Requested ahead, but its chunks were cleared meanwhile:
-			// the answer is read and dropped, keeping answers in step.
-			if _, err := rs.wait(ctx, *sent); err != nil {
-				return err
-			}
-		}
 		// Wait for every answer of this pass; chunks answered not-OK stay
 		// marked for the next pass.
 		if err := rs.waitWindow(ctx, -1); err != nil {
