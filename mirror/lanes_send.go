@@ -15,7 +15,7 @@ import (
 // window by one packet per round trip once it left slow start, and halves
 // it at a loss: on a long or lossy path each connection carries a small
 // share of the link, and the lanes add up (bench-wan.sh).
-const DefaultLanes = 4
+const DefaultLanes = 8
 
 // laneOut is where a lane's frames are written: a stream and the lock its
 // writers share (the log stream's is the session's writeMu).
@@ -185,4 +185,78 @@ func (p *lanePipe) err(err error) error {
 		return p.first
 	}
 	return err
+}
+
+// DefaultMaxInFlight is ReplicationOptions.MaxInFlight's default: record
+// bytes sent to a mirror and not yet acknowledged as received. It covers
+// the bandwidth-delay product of a fast long path (64 MiB: 800 MB/s at
+// 80 ms round trip) and bounds what a mirror buffers for a session — the
+// lane merge and the QUIC receive buffers together — whatever the lanes'
+// windows add up to.
+const DefaultMaxInFlight = 64 << 20
+
+// sendWindow bounds a session's record bytes in flight: sent and not yet
+// acknowledged as received (Ack.Received, the mirror's contiguous seq).
+// Safe for concurrent use: the sender reserves, the ack reader releases.
+type sendWindow struct {
+	limit int
+
+	mu       sync.Mutex
+	inflight int
+	frames   []windowFrame // in seq order
+	room     chan struct{} // closed (and replaced) when inflight shrinks
+}
+
+type windowFrame struct {
+	last uint64
+	n    int
+}
+
+func newSendWindow(limit int) *sendWindow {
+	return &sendWindow{limit: limit, room: make(chan struct{})}
+}
+
+// reserve waits until a frame of n bytes ending at seq last fits (one
+// frame always does, so a frame larger than the window still goes) and
+// counts it in flight.
+func (w *sendWindow) reserve(ctx context.Context, last uint64, n int) error {
+	w.mu.Lock()
+	for w.inflight > 0 && w.inflight+n > w.limit {
+		room := w.room
+		w.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		w.mu.Lock()
+	}
+	w.inflight += n
+	w.frames = append(w.frames, windowFrame{last, n})
+	w.mu.Unlock()
+	return nil
+}
+
+// acked releases the frames the mirror received through seq.
+func (w *sendWindow) acked(seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k := 0
+	for k < len(w.frames) && w.frames[k].last <= seq {
+		w.inflight -= w.frames[k].n
+		k++
+	}
+	if k == 0 {
+		return
+	}
+	w.frames = append(w.frames[:0], w.frames[k:]...)
+	close(w.room)
+	w.room = make(chan struct{})
+}
+
+// bytes returns the bytes in flight.
+func (w *sendWindow) bytes() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inflight
 }

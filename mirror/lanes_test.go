@@ -180,3 +180,46 @@ func TestLaneMergeRejects(t *testing.T) {
 		t.Errorf("a waiting put after its context ended = %v, want context.Canceled", err)
 	}
 }
+
+// TestSendWindowBoundsInFlight: frames wait while the bytes sent and not
+// received would pass the limit, one frame always goes, and an ack for
+// seq N releases exactly the frames ending at or before N.
+func TestSendWindowBoundsInFlight(t *testing.T) {
+	w := newSendWindow(100)
+	ctx := t.Context()
+	if err := w.reserve(ctx, 5, 150); err != nil { // larger than the window, alone: goes
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- w.reserve(ctx, 9, 60) }()
+	select {
+	case err := <-got:
+		t.Fatalf("a frame past the window went (%v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	w.acked(4) // the frame ends at 5: still in flight
+	select {
+	case err := <-got:
+		t.Fatalf("an ack below the frame's end released it (%v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	w.acked(5)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.bytes(); n != 60 {
+		t.Fatalf("in flight %d, want 60", n)
+	}
+	if err := w.reserve(ctx, 12, 40); err != nil { // 60+40 fits exactly
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := w.reserve(cctx, 13, 1); !errors.Is(err, context.Canceled) {
+		t.Fatalf("reserve on a full window after its context ended = %v", err)
+	}
+	w.acked(100)
+	if n := w.bytes(); n != 0 {
+		t.Fatalf("in flight %d after acking everything, want 0", n)
+	}
+}

@@ -55,6 +55,8 @@ type session struct {
 	begin *wire.ResyncBegin
 	// flags are the mirror's HelloReply flags.
 	flags uint32
+	// win bounds the record bytes sent and not yet received.
+	win *sendWindow
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -165,7 +167,8 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	// Ending the session (or replication) unblocks reads on the stream; the
 	// shared connection stays up for the other volumes.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now(), flags: reply.Flags}
+	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now(), flags: reply.Flags,
+		win: newSendWindow(r.opts.MaxInFlight)}
 	r.mu.Lock()
 	l.sess = s // before the core's StartStreams reach it
 	kind, perr := r.core.PeerReply(l.addr.Name, reply, dirty)
@@ -329,6 +332,9 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 		if err != nil {
 			return err
 		}
+		if err := s.win.reserve(p.ctx, recs[len(recs)-1].Seq, len(*buf)); err != nil {
+			return p.err(err)
+		}
 		if err := p.send(buf); err != nil {
 			return p.err(err)
 		}
@@ -390,6 +396,7 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			if err != nil {
 				return fmt.Errorf("bad ack: %w", err)
 			}
+			s.win.acked(a.Received)
 			r.mu.Lock()
 			prev := l.acked
 			err = r.core.PeerAck(l.addr.Name, a)

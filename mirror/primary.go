@@ -46,6 +46,10 @@ type ReplicationOptions struct {
 	// mirror puts back in seq order (see lanes.go). Mirrors that do not
 	// offer lanes (wire.FlagLanes) get the records on the log stream.
 	Lanes int
+	// MaxInFlight bounds the record bytes sent to a mirror and not yet
+	// acknowledged as received (default DefaultMaxInFlight): enough for
+	// the bandwidth-delay product, and what bounds the mirror's buffers.
+	MaxInFlight int
 	// NodeName is this primary's node name, sent in the handshake.
 	NodeName string
 	// VolumeName is the volume's configured name, sent in the handshake so
@@ -104,6 +108,9 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 		o.Lanes = DefaultLanes
 	}
 	o.Lanes = min(o.Lanes, wire.MaxLanes)
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
