@@ -81,11 +81,14 @@ type simParams struct {
 	// separate simulated connections, each with its own delays, bring
 	// frames out of order to the mirror's merge.
 	lanes int
+	// inFlight is the primaries' ReplicationOptions.MaxInFlight (0: the
+	// default); small, writers wait for the mirrors' acks.
+	inFlight int
 }
 
 func (p simParams) String() string {
-	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v lanes=%d",
-		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt, max(p.lanes, 1))
+	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v lanes=%d inflight=%d",
+		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt, max(p.lanes, 1), p.inFlight)
 }
 
 func drawParams(rng *rand.Rand) simParams {
@@ -314,6 +317,9 @@ func (w *simWorld) current() *simNode {
 func simParamsOf(seed uint64) simParams {
 	p := drawParams(rand.New(rand.NewPCG(seed, 0xb10c)))
 	p.lanes = []int{1, 2, 4}[seed%3]
+	if seed%2 == 0 {
+		p.inFlight = 32 << 10
+	}
 	return p
 }
 
@@ -417,7 +423,7 @@ func (c *simInc) startPrimary(node *Node) error {
 	log := w.log.With("node", n.name, "inc", c.id)
 	repl, err := StartReplication(node, ReplicationOptions{
 		Peers: peers, Mode: w.p.mode, SyncAcks: w.p.k, AckLevel: w.p.level, AllowDegraded: w.p.degraded,
-		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName, Lanes: max(w.p.lanes, 1),
+		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName, Lanes: max(w.p.lanes, 1), MaxInFlight: w.p.inFlight,
 		Pool: newConnPool(w.net.dialer(n.name, c.disk.isDead)), Resync: ResyncOptions{Window: 128 << 10}, Logger: log,
 	})
 	if err != nil {
