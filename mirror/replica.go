@@ -1037,14 +1037,18 @@ func (d *Replica) serveLane(conn streamConn, st frameStream, p []byte, log *slog
 		log.Warn("lane stream joined a session that announced no lanes; refusing it", "lane", j.Index)
 		return
 	}
+	// A lane that ends ends the session (the primary ends every lane
+	// with its session; a lane it lost leaves a gap no other lane fills).
 	fail := func(err error) {
 		if s.ctx.Err() != nil {
 			return
 		}
 		if errors.Is(err, errLaneProtocol) {
 			d.sendError(s, wire.CodeProtocol, err.Error())
+			log.Warn("lane stream broke the protocol; ending the session", "lane", j.Index, "err", err)
+		} else {
+			log.Info("lane stream ended; ending the session", "lane", j.Index, "err", err)
 		}
-		log.Warn("lane stream failed; ending the session", "lane", j.Index, "err", err)
 		s.cancel()
 	}
 	if err := s.merge.join(j.Token, j.Index); err != nil {
