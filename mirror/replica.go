@@ -750,10 +750,13 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 		"our_last_seq", reply.LastSeq, "flags", reply.Flags)
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
-	defer func() { cancel(); <-ackDone }()
+	// The log stream's reader ends once the stream is cancelled (cancel,
+	// below, after a linger that lets an Error reach the primary).
+	frames, readerDone := readFrames(sctx, st)
+	defer func() { cancel(); <-ackDone; <-readerDone }()
 	// Resync and verify streams end before the session is cleared.
 	defer s.endSide()
-	err = d.session(sctx, s)
+	err = d.session(sctx, s, frames)
 	switch {
 	case s.replaced.Load():
 		log.Info("primary session replaced by a newer one", "err", err)
@@ -835,24 +838,20 @@ type inFrame struct {
 	err error
 }
 
-// session reads records, flushes and heartbeats until the stream ends;
-// after a Lanes message the records come from the session's lanes (the
-// merge releases them in seq order).
-func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
-	// The log stream is read by its own goroutine, so that records the
-	// lanes bring are taken while the log stream is quiet. Ending ctx
-	// cancels the stream (serveSession), which ends the reader.
-	frames := make(chan inFrame)
-	readerDone := make(chan struct{})
-	defer func() { <-readerDone }()
+// readFrames reads st's frames into the returned channel, each with a
+// fresh buffer (the records' data aliases it and the journal takes
+// ownership), until a read fails (that error is the last frame) or ctx
+// ends; done is closed when it returns. Reading on its own goroutine lets
+// the session take the records the lanes bring while the log stream is
+// quiet. Its owner cancels st (a read blocks until then) and waits on done.
+func readFrames(ctx context.Context, st frameStream) (frames <-chan inFrame, done <-chan struct{}) {
+	ch, dc := make(chan inFrame), make(chan struct{})
 	go func() {
-		defer close(readerDone)
+		defer close(dc)
 		for {
-			// A fresh buffer per frame: the records' data aliases it and
-			// the journal takes ownership.
-			typ, p, err := s.st.ReadFrame(nil)
+			typ, p, err := st.ReadFrame(nil)
 			select {
-			case frames <- inFrame{wire.MsgType(typ), p, err}:
+			case ch <- inFrame{wire.MsgType(typ), p, err}:
 			case <-ctx.Done():
 				return
 			}
@@ -861,6 +860,13 @@ func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
 			}
 		}
 	}()
+	return ch, dc
+}
+
+// session handles the log stream's frames — records, flushes, heartbeats
+// — until the stream ends; after a Lanes message the records come from
+// the session's lanes (the merge releases them in seq order).
+func (d *Replica) session(ctx context.Context, s *mirrorSession, frames <-chan inFrame) error {
 	var recs []wire.Record
 	var laneReady chan struct{} // set once the lanes are active
 	for {
