@@ -172,4 +172,3 @@ func TestLanesProtocolErrorEndsSession(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
