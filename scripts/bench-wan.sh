@@ -22,15 +22,18 @@
 # reach the mirror — its received seq over the run, from its status —
 # not how fast fio writes. raw: go test -bench BulkWAN ./transport, one
 # stream of 1 MiB frames between two processes through a proxy process
-# with the same profile (transport/bulk_test.go), on one connection (the
-# replication's shape: one stream on one connection) and, for
-# comparison, on RAW_CONNS connections at once (each connection has its
-# own congestion controller; what several connections would give).
+# with the same profile (transport/bulk_test.go), on one connection and,
+# for comparison, on RAW_CONNS connections at once (each connection has
+# its own congestion controller). The replication spreads its records
+# over --lanes connections (default 8); PRIMARY_ARGS="--lanes 1" measures
+# it on one.
 #
 # Environment: DELAYS (ms, default "1 10 40"), LOSSES (%, default
 # "0 0.5 2"), RUNTIME (default 15), RAMP (default 5), LOADS (default
 # "1M 4k"), RAW=0 skips the raw figures, RAW_CONNS (default 4; 1 skips
 # the several-connection figure), BM_ARGS (extra flags for both daemons),
+# PRIMARY_ARGS (extra flags for the primary only, e.g. "--lanes 1" for the
+# replication on one connection),
 # OUT (also write the table's rows as TSV there), PROFILE_DIR (with
 # BM_ARGS=--pprof: the primary's CPU profile and goroutines per load go
 # there). After each load the primary's view of the link is printed: the
@@ -154,7 +157,7 @@ start_cluster() {
 	uri=nbd://127.0.0.1:$nport/disk
 	# shellcheck disable=SC2086
 	"$BM" serve --data "$d/p1" --size 4G --nbd "127.0.0.1:$nport" --admin "$padmin" --certs "$d/certs" \
-		--node p1 --mode async --mirror "m1=127.0.0.2:$pport" ${BM_ARGS:-} >"$d/p1.log" 2>&1 &
+		--node p1 --mode async --mirror "m1=127.0.0.2:$pport" ${BM_ARGS:-} ${PRIMARY_ARGS:-} >"$d/p1.log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 150); do
 		grep -q 'mirror connected' "$d/p1.log" && break
