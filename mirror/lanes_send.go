@@ -100,26 +100,37 @@ func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64
 }
 
 // lanePipe feeds encoded Records frames to one writer goroutine per lane.
-// Frames go in the order they are sent to whichever writer is free next,
-// so a lane that stalls (a lost packet, a small window) takes fewer. At
-// most 2 frames per lane plus one are encoded or on their way at once:
-// the memory bound (buffers are reused). Its owner cancels it, cancels
-// the lanes' streams (releasing a writer blocked on one) and waits on wg.
+// A frame goes to the free lane with the lowest index (a lane is busy
+// from the frame's hand-over until QUIC took all of it, which a full
+// congestion window delays): a light load stays on lane 0 — one
+// connection, its packets as full as before — and a backlog spreads over
+// as many lanes as it keeps busy, a lane that stalls (a lost packet, a
+// small window) taking fewer. At most 2 frames per lane plus one are
+// encoded or on their way at once: the memory bound (buffers are reused).
+// Its owner cancels it, cancels the lanes' streams (releasing a writer
+// blocked on one) and waits on wg.
 type lanePipe struct {
 	ctx    context.Context
 	cancel context.CancelFunc
-	jobs   chan *[]byte
+	jobs   []chan *[]byte // per lane, capacity 1: empty unless busy
 	free   chan *[]byte
 	made   int
 	wg     sync.WaitGroup
-	mu     sync.Mutex
-	first  error // first writer error
+
+	mu    sync.Mutex
+	busy  []bool
+	idle  chan struct{} // closed (and replaced) when a lane turns free
+	first error         // first writer error
 }
 
 func newLanePipe(ctx context.Context, lanes []laneOut) *lanePipe {
 	ctx, cancel := context.WithCancel(ctx)
-	p := &lanePipe{ctx: ctx, cancel: cancel, jobs: make(chan *[]byte, len(lanes)), free: make(chan *[]byte, 2*len(lanes)+1)}
+	p := &lanePipe{
+		ctx: ctx, cancel: cancel, free: make(chan *[]byte, 2*len(lanes)+1),
+		busy: make([]bool, len(lanes)), idle: make(chan struct{}),
+	}
 	for i, ln := range lanes {
+		p.jobs = append(p.jobs, make(chan *[]byte, 1))
 		p.wg.Add(1)
 		go p.write(i, ln)
 	}
@@ -130,7 +141,7 @@ func (p *lanePipe) write(i int, ln laneOut) {
 	defer p.wg.Done()
 	for {
 		select {
-		case b := <-p.jobs:
+		case b := <-p.jobs[i]:
 			if err := sendFrame(ln.mu, ln.st, wire.MsgRecords, *b); err != nil {
 				p.mu.Lock()
 				if p.first == nil {
@@ -141,6 +152,11 @@ func (p *lanePipe) write(i int, ln laneOut) {
 				return
 			}
 			p.free <- b
+			p.mu.Lock()
+			p.busy[i] = false
+			close(p.idle)
+			p.idle = make(chan struct{})
+			p.mu.Unlock()
 		case <-p.ctx.Done():
 			return
 		}
@@ -166,13 +182,26 @@ func (p *lanePipe) buffer() (*[]byte, error) {
 	}
 }
 
-// send queues an encoded frame for the next free lane.
+// send hands an encoded frame to the free lane with the lowest index,
+// waiting for one when all are busy.
 func (p *lanePipe) send(b *[]byte) error {
-	select {
-	case p.jobs <- b:
-		return nil
-	case <-p.ctx.Done():
-		return p.ctx.Err()
+	for {
+		p.mu.Lock()
+		for i, busy := range p.busy {
+			if !busy {
+				p.busy[i] = true
+				p.mu.Unlock()
+				p.jobs[i] <- b // empty while not busy: does not block
+				return nil
+			}
+		}
+		idle := p.idle
+		p.mu.Unlock()
+		select {
+		case <-idle:
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		}
 	}
 }
 
