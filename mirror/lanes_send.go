@@ -78,25 +78,17 @@ func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64
 		}
 		conn, release = c, rel
 	}
-	st, err := conn.OpenStream(ctx)
+	buf, err := wire.AppendLaneJoin(nil, wire.LaneJoin{Volume: l.r.opts.VolumeName, Token: token, Index: uint8(i)})
 	if err != nil {
 		release()
-		return nil, nil, fmt.Errorf("open stream: %w", err)
-	}
-	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
-	cleanup := func() { stop(); st.Cancel(0); release() }
-	buf, err := wire.AppendLaneJoin(nil, wire.LaneJoin{Volume: l.r.opts.VolumeName, Token: token, Index: uint8(i)})
-	if err == nil {
-		err = st.WriteFrame(uint8(wire.MsgLaneJoin), buf)
-	}
-	if err == nil {
-		err = st.Flush()
-	}
-	if err != nil {
-		cleanup()
 		return nil, nil, fmt.Errorf("join lane %d: %w", i, err)
 	}
-	return st, cleanup, nil
+	st, done, err := openStreamWith(ctx, conn, wire.MsgLaneJoin, buf)
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("join lane %d: %w", i, err)
+	}
+	return st, func() { done(); release() }, nil
 }
 
 // lanePipe feeds encoded Records frames to one writer goroutine per lane.

@@ -450,22 +450,34 @@ func (l *peerLink) lagBytes(acked, last uint64) uint64 {
 // the right volume. Ending ctx cancels the stream; done (call it once)
 // cancels it too and releases the context watcher.
 func (l *peerLink) openSideStream(ctx context.Context, conn streamConn) (frameStream, func(), error) {
+	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
+	if err != nil {
+		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+	}
+	st, done, err := openStreamWith(ctx, conn, wire.MsgStreamVolume, buf)
+	if err != nil {
+		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+	}
+	return st, done, nil
+}
+
+// openStreamWith opens a stream on conn and sends its first frame (typ,
+// first). Ending ctx cancels the stream; done (call it once) cancels it
+// too and releases the context watcher.
+func openStreamWith(ctx context.Context, conn streamConn, typ wire.MsgType, first []byte) (frameStream, func(), error) {
 	st, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open stream: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
 	done := func() { stop(); st.Cancel(0) }
-	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
-	if err == nil {
-		err = st.WriteFrame(uint8(wire.MsgStreamVolume), buf)
-	}
+	err = st.WriteFrame(uint8(typ), first)
 	if err == nil {
 		err = st.Flush()
 	}
 	if err != nil {
 		done()
-		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+		return nil, nil, err
 	}
 	return st, done, nil
 }
