@@ -38,7 +38,11 @@ func (l *peerLink) openLanes(ctx context.Context, s *session, from uint64) (lane
 		return single, func() {}
 	}
 	var undo []func()
+	var conns []streamConn
 	done = func() {
+		l.r.mu.Lock()
+		s.laneConns = nil
+		l.r.mu.Unlock()
 		for _, f := range undo {
 			f()
 		}
@@ -50,7 +54,7 @@ func (l *peerLink) openLanes(ctx context.Context, s *session, from uint64) (lane
 	}
 	token := binary.LittleEndian.Uint64(tb[:])
 	for i := range n {
-		st, release, err := l.openLane(ctx, s, i, token)
+		st, conn, release, err := l.openLane(ctx, s, i, token)
 		if err != nil {
 			done()
 			l.log.Warn("opening a record lane failed; records go on the log stream this session", "lane", i, "err", err)
@@ -58,37 +62,43 @@ func (l *peerLink) openLanes(ctx context.Context, s *session, from uint64) (lane
 		}
 		undo = append(undo, release)
 		lanes = append(lanes, laneOut{st: st, mu: new(sync.Mutex)})
+		if conn != s.conn {
+			conns = append(conns, conn)
+		}
 	}
 	if err := sendFrame(&s.writeMu, s.st, wire.MsgLanes, wire.AppendLanes(nil, wire.Lanes{Token: token, From: from, Count: uint8(n)})); err != nil {
 		done()
 		// The log stream failed: the session ends; its sender finds out.
 		return single, func() {}
 	}
+	l.r.mu.Lock()
+	s.laneConns = conns
+	l.r.mu.Unlock()
 	return lanes, done
 }
 
-// openLane opens lane i's stream and sends its LaneJoin; release cancels
-// the stream and releases the connection.
-func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64) (frameStream, func(), error) {
-	conn, release := s.conn, func() {}
+// openLane opens lane i's stream on conn and sends its LaneJoin; release
+// cancels the stream and releases the connection.
+func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64) (st frameStream, conn streamConn, release func(), err error) {
+	conn, release = s.conn, func() {}
 	if i > 0 {
 		c, rel, err := l.r.opts.Pool.getLane(ctx, l.addr.Addr, l.addr.Name, i, l.r.opts.Transport)
 		if err != nil {
-			return nil, nil, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
+			return nil, nil, nil, fmt.Errorf("dial %s: %w", l.addr.Addr, err)
 		}
 		conn, release = c, rel
 	}
 	buf, err := wire.AppendLaneJoin(nil, wire.LaneJoin{Volume: l.r.opts.VolumeName, Token: token, Index: uint8(i)})
 	if err != nil {
 		release()
-		return nil, nil, fmt.Errorf("join lane %d: %w", i, err)
+		return nil, nil, nil, fmt.Errorf("join lane %d: %w", i, err)
 	}
 	st, done, err := openStreamWith(ctx, conn, wire.MsgLaneJoin, buf)
 	if err != nil {
 		release()
-		return nil, nil, fmt.Errorf("join lane %d: %w", i, err)
+		return nil, nil, nil, fmt.Errorf("join lane %d: %w", i, err)
 	}
-	return st, func() { done(); release() }, nil
+	return st, conn, func() { done(); release() }, nil
 }
 
 // lanePipe feeds encoded Records frames to one writer goroutine per lane.

@@ -57,6 +57,9 @@ type session struct {
 	flags uint32
 	// win bounds the record bytes sent and not yet received.
 	win *sendWindow
+	// laneConns are the connections of lanes 1.. (guarded by r.mu; the
+	// session's status sums their statistics with conn's).
+	laneConns []streamConn
 }
 
 func (l *peerLink) run(ctx context.Context) {
