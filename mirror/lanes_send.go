@@ -98,7 +98,8 @@ func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64
 		release()
 		return nil, nil, nil, fmt.Errorf("join lane %d: %w", i, err)
 	}
-	return st, conn, func() { done(); release() }, nil
+	rel := release // not the result itself: the closure is assigned to it
+	return st, conn, func() { done(); rel() }, nil
 }
 
 // lanePipe feeds encoded Records frames to one writer goroutine per lane.
