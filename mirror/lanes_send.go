@@ -102,13 +102,21 @@ func (l *peerLink) openLane(ctx context.Context, s *session, i int, token uint64
 	return st, conn, func() { done(); rel() }, nil
 }
 
+// spreadMin is the smallest frame that goes to a lane other than lane 0.
+// A smaller frame means the journal holds little unsent (a frame takes
+// all that is there, up to BatchBytes): it waits for lane 0, and the
+// records written meanwhile make the next frame larger, as one stream
+// batched them. Small records under a light load so keep to one
+// connection: full packets, one ack per batch.
+const spreadMin = 256 << 10
+
 // lanePipe feeds encoded Records frames to one writer goroutine per lane.
 // A frame goes to the free lane with the lowest index (a lane is busy
 // from the frame's hand-over until QUIC took all of it, which a full
-// congestion window delays): a light load stays on lane 0 — one
-// connection, its packets as full as before — and a backlog spreads over
-// as many lanes as it keeps busy, a lane that stalls (a lost packet, a
-// small window) taking fewer. At most 2 frames per lane plus one are
+// congestion window delays), a frame smaller than spreadMin only to lane
+// 0: a light load stays on lane 0, and a backlog spreads over as many
+// lanes as it keeps busy, a lane that stalls (a lost packet, a small
+// window) taking fewer. At most 2 frames per lane plus one are
 // encoded or on their way at once: the memory bound (buffers are reused).
 // Its owner cancels it, cancels the lanes' streams (releasing a writer
 // blocked on one) and waits on wg.
@@ -118,6 +126,7 @@ type lanePipe struct {
 	jobs   []chan *[]byte // per lane, capacity 1: empty unless busy
 	free   chan *[]byte
 	made   int
+	spread int // smallest frame for lanes > 0
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
@@ -126,10 +135,10 @@ type lanePipe struct {
 	first error         // first writer error
 }
 
-func newLanePipe(ctx context.Context, lanes []laneOut) *lanePipe {
+func newLanePipe(ctx context.Context, lanes []laneOut, spread int) *lanePipe {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &lanePipe{
-		ctx: ctx, cancel: cancel, free: make(chan *[]byte, 2*len(lanes)+1),
+		ctx: ctx, cancel: cancel, free: make(chan *[]byte, 2*len(lanes)+1), spread: spread,
 		busy: make([]bool, len(lanes)), idle: make(chan struct{}),
 	}
 	for i, ln := range lanes {
@@ -185,12 +194,17 @@ func (p *lanePipe) buffer() (*[]byte, error) {
 	}
 }
 
-// send hands an encoded frame to the free lane with the lowest index,
-// waiting for one when all are busy.
+// send hands an encoded frame to the free lane with the lowest index (to
+// lane 0 if it is smaller than spreadMin), waiting for one when all are
+// busy.
 func (p *lanePipe) send(b *[]byte) error {
+	eligible := len(p.busy)
+	if len(*b) < p.spread {
+		eligible = 1
+	}
 	for {
 		p.mu.Lock()
-		for i, busy := range p.busy {
+		for i, busy := range p.busy[:eligible] {
 			if !busy {
 				p.busy[i] = true
 				p.mu.Unlock()

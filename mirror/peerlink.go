@@ -308,7 +308,11 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 		}
 	}
 	lanes, closeLanes := l.openLanes(ctx, s, from)
-	p := newLanePipe(ctx, lanes)
+	spread := spreadMin
+	if l.r.opts.spreadAll {
+		spread = 0
+	}
+	p := newLanePipe(ctx, lanes, spread)
 	defer func() {
 		// Returning ends the session (see session's send): cancelling the
 		// streams first releases a writer blocked on one.

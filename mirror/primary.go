@@ -50,6 +50,9 @@ type ReplicationOptions struct {
 	// acknowledged as received (default DefaultMaxInFlight): enough for
 	// the bandwidth-delay product, and what bounds the mirror's buffers.
 	MaxInFlight int
+	// spreadAll (tests): every frame may go to any lane, however small
+	// (spreadMin off), so that small records cross lanes out of order.
+	spreadAll bool
 	// NodeName is this primary's node name, sent in the handshake.
 	NodeName string
 	// VolumeName is the volume's configured name, sent in the handshake so

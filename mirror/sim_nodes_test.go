@@ -423,7 +423,7 @@ func (c *simInc) startPrimary(node *Node) error {
 	log := w.log.With("node", n.name, "inc", c.id)
 	repl, err := StartReplication(node, ReplicationOptions{
 		Peers: peers, Mode: w.p.mode, SyncAcks: w.p.k, AckLevel: w.p.level, AllowDegraded: w.p.degraded,
-		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName, Lanes: max(w.p.lanes, 1), MaxInFlight: w.p.inFlight,
+		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName, Lanes: max(w.p.lanes, 1), MaxInFlight: w.p.inFlight, spreadAll: true,
 		Pool: newConnPool(w.net.dialer(n.name, c.disk.isDead)), Resync: ResyncOptions{Window: 128 << 10}, Logger: log,
 	})
 	if err != nil {
