@@ -24,7 +24,12 @@ type ConnPool struct {
 	dials int // connections dialed so far (for status and tests)
 }
 
-type poolKey struct{ addr, name string }
+// poolKey names a pooled connection; lane > 0 are a peer's extra record
+// lanes (their own connections, shared by the volumes like lane 0).
+type poolKey struct {
+	addr, name string
+	lane       int
+}
 
 type poolEntry struct {
 	// ready is closed once the dial finished; conn/err are then set.
@@ -48,7 +53,13 @@ func newConnPool(dial dialFunc) *ConnPool {
 // connection; it must never Close the connection itself (other volumes
 // share it), only cancel its own streams.
 func (p *ConnPool) get(ctx context.Context, addr, name string, cfg transport.Config) (conn streamConn, release func(), err error) {
-	key := poolKey{addr, name}
+	return p.getLane(ctx, addr, name, 0, cfg)
+}
+
+// getLane is get for the connection of record lane lane (0: the one get
+// returns).
+func (p *ConnPool) getLane(ctx context.Context, addr, name string, lane int, cfg transport.Config) (conn streamConn, release func(), err error) {
+	key := poolKey{addr, name, lane}
 	for {
 		p.mu.Lock()
 		e := p.conns[key]

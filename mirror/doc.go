@@ -54,6 +54,17 @@
 // stream, StreamVolume (16) for a resync or verify stream, which attaches to
 // the volume's active session on the same connection. A new session of a
 // volume replaces the old one by cancelling the old session's streams.
+//
+// A session's records may travel on lanes (ReplicationOptions.Lanes,
+// default DefaultLanes): lane 0 a second stream on the pooled connection,
+// lane i > 0 a stream on the pool's lane-i connection to the same host
+// (shared by the volumes too), each connection with its own congestion
+// control, so a long or lossy path is not bounded by one congestion window
+// or stalled by one connection's losses. A lane stream starts with
+// LaneJoin (18) naming the volume, the token the session announced on its
+// log stream (Lanes, 17) and its index; the mirror admits it only to that
+// session of the same node and releases the lanes' frames in seq order
+// (lanes.go), so acks and the core's invariants are those of one stream.
 // NewReplica/Run keep serving one volume on a listener of its own (any
 // volume name is accepted there).
 //

@@ -234,6 +234,14 @@ func (a *acceptor) serveStream(conn streamConn, st frameStream, log *slog.Logger
 			return
 		}
 		name = m.Name
+	case wire.MsgLaneJoin:
+		m, err := wire.DecodeLaneJoin(p)
+		if err != nil {
+			log.Warn("malformed lane join", "err", err)
+			st.Cancel(uint64(wire.CodeProtocol))
+			return
+		}
+		name = m.Volume
 	default:
 		refuseStream(st, wire.CodeProtocol, fmt.Sprintf("expected hello, got %v", wire.MsgType(typ)), log)
 		return

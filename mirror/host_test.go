@@ -154,11 +154,14 @@ func TestReplicaHostRoutesVolumes(t *testing.T) {
 			}
 		}
 	}
-	if n := host.Connections(); n != 1 {
-		t.Errorf("the host accepted %d connections for two volumes of one primary, want 1", n)
+	// One connection per lane (lane 0 shares the log streams'), shared by
+	// both volumes.
+	conns := int64(mirror.DefaultLanes)
+	if n := host.Connections(); n != conns {
+		t.Errorf("the host accepted %d connections for two volumes of one primary, want %d", n, conns)
 	}
-	if s := pool.Stats(); s.Dialed != 1 {
-		t.Errorf("pool %+v: want a single dial", s)
+	if s := pool.Stats(); s.Dialed != int(conns) {
+		t.Errorf("pool %+v: want %d dials", s, conns)
 	}
 
 	// Stopping volume a's replication ends only its session: b goes on
@@ -169,8 +172,8 @@ func TestReplicaHostRoutesVolumes(t *testing.T) {
 			t.Fatalf("volume b after a's session ended: %v", err)
 		}
 	}
-	if n, s := host.Connections(), pool.Stats(); n != 1 || s.Dialed != 1 || s.Open != 1 {
-		t.Errorf("after a's session ended: host accepted %d, pool %+v; want the one connection kept", n, s)
+	if n, s := host.Connections(), pool.Stats(); n != conns || s.Dialed != int(conns) || s.Open != int(conns) {
+		t.Errorf("after a's session ended: host accepted %d, pool %+v; want the %d connections kept", n, s, conns)
 	}
 
 	// A volume the host does not have is refused with a reason.

@@ -53,6 +53,13 @@ type session struct {
 	start   time.Time   // heartbeat times are measured from here
 	// begin, when set, is sent on the log stream before the first record.
 	begin *wire.ResyncBegin
+	// flags are the mirror's HelloReply flags.
+	flags uint32
+	// win bounds the record bytes sent and not yet received.
+	win *sendWindow
+	// laneConns are the connections of lanes 1.. (guarded by r.mu; the
+	// session's status sums their statistics with conn's).
+	laneConns []streamConn
 }
 
 func (l *peerLink) run(ctx context.Context) {
@@ -163,7 +170,8 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 	// Ending the session (or replication) unblocks reads on the stream; the
 	// shared connection stays up for the other volumes.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
-	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now()}
+	s := &session{conn: conn, st: st, startCh: make(chan uint64, 1), flushCh: make(chan uint64, 1), start: time.Now(), flags: reply.Flags,
+		win: newSendWindow(r.opts.MaxInFlight)}
 	r.mu.Lock()
 	l.sess = s // before the core's StartStreams reach it
 	kind, perr := r.core.PeerReply(l.addr.Name, reply, dirty)
@@ -275,7 +283,10 @@ func sendFrame(mu *sync.Mutex, st frameStream, typ wire.MsgType, p []byte) error
 	return st.Flush()
 }
 
-// sendRecords streams journal records from the seq the core names.
+// sendRecords streams journal records from the seq the core names, on the
+// session's lanes when the mirror offers them (else on the log stream).
+// Encoding is pipelined with sending: while lane writers have frames on
+// the wire, the next ones are read from the journal and encoded.
 func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 	var from uint64
 	select {
@@ -291,31 +302,51 @@ func (l *peerLink) sendRecords(ctx context.Context, s *session) error {
 		return fmt.Errorf("read journal from %d: %w", from, err)
 	}
 	defer rd.Close()
-	var buf []byte
-	var wrecs []wire.Record
 	if s.begin != nil {
 		if err := sendFrame(&s.writeMu, s.st, wire.MsgResyncBegin, wire.AppendResyncBegin(nil, *s.begin)); err != nil {
 			return fmt.Errorf("send resync begin: %w", err)
 		}
 	}
+	lanes, closeLanes := l.openLanes(ctx, s, from)
+	spread := spreadMin
+	if l.r.opts.spreadAll {
+		spread = 0
+	}
+	p := newLanePipe(ctx, lanes, spread)
+	defer func() {
+		// Returning ends the session (see session's send): cancelling the
+		// streams first releases a writer blocked on one.
+		p.cancel()
+		closeLanes()
+		s.st.Cancel(0)
+		p.wg.Wait()
+	}()
+	var wrecs []wire.Record
 	for {
-		recs, err := rd.Next(ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
+		recs, err := rd.Next(p.ctx, wire.MaxRecordsPerFrame, l.r.opts.BatchBytes)
 		if err != nil {
 			if errors.Is(err, journal.ErrGone) {
 				l.markNeedsResync()
 			}
-			return fmt.Errorf("read journal: %w", err)
+			return p.err(fmt.Errorf("read journal: %w", err))
+		}
+		buf, err := p.buffer()
+		if err != nil {
+			return p.err(err)
 		}
 		if recs, err = l.r.resolveIndirect(ctx, recs); err != nil {
 			return err
 		}
 		wrecs = wireRecords(wrecs, recs)
-		buf, err = wire.AppendRecords(buf[:0], wrecs)
+		*buf, err = wire.AppendRecords((*buf)[:0], wrecs)
 		if err != nil {
 			return err
 		}
-		if err := sendFrame(&s.writeMu, s.st, wire.MsgRecords, buf); err != nil {
-			return fmt.Errorf("send records: %w", err)
+		if err := s.win.reserve(p.ctx, recs[len(recs)-1].Seq, len(*buf)); err != nil {
+			return p.err(err)
+		}
+		if err := p.send(buf); err != nil {
+			return p.err(err)
 		}
 	}
 }
@@ -375,6 +406,7 @@ func (l *peerLink) receive(ctx context.Context, s *session) error {
 			if err != nil {
 				return fmt.Errorf("bad ack: %w", err)
 			}
+			s.win.acked(a.Received)
 			r.mu.Lock()
 			prev := l.acked
 			err = r.core.PeerAck(l.addr.Name, a)
@@ -428,22 +460,34 @@ func (l *peerLink) lagBytes(acked, last uint64) uint64 {
 // the right volume. Ending ctx cancels the stream; done (call it once)
 // cancels it too and releases the context watcher.
 func (l *peerLink) openSideStream(ctx context.Context, conn streamConn) (frameStream, func(), error) {
+	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
+	if err != nil {
+		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+	}
+	st, done, err := openStreamWith(ctx, conn, wire.MsgStreamVolume, buf)
+	if err != nil {
+		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+	}
+	return st, done, nil
+}
+
+// openStreamWith opens a stream on conn and sends its first frame (typ,
+// first). Ending ctx cancels the stream; done (call it once) cancels it
+// too and releases the context watcher.
+func openStreamWith(ctx context.Context, conn streamConn, typ wire.MsgType, first []byte) (frameStream, func(), error) {
 	st, err := conn.OpenStream(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open stream: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.Cancel(0) })
 	done := func() { stop(); st.Cancel(0) }
-	buf, err := wire.AppendStreamVolume(nil, wire.StreamVolume{Name: l.r.opts.VolumeName})
-	if err == nil {
-		err = st.WriteFrame(uint8(wire.MsgStreamVolume), buf)
-	}
+	err = st.WriteFrame(uint8(typ), first)
 	if err == nil {
 		err = st.Flush()
 	}
 	if err != nil {
 		done()
-		return nil, nil, fmt.Errorf("name the stream's volume: %w", err)
+		return nil, nil, err
 	}
 	return st, done, nil
 }

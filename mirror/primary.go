@@ -39,6 +39,20 @@ type ReplicationOptions struct {
 	Tick time.Duration
 	// BatchBytes caps the record data per Records frame (default 1 MiB).
 	BatchBytes int
+	// Lanes is how many record lanes a session uses (default DefaultLanes,
+	// at most wire.MaxLanes; 1: records on the log stream): streams each
+	// on a connection of its own — its own congestion window and loss
+	// recovery — that the records of one session are spread over and the
+	// mirror puts back in seq order (see lanes.go). Mirrors that do not
+	// offer lanes (wire.FlagLanes) get the records on the log stream.
+	Lanes int
+	// MaxInFlight bounds the record bytes sent to a mirror and not yet
+	// acknowledged as received (default DefaultMaxInFlight): enough for
+	// the bandwidth-delay product, and what bounds the mirror's buffers.
+	MaxInFlight int
+	// spreadAll (tests): every frame may go to any lane, however small
+	// (spreadMin off), so that small records cross lanes out of order.
+	spreadAll bool
 	// NodeName is this primary's node name, sent in the handshake.
 	NodeName string
 	// VolumeName is the volume's configured name, sent in the handshake so
@@ -92,6 +106,13 @@ func (o ReplicationOptions) withDefaults() ReplicationOptions {
 	}
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = 1 << 20
+	}
+	if o.Lanes <= 0 {
+		o.Lanes = DefaultLanes
+	}
+	o.Lanes = min(o.Lanes, wire.MaxLanes)
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -530,7 +551,7 @@ func (r *Replication) Status() ReplicationStatus {
 			ps.LastError = l.lastErr
 			ps.RTTMicros = l.rtt.Microseconds()
 			if l.sess != nil {
-				ps.QUIC = quicReport(l.sess.conn.Stats())
+				ps.QUIC = quicReport(l.sess.conn.Stats(), l.sess.laneConns)
 			}
 			ps.LagBytes = l.lagBytes(p.Acks.Level(r.opts.AckLevel), cs.LastSeq)
 			ps.SplitBrain = l.splitBrain
@@ -610,9 +631,12 @@ type PeerReport struct {
 	Resync *ResyncProgress `json:"resync,omitempty"`
 }
 
-// QUICReport is the state of the QUIC connection to a mirror, as quic-go
-// reports it: what to look at when acks are slow although the mirror is
-// not busy (a small congestion window, lost packets, a long path).
+// QUICReport is the state of the QUIC connections of a session to a
+// mirror, as quic-go reports it: what to look at when acks are slow
+// although the mirror is not busy (a small congestion window, lost
+// packets, a long path). With record lanes the session uses Connections
+// connections: the RTTs are the log stream's connection's, the window,
+// packet and byte counts the sums over all of them.
 type QUICReport struct {
 	SmoothedRTTMicros int64  `json:"srtt_us"`
 	MinRTTMicros      int64  `json:"min_rtt_us"`
@@ -620,14 +644,25 @@ type QUICReport struct {
 	PacketsSent       uint64 `json:"packets_sent"`
 	PacketsLost       uint64 `json:"packets_lost"`
 	BytesSent         uint64 `json:"bytes_sent"`
+	Connections       int    `json:"connections"`
 }
 
-func quicReport(s transport.ConnStats) *QUICReport {
-	return &QUICReport{
-		SmoothedRTTMicros: s.SmoothedRTT.Microseconds(), MinRTTMicros: s.MinRTT.Microseconds(),
-		CongestionWindow: s.CongestionWindow, PacketsSent: s.PacketsSent, PacketsLost: s.PacketsLost,
-		BytesSent: s.BytesSent,
+// quicReport reports on the log stream's connection main and the
+// session's other lane connections.
+func quicReport(main transport.ConnStats, lanes []streamConn) *QUICReport {
+	q := &QUICReport{
+		SmoothedRTTMicros: main.SmoothedRTT.Microseconds(), MinRTTMicros: main.MinRTT.Microseconds(),
+		CongestionWindow: main.CongestionWindow, PacketsSent: main.PacketsSent, PacketsLost: main.PacketsLost,
+		BytesSent: main.BytesSent, Connections: 1 + len(lanes),
 	}
+	for _, c := range lanes {
+		s := c.Stats()
+		q.CongestionWindow += s.CongestionWindow
+		q.PacketsSent += s.PacketsSent
+		q.PacketsLost += s.PacketsLost
+		q.BytesSent += s.BytesSent
+	}
+	return q
 }
 
 func ptrTo[T any](v T) *T { return &v }

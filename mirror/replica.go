@@ -159,6 +159,20 @@ type mirrorSession struct {
 	// inconsistent again after the resync completed.
 	begun     chan struct{}
 	beginOnce sync.Once
+	// merge orders the records of the session's lanes (wire.MsgLanes).
+	merge *laneMerge
+}
+
+// addSide counts a resync, verify or lane stream in s.side (the caller
+// calls s.side.Done when it ends); false once the session ended.
+func (s *mirrorSession) addSide() bool {
+	s.sideMu.Lock()
+	defer s.sideMu.Unlock()
+	if s.sideEnded {
+		return false
+	}
+	s.side.Add(1)
+	return true
 }
 
 // endSide ends the session and waits for its resync and verify streams;
@@ -364,6 +378,8 @@ func (d *Replica) dispatch(conn streamConn, st frameStream, typ wire.MsgType, p 
 		d.serveSession(ctx, conn, st, p, log)
 	case wire.MsgStreamVolume:
 		d.serveSide(conn, st, log)
+	case wire.MsgLaneJoin:
+		d.serveLane(conn, st, p, log)
 	default:
 		st.Cancel(0)
 	}
@@ -380,13 +396,9 @@ func (d *Replica) serveSide(conn streamConn, st frameStream, log *slog.Logger) {
 		log.Warn("resync or verify stream without a session of its volume on its connection; refusing it")
 		return
 	}
-	s.sideMu.Lock()
-	if s.sideEnded {
-		s.sideMu.Unlock()
+	if !s.addSide() {
 		return
 	}
-	s.side.Add(1)
-	s.sideMu.Unlock()
 	defer s.side.Done()
 	defer context.AfterFunc(s.ctx, func() { st.Cancel(0) })()
 	if err := d.serveResync(s.ctx, st, s.begun); err != nil && s.ctx.Err() == nil {
@@ -672,7 +684,7 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 	// connection may carry other volumes' sessions and stays up.
 	defer context.AfterFunc(sctx, func() { st.Cancel(0) })()
 	s := &mirrorSession{conn: conn, st: st, ctx: sctx, cancel: cancel, done: make(chan struct{}), peer: conn.PeerName(), ackCh: make(chan wire.Ack, 1),
-		begun: make(chan struct{})}
+		begun: make(chan struct{}), merge: newLaneMerge(laneMergeLimit)}
 	defer close(s.done)
 	// The session's resync and verify streams end with it.
 	defer s.endSide()
@@ -715,6 +727,9 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 	}
 	d.actLocked(rd)
 	d.mu.Unlock()
+	if reply.Code == wire.CodeOK {
+		reply.Flags |= wire.FlagLanes // this mirror takes records on lanes
+	}
 	buf, err := wire.AppendHelloReply(nil, &reply)
 	if err == nil {
 		err = st.WriteFrame(uint8(wire.MsgHelloReply), buf)
@@ -743,10 +758,13 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 		"our_last_seq", reply.LastSeq, "flags", reply.Flags)
 	ackDone := make(chan struct{})
 	go func() { defer close(ackDone); d.sendAcks(sctx, s) }()
-	defer func() { cancel(); <-ackDone }()
+	// The log stream's reader ends once the stream is cancelled (cancel,
+	// below, after a linger that lets an Error reach the primary).
+	frames, readerDone := readFrames(sctx, st)
+	defer func() { cancel(); <-ackDone; <-readerDone }()
 	// Resync and verify streams end before the session is cleared.
 	defer s.endSide()
-	err = d.session(sctx, s)
+	err = d.session(sctx, s, frames)
 	switch {
 	case s.replaced.Load():
 		log.Info("primary session replaced by a newer one", "err", err)
@@ -821,74 +839,92 @@ func (d *Replica) persistHandshake(h wire.Hello, reply wire.HelloReply, rd *core
 	return nil
 }
 
-// session reads records, flushes and heartbeats until the stream ends.
-func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
-	j := d.node.Journal
-	var recs []wire.Record
-	for {
-		// A fresh buffer per frame: the records' data aliases it and the
-		// journal takes ownership.
-		typ, p, err := s.st.ReadFrame(nil)
-		if err != nil {
-			return fmt.Errorf("read: %w", err)
+// inFrame is one frame read from a session's log stream.
+type inFrame struct {
+	typ wire.MsgType
+	p   []byte
+	err error
+}
+
+// readFrames reads st's frames into the returned channel, each with a
+// fresh buffer (the records' data aliases it and the journal takes
+// ownership), until a read fails (that error is the last frame) or ctx
+// ends; done is closed when it returns. Reading on its own goroutine lets
+// the session take the records the lanes bring while the log stream is
+// quiet. Its owner cancels st (a read blocks until then) and waits on done.
+func readFrames(ctx context.Context, st frameStream) (frames <-chan inFrame, done <-chan struct{}) {
+	ch, dc := make(chan inFrame), make(chan struct{})
+	go func() {
+		defer close(dc)
+		for {
+			typ, p, err := st.ReadFrame(nil)
+			select {
+			case ch <- inFrame{wire.MsgType(typ), p, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
 		}
-		switch wire.MsgType(typ) {
+	}()
+	return ch, dc
+}
+
+// session handles the log stream's frames — records, flushes, heartbeats
+// — until the stream ends; after a Lanes message the records come from
+// the session's lanes (the merge releases them in seq order).
+func (d *Replica) session(ctx context.Context, s *mirrorSession, frames <-chan inFrame) error {
+	var recs []wire.Record
+	var laneReady chan struct{} // set once the lanes are active
+	for {
+		var f inFrame
+		select {
+		case f = <-frames:
+		case <-laneReady:
+			for {
+				lf, ok := s.merge.pop()
+				if !ok {
+					break
+				}
+				if err := d.receiveRecords(ctx, s, lf.recs); err != nil {
+					return err
+				}
+			}
+			continue
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if f.err != nil {
+			return fmt.Errorf("read: %w", f.err)
+		}
+		p := f.p
+		switch f.typ {
 		case wire.MsgRecords:
+			if laneReady != nil {
+				d.sendError(s, wire.CodeProtocol, "records on the log stream after a lanes message")
+				return errors.New("records on the log stream after a lanes message")
+			}
+			var err error
 			recs, err = wire.DecodeRecords(recs[:0], p)
 			if err != nil {
 				d.sendError(s, wire.CodeProtocol, err.Error())
 				return fmt.Errorf("bad records frame: %w", err)
 			}
-			d.mu.Lock()
-			if d.active != s {
-				d.mu.Unlock()
-				return errors.New("session replaced")
+			if err := d.receiveRecords(ctx, s, recs); err != nil {
+				return err
 			}
-			err = d.core.Receive(recs)
-			var rd core.ReplicaReady
-			if err == nil {
-				// The ack for these records is sent from this goroutine:
-				// at once when the core says so (the primary counts
-				// received records), else once they are written.
-				rd = d.core.Ready()
-				sendAck := rd.SendAck
-				rd.SendAck = false
-				d.actLocked(rd)
-				rd.SendAck = sendAck
+		case wire.MsgLanes:
+			m, err := wire.DecodeLanes(p)
+			if err == nil && laneReady != nil {
+				err = errors.New("a second lanes message")
 			}
-			d.mu.Unlock()
 			if err != nil {
 				d.sendError(s, wire.CodeProtocol, err.Error())
-				return err
+				return fmt.Errorf("bad lanes message: %w", err)
 			}
-			persist, ackDue := rd.Persist, rd.SendAck
-			if rd.AckNow {
-				if err := d.sendAck(s, rd.Ack); err != nil {
-					return err
-				}
-				ackDue = false
-			}
-			var last uint64
-			for i := range recs {
-				rec := &recs[i]
-				if rec.Seq < persist.From || rec.Seq > persist.Through {
-					continue
-				}
-				// Deferred: WriteThrough writes the frame's records from
-				// here, without waking the journal's flusher.
-				if err := j.SubmitDeferred(ctx, journalRecord(rec)); err != nil {
-					return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
-				}
-				last = rec.Seq
-			}
-			if last > 0 {
-				if err := j.WriteThrough(ctx, last); err != nil {
-					return fmt.Errorf("journal through seq %d: %w", last, err)
-				}
-			}
-			if err := d.ackNow(s, ackDue); err != nil {
-				return err
-			}
+			s.merge.activate(m)
+			laneReady = s.merge.ready
 		case wire.MsgResyncBegin:
 			m, err := wire.DecodeResyncBegin(p)
 			if err == nil {
@@ -927,8 +963,139 @@ func (d *Replica) session(ctx context.Context, s *mirrorSession) error {
 			}
 			return e
 		default:
-			d.sendError(s, wire.CodeProtocol, fmt.Sprintf("unexpected %v", wire.MsgType(typ)))
-			return fmt.Errorf("unexpected %v from primary", wire.MsgType(typ))
+			d.sendError(s, wire.CodeProtocol, fmt.Sprintf("unexpected %v", f.typ))
+			return fmt.Errorf("unexpected %v from primary", f.typ)
+		}
+	}
+}
+
+// receiveRecords hands one frame's records, in seq order, to the core,
+// writes them to the journal and acks them.
+func (d *Replica) receiveRecords(ctx context.Context, s *mirrorSession, recs []wire.Record) error {
+	j := d.node.Journal
+	d.mu.Lock()
+	if d.active != s {
+		d.mu.Unlock()
+		return errors.New("session replaced")
+	}
+	err := d.core.Receive(recs)
+	var rd core.ReplicaReady
+	if err == nil {
+		// The ack for these records is sent from this goroutine: at once
+		// when the core says so (the primary counts received records),
+		// else once they are written.
+		rd = d.core.Ready()
+		sendAck := rd.SendAck
+		rd.SendAck = false
+		d.actLocked(rd)
+		rd.SendAck = sendAck
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.sendError(s, wire.CodeProtocol, err.Error())
+		return err
+	}
+	persist, ackDue := rd.Persist, rd.SendAck
+	if rd.AckNow {
+		if err := d.sendAck(s, rd.Ack); err != nil {
+			return err
+		}
+		ackDue = false
+	}
+	var last uint64
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Seq < persist.From || rec.Seq > persist.Through {
+			continue
+		}
+		// Deferred: WriteThrough writes the frame's records from here,
+		// without waking the journal's flusher.
+		if err := j.SubmitDeferred(ctx, journalRecord(rec)); err != nil {
+			return fmt.Errorf("journal seq %d: %w", rec.Seq, err)
+		}
+		last = rec.Seq
+	}
+	if last > 0 {
+		if err := j.WriteThrough(ctx, last); err != nil {
+			return fmt.Errorf("journal through seq %d: %w", last, err)
+		}
+	}
+	return d.ackNow(s, ackDue)
+}
+
+// serveLane reads one lane stream of the active session (first frame
+// LaneJoin, payload p) into the session's merge until the session ends.
+func (d *Replica) serveLane(conn streamConn, st frameStream, p []byte, log *slog.Logger) {
+	defer st.Cancel(0)
+	j, err := wire.DecodeLaneJoin(p)
+	if err != nil {
+		log.Warn("malformed lane join; refusing the stream", "err", err)
+		return
+	}
+	d.mu.Lock()
+	s := d.active
+	d.mu.Unlock()
+	if s == nil || conn.PeerName() != s.peer {
+		log.Warn("lane stream without a session of its volume from its node; refusing it", "lane", j.Index)
+		return
+	}
+	if !s.addSide() {
+		return
+	}
+	defer s.side.Done()
+	defer context.AfterFunc(s.ctx, func() { st.Cancel(0) })()
+	t := time.NewTimer(handshakeTimeout)
+	defer t.Stop()
+	select {
+	case <-s.merge.activated:
+	case <-s.ctx.Done():
+		return
+	case <-t.C:
+		log.Warn("lane stream joined a session that announced no lanes; refusing it", "lane", j.Index)
+		return
+	}
+	// A lane that ends ends the session (the primary ends every lane
+	// with its session; a lane it lost leaves a gap no other lane fills).
+	fail := func(err error) {
+		if s.ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errLaneProtocol) {
+			d.sendError(s, wire.CodeProtocol, err.Error())
+			log.Warn("lane stream broke the protocol; ending the session", "lane", j.Index, "err", err)
+		} else {
+			log.Info("lane stream ended; ending the session", "lane", j.Index, "err", err)
+		}
+		s.cancel()
+	}
+	if err := s.merge.join(j.Token, j.Index); err != nil {
+		fail(err)
+		return
+	}
+	var last uint64
+	for {
+		typ, p, err := st.ReadFrame(nil)
+		if err != nil {
+			fail(fmt.Errorf("read lane %d: %w", j.Index, err))
+			return
+		}
+		if wire.MsgType(typ) != wire.MsgRecords {
+			fail(fmt.Errorf("%w: %v on lane %d", errLaneProtocol, wire.MsgType(typ), j.Index))
+			return
+		}
+		recs, err := wire.DecodeRecords(nil, p)
+		if err != nil {
+			fail(fmt.Errorf("%w: lane %d: %w", errLaneProtocol, j.Index, err))
+			return
+		}
+		if recs[0].Seq <= last {
+			fail(fmt.Errorf("%w: lane %d went back from seq %d to %d", errLaneProtocol, j.Index, last, recs[0].Seq))
+			return
+		}
+		last = recs[len(recs)-1].Seq
+		if err := s.merge.put(s.ctx, laneFrame{recs: recs, bytes: len(p)}); err != nil {
+			fail(err)
+			return
 		}
 	}
 }

@@ -408,7 +408,7 @@ func (rs *resyncer) send(typ wire.MsgType, payload []byte) error {
 }
 
 // copy runs passes over the bitmap until it is empty.
-func (rs *resyncer) copy(ctx context.Context) error {
+func (rs *resyncer) copy(ctx context.Context) (err error) {
 	chunk := rs.bm.ChunkSize()
 	size := rs.vol.Size()
 	seg := chunk * resync.ChunksPerSegment
@@ -422,9 +422,26 @@ func (rs *resyncer) copy(ctx context.Context) error {
 		}
 	}()
 	data := make([]byte, chunk)
-	var out []byte
 	var leaves []resync.Hash
 	bucket := newTokenBucket(rs.opts.Rate)
+	// Frames leave through a sender goroutine: the next chunk is read and
+	// encoded while the previous ones are handed to QUIC, and the stream
+	// is flushed only when nothing more is ready.
+	fs := newFrameSender(rs.st, resyncSendBuffers)
+	defer func() {
+		if err != nil {
+			rs.st.Cancel(0) // unblocks a write waiting for flow control
+		}
+		if werr := fs.close(); werr != nil && err == nil {
+			err = fmt.Errorf("resync: send: %w", werr)
+		}
+	}()
+	send := func(typ wire.MsgType, p []byte) error {
+		if err := fs.send(ctx, typ, p); err != nil {
+			return fmt.Errorf("resync: send %v: %w", typ, err)
+		}
+		return nil
+	}
 	for pass := 1; ; pass++ {
 		rs.mu.Lock()
 		rs.prog.Pass = pass
@@ -433,26 +450,36 @@ func (rs *resyncer) copy(ctx context.Context) error {
 		if remaining == 0 {
 			break
 		}
+		// The hash request of the next marked segment is sent before this
+		// segment's chunks (one segment ahead), so the mirror hashes it
+		// while they cross the link and are written, instead of the link
+		// idling for a round trip and the mirror's hashing per segment.
+		// One ahead at most: the mirror keeps the leaves of the last range
+		// it hashed, which a leaves request after a differing summary uses.
+		var sent *wire.SyncHashReq
 		for segOff := int64(0); segOff < size; segOff += seg {
 			segLen := min(seg, size-segOff)
 			first, lastChunk := segOff/chunk, (segOff+segLen-1)/chunk
-			rs.mu.Lock()
-			next := rs.bm.Next(first)
-			marked := 0
-			for c := next; c >= 0 && c <= lastChunk; c = rs.bm.Next(c + 1) {
-				marked++
-			}
-			rs.mu.Unlock()
-			if next < 0 || next > lastChunk {
+			var q wire.SyncHashReq
+			switch {
+			case sent != nil && sent.Off == uint64(segOff):
+				q, sent = *sent, nil
+			case sent != nil:
+				// Marked after the request ahead was sent: left to the
+				// next pass, the answers must stay in request order.
 				continue
+			default:
+				var ok bool
+				if q, ok = rs.hashReq(segOff, segLen); !ok {
+					continue
+				}
+				if err := send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
+					return err
+				}
 			}
 			// Upper level: one summary when the whole segment is marked.
 			// The mirror hashes while we do.
-			whole := int64(marked) == lastChunk-first+1
-			q := wire.SyncHashReq{Off: uint64(segOff), Len: uint64(segLen), Leaves: !whole}
-			if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
-				return err
-			}
+			whole := !q.Leaves
 			var job *hashJob
 			if ahead != nil && ahead.off == segOff {
 				job = ahead
@@ -490,7 +517,7 @@ func (rs *resyncer) copy(ctx context.Context) error {
 					continue
 				}
 				q.Leaves = true
-				if err := rs.send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
+				if err := send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, q)); err != nil {
 					return err
 				}
 				if theirs, err = rs.wait(ctx, q); err != nil {
@@ -499,6 +526,15 @@ func (rs *resyncer) copy(ctx context.Context) error {
 			}
 			if len(theirs.Hashes) != len(leaves) {
 				return fmt.Errorf("resync: mirror sent %d hashes for %d chunks", len(theirs.Hashes), len(leaves))
+			}
+			if nc >= 0 {
+				noff := nc / resync.ChunksPerSegment * seg
+				if nq, ok := rs.hashReq(noff, min(seg, size-noff)); ok {
+					if err := send(wire.MsgSyncHashReq, wire.AppendSyncHashReq(nil, nq)); err != nil {
+						return err
+					}
+					sent = &nq
+				}
 			}
 			for i := range leaves {
 				c := first + int64(i)
@@ -529,7 +565,11 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				} else {
 					msg.Data = p
 				}
-				if out, err = wire.AppendSyncChunk(out[:0], &msg); err != nil {
+				out, err := fs.buffer(ctx)
+				if err != nil {
+					return fmt.Errorf("resync: send chunk: %w", err)
+				}
+				if out, err = wire.AppendSyncChunk(out, &msg); err != nil {
 					return err
 				}
 				rs.mu.Lock()
@@ -539,8 +579,8 @@ func (rs *resyncer) copy(ctx context.Context) error {
 				if f := rs.l.r.opts.OnResyncSent; f != nil {
 					f(rs.l.addr.Name, len(msg.Data))
 				}
-				if err := rs.send(wire.MsgSyncChunk, out); err != nil {
-					return err
+				if err := fs.sendPooled(ctx, wire.MsgSyncChunk, out); err != nil {
+					return fmt.Errorf("resync: send %v: %w", wire.MsgSyncChunk, err)
 				}
 			}
 		}
@@ -551,6 +591,108 @@ func (rs *resyncer) copy(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// resyncSendBuffers is how many encoded chunk frames may wait for the
+// resync stream's sender goroutine (memory: this many chunk frames).
+const resyncSendBuffers = 8
+
+// frameSender writes frames on a stream from its own goroutine, in the
+// order they were queued, flushing when the queue is empty; its owner
+// queues with send (a payload copied) or sendPooled (a buffer from
+// buffer, given back once written) and ends it with close. After a write
+// failed, every later call fails with that error.
+type frameSender struct {
+	st     frameStream
+	q      chan queuedFrame
+	free   chan []byte
+	done   chan struct{}
+	failed chan struct{} // closed at the first write error (err set)
+	err    error
+}
+
+type queuedFrame struct {
+	typ    wire.MsgType
+	p      []byte
+	pooled bool
+}
+
+func newFrameSender(st frameStream, bufs int) *frameSender {
+	fs := &frameSender{st: st, q: make(chan queuedFrame, bufs), free: make(chan []byte, bufs),
+		done: make(chan struct{}), failed: make(chan struct{})}
+	for range bufs {
+		fs.free <- nil
+	}
+	go fs.run()
+	return fs
+}
+
+func (fs *frameSender) run() {
+	defer close(fs.done)
+	for f := range fs.q {
+		if fs.err == nil {
+			err := fs.st.WriteFrame(uint8(f.typ), f.p)
+			if err == nil && len(fs.q) == 0 {
+				err = fs.st.Flush()
+			}
+			if err != nil {
+				fs.err = err
+				close(fs.failed)
+			}
+		}
+		if f.pooled {
+			fs.free <- f.p[:0]
+		}
+	}
+}
+
+// buffer returns an empty buffer for sendPooled, waiting for one to be
+// written if all are queued.
+func (fs *frameSender) buffer(ctx context.Context) ([]byte, error) {
+	select {
+	case b := <-fs.free:
+		return b, nil
+	case <-fs.failed:
+		return nil, fs.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// send queues a copy of p.
+func (fs *frameSender) send(ctx context.Context, typ wire.MsgType, p []byte) error {
+	return fs.queue(ctx, queuedFrame{typ: typ, p: append([]byte(nil), p...)})
+}
+
+// sendPooled queues p, a buffer from buffer; the caller must not touch it
+// any more.
+func (fs *frameSender) sendPooled(ctx context.Context, typ wire.MsgType, p []byte) error {
+	return fs.queue(ctx, queuedFrame{typ: typ, p: p, pooled: true})
+}
+
+func (fs *frameSender) queue(ctx context.Context, f queuedFrame) error {
+	select {
+	case <-fs.failed:
+		return fs.err
+	default:
+	}
+	select {
+	case fs.q <- f:
+		return nil
+	case <-fs.failed:
+		return fs.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close waits until every queued frame is written (or the stream failed)
+// and returns the first write error. A write blocked on flow control
+// returns once the stream is cancelled.
+func (fs *frameSender) close() error {
+	close(fs.q)
+	<-fs.done
+	return fs.err
 }
 
 // hashJob hashes one segment in the background.
@@ -582,6 +724,25 @@ func (rs *resyncer) clearRange(from, to int64) {
 		}
 	}
 	rs.mu.Unlock()
+}
+
+// hashReq is the hash request for the segment at off: one summary when
+// every chunk of it is marked, its leaves when some are; ok is false when
+// none is marked.
+func (rs *resyncer) hashReq(off, n int64) (q wire.SyncHashReq, ok bool) {
+	chunk := rs.bm.ChunkSize()
+	first, last := off/chunk, (off+n-1)/chunk
+	rs.mu.Lock()
+	next := rs.bm.Next(first)
+	marked := int64(0)
+	for c := next; c >= 0 && c <= last; c = rs.bm.Next(c + 1) {
+		marked++
+	}
+	rs.mu.Unlock()
+	if next < 0 || next > last {
+		return q, false
+	}
+	return wire.SyncHashReq{Off: uint64(off), Len: uint64(n), Leaves: marked != last-first+1}, true
 }
 
 // waitWindow waits until n more bytes fit the window (n < 0: until

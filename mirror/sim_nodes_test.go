@@ -79,11 +79,18 @@ type simParams struct {
 	mirrorCkpt time.Duration
 	indirect   int   // VolumeOptions.IndirectMin (0: off)
 	tailBytes  int64 // > 0: a small journal memory tail, so senders read records (indirect ones too) from the files
+	// lanes is the primaries' ReplicationOptions.Lanes (0: 1). Lanes on
+	// separate simulated connections, each with its own delays, bring
+	// frames out of order to the mirror's merge.
+	lanes int
+	// inFlight is the primaries' ReplicationOptions.MaxInFlight (0: the
+	// default); small, writers wait for the mirrors' acks.
+	inFlight int
 }
 
 func (p simParams) String() string {
-	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v indirect=%d tail=%d",
-		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt, p.indirect, p.tailBytes)
+	return fmt.Sprintf("mirrors=%d k=%d mode=%v level=%v degraded=%v maxlag=%v journalmax=%d queue=%d ckpt=%v/%v indirect=%d tail=%d lanes=%d inflight=%d",
+		p.mirrors, p.k, p.mode, p.level, p.degraded, p.maxLag, p.journalMax, p.queueBytes, p.ckpt, p.mirrorCkpt, p.indirect, p.tailBytes, max(p.lanes, 1), p.inFlight)
 }
 
 func drawParams(rng *rand.Rand) simParams {
@@ -312,7 +319,17 @@ func (w *simWorld) current() *simNode {
 }
 
 // simParamsOf is the cluster seed draws.
-func simParamsOf(seed uint64) simParams { return drawParams(rand.New(rand.NewPCG(seed, 0xb10c))) }
+// simParamsOf draws a seed's parameters. Its lane count comes from the
+// seed itself, not from the generator, so that the other parameters (and
+// the schedules) of the seeds found before lanes existed stay the same.
+func simParamsOf(seed uint64) simParams {
+	p := drawParams(rand.New(rand.NewPCG(seed, 0xb10c)))
+	p.lanes = []int{1, 2, 4}[seed%3]
+	if seed%2 == 0 {
+		p.inFlight = 32 << 10
+	}
+	return p
+}
 
 func newSimWorld(seed uint64, p simParams, logw *strings.Builder) *simWorld {
 	w := &simWorld{
@@ -415,7 +432,7 @@ func (c *simInc) startPrimary(node *Node) error {
 	log := w.log.With("node", n.name, "inc", c.id)
 	repl, err := StartReplication(node, ReplicationOptions{
 		Peers: peers, Mode: w.p.mode, SyncAcks: w.p.k, AckLevel: w.p.level, AllowDegraded: w.p.degraded,
-		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName,
+		AckTimeout: time.Second, MaxLag: w.p.maxLag, NodeName: n.name, VolumeName: simVolName, Lanes: max(w.p.lanes, 1), MaxInFlight: w.p.inFlight, spreadAll: true,
 		Pool: newConnPool(w.net.dialer(n.name, c.disk.isDead)), Resync: ResyncOptions{Window: 128 << 10}, Logger: log,
 	})
 	if err != nil {

@@ -32,6 +32,9 @@
 #   HOST_P, HOST_M  loopback addresses of primary and mirror
 #               (default 127.0.0.121 and 127.0.0.122)
 #   OUT         also write the table (TSV) to this file
+#   PPROF_DIR   profile both daemons (--pprof) for PPROF_SECONDS (default
+#               5) from the start of the new-mirror resync into
+#               PPROF_DIR/{primary,mirror}.pprof and print the top of each
 #
 # The images live in the page cache (this measures the software, not the
 # disk); run with a SIZE larger than RAM to include the disk.
@@ -71,6 +74,8 @@ BIN=$BENCH_DIR/blockmirror
 P_NBD=$HOST_P:10809 P_ADMIN=$HOST_P:7480
 M_LISTEN=$HOST_M:7001 M_ADMIN=$HOST_M:7481
 PRIMARY_PID= MIRROR_PID=
+PPROF_ARGS=()
+[ -z "${PPROF_DIR:-}" ] || { mkdir -p "$PPROF_DIR"; PPROF_ARGS=(--pprof); }
 
 # stop PID: SIGTERM, SIGKILL after 5 s (only processes started here).
 stop() {
@@ -113,14 +118,14 @@ start_primary() {
 	local log=$1
 	shift
 	"$BIN" serve --data "$BENCH_DIR/p1" --nbd "$P_NBD" --admin "$P_ADMIN" \
-		--certs "$BENCH_DIR/certs" --node p1 "$@" >"$log" 2>&1 &
+		--certs "$BENCH_DIR/certs" --node p1 "${PPROF_ARGS[@]}" "$@" >"$log" 2>&1 &
 	PRIMARY_PID=$!
 	wait_for 20 "primary serving NBD" grep -qs "serving NBD" "$log"
 }
 start_mirror() {
 	local log=$1
 	"$BIN" mirror --data "$BENCH_DIR/m1" --listen "$M_LISTEN" --admin "$M_ADMIN" \
-		--certs "$BENCH_DIR/certs" --node m1 >"$log" 2>&1 &
+		--certs "$BENCH_DIR/certs" --node m1 "${PPROF_ARGS[@]}" >"$log" 2>&1 &
 	MIRROR_PID=$!
 	wait_for 20 "mirror listening" grep -qs "mirror listening" "$log"
 }
@@ -153,7 +158,22 @@ PRIMARY_PID=
 say "resync to a new, empty mirror (every chunk differs)"
 start_mirror "$BENCH_DIR/m1-1.log"
 start_primary "$BENCH_DIR/p1-1.log" --mirror "m1=$M_LISTEN"
+prof_pids=()
+if [ -n "${PPROF_DIR:-}" ]; then
+	for role in primary:$P_ADMIN mirror:$M_ADMIN; do
+		curl -sf -o "$PPROF_DIR/${role%%:*}.pprof" \
+			"http://${role#*:}/debug/pprof/profile?seconds=${PPROF_SECONDS:-5}" &
+		prof_pids+=($!)
+	done
+fi
 wait_for 600 "resync complete" grep -qs 'msg="resync complete"' "$BENCH_DIR/p1-1.log"
+for p in "${prof_pids[@]}"; do wait "$p" || say "a CPU profile failed (pid $p)"; done
+if [ -n "${PPROF_DIR:-}" ]; then
+	for role in primary mirror; do
+		echo "--- $role: go tool pprof -top $PPROF_DIR/$role.pprof"
+		go tool pprof -top -nodecount=25 "$BIN" "$PPROF_DIR/$role.pprof" 2>/dev/null | sed -n '1,32p'
+	done
+fi
 DIFF_SECS=$(log_field "$BENCH_DIR/p1-1.log" "resync complete" seconds)
 DIFF_SENT=$(log_field "$BENCH_DIR/p1-1.log" "resync complete" sent_bytes)
 DIFF_CMP=$(log_field "$BENCH_DIR/p1-1.log" "resync complete" compared_bytes)

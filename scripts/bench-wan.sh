@@ -22,16 +22,22 @@
 # reach the mirror — its received seq over the run, from its status —
 # not how fast fio writes. raw: go test -bench BulkWAN ./transport, one
 # stream of 1 MiB frames between two processes through a proxy process
-# with the same profile (transport/bulk_test.go), on one connection (the
-# replication's shape: one stream on one connection) and, for
-# comparison, on RAW_CONNS connections at once (each connection has its
-# own congestion controller; what several connections would give).
+# with the same profile (transport/bulk_test.go), on one connection and,
+# for comparison, on RAW_CONNS connections at once (each connection has
+# its own congestion controller). The replication spreads its records
+# over --lanes connections (default 8); PRIMARY_ARGS="--lanes 1" measures
+# it on one.
 #
 # Environment: DELAYS (ms, default "1 10 40"), LOSSES (%, default
 # "0 0.5 2"), RUNTIME (default 15), RAMP (default 5), LOADS (default
 # "1M 4k"), RAW=0 skips the raw figures, RAW_CONNS (default 4; 1 skips
 # the several-connection figure), BM_ARGS (extra flags for both daemons),
-# OUT (also write the table's rows as TSV there).
+# PRIMARY_ARGS (extra flags for the primary only, e.g. "--lanes 1" for the
+# replication on one connection),
+# OUT (also write the table's rows as TSV there), PROFILE_DIR (with
+# BM_ARGS=--pprof: the primary's CPU profile and goroutines per load go
+# there). After each load the primary's view of the link is printed: the
+# mirror's lag, whether writes are throttled, srtt, cwnd and loss.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -100,6 +106,29 @@ def find(o):
 print(find(json.load(sys.stdin)) or 0)'
 }
 
+# peer_state: what bounds the figure, from the primary's status at the
+# end of a load: the mirror's lag, whether writes were throttled, and the
+# QUIC connection's smoothed RTT, congestion window and loss.
+peer_state() {
+	curl -sf "http://$padmin/v1/status" | "$PY" -c '
+import json, sys
+def find(o):
+    if isinstance(o, dict):
+        if "peers" in o and isinstance(o["peers"], list):
+            return o
+        for v in o.values():
+            r = find(v)
+            if r is not None:
+                return r
+r = find(json.load(sys.stdin)) or {}
+p = (r.get("peers") or [{}])[0]
+q = p.get("quic") or {}
+lost = 100.0 * q.get("packets_lost", 0) / max(1, q.get("packets_sent", 0))
+print("lag %.1f s / %.1f MB, throttled %s, srtt %.1f ms, cwnd %d KB, lost %.2f%%" % (
+    p.get("lag_seconds", 0), p.get("lag_bytes", 0) / 1e6, r.get("throttled"),
+    q.get("srtt_us", 0) / 1e3, q.get("cwnd_bytes", 0) / 1024, lost))' || echo "status unavailable"
+}
+
 # start_cluster DELAY LOSS: mirror, proxy with the profile, primary.
 start_cluster() {
 	local d=$dir/run mport pport cport nport line
@@ -124,10 +153,11 @@ start_cluster() {
 	done
 	grep -q 'faultproxy: ready' "$d/proxy.out" || die "faultproxy did not start: $(cat "$d/proxy.log")"
 	nport=$(free_port tcp)
+	padmin=127.0.0.1:$(free_port tcp)
 	uri=nbd://127.0.0.1:$nport/disk
 	# shellcheck disable=SC2086
-	"$BM" serve --data "$d/p1" --size 4G --nbd "127.0.0.1:$nport" --admin '' --certs "$d/certs" \
-		--node p1 --mode async --mirror "m1=127.0.0.2:$pport" ${BM_ARGS:-} >"$d/p1.log" 2>&1 &
+	"$BM" serve --data "$d/p1" --size 4G --nbd "127.0.0.1:$nport" --admin "$padmin" --certs "$d/certs" \
+		--node p1 --mode async --mirror "m1=127.0.0.2:$pport" ${BM_ARGS:-} ${PRIMARY_ARGS:-} >"$d/p1.log" 2>&1 &
 	pids+=($!)
 	for _ in $(seq 150); do
 		grep -q 'mirror connected' "$d/p1.log" && break
@@ -154,8 +184,19 @@ load() {
 	local fpid=$!
 	sleep "$RAMP"
 	r0=$(received)
+	if [ -n "${PROFILE_DIR:-}" ]; then
+		mkdir -p "$PROFILE_DIR"
+		curl -sf -o "$PROFILE_DIR/$prof_name-$1.cpu.pprof" "http://$padmin/debug/pprof/profile?seconds=$((RUNTIME - 1))" &
+	fi
 	sleep "$RUNTIME"
 	r1=$(received)
+	say "  $1 at the end: $(peer_state)"
+	if [ -n "${PROFILE_DIR:-}" ]; then
+		# The primary's goroutines and a CPU profile over part of the run:
+		# where the sender waits (needs BM_ARGS=--pprof).
+		mkdir -p "$PROFILE_DIR"
+		curl -sf -o "$PROFILE_DIR/$prof_name-$1.goroutines.txt" "http://$padmin/debug/pprof/goroutine?debug=1" || true
+	fi
 	# Not waited for: its last writes wait for the async throttle, which
 	# waits for the backlog (up to --max-lag of it, and on a lossy path
 	# far more) to cross the link: minutes at 2% loss. fio waits for its
@@ -193,6 +234,7 @@ for delay in $DELAYS; do
 	for loss in $LOSSES; do
 		say "profile: delay ${delay} ms each way, loss ${loss}% each way"
 		line="$delay	$loss"
+		prof_name="d${delay}-l${loss}"
 		for l in $LOADS; do
 			# A fresh cluster per load: the backlog one load leaves must
 			# not slow the next.

@@ -92,9 +92,14 @@
 // Receive windows are Config.MaxStreamWindow (16 MiB) per stream and
 // Config.MaxConnWindow (48 MiB) per connection from the start (not grown
 // from 1 MiB over the first round trips), enough for ~1.3 Gbit/s per
-// stream at 100 ms RTT. Congestion control is quic-go's (CUBIC with
-// pacing; not configurable): on a lossy path it, not the windows, sets
-// the rate, roughly packet size / RTT × 1.2 / √loss per connection. quic-go asks the kernel for ~7 MiB UDP socket
+// stream at 100 ms RTT. Congestion control is quic-go's and not
+// configurable: in v0.65 its cubic sender runs in NewReno mode (slow start
+// left at the first loss or when HyStart sees the RTT rise by an eighth,
+// 4–16 ms; then one packet per round trip of growth, and half the window
+// at a loss), with pacing. On a long or lossy path it, not the windows,
+// sets the rate — roughly packet size / RTT × 1.2 / √loss per connection —
+// which is why the replication spreads records over several connections
+// (mirror.ReplicationOptions.Lanes). quic-go asks the kernel for ~7 MiB UDP socket
 // buffers and prints a warning to stderr when net.core.rmem_max /
 // net.core.wmem_max are lower; the blockmirror set-up raises them:
 //

@@ -105,6 +105,8 @@ func (d *daemonFlags) registerReplication(fs *flag.FlagSet) {
 	d.text(fs, durationFlag{&v.MaxLag}, "max-lag", "max_lag", "async: writes are throttled while the K-th best mirror trails by more than this (0: no bound)")
 	d.text(fs, durationFlag{&v.AckTimeout}, "ack-timeout", "ack_timeout", "sync: how long a write waits for K mirror acks before it fails with EIO")
 	d.boolean(fs, &v.AllowDegraded, "allow-degraded", "allow_degraded", "sync: with fewer than K mirrors in sync, complete writes with the acks available instead of failing them (shown in status)")
+	fs.IntVar(&v.Lanes, "lanes", 0, "connections each mirror's records are spread over, 1..16 (default 4): more for long or lossy links, 1 for a single stream (docs/tuning.md)")
+	d.keys["lanes"] = "lanes"
 	d.text(fs, sizeFlag{&v.ResyncRate}, "resync-rate", "resync_rate", "cap on resync data per second, e.g. 200M (default: as fast as the link allows; a window keeps live writes flowing)")
 }
 

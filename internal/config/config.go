@@ -165,6 +165,11 @@ type VolumeConfig struct {
 	// ResyncRate limits full-resync traffic to each mirror, in bytes per
 	// second; 0 means unlimited (the default). Primary only.
 	ResyncRate Size `toml:"resync_rate"`
+	// Lanes is how many connections each mirror's records are spread
+	// over, 1..16; 0 means the default (mirror.DefaultLanes). More lanes
+	// help long or lossy paths, where one connection's congestion window
+	// bounds the replication (docs/tuning.md). Primary only.
+	Lanes int `toml:"lanes"`
 
 	// Listen is the QUIC address a mirror accepts primaries on, HOST:PORT.
 	// Required for (and only for) mirrors.
@@ -209,14 +214,16 @@ const (
 // Defaults for keys the file leaves out. They match the command-line flags'
 // defaults.
 const (
-	DefaultAdmin      = "127.0.0.1:7480"
-	DefaultNBD        = "127.0.0.1:10809"
-	DefaultLogLevel   = "info"
-	DefaultLogFormat  = "text"
-	DefaultMode       = ModeSync
-	DefaultSyncAcks   = 1
-	DefaultAckLevel   = AckWritten
-	DefaultMaxLag     = Duration(5e9)
+	DefaultAdmin     = "127.0.0.1:7480"
+	DefaultNBD       = "127.0.0.1:10809"
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "text"
+	DefaultMode      = ModeSync
+	DefaultSyncAcks  = 1
+	DefaultAckLevel  = AckWritten
+	DefaultMaxLag    = Duration(5e9)
+	// MaxLanes bounds Volume.Lanes (the wire protocol's limit).
+	MaxLanes          = 16
 	DefaultAckTimeout = Duration(5e9)
 	DefaultJournalMax = Size(8 << 30)
 	// DefaultIndirectMin is 0 (off) until the e2e tests that fill the

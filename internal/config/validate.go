@@ -271,6 +271,9 @@ func (v *validator) primary(c *Config, vol *VolumeConfig, who string, at func(st
 	if vol.ResyncRate < 0 {
 		v.add(at("resync_rate"), "%s: resync_rate must not be negative", who)
 	}
+	if vol.Lanes < 0 || vol.Lanes > MaxLanes {
+		v.add(at("lanes"), "%s: lanes %d must be 1..%d (0: the default)", who, vol.Lanes, MaxLanes)
+	}
 	names := map[string]int{}
 	addrs := map[string]int{}
 	for j, m := range vol.Mirrors {
@@ -333,6 +336,7 @@ func (v *validator) mirror(vol *VolumeConfig, who string, at func(string) string
 		{"ack_timeout", vol.AckTimeout != 0},
 		{"allow_degraded", vol.AllowDegraded},
 		{"resync_rate", vol.ResyncRate != 0},
+		{"lanes", vol.Lanes != 0},
 	}
 	for _, p := range primaryOnly {
 		if p.set {

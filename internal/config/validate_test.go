@@ -63,6 +63,9 @@ func TestProblems(t *testing.T) {
 		{"float size", node + primary + "size = 1.5 #!1\n",
 			[]string{`!1: volumes[0].size: want a size such as "10G", got float 1.5`}},
 		{"integer size ok", node + primary + "size = 1048576\n", nil},
+		{"lanes ok", node + primary + "lanes = 8\n", nil},
+		{"lanes out of range", node + primary + "lanes = 17 #!1\n",
+			[]string{`!1: volume "db": lanes 17 must be 1..16 (0: the default)`}},
 		{"bad duration", node + primary + "max_lag = \"5 seconds\" #!1\n",
 			[]string{`!1: volumes[0].max_lag: bad duration "5 seconds": want a number with a unit, such as "5s" or "250ms"`}},
 		{"duration as integer", node + primary + "ack_timeout = 5 #!1\n",
@@ -227,7 +230,7 @@ func TestProblems(t *testing.T) {
 
 		{"many problems in file order", node + "[[volumes]]\nname = \"v\"\nrole = \"primary\"\ndata = \"/d\"\nmode = \"x\" #!1\nack_level = \"y\" #!2\nbogus = 1 #!3\nsize = \"1\" #!4\n",
 			[]string{`!1: volume "v": mode "x": want sync or async`, `!2: volume "v": ack_level "y": want received, written or durable`,
-				`!3: unknown key volumes[0].bogus (known keys here: name, role, data, disk, size, nbd, export, read_only, journal_max, indirect_min, mirrors, mode, sync_acks, ack_level, max_lag, ack_timeout, allow_degraded, resync_rate, listen, allow)`,
+				`!3: unknown key volumes[0].bogus (known keys here: name, role, data, disk, size, nbd, export, read_only, journal_max, indirect_min, mirrors, mode, sync_acks, ack_level, max_lag, ack_timeout, allow_degraded, resync_rate, lanes, listen, allow)`,
 				`!4: volume "v": size 1 is not a multiple of 512`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -233,8 +233,8 @@ func (v *Volume) startReplication(node *mirror.Node, log *slog.Logger) (*mirror.
 		Peers: peers, Mode: mode, SyncAcks: c.SyncAcks, AckLevel: level,
 		AllowDegraded: c.AllowDegraded, AckTimeout: c.AckTimeout.Duration(), MaxLag: c.MaxLag.Duration(),
 		NodeName: v.env.node.Name, VolumeName: c.Name, Pool: v.env.pool, Transport: tc, Logger: log,
-		Resync: mirror.ResyncOptions{Rate: c.ResyncRate.Bytes()},
-		OnAck:  v.hooks.onAck, OnResyncSent: v.hooks.onResyncSent,
+		Resync: mirror.ResyncOptions{Rate: c.ResyncRate.Bytes()}, Lanes: c.Lanes,
+		OnAck: v.hooks.onAck, OnResyncSent: v.hooks.onResyncSent,
 		// Under a coordinator: it owns the ack set, heartbeats stop with
 		// the write lease, and come often enough for the failsafe's
 		// contact window (the TTL).

@@ -289,17 +289,19 @@ func TestMultiVolume(t *testing.T) {
 		return true, ""
 	})
 
-	// One connection per mirror host: h1 (never partitioned) accepted one
-	// for its two volumes; the primary's pool holds one per host.
+	// One connection per record lane to each mirror host, shared by its
+	// volumes: h1 (never partitioned) accepted one per lane for its two
+	// volumes; the primary's pool holds that many per host.
 	h1St, err := getMultiStatus(t, h1Admin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h1St.Connections == nil || h1St.Connections.Accepted != 1 {
-		t.Errorf("h1 accepted %+v connections for volumes a and b, want exactly 1", h1St.Connections)
+	lanes := mirror.DefaultLanes
+	if h1St.Connections == nil || h1St.Connections.Accepted != int64(lanes) {
+		t.Errorf("h1 accepted %+v connections for volumes a and b, want exactly %d (one per lane)", h1St.Connections, lanes)
 	}
-	if st.Connections == nil || st.Connections.Open != 2 {
-		t.Errorf("the primary's connection pool: %+v, want 2 open (one per mirror host)", st.Connections)
+	if st.Connections == nil || st.Connections.Open != 2*lanes {
+		t.Errorf("the primary's connection pool: %+v, want %d open (%d per mirror host)", st.Connections, 2*lanes, lanes)
 	} else {
 		t.Logf("primary connections: %d open, %d dialed (h2's was redialed after the partition)", st.Connections.Open, st.Connections.Dialed)
 	}

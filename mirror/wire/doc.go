@@ -50,6 +50,16 @@
 //	HeartbeatEcho (7):  | time ns u64 | lastSeq u64 | crc32c u32 |
 //	Error (8):          | code u16 | message str | crc32c u32 |
 //
+//	Lanes (17), primary → mirror on the log stream, only to a mirror whose
+//	HelloReply set FlagLanes: from now on records travel only on the
+//	session's count lane streams, the first of them holding seq from:
+//	| token u64 | from u64 | count u8 | crc32c u32 |
+//
+//	LaneJoin (18), primary → mirror, first frame of a lane stream (only
+//	Records follow it), naming the volume, the session's token and the
+//	lane (index < count):
+//	| name str | token u64 | index u8 | crc32c u32 |
+//
 // Decoders check every length against its maximum before allocating
 // (record data ≤ MaxRecordData, records ≤ MaxRecordsPerFrame and ≤ what the
 // payload can hold, history ≤ MaxHistory, strings ≤ MaxString) and fail with

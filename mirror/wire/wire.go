@@ -66,6 +66,10 @@ func (t MsgType) String() string {
 		return "error"
 	case MsgStreamVolume:
 		return "stream-volume"
+	case MsgLanes:
+		return "lanes"
+	case MsgLaneJoin:
+		return "lane-join"
 	}
 	return fmt.Sprintf("msg(%d)", uint8(t))
 }
