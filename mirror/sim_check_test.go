@@ -116,9 +116,24 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 		}
 	}
 	w.mu.Unlock()
+	// Level written promises survival of a mirror's process crash, not of
+	// its power loss (docs/operations.md): a mirror that acknowledged the
+	// record and lost power since may no longer hold it, and still counts.
+	var ackedWritten map[string]uint64
+	if level == wire.AckWritten {
+		ackedWritten = map[string]uint64{}
+		for _, ps := range c.repl.Status().Peers {
+			ackedWritten[ps.Name] = ps.Written
+		}
+	}
 	held := 0
 	var got []string
 	for _, v := range vs {
+		if level == wire.AckWritten && v.inc.n.powerLostN > wr.issuedN && ackedWritten[v.inc.n.name] >= seq {
+			got = append(got, v.inc.n.name+":power-lost-after-ack")
+			held++
+			continue
+		}
 		node := v.node
 		if v.d != nil {
 			node = v.d.Node()

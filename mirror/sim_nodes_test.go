@@ -180,6 +180,9 @@ type simNode struct {
 
 	prev       *simInc // the incarnation before, if it crashed
 	prevPower  bool    // ... with a power loss
+	// powerLostN is simWorld.clock when it last lost power as a mirror:
+	// what it had acknowledged at level written before may be gone.
+	powerLostN uint64
 	fencedIn   uint64  // the epoch in which it was seen fenced as primary
 	armedPower bool    // the armed crash is a power loss
 	resynced   int64   // resync chunks its finished mirror incarnations wrote
@@ -660,6 +663,10 @@ func (n *simNode) stop(clean, power bool, rng *rand.Rand) {
 	c.dead = !clean
 	if power && n.role == "primary" {
 		w.powered = true
+	}
+	if power && n.role == "mirror" {
+		w.clock++
+		n.powerLostN = w.clock
 	}
 	for _, wr := range w.writes {
 		if wr.node == n.name && wr.inc == c.id && !wr.finished {
