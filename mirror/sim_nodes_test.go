@@ -178,16 +178,16 @@ type simNode struct {
 	cur  *simInc
 	ninc int
 
-	prev       *simInc // the incarnation before, if it crashed
-	prevPower  bool    // ... with a power loss
+	prev      *simInc // the incarnation before, if it crashed
+	prevPower bool    // ... with a power loss
 	// powerLostN is simWorld.clock when it last lost power as a mirror:
 	// what it had acknowledged at level written before may be gone.
 	powerLostN uint64
-	fencedIn   uint64  // the epoch in which it was seen fenced as primary
-	armedPower bool    // the armed crash is a power loss
-	resynced   int64   // resync chunks its finished mirror incarnations wrote
-	splitBrain bool    // it reported a split brain (as a mirror)
-	ioErr      bool    // an I/O error was injected: the operator restarts it when the faults heal
+	fencedIn   uint64 // the epoch in which it was seen fenced as primary
+	armedPower bool   // the armed crash is a power loss
+	resynced   int64  // resync chunks its finished mirror incarnations wrote
+	splitBrain bool   // it reported a split brain (as a mirror)
+	ioErr      bool   // an I/O error was injected: the operator restarts it when the faults heal
 }
 
 // simInc is one incarnation of a node's process. Its hooks run in the
