@@ -304,7 +304,7 @@ vm_peaks() {
 		read -r nd nw < <(awk '/^nr_dirty /{d=$2} /^nr_writeback /{w=$2} END{print int(d*4/1024), int(w*4/1024)}' /proc/vmstat)
 		[ "$nd" -le "$d" ] || d=$nd
 		[ "$nw" -le "$w" ] || w=$nw
-		echo "$d $w" >"$1"
+		echo "$d $w" >"$1.tmp" && mv -f "$1.tmp" "$1" # whole lines only: the reader may come at any moment
 		sleep 0.2
 	done
 }
@@ -490,7 +490,10 @@ if lines:
     print("\n".join(lines))
 vm = {}
 for line in open(vm_path):
-    t, j, d, w, disk = line.split()
+    f = line.split()
+    if len(f) != 5:  # a job whose sampler had not written yet
+        continue
+    t, j, d, w, disk = f
     vm[(t, j)] = (int(d), int(w), int(disk))
 if vm:
     print()
