@@ -160,10 +160,11 @@ bm_repl_start() {
 	done
 	port=$(free_port)
 	env ${BM_ENV:-} "$BM" serve --data "$dir/p1" --size "$DISK_SIZE" \
-		--nbd "127.0.0.1:$port" --admin "" --certs "$dir/certs" --node p1 \
+		--nbd "127.0.0.1:$port" --admin "" --control "$dir/p1.sock" --certs "$dir/certs" --node p1 \
 		--mode "$mode" --sync-acks "$acks" "${margs[@]}" ${BM_ARGS:-} >"$dir/server.log" 2>&1 &
 	PIDS+=($!)
 	URI="nbd://127.0.0.1:$port/disk"
+	CONTROL="$dir/p1.sock"
 	wait_nbd "$URI" "$dir/server.log"
 	for _ in $(seq 150); do
 		[ "$(grep -c 'mirror connected' "$dir/server.log")" -ge "$n" ] && return 0
@@ -176,6 +177,24 @@ target_bm-async1_start() { bm_repl_start "$1" async 1 1; }
 target_bm-sync1_start() { bm_repl_start "$1" sync 1 1; }
 target_bm-sync2_start() { bm_repl_start "$1" sync 2 2; }
 target_bm-sync1of2_start() { bm_repl_start "$1" sync 2 1; }
+
+# wait_mirrors_caught_up waits (up to 10 minutes) until every mirror of the
+# primary at $CONTROL has made durable every write the primary has: async
+# acknowledges the prefill (and an earlier job) before the mirror holds it,
+# and a job started then would begin seconds behind, held by --max-lag for
+# that backlog instead of measuring its own writes.
+wait_mirrors_caught_up() {
+	local i
+	for i in $(seq 6000); do
+		"$BM" status --control "$CONTROL" --json 2>/dev/null | "$PY" -c '
+import json, sys
+r = json.load(sys.stdin)["primary"]["replication"]
+sys.exit(0 if r["peers"] and all(p["durable_seq"] >= r["last_seq"] for p in r["peers"]) else 1)
+' && return 0
+		sleep 0.1
+	done
+	die "the mirrors did not catch up with the prefill within 10 minutes (status: $("$BM" status --control "$CONTROL" 2>&1 | tail -5))"
+}
 
 # nbdkit's file plugin on a sparse file of the same size.
 target_nbdkit_start() {
@@ -398,6 +417,7 @@ for target in $TARGETS; do
 	dir=$BENCH_DIR/$target
 	mkdir -p "$dir"
 	say "== $target: starting"
+	CONTROL=
 	"target_${kind}_start" "$dir"
 	say "$target: $URI; prefilling $PREFILL"
 	fio --name=prefill --ioengine=nbd --uri="$URI" --size="$PREFILL" --rw=write \
@@ -408,6 +428,8 @@ for target in $TARGETS; do
 	for job in $JOBS; do
 		opts=$(echo "$JOB_LIST" | sed -n "s/^$job|//p")
 		[ -n "$opts" ] || die "unknown job $job"
+		# Each job starts with the mirrors holding everything before it.
+		[ -z "$CONTROL" ] || wait_mirrors_caught_up
 		# shellcheck disable=SC2086
 		run_job "$target" "$job" $opts
 	done
