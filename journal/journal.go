@@ -308,18 +308,18 @@ type Journal struct {
 	// highest it asked a non-droppable consumer to release (mu).
 	bounded, boundThrough, pressured uint64
 
-	mu        sync.Mutex
-	sig       chan struct{} // closed and replaced when anything changes
-	sigUsed   bool
-	err       error // sticky failure
-	closing   bool
-	stopped   bool // flusher exited
-	segs      []*segment
-	unsynced  []*segment // older segments whose f a sync must still cover, oldest first
+	mu       sync.Mutex
+	sig      chan struct{} // closed and replaced when anything changes
+	sigUsed  bool
+	err      error // sticky failure
+	closing  bool
+	stopped  bool // flusher exited
+	segs     []*segment
+	unsynced []*segment // older segments whose f a sync must still cover, oldest first
 	// removing: segments retention took out of segs, oldest first, whose
 	// files the remover has yet to unlink (and the directory to sync);
 	// they leave the list once that is done.
-	removing []*segment
+	removing  []*segment
 	total     int64
 	next      uint64 // seq the next Submit must carry
 	written   uint64
