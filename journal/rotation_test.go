@@ -514,6 +514,19 @@ func TestWriteNotBehindSegmentRemoval(t *testing.T) {
 	if _, err := j.NewReader(1); !errors.Is(err, journal.ErrGone) {
 		t.Errorf("reader at seq 1 while its segment is being removed: %v, want ErrGone", err)
 	}
+	// A power loss in the middle of the removal: the old segments are still
+	// there in front of the chain, and every durable record is intact.
+	crashed, err := journal.Open(rotOpts(m.CrashCloneDropUnsynced()))
+	if err != nil {
+		t.Fatalf("open after a power loss during segment removal: %v", err)
+	}
+	if first := crashed.FirstSeq(); first != 1 {
+		t.Errorf("after a power loss before any unlink the journal starts at %d, want 1", first)
+	}
+	checkChain(t, crashed, 1, 140, func(uint64) int { return 1000 })
+	if err := crashed.Close(); err != nil {
+		t.Fatal(err)
+	}
 	g.armed.Store(false)
 	close(g.gate)
 	if err := j.Close(); err != nil {
