@@ -5,7 +5,6 @@ package e2e
 // while a resync runs.
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -261,13 +260,7 @@ func TestResyncBehindOverwrittenIndirect(t *testing.T) {
 	c := newReplCluster(t, "1G", "m1")
 	c.StartMirror("m1")
 	c.StartPrimary(primaryOpts{Args: []string{"--mode", "async", "--max-lag", "0"}})
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	conn, err := rawDial(ctx, c.Primary.NBD, defaultExport)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.disconnect()
+	conn := foDial(t, c.Primary.NBD)
 	seed := rand.Uint64()
 	t.Logf("seed %d", seed)
 	buf := make([]byte, resyncExtent)
