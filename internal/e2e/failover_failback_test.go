@@ -227,9 +227,8 @@ func TestFailoverFailbackClean(t *testing.T) {
 // journal holds them as indirect records whose data later writes
 // overwrote, most of them past the 64 MiB memory tail. p1, demoted and
 // rejoining as m1's mirror, cannot be streamed to from those records: m1
-// resyncs it by its bitmap (one complete resync comparing the region,
-// not the 256 MiB disk), and the images end byte-identical with the last
-// pass readable.
+// logs that and resyncs it, sending the rewritten region (not the 256 MiB
+// disk), and the images end byte-identical with the last pass readable.
 func TestFailoverFailbackIndirect(t *testing.T) {
 	const (
 		blk    = 1 << 20
@@ -263,14 +262,15 @@ func TestFailoverFailbackIndirect(t *testing.T) {
 	if !strings.Contains(m1.Proc.Log(), "a mirror is behind an indirect record whose data a later write overwrote") {
 		t.Errorf("m1 did not log that p1 is behind overwritten indirect records\n%s", resyncLines(m1.Proc, p1.Proc))
 	}
-	runs := resyncRuns(t, m1.Proc.Log(), "p1")
-	if len(runs) != 1 || !runs[0].Complete {
-		t.Fatalf("want one complete resync of p1, got %+v\n%s", runs, resyncLines(m1.Proc, p1.Proc))
+	// p1 rejoining is compared by hash (as in TestFailoverFailbackClean);
+	// the drop at the overwritten indirect records may restart that resync
+	// with what is left. What is sent is the rewritten region.
+	runs := waitResyncComplete(t, m1.Proc, "p1")
+	last := runs[len(runs)-1]
+	if region := int64(len(offs)) * blk; last.Sent == 0 || last.Sent > region+2*resyncChunk {
+		t.Errorf("the resync that completed sent %s; want the rewritten %s region, not more\n%s", mib(last.Sent), mib(region), resyncLines(m1.Proc, p1.Proc))
 	}
-	if region := int64(len(offs)) * blk; runs[0].Compare == 0 || runs[0].Compare > region+2*resyncChunk {
-		t.Errorf("the resync compared %s; want the rewritten %s region (its bitmap), not more", mib(runs[0].Compare), mib(region))
-	}
-	t.Logf("p1 resynced after %d overwritten passes on m1: compared %s, sent %s", passes, mib(runs[0].Compare), mib(runs[0].Sent))
+	t.Logf("p1 resynced after %d overwritten passes on m1: runs %+v", passes, runs)
 	foCheckBlocks(t, m1.NBD, tag, offs, blk)
 	m1.Stop()
 	p1.Stop()

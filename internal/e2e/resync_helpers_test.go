@@ -184,6 +184,18 @@ func resyncRuns(t testing.TB, log, peer string) []resyncRun {
 	return runs
 }
 
+// waitResyncComplete waits (10 s) until the last resync of peer that
+// proc logged is complete, and returns the runs.
+func waitResyncComplete(t testing.TB, proc *testutil.Proc, peer string) []resyncRun {
+	t.Helper()
+	var runs []resyncRun
+	testutil.WaitFor(t, 10*time.Second, "the resync of "+peer+" logged complete", func() (bool, string) {
+		runs = resyncRuns(t, proc.Log(), peer)
+		return len(runs) > 0 && runs[len(runs)-1].Complete, fmt.Sprintf("runs %+v", runs)
+	})
+	return runs
+}
+
 // resyncLines returns the primary's and mirror's resync log lines, for
 // test logs.
 func resyncLines(p ...*testutil.Proc) string {
