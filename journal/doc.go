@@ -160,7 +160,11 @@
 //
 // Named consumers (AddConsumer) hold records until they Release them. A
 // segment that every consumer has released entirely is removed (never the
-// last one). With no consumers, segments are removed only by the size
+// last one): it leaves the journal at once (FirstSeq moves, readers get
+// ErrGone), and a goroutine of its own then unlinks the file and syncs the
+// directory, so writes never wait for an unlink (tens of milliseconds for
+// a 64 MiB file on ext4 with discard); Close and SetStart wait for it.
+// With no consumers, segments are removed only by the size
 // bound. The size bound is enforced whenever a segment starts (and after
 // every release) while the files exceed MaxBytes: the oldest segments
 // whose removal brings the journal back within the bound must go. Every

@@ -297,6 +297,8 @@ type Journal struct {
 	syncMu   sync.Mutex
 	syncKick chan struct{} // wakes the syncer; capacity 1
 	syncDone chan struct{} // closed when the syncer exits
+	rmKick   chan struct{} // wakes the remover; capacity 1
+	rmDone   chan struct{} // closed when the remover exits
 	active   vfs.File      // handle of the last segment (ioMu and mu to replace)
 	buf      []byte        // encode buffer (ioMu)
 	batch    []Record
@@ -306,14 +308,18 @@ type Journal struct {
 	// highest it asked a non-droppable consumer to release (mu).
 	bounded, boundThrough, pressured uint64
 
-	mu        sync.Mutex
-	sig       chan struct{} // closed and replaced when anything changes
-	sigUsed   bool
-	err       error // sticky failure
-	closing   bool
-	stopped   bool // flusher exited
-	segs      []*segment
-	unsynced  []*segment // older segments whose f a sync must still cover, oldest first
+	mu       sync.Mutex
+	sig      chan struct{} // closed and replaced when anything changes
+	sigUsed  bool
+	err      error // sticky failure
+	closing  bool
+	stopped  bool // flusher exited
+	segs     []*segment
+	unsynced []*segment // older segments whose f a sync must still cover, oldest first
+	// removing: segments retention took out of segs, oldest first, whose
+	// files the remover has yet to unlink (and the directory to sync);
+	// they leave the list once that is done.
+	removing  []*segment
 	total     int64
 	next      uint64 // seq the next Submit must carry
 	written   uint64
@@ -351,6 +357,8 @@ func Open(opts Options) (*Journal, error) {
 		kick:      make(chan struct{}, 1),
 		syncKick:  make(chan struct{}, 1),
 		syncDone:  make(chan struct{}),
+		rmKick:    make(chan struct{}, 1),
+		rmDone:    make(chan struct{}),
 		sig:       make(chan struct{}),
 		consumers: map[string]*consumer{},
 		readers:   map[*Reader]struct{}{},
@@ -363,6 +371,7 @@ func Open(opts Options) (*Journal, error) {
 	}
 	go j.flusher()
 	go j.syncer()
+	go j.remover()
 	return j, nil
 }
 
@@ -383,6 +392,8 @@ func (j *Journal) Close() error {
 	<-j.done
 	j.pokeSync()
 	<-j.syncDone
+	j.pokeRemove()
+	<-j.rmDone
 	j.ioMu.Lock()
 	var cerr error
 	if j.active != nil {
@@ -491,6 +502,13 @@ func (j *Journal) removeWaiterLocked(w *waiter) {
 func (j *Journal) poke() {
 	select {
 	case j.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (j *Journal) pokeRemove() {
+	select {
+	case j.rmKick <- struct{}{}:
 	default:
 	}
 }
@@ -860,6 +878,8 @@ func (j *Journal) SetStart(seq uint64) error {
 	}
 	old := j.segs
 	j.mu.Unlock()
+	// The new segment may take the name of one retention is removing.
+	j.awaitRemovals()
 
 	// The records of old segments left unsynced by rotation are about to
 	// go with their files, but until the directory is synced below the

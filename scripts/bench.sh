@@ -275,13 +275,16 @@ PYEOF
 # lat_ns); with fsync=N fio's nbd engine sends NBD_CMD_FLUSH every N writes
 # and its latency is in "flush mean/p99". The 1 MiB jobs sweep LARGE_REGION
 # (issue 15's large-write measurement: a VM image copied in, a restore),
-# without flushes and with one every 256 MiB.
+# without flushes and with one every 256 MiB; the 256 KiB and 128 KiB ones
+# place --indirect-min (a write at or above it takes the indirect path).
 JOB_LIST="
 randwrite-4k-qd1|--rw=randwrite --bs=4k --iodepth=1
 randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32
 randread-4k-qd32|--rw=randread --bs=4k --iodepth=32
 seqwrite-1M-qd8|--rw=write --bs=1M --iodepth=8 --size=$LARGE_REGION
 seqwrite-1M-qd8-flush256|--rw=write --bs=1M --iodepth=8 --size=$LARGE_REGION --fsync=256
+seqwrite-256k-qd8|--rw=write --bs=256k --iodepth=8 --size=$LARGE_REGION
+seqwrite-128k-qd8|--rw=write --bs=128k --iodepth=8 --size=$LARGE_REGION
 randwrite-4k-qd32-fsync32|--rw=randwrite --bs=4k --iodepth=32 --fsync=32
 randwrite-4k-qd1-fsync1|--rw=randwrite --bs=4k --iodepth=1 --fsync=1
 "

@@ -226,10 +226,10 @@ const (
 	MaxLanes          = 16
 	DefaultAckTimeout = Duration(5e9)
 	DefaultJournalMax = Size(8 << 30)
-	// DefaultIndirectMin is 0 (off) until the e2e tests that fill the
-	// journal with 1 MiB writes are adapted; 256K is what docs/tuning.md
-	// ("Indirect writes") measured.
-	DefaultIndirectMin = Size(0)
+	// DefaultIndirectMin turns the indirect path on for writes of 256 KiB
+	// and more (docs/tuning.md, "Indirect writes", has the sweep); 0 in
+	// the file or on the command line turns it off.
+	DefaultIndirectMin = Size(256 << 10)
 )
 
 // Load reads and parses the TOML file at path (see Parse).

@@ -87,11 +87,19 @@ func TestDefaultsAndExplicitZero(t *testing.T) {
 	c, err := config.Parse([]byte(`
 [node]
 admin = ""
+name = "n"
+certs = "/c"
 [[volumes]]
 name = "v"
 role = "primary"
 data = "d"
 max_lag = "0s"
+indirect_min = 0
+[[volumes]]
+name = "w"
+role = "mirror"
+data = "e"
+listen = ":7443"
 `), "x.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +110,13 @@ max_lag = "0s"
 	}
 	if v.MaxLag != 0 {
 		t.Errorf("explicit max_lag 0 became %v", v.MaxLag)
+	}
+	if v.IndirectMin != 0 {
+		t.Errorf("explicit indirect_min 0 (the indirect path off) became %v", v.IndirectMin)
+	}
+	// A mirror's indirect_min applies after its promotion: on by default.
+	if w := c.Volumes[1]; w.IndirectMin != 256<<10 || config.DefaultIndirectMin != 256<<10 {
+		t.Errorf("mirror volume without indirect_min: %v (default %v), want 256 KiB", w.IndirectMin, config.DefaultIndirectMin)
 	}
 	if v.AckTimeout != config.DefaultAckTimeout || v.Mode != "sync" || v.SyncAcks != 1 || v.AckLevel != "written" || v.Export != "v" {
 		t.Errorf("defaults not applied: %+v", v)

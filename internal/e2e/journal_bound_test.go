@@ -45,8 +45,10 @@ func TestJournalBoundWhileMirrorPartitioned(t *testing.T) {
 	m2 := c.StartMirror("m2")
 	proxy := testutil.StartProxy(t, testutil.FreeUDPAddr(t), m2.Listen)
 	c.StartPrimary(primaryOpts{
-		Via:  map[string]string{"m2": proxy.Addr().String()},
-		Args: []string{"--mode", "sync", "--sync-acks", "1", "--journal-max", "32M"},
+		Via: map[string]string{"m2": proxy.Addr().String()},
+		// --indirect-min 0: the subject is the bound on a journal holding
+		// the data (indirect records are 104 bytes per 1 MiB write).
+		Args: []string{"--mode", "sync", "--sync-acks", "1", "--journal-max", "32M", "--indirect-min", "0"},
 	})
 	c.WaitPeerState(30*time.Second, "in-sync", "m1", "m2")
 

@@ -42,7 +42,8 @@ func (s *resyncSetup) DiffBytes() int64 { return s.data.Bytes() }
 // a chunk-granular resync has to send at least once.
 func (s *resyncSetup) DiffChunkBytes() int64 { return s.data.ChunkBytes(resyncChunk, resyncDiskSize) }
 
-// newResyncSetup creates the cluster, starts the primary without mirrors,
+// newResyncSetup creates the cluster, starts the primary without mirrors
+// (and without the indirect path, so that the journal holds the data),
 // writes extents random 1 MiB extents (4 KiB-aligned, so most touch 17
 // chunks) through NBD, then more until the journal rolls over to a new
 // segment, waits until the journal dropped the older segments (a primary
@@ -53,7 +54,10 @@ func newResyncSetup(t *testing.T, extents int) *resyncSetup {
 	s := &resyncSetup{c: newReplCluster(t, "1G", "m1"), seed: rand.Uint64()}
 	t.Logf("seed %d (data: %d random 1 MiB extents)", s.seed, extents)
 	c := s.c
-	c.StartPrimary(primaryOpts{Mirrors: []string{}})
+	// The journal must hold the data to fill segments and drop them: the
+	// indirect path (on by default) would journal 104 bytes per 1 MiB
+	// write. The resync tests start the primary again with the default.
+	c.StartPrimary(primaryOpts{Mirrors: []string{}, Args: []string{"--indirect-min", "0"}})
 	s.fill(t, 0, extents, true)
 	// More extents until the journal starts a new segment, so that what a
 	// new mirror gets from the journal is at most a record or two and the
@@ -177,6 +181,18 @@ func resyncRuns(t testing.TB, log, peer string) []resyncRun {
 			r.Seconds, _ = strconv.ParseFloat(testutil.LogField(line, "seconds"), 64)
 		}
 	}
+	return runs
+}
+
+// waitResyncComplete waits (10 s) until the last resync of peer that
+// proc logged is complete, and returns the runs.
+func waitResyncComplete(t testing.TB, proc *testutil.Proc, peer string) []resyncRun {
+	t.Helper()
+	var runs []resyncRun
+	testutil.WaitFor(t, 10*time.Second, "the resync of "+peer+" logged complete", func() (bool, string) {
+		runs = resyncRuns(t, proc.Log(), peer)
+		return len(runs) > 0 && runs[len(runs)-1].Complete, fmt.Sprintf("runs %+v", runs)
+	})
 	return runs
 }
 

@@ -26,7 +26,7 @@ func TestResyncBitmapSkipsJournalTail(t *testing.T) {
 	c := newReplCluster(t, "1G", "m1")
 	m := c.StartMirror("m1")
 	relay := testutil.StartProxy(t, testutil.FreeUDPAddr(t), m.Listen)
-	c.StartPrimary(primaryOpts{Via: map[string]string{"m1": relay.Addr().String()}, Args: []string{"--journal-max", "32M", "--allow-degraded"}})
+	c.StartPrimary(primaryOpts{Via: map[string]string{"m1": relay.Addr().String()}, Args: []string{"--journal-max", "32M", "--allow-degraded", "--indirect-min", "0"}})
 	c.WaitPeerState(30*time.Second, "in-sync", "m1")
 	stopProc(t, m.Proc)
 
