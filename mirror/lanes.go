@@ -112,8 +112,9 @@ func (m *laneMerge) put(ctx context.Context, f laneFrame) error {
 		if first == m.next || m.held == 0 || m.held+f.bytes <= m.limit {
 			m.pending[first] = f
 			m.held += f.bytes
+			awaited := first == m.next // read under mu: pop moves it
 			m.mu.Unlock()
-			if first == m.next {
+			if awaited {
 				select {
 				case m.ready <- struct{}{}:
 				default:

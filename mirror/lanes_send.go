@@ -141,8 +141,11 @@ func newLanePipe(ctx context.Context, lanes []laneOut, spread int) *lanePipe {
 		ctx: ctx, cancel: cancel, free: make(chan *[]byte, 2*len(lanes)+1), spread: spread,
 		busy: make([]bool, len(lanes)), idle: make(chan struct{}),
 	}
-	for i, ln := range lanes {
+	for range lanes {
 		p.jobs = append(p.jobs, make(chan *[]byte, 1))
+	}
+	// Only once jobs is complete: a writer reads it while it runs.
+	for i, ln := range lanes {
 		p.wg.Add(1)
 		go p.write(i, ln)
 	}

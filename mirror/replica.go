@@ -775,7 +775,26 @@ func (d *Replica) serveSession(ctx context.Context, conn streamConn, st frameStr
 	}
 	if s.errorSent.Load() && sctx.Err() == nil {
 		// Let the error reach the primary before the stream is cancelled.
-		linger(st)
+		// The frame reader keeps reading the stream: it alone may (two
+		// readers of one stream split its frames between them).
+		st.CloseWrite()
+		st.SetReadDeadline(time.Now().Add(2 * time.Second))
+		drainFrames(frames, readerDone)
+	}
+}
+
+// drainFrames discards frames until the reader reports the stream's end
+// (the peer hung up, or the read deadline passed) or has stopped.
+func drainFrames(frames <-chan inFrame, readerDone <-chan struct{}) {
+	for {
+		select {
+		case f := <-frames:
+			if f.err != nil {
+				return
+			}
+		case <-readerDone:
+			return
+		}
 	}
 }
 
