@@ -193,7 +193,7 @@ sys.exit(0 if r["peers"] and all(p["durable_seq"] >= r["last_seq"] for p in r["p
 ' && return 0
 		sleep 0.1
 	done
-	die "the mirrors did not catch up with the prefill within 10 minutes (status: $("$BM" status --control "$CONTROL" 2>&1 | tail -5))"
+	die "the mirrors did not catch up with the earlier writes within 10 minutes (status: $("$BM" status --control "$CONTROL" 2>&1 | tail -5))"
 }
 
 # nbdkit's file plugin on a sparse file of the same size.
