@@ -230,6 +230,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer, role string
 		return err
 	}
 	leaveOneCPU(log)
+	tightenGC(log)
 	proc, err := daemon.New(ctx, p, daemon.Options{Logger: log, Version: version, JournalTestWriteDelay: d.testJournalDelay})
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"testing"
 )
 
@@ -28,5 +29,22 @@ func TestLeaveOneCPU(t *testing.T) {
 	leaveOneCPU(log)
 	if got := runtime.GOMAXPROCS(0); got != 4 {
 		t.Errorf("GOMAXPROCS=4 set: got %d, want 4", got)
+	}
+}
+
+func TestTightenGC(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(prev)
+	log := slog.New(slog.DiscardHandler)
+
+	t.Setenv("GOGC", "")
+	tightenGC(log)
+	if got := debug.SetGCPercent(100); got != daemonGCPercent {
+		t.Errorf("GOGC unset: GC percent %d, want %d", got, daemonGCPercent)
+	}
+	t.Setenv("GOGC", "200") // the operator's choice stands
+	tightenGC(log)
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC=200 set: GC percent changed to %d", got)
 	}
 }
