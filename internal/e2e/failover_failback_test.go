@@ -236,9 +236,11 @@ func TestFailoverFailbackIndirect(t *testing.T) {
 	)
 	c := newFoCluster(t, 192, "p1", "m1")
 	p1, m1 := c.N("p1"), c.N("m1")
-	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0"}
+	// The indirect path is off by default (docs/tuning.md, "Indirect
+	// writes"): on here for the primary and, after its promotion, m1.
+	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0", "--indirect-min", "256K"}
 	m1.StartMirror(m1Args...)
-	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen)
+	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen, "--indirect-min", "256K")
 	var offs []int64
 	for i := range 16 {
 		offs = append(offs, 64<<20+int64(i)*blk)

@@ -243,7 +243,7 @@ func TestResyncStatus(t *testing.T) {
 	c.RequireIdentical("m1")
 }
 
-// TestResyncBehindOverwrittenIndirect: the indirect path on (the default)
+// TestResyncBehindOverwrittenIndirect: the indirect path on
 // with 1 MiB writes. m1 is killed; the primary (async) rewrites a 16 MiB
 // region six times, so its journal holds 96 indirect records whose data
 // later writes overwrote, most of them past the 64 MiB memory tail — and
@@ -259,7 +259,8 @@ func TestResyncBehindOverwrittenIndirect(t *testing.T) {
 	)
 	c := newReplCluster(t, "1G", "m1")
 	c.StartMirror("m1")
-	c.StartPrimary(primaryOpts{Args: []string{"--mode", "async", "--max-lag", "0"}})
+	// The indirect path is off by default: on here.
+	c.StartPrimary(primaryOpts{Args: []string{"--mode", "async", "--max-lag", "0", "--indirect-min", "256K"}})
 	conn := foDial(t, c.Primary.NBD)
 	seed := rand.Uint64()
 	t.Logf("seed %d", seed)
