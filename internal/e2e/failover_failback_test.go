@@ -179,11 +179,7 @@ func TestFailoverFailback(t *testing.T) {
 // from m1's journal and ends identical.
 func TestFailoverFailbackClean(t *testing.T) {
 	const blk = 64 << 10
-	c := newFoCluster(t, 186, "p1", "m1")
-	p1, m1 := c.N("p1"), c.N("m1")
-	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0"}
-	m1.StartMirror(m1Args...)
-	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen)
+	p1, m1 := startFailbackPair(t, 186)
 	aOffs := []int64{0, 5 << 20, 99 << 20}
 	pc := foDial(t, p1.NBD)
 	pc.foWriteBlocks(t, "A", aOffs, blk)
@@ -234,13 +230,9 @@ func TestFailoverFailbackIndirect(t *testing.T) {
 		blk    = 1 << 20
 		passes = 6
 	)
-	c := newFoCluster(t, 192, "p1", "m1")
-	p1, m1 := c.N("p1"), c.N("m1")
 	// The indirect path is off by default (docs/tuning.md, "Indirect
 	// writes"): on here for the primary and, after its promotion, m1.
-	m1Args := []string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0", "--indirect-min", "256K"}
-	m1.StartMirror(m1Args...)
-	p1.StartPrimary("256M", "--mirror", "m1="+m1.Listen, "--mode", "sync", "--listen", p1.Listen, "--indirect-min", "256K")
+	p1, m1 := startFailbackPair(t, 192, "--indirect-min", "256K")
 	var offs []int64
 	for i := range 16 {
 		offs = append(offs, 64<<20+int64(i)*blk)
@@ -277,4 +269,16 @@ func TestFailoverFailbackIndirect(t *testing.T) {
 	m1.Stop()
 	p1.Stop()
 	foRequireIdentical(t, p1, m1)
+}
+
+// startFailbackPair starts p1 as a sync primary of m1, and m1 as a mirror
+// that replicates back to p1 (async, no lag bound) once promoted; extra
+// goes to both.
+func startFailbackPair(t *testing.T, host int, extra ...string) (p1, m1 *foNode) {
+	t.Helper()
+	c := newFoCluster(t, host, "p1", "m1")
+	p1, m1 = c.N("p1"), c.N("m1")
+	m1.StartMirror(append([]string{"--mirror", "p1=" + p1.Listen, "--mode", "async", "--max-lag", "0"}, extra...)...)
+	p1.StartPrimary("256M", append([]string{"--mirror", "m1=" + m1.Listen, "--mode", "sync", "--listen", p1.Listen}, extra...)...)
+	return p1, m1
 }
