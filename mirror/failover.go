@@ -101,11 +101,19 @@ func promoteTo(n *Node, epoch uint64, force bool) (*Meta, error) {
 // up its side of a split brain: on contact with the other primary it
 // quarantines its records after the fork and resyncs.
 func Demote(n *Node, splitBrainLoser bool) error {
+	return demote(n, splitBrainLoser, false)
+}
+
+// demote is Demote; imageAhead says this run's image may hold a write no
+// journal record has (an indirect write that reached the store and then
+// failed): as a mirror the node must then be resynced, as after an
+// unclean stop.
+func demote(n *Node, splitBrainLoser, imageAhead bool) error {
 	m := n.Meta()
 	n.mu.Lock()
 	writing := n.writing
 	n.mu.Unlock()
-	needsResync, accept, err := core.Demotion(m.nodeState(), writing, splitBrainLoser)
+	needsResync, accept, err := core.Demotion(m.nodeState(), writing && !imageAhead, splitBrainLoser)
 	if err != nil {
 		return fmt.Errorf("mirror: demote %s: already a %s: %w", n.Dir, m.Role, err)
 	}

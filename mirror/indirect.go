@@ -351,6 +351,9 @@ func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua boo
 		}
 	}
 	if err != nil {
+		// The image may now hold bytes no record has (the activity log
+		// covers them for a restart as primary); a demotion must resync.
+		v.imageAhead = true
 		v.failLocked(fmt.Errorf("mirror: an indirect write reached the store but not the journal: %w", err))
 		delete(v.pending, me)
 		v.idleLocked()
