@@ -125,7 +125,10 @@ func demote(n *Node, splitBrainLoser, imageAhead bool) error {
 	}
 	// After an unclean stop the image may hold writes no journal has (see
 	// activity.go): as a mirror the node is compared in full.
-	if needsResync && !m.NeedsResync {
+	switch {
+	case needsResync && !m.NeedsResync && imageAhead && writing:
+		n.log.Warn("demoting a primary whose image holds an indirect write that never reached its journal (it failed after writing the image); as a mirror it will be resynced")
+	case needsResync && !m.NeedsResync:
 		n.log.Warn("demoting a primary that did not stop cleanly: its image may hold writes its journal lost; as a mirror it will be resynced")
 	}
 	// PeerMeta stays: its journal consumers keep the records no mirror

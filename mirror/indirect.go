@@ -305,6 +305,15 @@ func (v *Volume) loadIndirect() error {
 // pending write overlapping it.
 func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua bool) error {
 	end := rec.Offset + uint64(rec.Length)
+	// A fenced primary's write would fail at Admit, after its data reached
+	// the image: refuse it before touching the image (the race with a
+	// fence arriving during the write is covered by imageAhead below).
+	if f, ok := v.repl.(interface{ fencedErr() error }); ok {
+		if err := f.fencedErr(); err != nil {
+			v.mu.Unlock()
+			return err
+		}
+	}
 	waits := v.overlapsLocked(rec.Offset, end)
 	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
 	v.pending[me] = struct{}{}
