@@ -101,11 +101,19 @@ func promoteTo(n *Node, epoch uint64, force bool) (*Meta, error) {
 // up its side of a split brain: on contact with the other primary it
 // quarantines its records after the fork and resyncs.
 func Demote(n *Node, splitBrainLoser bool) error {
+	return demote(n, splitBrainLoser, false)
+}
+
+// demote is Demote; imageAhead says this run's image may hold a write no
+// journal record has (an indirect write that reached the store and then
+// failed): as a mirror the node must then be resynced, as after an
+// unclean stop.
+func demote(n *Node, splitBrainLoser, imageAhead bool) error {
 	m := n.Meta()
 	n.mu.Lock()
 	writing := n.writing
 	n.mu.Unlock()
-	needsResync, accept, err := core.Demotion(m.nodeState(), writing, splitBrainLoser)
+	needsResync, accept, err := core.Demotion(m.nodeState(), writing && !imageAhead, splitBrainLoser)
 	if err != nil {
 		return fmt.Errorf("mirror: demote %s: already a %s: %w", n.Dir, m.Role, err)
 	}
@@ -117,7 +125,10 @@ func Demote(n *Node, splitBrainLoser bool) error {
 	}
 	// After an unclean stop the image may hold writes no journal has (see
 	// activity.go): as a mirror the node is compared in full.
-	if needsResync && !m.NeedsResync {
+	switch {
+	case needsResync && !m.NeedsResync && imageAhead && writing:
+		n.log.Warn("demoting a primary whose image holds an indirect write that never reached its journal (it failed after writing the image); as a mirror it will be resynced")
+	case needsResync && !m.NeedsResync:
 		n.log.Warn("demoting a primary that did not stop cleanly: its image may hold writes its journal lost; as a mirror it will be resynced")
 	}
 	// PeerMeta stays: its journal consumers keep the records no mirror

@@ -305,6 +305,15 @@ func (v *Volume) loadIndirect() error {
 // pending write overlapping it.
 func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua bool) error {
 	end := rec.Offset + uint64(rec.Length)
+	// A fenced primary's write would fail at Admit, after its data reached
+	// the image: refuse it before touching the image (the race with a
+	// fence arriving during the write is covered by imageAhead below).
+	if f, ok := v.repl.(interface{ fencedErr() error }); ok {
+		if err := f.fencedErr(); err != nil {
+			v.mu.Unlock()
+			return err
+		}
+	}
 	waits := v.overlapsLocked(rec.Offset, end)
 	me := &extent{off: rec.Offset, end: end, done: make(chan struct{})}
 	v.pending[me] = struct{}{}
@@ -351,6 +360,9 @@ func (v *Volume) changeIndirect(ctx context.Context, rec journal.Record, fua boo
 		}
 	}
 	if err != nil {
+		// The image may now hold bytes no record has (the activity log
+		// covers them for a restart as primary); a demotion must resync.
+		v.imageAhead = true
 		v.failLocked(fmt.Errorf("mirror: an indirect write reached the store but not the journal: %w", err))
 		delete(v.pending, me)
 		v.idleLocked()

@@ -206,8 +206,14 @@ func (l *peerLink) session(ctx context.Context) (bool, error) {
 			return true, fmt.Errorf("prepare resync: %w", err)
 		}
 		s.begin = &begin
+		// What the journal still keeps for this mirror stays until the
+		// resync is done, even when the resync starts past it.
+		var kept uint64
+		if rel, ok := r.j.Consumer(peerConsumer(l.addr.Name)); ok {
+			kept = max(rel+1, r.j.FirstSeq())
+		}
 		r.mu.Lock()
-		err = r.core.StartResync(l.addr.Name, begin.From)
+		err = r.core.StartResync(l.addr.Name, begin.From, kept)
 		r.processLocked()
 		r.mu.Unlock()
 		if err != nil {

@@ -266,6 +266,17 @@ func (r *Replication) Admit(id uint64, bytes int, fua bool) (uint64, error) {
 	return seq, nil
 }
 
+// fencedErr returns the error Admit gives every write once the core is
+// fenced (a node of a higher epoch exists), nil before.
+func (r *Replication) fencedErr() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.core.Fenced() {
+		return core.ErrFenced
+	}
+	return nil
+}
+
 // AdmitFlush implements Replicator.
 func (r *Replication) AdmitFlush(id uint64) error {
 	r.mu.Lock()

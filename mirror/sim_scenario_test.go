@@ -20,6 +20,7 @@ import (
 //	# what happens, in words (comments anywhere)
 //	cluster seed=N mirrors=M k=K mode=sync|async level=received|written|durable [degraded] [maxlag=D]
 //	        [journalmax=BYTES] [queue=BYTES] [ckpt=D] [mirrorckpt=D] [lanes=N (default 1)]
+//	        [indirect=BYTES] [tail=BYTES] [inflight=BYTES]
 //	run
 //	  events, as the simulation prints schedules (see simEvent), any
 //	  number per line, each line may end in a # comment
@@ -166,6 +167,8 @@ func (sc *scenario) set(kv string) error {
 		p.tailBytes, err = strconv.ParseInt(v, 10, 64)
 	case "lanes":
 		p.lanes, err = strconv.Atoi(v)
+	case "inflight":
+		p.inFlight, err = strconv.Atoi(v)
 	default:
 		return fmt.Errorf("unknown cluster setting %q", k)
 	}

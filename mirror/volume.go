@@ -131,6 +131,9 @@ type Volume struct {
 	// checkpoint passes the record (it stays in inflight), so the journal
 	// keeps it for the replay at the next start.
 	failed error
+	// imageAhead: an indirect write reached the store but no journal
+	// record (changeIndirect); a demotion then resyncs this node.
+	imageAhead bool
 	// idle is closed (and replaced by nil) when inflight becomes empty;
 	// Quiesce waits for it.
 	idle chan struct{}
@@ -613,7 +616,10 @@ func (v *Volume) Demote(ctx context.Context, splitBrainLoser bool) error {
 	if err := v.Flush(ctx); err != nil {
 		v.log.Warn("flush before demotion failed; demoting anyway (the journal is synced by the demotion)", "err", err)
 	}
-	if err := Demote(v.node, splitBrainLoser); err != nil {
+	v.mu.Lock()
+	ahead := v.imageAhead
+	v.mu.Unlock()
+	if err := demote(v.node, splitBrainLoser, ahead); err != nil {
 		v.SetReadOnly(nil)
 		return err
 	}

@@ -3,6 +3,7 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -310,5 +311,71 @@ func TestVolumeCancelledWriteIsApplied(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("after a restart the primary's store lacks the cancelled write's record")
+	}
+}
+
+// A primary fenced between an indirect write's image write and its Admit
+// (the fence arrives while the data is written) holds bytes in its image
+// that no record has. Demoted online, it must be marked for a resync: the
+// clean demotion left it a mirror with that data, in sync with nobody
+// (the simulation's seeds 1850 and 3209). coreRepl has no early fence
+// check, so the write takes exactly that path.
+func TestDemoteAfterFailedIndirectWriteResyncs(t *testing.T) {
+	dir := t.TempDir()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 64 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	repl := newCoreRepl(t, 1)
+	v, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour, IndirectMin: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{1}, 128<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	repl.mu.Lock()
+	repl.c.Fence(2)
+	repl.mu.Unlock()
+	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{2}, 128<<10), 1<<20, false); !errors.Is(err, core.ErrFenced) {
+		t.Fatalf("indirect write on a fenced core: %v, want ErrFenced", err)
+	}
+	if err := v.Demote(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	if m := node.Meta(); m.Role != mirror.RoleMirror || !m.NeedsResync {
+		t.Fatalf("after the demotion: role %s, needs resync %v; want a mirror that needs a resync", m.Role, m.NeedsResync)
+	}
+}
+
+// The clean case stays clean: a fenced primary whose writes all failed
+// before touching the image (journaled writes, which fail at Admit) is
+// demoted without a resync.
+func TestDemoteFencedWithoutImageWriteStaysClean(t *testing.T) {
+	dir := t.TempDir()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 64 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	repl := newCoreRepl(t, 1)
+	v, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour, IndirectMin: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	repl.mu.Lock()
+	repl.c.Fence(2)
+	repl.mu.Unlock()
+	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{2}, 4<<10), 1<<20, false); !errors.Is(err, core.ErrFenced) {
+		t.Fatalf("journaled write on a fenced core: %v, want ErrFenced", err)
+	}
+	if err := v.Demote(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	if m := node.Meta(); m.Role != mirror.RoleMirror || m.NeedsResync {
+		t.Fatalf("after the demotion: role %s, needs resync %v; want a mirror without a resync", m.Role, m.NeedsResync)
 	}
 }

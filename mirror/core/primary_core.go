@@ -440,6 +440,14 @@ type peerState struct {
 	// the records from it on and none before it (those are only in the
 	// chunks still to copy), whatever its acks say: see credit.
 	resyncFrom uint64
+	// hold, while holding: the highest seq released to the journal for the
+	// peer until ResyncDone. A resync that starts past records the journal
+	// still keeps for the peer (it copies their chunks instead) credits
+	// the peer with them; releasing them would let a checkpoint drop the
+	// only journal copy of writes no mirror has yet, and a quarantine after
+	// a failover to that mirror could no longer keep them.
+	hold    uint64
+	holding bool
 }
 
 // lagSeg says that seqs from firstSeq on (to the next segment) were
@@ -830,8 +838,11 @@ func (p *PrimaryCore) PeerAck(peer string, a wire.Ack) error {
 // unless the other peers' acks hold every seq below from (see quorum):
 // it waits for the others or the resync. The driver copies the rest
 // (chunks) itself and calls ResyncDone when the peer's store is
-// consistent.
-func (p *PrimaryCore) StartResync(peer string, from uint64) error {
+// consistent. kept is the lowest seq the journal still holds for the
+// peer (its consumer's release + 1, at least the journal's first seq):
+// the records from kept to from-1 stay in the journal until ResyncDone
+// (peerState.hold), although the peer's acks count from from-1 on.
+func (p *PrimaryCore) StartResync(peer string, from, kept uint64) error {
 	ps := p.byName[peer]
 	if ps == nil {
 		return fmt.Errorf("mirror: unknown peer %q", peer)
@@ -843,6 +854,13 @@ func (p *PrimaryCore) StartResync(peer string, from uint64) error {
 		return fmt.Errorf("mirror: resync of %s from seq %d: the journal holds %d..%d", peer, from, p.journalFirst, p.lastSeq())
 	}
 	ps.resyncFrom = from // it holds only what it acks from from on (see quorum)
+	if kept > 0 && kept < from {
+		h := kept - 1
+		if ps.holding {
+			h = min(h, ps.hold)
+		}
+		ps.hold, ps.holding = h, true
+	}
 	ps.ack = wire.Ack{Received: from - 1, Written: from - 1, Durable: from - 1, Applied: from - 1}
 	ps.flushSent = 0
 	ps.rate, ps.rateAck = 0, from-1
@@ -892,6 +910,7 @@ func (p *PrimaryCore) ResyncDone(peer string) error {
 		return fmt.Errorf("mirror: peer %s is %v, not resyncing", peer, ps.state)
 	}
 	ps.resyncFrom = 0 // its store now reflects every record below from
+	ps.holding = false
 	last := p.lastSeq()
 	if ps.ack.Level(p.cfg.AckLevel) >= last {
 		p.setState(ps, PeerInSync)
@@ -1051,8 +1070,12 @@ func (p *PrimaryCore) Tick() {
 func (p *PrimaryCore) Ready() PrimaryReady {
 	r := p.rd()
 	for _, ps := range p.peers {
-		if ps.ack.Durable > ps.released {
-			ps.released = ps.ack.Durable
+		through := ps.ack.Durable
+		if ps.holding {
+			through = min(through, ps.hold)
+		}
+		if through > ps.released {
+			ps.released = through
 			r.Releases = append(r.Releases, Release{Peer: ps.name, Through: ps.released})
 		}
 	}

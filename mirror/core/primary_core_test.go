@@ -360,7 +360,7 @@ func TestPrimaryFlushesReachResyncingMirror(t *testing.T) {
 	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, NextSeq: 11, JournalFirst: 5})
 	p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 2}) // behind the journal
 	p.Ready()
-	if err := p.StartResync("a", 5); err != nil {
+	if err := p.StartResync("a", 5, 0); err != nil {
 		t.Fatal(err)
 	}
 	p.Ready()
@@ -453,7 +453,7 @@ func TestPrimaryResyncingPeerCreditedOnlyWithWhatItHolds(t *testing.T) {
 	}
 	p.Ready()
 	// b's resync restarts live records after seq 1 (its chunk carries it).
-	if err := p.StartResync("b", 2); err != nil {
+	if err := p.StartResync("b", 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	wantDone(t, p, nil) // seq 1: only the primary holds it
@@ -511,7 +511,7 @@ func TestPrimarySingleMirrorResyncLiveness(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Ready()
-	if err := p.StartResync("a", 5); err != nil {
+	if err := p.StartResync("a", 5, 0); err != nil {
 		t.Fatal(err)
 	}
 	p.Ready()
@@ -554,7 +554,7 @@ func TestPrimaryFlushDuringResyncWaitsForIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Ready()
-	if err := p.StartResync("a", 11); err != nil { // the tail 5..10 skipped
+	if err := p.StartResync("a", 11, 0); err != nil { // the tail 5..10 skipped
 		t.Fatal(err)
 	}
 	p.Ready()
@@ -568,4 +568,66 @@ func TestPrimaryFlushDuringResyncWaitsForIt(t *testing.T) {
 		t.Fatal(err) // reconnected with its resync done and its store synced
 	}
 	wantDone(t, p, map[uint64]error{1: nil})
+}
+
+// A resync that starts past records the journal still keeps for the
+// mirror (it copies their chunks instead) must not release them before
+// the resync is done: the mirror does not have them yet, and a checkpoint
+// would drop the only journal copy (the simulation's seed 2316: a failover
+// to that mirror, then the old primary's quarantine missed write 1). The
+// mirror's own acks count from the resync's start on as before.
+func TestPrimaryResyncPastKeptRecordsHoldsThem(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, NextSeq: 11, JournalFirst: 1})
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	p.RequireResync("a")
+	p.Ready()
+	if err := p.StartResync("a", 5, 1); err != nil { // 1..4 credited, kept from 1
+		t.Fatal(err)
+	}
+	p.PeerAck("a", wire.Ack{Received: 8, Written: 8, Durable: 8, Applied: 8})
+	if rd := p.Ready(); len(rd.Releases) != 0 {
+		t.Fatalf("released %+v during a resync that skipped kept records", rd.Releases)
+	}
+	// The session ends and the next one resyncs again from further on: the
+	// hold stays where it was.
+	p.PeerDown("a")
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 8, DurableSeq: 8}); err != nil {
+		t.Fatal(err)
+	}
+	p.RequireResync("a")
+	p.Ready()
+	if err := p.StartResync("a", 9, 1); err != nil {
+		t.Fatal(err)
+	}
+	if rd := p.Ready(); len(rd.Releases) != 0 {
+		t.Fatalf("released %+v during the second session of the resync", rd.Releases)
+	}
+	if err := p.ResyncDone("a"); err != nil {
+		t.Fatal(err)
+	}
+	rd := p.Ready()
+	if len(rd.Releases) != 1 || rd.Releases[0] != (core.Release{Peer: "a", Through: 8}) {
+		t.Fatalf("releases after the resync %+v, want a through 8", rd.Releases)
+	}
+}
+
+// A resync from the mirror's next seq (nothing credited) releases as the
+// mirror acknowledges: no hold, so the journal does not grow during it.
+func TestPrimaryResyncFromNextSeqReleases(t *testing.T) {
+	p := newPrimary(t, core.PrimaryConfig{Peers: []string{"a"}, NextSeq: 11, JournalFirst: 1})
+	if err := p.PeerUp("a", core.PeerInfo{Epoch: 1, LastSeq: 4, DurableSeq: 4}); err != nil {
+		t.Fatal(err)
+	}
+	p.RequireResync("a")
+	p.Ready()
+	if err := p.StartResync("a", 5, 5); err != nil {
+		t.Fatal(err)
+	}
+	p.PeerAck("a", wire.Ack{Received: 8, Written: 8, Durable: 8, Applied: 8})
+	rd := p.Ready()
+	if n := len(rd.Releases); n == 0 || rd.Releases[n-1] != (core.Release{Peer: "a", Through: 8}) {
+		t.Fatalf("releases %+v, want a through 8", rd.Releases)
+	}
 }
