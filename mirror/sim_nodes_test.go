@@ -41,6 +41,7 @@ import (
 var (
 	simSeedFlag      = flag.Uint64("sim.seed", 0, "TestSimNodes: run only this seed")
 	simCountFlag     = flag.Int("sim.n", 0, "TestSimNodes: number of seeds (default simCISeeds, fewer with -short)")
+	simFirstFlag     = flag.Uint64("sim.first", 1, "TestSimNodes: the first seed of the -sim.n seeds (a sweep past the ones CI runs)")
 	simScheduleFlag  = flag.String("sim.schedule", "", "TestSimNodes: with -sim.seed, replay this schedule instead of the seed's")
 	simVerboseFlag   = flag.Bool("sim.v", false, "TestSimNodes: log every event and the nodes' log lines")
 	simSoakFlag      = flag.Duration("sim.soak", 0, "TestSimSoak: run random seeds for this long")

@@ -36,7 +36,8 @@ func TestSimNodes(t *testing.T) {
 	start := time.Now()
 	var tot simResult
 	var failed []uint64
-	for seed := uint64(1); seed <= uint64(n); seed++ {
+	first := max(*simFirstFlag, 1)
+	for seed := first; seed < first+uint64(n); seed++ {
 		if *simKeepGoingFlag {
 			if res := runSchedule(t, seed, simParamsOf(seed), drawSchedule(seed), nil); res.err != "" {
 				failed = append(failed, seed)
