@@ -42,6 +42,7 @@ var (
 	simSeedFlag      = flag.Uint64("sim.seed", 0, "TestSimNodes: run only this seed")
 	simCountFlag     = flag.Int("sim.n", 0, "TestSimNodes: number of seeds (default simCISeeds, fewer with -short)")
 	simFirstFlag     = flag.Uint64("sim.first", 1, "TestSimNodes: the first seed of the -sim.n seeds (a sweep past the ones CI runs)")
+	simIndirectFlag  = flag.Int("sim.indirect", -1, "TestSimNodes: VolumeOptions.IndirectMin for every seed (0: the path off) instead of the seed's draw")
 	simScheduleFlag  = flag.String("sim.schedule", "", "TestSimNodes: with -sim.seed, replay this schedule instead of the seed's")
 	simVerboseFlag   = flag.Bool("sim.v", false, "TestSimNodes: log every event and the nodes' log lines")
 	simSoakFlag      = flag.Duration("sim.soak", 0, "TestSimSoak: run random seeds for this long")
@@ -331,6 +332,9 @@ func simParamsOf(seed uint64) simParams {
 	p.lanes = []int{1, 2, 4}[seed%3]
 	if seed%2 == 0 {
 		p.inFlight = 32 << 10
+	}
+	if *simIndirectFlag >= 0 {
+		p.indirect = *simIndirectFlag
 	}
 	return p
 }
