@@ -113,6 +113,10 @@ func (w *simWorld) checkAck(c *simInc, wr *simWrite) {
 			vs = append(vs, view{m, m.node, nil, m.dead})
 		case m.m != nil:
 			vs = append(vs, view{m, nil, m.m, m.dead})
+		case m.promoting != nil:
+			// Between mirror and primary (a promotion, perhaps one that
+			// died): its journal holds what it acknowledged.
+			vs = append(vs, view{m, m.promoting, nil, m.dead})
 		}
 	}
 	w.mu.Unlock()

@@ -598,12 +598,16 @@ func (w *simWorld) promote(n *simNode) error {
 	}
 	node := c.m.Node()
 	w.mu.Lock()
-	c.m = nil
+	c.m, c.promoting = nil, node
 	w.mu.Unlock()
-	if err := c.startPrimary(node); err != nil {
-		return err
+	err = c.startPrimary(node)
+	w.mu.Lock()
+	c.promoting = nil
+	if err != nil && c.node == nil {
+		c.promoting = node // it died starting: keep what its journal had
 	}
-	return nil
+	w.mu.Unlock()
+	return err
 }
 
 // failover promotes the best mirror, after crashing the current primary

@@ -211,6 +211,11 @@ type simInc struct {
 	lastSub  uint64 // highest seq submitted
 	clients  sync.WaitGroup
 
+	// promoting: the node of a mirror whose promotion is starting it as a
+	// primary (neither m nor node is set meanwhile); a crash there leaves
+	// it the only view of what this incarnation's journal held.
+	promoting *Node
+
 	// as mirror
 	m       *Replica
 	mStop   context.CancelFunc
