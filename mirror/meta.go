@@ -59,6 +59,12 @@ type PeerMeta struct {
 	// in the journal or marked in its dirty bitmap (see peerstate.go). A
 	// mirror whose last seq is below TrackedFrom-1 is compared in full.
 	TrackedFrom uint64 `json:"tracked_from,omitempty"`
+	// Resyncing: this node began a resync of the mirror that has not
+	// completed, and the mirror's dirty bitmap marks what it has still to
+	// copy. A mirror whose store is inconsistent (an interrupted resync)
+	// resumes only with that bitmap: another primary's does not know what
+	// the interrupted resync had not copied yet (core.PlanResync).
+	Resyncing bool `json:"resyncing,omitempty"`
 }
 
 // Meta is a node's durable state for one volume. It is small and replaced

@@ -324,7 +324,7 @@ func (d *Replica) ackChunks(ctx context.Context, w *streamWriter, results <-chan
 		if err := flush(); err != nil || len(unconfirmed) == 0 {
 			return err
 		}
-		if err := d.node.Store.Sync(); err != nil {
+		if err := d.checkpointChunks(); err != nil {
 			return err
 		}
 		for len(unconfirmed) > 0 {
@@ -391,13 +391,30 @@ func (d *Replica) waitApplied(ctx context.Context, seq uint64) error {
 	return nil
 }
 
-// completeResync waits until every record ≤ tag is applied, then marks the
-// store consistent.
+// checkpointChunks makes the resync chunks written so far durable and
+// checkpoints the store through every record applied, which covers every
+// record those chunks reflect (a chunk is written only once each record ≤
+// its tag is applied). A chunk may hold what no record explains (the
+// primary's image after its power loss keeps sectors of a record its
+// journal lost; the activity log has them compared and copied): the
+// records of the journal below the checkpoint, replayed over the chunk at
+// a restart after a power loss, would undo that while the primary counts
+// the chunk as copied, and the node's image would differ from the
+// primary's with both in sync.
+func (d *Replica) checkpointChunks() error {
+	if err := d.node.Checkpoint(d.applied()); err != nil {
+		return fmt.Errorf("make the resync chunks durable: %w", err)
+	}
+	return nil
+}
+
+// completeResync waits until every record ≤ tag is applied, checkpoints
+// the store, then marks it consistent.
 func (d *Replica) completeResync(ctx context.Context, tag uint64) error {
 	if err := d.waitApplied(ctx, tag); err != nil {
 		return err
 	}
-	if err := d.node.Store.Sync(); err != nil {
+	if err := d.checkpointChunks(); err != nil {
 		return err
 	}
 	if err := d.node.UpdateMeta(func(m *Meta) error { m.Inconsistent = false; return nil }); err != nil {

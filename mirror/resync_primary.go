@@ -122,12 +122,13 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 	pm, known := r.node.Meta().Peers[l.addr.Name]
 	plan := core.PlanResync(core.ResyncInput{
 		MirrorLast: reply.LastSeq, MirrorFlags: reply.Flags, JournalFirst: first, LastSeq: last,
-		Bitmap: b != nil, Tracked: known, TrackedFrom: pm.TrackedFrom,
+		Bitmap: b != nil, Tracked: known, TrackedFrom: pm.TrackedFrom, Resyncing: pm.Resyncing,
 	})
 	begin := wire.ResyncBegin{Chunk: resync.DefaultSyncChunk, From: plan.From, Reset: plan.Reset}
 	if plan.BitmapIgnored {
-		l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, or it is behind what the bitmap tracks); comparing the whole disk",
-			"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", reply.Flags&wire.FlagNeedsResync != 0)
+		l.log.Warn("the dirty bitmap does not cover what the mirror may lack (its journal diverged, it is behind what the bitmap tracks, or it is inconsistent from a resync this node did not begin); comparing the whole disk",
+			"mirror_last_seq", reply.LastSeq, "tracked_from", pm.TrackedFrom, "diverged", reply.Flags&wire.FlagNeedsResync != 0,
+			"inconsistent", reply.Flags&wire.FlagInconsistent != 0)
 	}
 	if plan.WholeDisk {
 		b = resync.NewBitmap(r.node.Store.Size(), resync.DefaultSyncChunk)
@@ -144,7 +145,7 @@ func (l *peerLink) prepareResync(reply wire.HelloReply) (wire.ResyncBegin, *resy
 			m.Peers = make(map[string]PeerMeta)
 		}
 		p := m.Peers[l.addr.Name]
-		p.NeedsResync = true
+		p.NeedsResync, p.Resyncing = true, true
 		m.Peers[l.addr.Name] = p
 		return nil
 	})
@@ -277,7 +278,7 @@ func (l *peerLink) runResync(ctx context.Context, conn streamConn, bm *resync.Bi
 			m.Peers = make(map[string]PeerMeta)
 		}
 		p := m.Peers[l.addr.Name]
-		p.NeedsResync = false
+		p.NeedsResync, p.Resyncing = false, false
 		p.Dirty = nil
 		// The mirror now holds everything before the resync's start; from
 		// there on the journal (or the bitmap) tracks what it lacks.

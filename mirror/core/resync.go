@@ -16,6 +16,9 @@ type ResyncInput struct {
 	// or marked in its bitmap.
 	Tracked     bool
 	TrackedFrom uint64
+	// Resyncing: the primary began a resync of this mirror that has not
+	// completed; its bitmap marks what that resync has still to copy.
+	Resyncing bool
 }
 
 // ResyncPlan is how a resync starts.
@@ -37,9 +40,14 @@ type ResyncPlan struct {
 // of a mirror that is otherwise current). Otherwise it resets its journal
 // to the journal's first seq, and the bitmap is enough only if tracking
 // (journal or bitmap) reaches back to its last seq; else the whole disk is
-// compared.
+// compared. A mirror whose store is inconsistent (its resync was
+// interrupted) lacks whatever that resync had not copied yet, which only
+// the bitmap of the primary that began it marks: with any other primary
+// (a failover since, or a primary that forgot the resync) it is compared
+// in full, as a diverged one.
 func PlanResync(in ResyncInput) ResyncPlan {
-	agrees := in.MirrorFlags&wire.FlagNeedsResync == 0
+	agrees := in.MirrorFlags&wire.FlagNeedsResync == 0 &&
+		(in.MirrorFlags&wire.FlagInconsistent == 0 || in.Resyncing)
 	resumable := agrees && in.MirrorLast+1 >= in.JournalFirst && in.MirrorLast <= in.LastSeq
 	if resumable && in.Bitmap {
 		return ResyncPlan{From: in.MirrorLast + 1}
