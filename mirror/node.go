@@ -413,18 +413,37 @@ func (n *Node) BeginWrites() error {
 			return err
 		}
 	}
+	last := n.Journal.LastSeq()
+	var ahead []string // mirrors whose durable ack point is past last
 	err := n.UpdateMeta(func(m *Meta) error {
-		last := n.Journal.LastSeq()
 		var branched bool
 		if m.History, branched = core.RestartBranch(m.nodeState(), last, randomID()); branched {
 			n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
 				"epoch", m.Epoch, "first_seq", last+1)
+			// What a mirror acknowledged past last belongs to the old
+			// branch: the new branch's records at those seqs are not on
+			// it, and its journal consumer must keep them (for it, and for
+			// this node's quarantine should it be demoted before it meets
+			// that mirror again).
+			ahead = ahead[:0]
+			for name, p := range m.Peers {
+				if p.DurableSeq > last {
+					p.DurableSeq = last
+					m.Peers[name] = p
+					ahead = append(ahead, name)
+				}
+			}
 		}
 		m.WritesOpen = true
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("mirror: mark the volume as serving writes: %w", err)
+	}
+	for _, name := range ahead {
+		if err := n.guardPeerFrom(name, last+1); err != nil {
+			return err
+		}
 	}
 	n.mu.Lock()
 	n.writing = true
