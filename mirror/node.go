@@ -389,7 +389,9 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 // branch of its epoch: a history entry with a fresh ID at last+1 (same
 // epoch number, so fencing by a promoted node is unchanged). On contact
 // the fork point is found below any such record, the mirror's records
-// after it are quarantined and it is resynced.
+// after it are quarantined and it is resynced. A mirror's durable ack
+// point past last was for the old branch: it drops to last, and the
+// mirror's journal consumer keeps the new branch's records from last+1.
 //
 // The image, too, may hold sectors of writes whose records the journal
 // lost (see activity.go): every extent the activity log lists is marked in
