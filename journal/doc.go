@@ -140,7 +140,12 @@
 // a last version-1 segment, without sync lags, keeps the older rule (a
 // valid record with the following seq beyond the damage means corruption).
 // An empty segment followed by a gap is what an interrupted SetStart
-// leaves; the earlier start is kept. Errors wrapping ErrCorrupt name the
+// leaves; the earlier start is kept. So is a first segment whose header
+// never reached the disk in front of the old segments (a SetStart below
+// the old start creates the new segment before it removes the old ones):
+// shorter than a header, or a header's worth of zeros, it never held a
+// record and is removed, like a last segment with a torn header; anywhere
+// else a header-less segment is ErrCorrupt. Errors wrapping ErrCorrupt name the
 // file and byte offset; records are never skipped silently. A segment with
 // another volume UUID fails with ErrForeignVolume. The header of a segment
 // is fsync'd before any record is written into it, so a power loss cannot

@@ -43,15 +43,19 @@ func (j *Journal) recover() error {
 	var damage []*damaged // per segment of j.segs: nil, or where it is damaged
 	for i, first := range firsts {
 		last := i == len(firsts)-1
+		leading := i == 0 && !last
 		path := filepath.Join(dir, segmentName(first))
-		seg, dmg, torn, err := j.verifySegment(path, first, last)
+		seg, dmg, torn, err := j.verifySegment(path, first, last, leading)
 		if err != nil {
 			return err
 		}
 		if torn {
-			// Only possible for the last segment: its header never made it
-			// to disk, so it holds nothing.
-			j.log.Warn("journal: removing last segment with a torn header", "file", path)
+			// Its header never made it to disk, so it holds nothing: the
+			// last segment (rotation or SetStart interrupted), or the first
+			// of several (a SetStart below the old start, interrupted
+			// before it removed the old segments, which keep that start).
+			j.log.Warn("journal: removing a segment whose header never reached the disk (its creation was interrupted; it held no record)",
+				"file", path, "last", last)
 			if err := j.fs.Remove(path); err != nil {
 				return fmt.Errorf("journal: remove %s: %w", path, err)
 			}
@@ -303,10 +307,13 @@ func (j *Journal) readFrom(path string, off int64) ([]byte, error) {
 // alone: damage in a segment of format 1 or 2 that is not the last one is
 // an error wrapping ErrCorrupt (it was synced when it was closed), and so
 // is damage in a last version-1 segment followed by a valid record with
-// the next seq. torn reports a last segment whose
-// header never reached the disk. Any other damage to a header is an error
-// wrapping ErrCorrupt naming file and offset.
-func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segment, dmg *damaged, torn bool, err error) {
+// the next seq. torn reports a segment whose header never reached the
+// disk: the last one, or with leading the first of several when nothing
+// past its header's place was ever written (shorter than a header, or a
+// header's worth of zeros) — the new first segment of a SetStart below
+// the old start, created before the old segments go. Any other damage to
+// a header is an error wrapping ErrCorrupt naming file and offset.
+func (j *Journal) verifySegment(path string, first uint64, last, leading bool) (seg *segment, dmg *damaged, torn bool, err error) {
 	f, err := j.fs.Open(path)
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("journal: open %s: %w", path, err)
@@ -321,14 +328,14 @@ func (j *Journal) verifySegment(path string, first uint64, last bool) (seg *segm
 		return nil, nil, false, fmt.Errorf("journal: read %s: %w", path, err)
 	}
 	if size < SegmentHeaderSize {
-		if last {
+		if last || leading {
 			return nil, nil, true, nil
 		}
 		return nil, nil, false, fmt.Errorf("journal: %s at offset 0: %w: segment header cut short (%d bytes)", path, ErrCorrupt, size)
 	}
 	h, err := DecodeSegmentHeader(hb)
 	if err != nil {
-		if last && isZero(hb) && j.zeroFile(f, size) {
+		if isZero(hb) && (last && j.zeroFile(f, size) || leading && size == SegmentHeaderSize) {
 			return nil, nil, true, nil
 		}
 		return nil, nil, false, fmt.Errorf("journal: %s at offset 0: %w", path, err)

@@ -389,7 +389,9 @@ func (n *Node) UpdateMeta(fn func(m *Meta) error) error {
 // branch of its epoch: a history entry with a fresh ID at last+1 (same
 // epoch number, so fencing by a promoted node is unchanged). On contact
 // the fork point is found below any such record, the mirror's records
-// after it are quarantined and it is resynced.
+// after it are quarantined and it is resynced. A mirror's durable ack
+// point past last was for the old branch: it drops to last, and the
+// mirror's journal consumer keeps the new branch's records from last+1.
 //
 // The image, too, may hold sectors of writes whose records the journal
 // lost (see activity.go): every extent the activity log lists is marked in
@@ -413,18 +415,37 @@ func (n *Node) BeginWrites() error {
 			return err
 		}
 	}
+	last := n.Journal.LastSeq()
+	var ahead []string // mirrors whose durable ack point is past last
 	err := n.UpdateMeta(func(m *Meta) error {
-		last := n.Journal.LastSeq()
 		var branched bool
 		if m.History, branched = core.RestartBranch(m.nodeState(), last, randomID()); branched {
 			n.log.Warn("the last run did not stop cleanly; its mirrors may hold records this journal lost, so new writes start a new branch of the epoch (mirrors ahead of it are quarantined and resynced)",
 				"epoch", m.Epoch, "first_seq", last+1)
+			// What a mirror acknowledged past last belongs to the old
+			// branch: the new branch's records at those seqs are not on
+			// it, and its journal consumer must keep them (for it, and for
+			// this node's quarantine should it be demoted before it meets
+			// that mirror again).
+			ahead = ahead[:0]
+			for name, p := range m.Peers {
+				if p.DurableSeq > last {
+					p.DurableSeq = last
+					m.Peers[name] = p
+					ahead = append(ahead, name)
+				}
+			}
 		}
 		m.WritesOpen = true
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("mirror: mark the volume as serving writes: %w", err)
+	}
+	for _, name := range ahead {
+		if err := n.guardPeerFrom(name, last+1); err != nil {
+			return err
+		}
 	}
 	n.mu.Lock()
 	n.writing = true

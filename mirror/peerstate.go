@@ -173,6 +173,23 @@ func (n *Node) addPeerConsumer(peer string, from uint64) error {
 	})
 }
 
+// guardPeerFrom makes peer's journal consumer (registered at open from
+// its durable ack point) keep every record from seq from on: a consumer
+// that released more is registered again from there. Called before this
+// run's first write, when no record from from on exists yet.
+func (n *Node) guardPeerFrom(peer string, from uint64) error {
+	j := n.Journal
+	released, ok := j.Consumer(peerConsumer(peer))
+	if !ok || released < from {
+		return nil
+	}
+	j.RemoveConsumer(peerConsumer(peer))
+	if err := j.AddConsumer(peerConsumer(peer), max(from, j.FirstSeq()), true); err != nil {
+		return fmt.Errorf("mirror: register mirror %s with the journal from seq %d: %w", peer, from, err)
+	}
+	return nil
+}
+
 // forgetPeers removes the consumers, metadata and bitmaps of the mirrors
 // the metadata knows but keep does not name: nothing tracks what they
 // miss any more, so if they come back they are compared in full.
