@@ -165,8 +165,11 @@ func (d *Replica) serveResync(ctx context.Context, st frameStream, begun <-chan 
 	defer cancel()
 	sw := &streamWriter{st: st}
 	go func() { ackErr <- d.ackChunks(actx, sw, results) }()
+	// One frame buffer for the stream: every message is handled (a chunk
+	// written) before the next frame is read, and nothing kept aliases it.
+	var in []byte
 	for {
-		typ, p, err := st.ReadFrame(nil)
+		typ, p, err := st.ReadFrame(in)
 		var se *transport.StreamError
 		if errors.Is(err, io.EOF) || (errors.As(err, &se) && se.Remote) {
 			return nil // the primary finished or abandoned this stream
@@ -174,6 +177,7 @@ func (d *Replica) serveResync(ctx context.Context, st frameStream, begun <-chan 
 		if err != nil {
 			return err
 		}
+		in = p[:0]
 		switch wire.MsgType(typ) {
 		case wire.MsgSyncHashReq:
 			q, err := wire.DecodeSyncHashReq(p)

@@ -35,6 +35,14 @@
 #   PPROF_DIR   profile both daemons (--pprof) for PPROF_SECONDS (default
 #               5) from the start of the new-mirror resync into
 #               PPROF_DIR/{primary,mirror}.pprof and print the top of each
+#   BIN_BASE    another blockmirror binary (e.g. built from main): the
+#               "different" scenario then runs AB_ROUNDS times (default 2)
+#               with each binary, alternating (base first), on the same
+#               primary data, and the table has a row per run (this
+#               binary's last run is the one profiled), so a change is
+#               compared side by side in one run
+#               (go build -o /tmp/bm-main ./cmd/blockmirror in a checkout
+#               of main; BIN_BASE=/tmp/bm-main)
 #
 # The images live in the page cache (this measures the software, not the
 # disk); run with a SIZE larger than RAM to include the disk.
@@ -117,14 +125,14 @@ wait_for() {
 start_primary() {
 	local log=$1
 	shift
-	"$BIN" serve --data "$BENCH_DIR/p1" --nbd "$P_NBD" --admin "$P_ADMIN" \
+	"${RUN_BIN:-$BIN}" serve --data "$BENCH_DIR/p1" --nbd "$P_NBD" --admin "$P_ADMIN" \
 		--certs "$BENCH_DIR/certs" --node p1 "${PPROF_ARGS[@]}" "$@" >"$log" 2>&1 &
 	PRIMARY_PID=$!
 	wait_for 20 "primary serving NBD" grep -qs "serving NBD" "$log"
 }
 start_mirror() {
 	local log=$1
-	"$BIN" mirror --data "$BENCH_DIR/m1" --listen "$M_LISTEN" --admin "$M_ADMIN" \
+	"${RUN_BIN:-$BIN}" mirror --data "$BENCH_DIR/m1" --listen "$M_LISTEN" --admin "$M_ADMIN" \
 		--certs "$BENCH_DIR/certs" --node m1 "${PPROF_ARGS[@]}" >"$log" 2>&1 &
 	MIRROR_PID=$!
 	wait_for 20 "mirror listening" grep -qs "mirror listening" "$log"
@@ -153,6 +161,34 @@ fio --name=fill --ioengine=nbd --uri="nbd://$P_NBD/disk" --rw=write --bs=1M --io
 wait_for 30 "the journal to drop its first segments" one_segment
 stop "$PRIMARY_PID"
 PRIMARY_PID=
+
+# --- different, A/B: the base binary and this one alternate, each
+# resyncing a new, empty mirror (the last run is this binary's, below)
+AB_ROWS=()
+if [ -n "${BIN_BASE:-}" ]; then
+	[ -x "$BIN_BASE" ] || die "BIN_BASE=$BIN_BASE is not an executable"
+	for round in $(seq "${AB_ROUNDS:-2}"); do
+		for which in base this; do
+			[ "$which" = this ] && [ "$round" = "${AB_ROUNDS:-2}" ] && break
+			RUN_BIN=$BIN
+			[ "$which" = base ] && RUN_BIN=$BIN_BASE
+			say "A/B round $round: resync to a new, empty mirror with the $which binary ($RUN_BIN)"
+			rm -rf "$BENCH_DIR/m1"
+			log=$BENCH_DIR/p1-ab-$round-$which.log
+			start_mirror "$BENCH_DIR/m1-ab-$round-$which.log"
+			start_primary "$log" --mirror "m1=$M_LISTEN"
+			wait_for 600 "resync complete ($which binary)" grep -qs 'msg="resync complete"' "$log"
+			AB_ROWS+=("$which-$round" "$(log_field "$log" "resync complete" compared_bytes)" \
+				"$(log_field "$log" "resync complete" sent_bytes)" "$(log_field "$log" "resync complete" seconds)")
+			stop "$PRIMARY_PID"
+			PRIMARY_PID=
+			stop "$MIRROR_PID"
+			MIRROR_PID=
+		done
+	done
+	rm -rf "$BENCH_DIR/m1"
+	RUN_BIN=
+fi
 
 # --- different: new empty mirror, every chunk sent
 say "resync to a new, empty mirror (every chunk differs)"
@@ -232,17 +268,27 @@ QUIC_MBS=$(printf '%s\n' "$QUIC_OUT" | grep "window=${QUIC_WIN_MIB}MiB" | grep -
 [ -n "$QUIC_MBS" ] || die "no MB/s for window=${QUIC_WIN_MIB}MiB in the transport benchmark output"
 
 "$PY" - "$SIZE_BYTES" "$DIFF_CMP" "$DIFF_SENT" "$DIFF_SECS" "$SAME_CMP" "$SAME_SENT" "$SAME_SECS" \
-	"$VERIFY_SECS" "$QUIC_MBS" "$QUIC_WIN_MIB" "${OUT:-}" <<'EOF'
+	"$VERIFY_SECS" "$QUIC_MBS" "$QUIC_WIN_MIB" "${OUT:-}" "${AB_ROWS[@]}" <<'EOF'
 import sys
-size, dcmp, dsent, dsecs, scmp, ssent, ssecs, vsecs, qmbs, qwin, out = sys.argv[1:]
+size, dcmp, dsent, dsecs, scmp, ssent, ssecs, vsecs, qmbs, qwin, out = sys.argv[1:12]
+ab = sys.argv[12:]
 size, dcmp, dsent, scmp, ssent = map(int, (size, dcmp, dsent, scmp, ssent))
 dsecs, ssecs, vsecs, qmbs = map(float, (dsecs, ssecs, vsecs, qmbs))
 G = float(1 << 30)
 quic = qmbs * 1e6 / G                     # GiB/s (go test MB/s is 10^6 B/s)
-rows = [
-    # name, compared, sent, seconds, GiB/s (of the disk), target, ok
-    ("different (new mirror)", dcmp, dsent, dsecs, dcmp / G / dsecs,
-     ">= 0.8 x QUIC = %.2f" % (0.8 * quic), dcmp / G / dsecs >= 0.8 * quic),
+target = ">= 0.8 x QUIC = %.2f" % (0.8 * quic)
+# name, compared, sent, seconds, GiB/s (of the disk), target, ok
+rows = []
+for i in range(0, len(ab), 4):  # the A/B runs (BIN_BASE), in the order run
+    which, run = ab[i].split("-")
+    c, s, secs = int(ab[i + 1]), int(ab[i + 2]), float(ab[i + 3])
+    rows.append(("different, %s binary (run %s)" % (which, run), c, s, secs, c / G / secs,
+                 target, c / G / secs >= 0.8 * quic))
+name = "different (new mirror)"
+if ab:
+    name = "different, this binary (run %d)" % (len(ab) // 8 + 1)
+rows += [
+    (name, dcmp, dsent, dsecs, dcmp / G / dsecs, target, dcmp / G / dsecs >= 0.8 * quic),
     ("identical (hash only)", scmp, ssent, ssecs, scmp / G / ssecs, ">= 1.00", scmp / G / ssecs >= 1.0),
     ("verify (hash both sides)", size, 0, vsecs, size / G / vsecs, "-", None),
     ("QUIC 1 stream (window %s MiB)" % qwin, 0, 0, 0, quic, "-", None),
