@@ -106,6 +106,9 @@ type Replica struct {
 	wg         sync.WaitGroup
 
 	resyncChunks atomic.Int64
+	// unsynced: the resync chunks written to the store and not made
+	// durable yet; a hash over them is answered only after they are.
+	unsynced unsyncedChunks
 
 	// failover state, guarded by mu. promoted is set while an online
 	// promotion runs and after it succeeded; promoting is closed when the

@@ -184,6 +184,14 @@ func (d *Replica) serveResync(ctx context.Context, st frameStream, begun <-chan 
 			if err != nil {
 				return err
 			}
+			// A primary that finds a chunk equal clears it without a
+			// durable ack: the hash must be of what a power loss keeps.
+			if d.unsynced.overlaps(q.Off, q.Off+q.Len) {
+				if err := d.checkpointChunks(); err != nil {
+					return err
+				}
+				cacheOff, cacheLen = 0, 0
+			}
 			if q.Off != cacheOff || q.Len != cacheLen || leaves == nil {
 				leaves, err = h.HashRange(int64(q.Off), int64(q.Len), leaves[:0])
 				if err != nil {
@@ -278,6 +286,7 @@ func (d *Replica) writeChunk(m wire.SyncChunk) (bool, error) {
 	if resync.Stale(m.Tag, d.appliedSeq, &d.recent, m.Off, end) {
 		return false, nil
 	}
+	d.unsynced.wrote(m.Off, end)
 	var err error
 	if m.Zero {
 		err = d.node.Store.Zero(int64(m.Off), int64(m.Len), false)
@@ -406,10 +415,72 @@ func (d *Replica) waitApplied(ctx context.Context, seq uint64) error {
 // the chunk as copied, and the node's image would differ from the
 // primary's with both in sync.
 func (d *Replica) checkpointChunks() error {
+	n := d.unsynced.syncing()
 	if err := d.node.Checkpoint(d.applied()); err != nil {
 		return fmt.Errorf("make the resync chunks durable: %w", err)
 	}
+	d.unsynced.synced(n)
 	return nil
+}
+
+// unsyncedChunks tracks the resync chunks written to the store since the
+// last checkpoint: in the page cache only, they are not what a power loss
+// keeps. A chunk written in an interrupted session is still there when
+// the primary reconnects and compares it; if it is answered from the page
+// cache, the primary finds it equal and clears it from its bitmap, and a
+// power loss then leaves the mirror in sync without it. Until the first
+// checkpoint of this process anything may be in the page cache (a killed
+// process's writes stay there), so every range counts as unsynced.
+type unsyncedChunks struct {
+	mu    sync.Mutex
+	once  bool // a checkpoint completed in this process
+	next  uint64
+	spans []unsyncedSpan // written since the last checkpoint began, in order
+}
+
+type unsyncedSpan struct{ n, off, end uint64 }
+
+// wrote records a chunk about to be written at [off, end).
+func (u *unsyncedChunks) wrote(off, end uint64) {
+	u.mu.Lock()
+	u.spans = append(u.spans, unsyncedSpan{u.next, off, end})
+	u.next++
+	u.mu.Unlock()
+}
+
+// overlaps reports whether [off, end) may hold chunk bytes not yet durable.
+func (u *unsyncedChunks) overlaps(off, end uint64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.once {
+		return true
+	}
+	for _, s := range u.spans {
+		if s.off < end && off < s.end {
+			return true
+		}
+	}
+	return false
+}
+
+// syncing is called before a checkpoint begins; synced(mark) after it
+// completed forgets the spans written before it began (checkpoints may
+// overlap: each forgets only what it covers).
+func (u *unsyncedChunks) syncing() (mark uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.next
+}
+
+func (u *unsyncedChunks) synced(mark uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	i := 0
+	for i < len(u.spans) && u.spans[i].n < mark {
+		i++
+	}
+	u.spans = append(u.spans[:0], u.spans[i:]...)
+	u.once = true
 }
 
 // completeResync waits until every record ≤ tag is applied, checkpoints
