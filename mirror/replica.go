@@ -556,6 +556,7 @@ func (d *Replica) applyLoop(ctx context.Context) {
 	cpTimer := time.NewTicker(d.opts.CheckpointInterval)
 	defer cpTimer.Stop()
 	var rd *journal.Reader
+	var readBackoff time.Duration
 	defer func() {
 		if rd != nil {
 			rd.Close()
@@ -618,13 +619,24 @@ func (d *Replica) applyLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			if !errors.Is(err, journal.ErrTruncated) {
-				d.log.Error("reading the journal to apply records failed", "err", err)
-			}
 			rd.Close()
 			rd = nil
+			if errors.Is(err, journal.ErrTruncated) {
+				continue // reset for a resync meanwhile: start again from the new position
+			}
+			// A journal that cannot be read now (a failing disk) is tried
+			// again after a pause that doubles up to a second: retried at
+			// once it would spin a core and log an error per attempt.
+			readBackoff = min(max(2*readBackoff, 10*time.Millisecond), time.Second)
+			d.log.Error("reading the journal to apply records failed; retrying", "from", applied+1, "retry_in", readBackoff, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(readBackoff):
+			}
 			continue
 		}
+		readBackoff = 0
 		d.applyMu.Lock()
 		for _, rec := range recs {
 			if rec.Seq != d.appliedSeq+1 || rec.Seq > target {
