@@ -77,6 +77,80 @@ func (n *Node) SaveBitmap(peer string, b *resync.Bitmap) error {
 	return n.saveBitmapLocked(peer, b)
 }
 
+// adoptedPath is the bitmap of the chunks this node took as resync chunks
+// while a mirror (AdoptChunks).
+func (n *Node) adoptedPath() string { return filepath.Join(n.Dir, "adopted.dirty") }
+
+// AdoptChunks adds the chunks mark sets to the node's adopted bitmap, the
+// chunks it took as resync chunks while a mirror. Such a chunk is the
+// primary's image, which may hold data no journal record explains (sectors
+// of writes whose records a power loss took, found by the primary's
+// activity log): another mirror at the same seq may lack it, so a node
+// promoted later has every mirror compare these chunks (handOverAdopted).
+// Durable before the primary is told the chunks are.
+func (n *Node) AdoptChunks(mark func(b *resync.Bitmap)) error {
+	n.bmMu.Lock()
+	defer n.bmMu.Unlock()
+	b, err := resync.LoadBitmapFS(n.fs, n.adoptedPath(), n.Store.Size(), resync.DefaultSyncChunk)
+	if err != nil {
+		return fmt.Errorf("mirror: load the adopted-chunks bitmap: %w", err)
+	}
+	if b == nil {
+		b = resync.NewBitmap(n.Store.Size(), resync.DefaultSyncChunk)
+	}
+	before := b.Count()
+	mark(b)
+	if b.Count() == before {
+		return nil
+	}
+	if err := b.Save(n.fs, n.adoptedPath()); err != nil {
+		return fmt.Errorf("mirror: save the adopted-chunks bitmap: %w", err)
+	}
+	return nil
+}
+
+// handOverAdopted, on a primary, marks the chunks it adopted as a mirror
+// in the bitmap of every mirror named (they are compared, and copied where
+// they differ, at the mirror's next session), then drops the adopted
+// bitmap. Run again after a crash midway, it marks them again.
+func (n *Node) handOverAdopted(peers []string) error {
+	n.bmMu.Lock()
+	b, err := resync.LoadBitmapFS(n.fs, n.adoptedPath(), n.Store.Size(), resync.DefaultSyncChunk)
+	n.bmMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("mirror: load the adopted-chunks bitmap: %w", err)
+	}
+	if b == nil {
+		return nil
+	}
+	if b.Count() > 0 && len(peers) > 0 {
+		n.log.Warn("this node took resync chunks while it was a mirror: they may hold data no journal record explains, so every mirror compares them",
+			"chunks", b.Count(), "bytes", b.Bytes(), "mirrors", len(peers))
+		for _, name := range peers {
+			if err := n.MarkDirty(name, func(d *resync.Bitmap) { d.Or(b) }); err != nil {
+				return fmt.Errorf("mirror: mark the adopted chunks for mirror %s: %w", name, err)
+			}
+		}
+		err := n.UpdateMeta(func(m *Meta) error {
+			for _, name := range peers {
+				p := m.Peers[name]
+				p.NeedsResync = true
+				m.Peers[name] = p
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	n.bmMu.Lock()
+	defer n.bmMu.Unlock()
+	if err := n.fs.Remove(n.adoptedPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("mirror: remove the adopted-chunks bitmap: %w", err)
+	}
+	return nil
+}
+
 // MarkDirty adds regions to the peer's bitmap file (creating it), and to
 // the overlay of a resync that tracks marks.
 func (n *Node) MarkDirty(peer string, mark func(b *resync.Bitmap)) error {

@@ -225,6 +225,14 @@ func StartReplication(node *Node, opts ReplicationOptions) (*Replication, error)
 		cancel()
 		return nil, err
 	}
+	peerNames := make([]string, 0, len(opts.Peers))
+	for _, p := range opts.Peers {
+		peerNames = append(peerNames, p.Name)
+	}
+	if err := node.handOverAdopted(peerNames); err != nil {
+		cancel()
+		return nil, err
+	}
 	r.wg.Add(2)
 	go r.tickLoop()
 	go r.syncLoop()

@@ -414,12 +414,25 @@ func (d *Replica) waitApplied(ctx context.Context, seq uint64) error {
 // a restart after a power loss, would undo that while the primary counts
 // the chunk as copied, and the node's image would differ from the
 // primary's with both in sync.
+//
+// The chunks go into the node's adopted bitmap first (Node.AdoptChunks),
+// durably before the primary hears they are.
 func (d *Replica) checkpointChunks() error {
-	n := d.unsynced.syncing()
+	mark := d.unsynced.syncing()
+	if spans := d.unsynced.before(mark); len(spans) > 0 {
+		err := d.node.AdoptChunks(func(b *resync.Bitmap) {
+			for _, s := range spans {
+				b.SetRange(int64(s.off), int64(s.end-s.off))
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("make the resync chunks durable: %w", err)
+		}
+	}
 	if err := d.node.Checkpoint(d.applied()); err != nil {
 		return fmt.Errorf("make the resync chunks durable: %w", err)
 	}
-	d.unsynced.synced(n)
+	d.unsynced.synced(mark)
 	return nil
 }
 
@@ -470,6 +483,19 @@ func (u *unsyncedChunks) syncing() (mark uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.next
+}
+
+// before returns the spans written before mark.
+func (u *unsyncedChunks) before(mark uint64) []unsyncedSpan {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []unsyncedSpan
+	for _, s := range u.spans {
+		if s.n < mark {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (u *unsyncedChunks) synced(mark uint64) {
