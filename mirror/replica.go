@@ -44,6 +44,10 @@ type ReplicaOptions struct {
 	// holding every record ≤ applied.
 	onApply func(rec journal.Record)
 	onReset func(from, applied uint64)
+	// onEmpty (tests, under the apply lock) is called when a resync's
+	// reset is about to empty the journal: from then on its records may
+	// be gone (a crash before the reset completes leaves them so).
+	onEmpty func()
 	// onQuarantine (tests, under d.mu) sees the fork point after which
 	// the journal's records were quarantined.
 	onQuarantine func(fork uint64)

@@ -100,6 +100,9 @@ func (d *Replica) beginResync(ctx context.Context, m wire.ResyncBegin) error {
 	if capped || !diverged {
 		held = max(held, last)
 	}
+	if d.opts.onEmpty != nil {
+		d.opts.onEmpty()
+	}
 	if err := j.Empty(); err != nil { // (retention may release segments meanwhile)
 		d.applyMu.Unlock()
 		return fmt.Errorf("empty journal: %w", err)

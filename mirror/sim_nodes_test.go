@@ -500,7 +500,7 @@ func (c *simInc) startMirror() error {
 	ctx, stop := context.WithCancel(context.Background())
 	d, err := newReplicaOn(ctx, ln, ReplicaOptions{
 		Name: n.name, Node: c.nodeOptions(false), Tick: 10 * time.Millisecond, CheckpointInterval: w.p.mirrorCkpt,
-		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset, onQuarantine: c.onQuarantine,
+		Logger: w.log.With("node", n.name, "inc", c.id), onApply: c.onApply, onReset: c.onReset, onEmpty: c.onEmpty, onQuarantine: c.onQuarantine,
 		onResyncBegin: c.onResyncBegin,
 	})
 	if err != nil {
@@ -626,6 +626,20 @@ func (c *simInc) onResyncBegin() {
 	if arm != nil {
 		arm()
 	}
+}
+
+// onEmpty: a resync's reset empties the journal next. What it held is
+// the session primary's (up to the fork) or was quarantined already; a
+// crash before the reset completes may leave the journal empty (the
+// restart then continues after the checkpoint), so the node no longer
+// counts as holding those records from here on.
+func (c *simInc) onEmpty() {
+	w := c.n.w
+	w.mu.Lock()
+	for _, wr := range w.writes {
+		delete(wr.heldBy, c.n.name)
+	}
+	w.mu.Unlock()
 }
 
 func (c *simInc) onReset(from, applied uint64) {
