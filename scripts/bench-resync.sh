@@ -155,7 +155,10 @@ go build -o "$BIN" ./cmd/blockmirror
 
 # --- primary with SIZE of random data whose journal no longer holds seq 1
 say "creating a $SIZE primary and writing random data (non-sparse) over all of it through NBD"
-start_primary "$BENCH_DIR/p1-setup.log" --size "$SIZE"
+# --indirect-min 0: the fill's records carry their data, so the journal
+# fills segments and drops seq 1 (indirect records would be a few bytes each
+# and the first segment would stay).
+start_primary "$BENCH_DIR/p1-setup.log" --size "$SIZE" --indirect-min 0
 fio --name=fill --ioengine=nbd --uri="nbd://$P_NBD/disk" --rw=write --bs=1M --iodepth=4 \
 	--size="$SIZE_BYTES" --refill_buffers --output=/dev/null
 wait_for 30 "the journal to drop its first segments" one_segment
