@@ -314,6 +314,32 @@ func TestVolumeCancelledWriteIsApplied(t *testing.T) {
 	}
 }
 
+// indirectPrimary is a primary volume on a core-backed replication, with
+// the indirect path on for writes of 64 KiB and more; closed at the end of
+// the test.
+func indirectPrimary(t *testing.T) (*mirror.Node, *coreRepl, *mirror.Volume) {
+	t.Helper()
+	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: t.TempDir(), Size: 64 << 20, Role: mirror.RolePrimary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Close() })
+	repl := newCoreRepl(t, 1)
+	v, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour, IndirectMin: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return node, repl, v
+}
+
+// fence makes the core fenced by a node of a higher epoch.
+func (r *coreRepl) fence(epoch uint64) {
+	r.mu.Lock()
+	r.c.Fence(epoch)
+	r.mu.Unlock()
+}
+
 // A primary fenced between an indirect write's image write and its Admit
 // (the fence arrives while the data is written) holds bytes in its image
 // that no record has. Demoted online, it must be marked for a resync: the
@@ -321,24 +347,11 @@ func TestVolumeCancelledWriteIsApplied(t *testing.T) {
 // (the simulation's seeds 1850 and 3209). coreRepl has no early fence
 // check, so the write takes exactly that path.
 func TestDemoteAfterFailedIndirectWriteResyncs(t *testing.T) {
-	dir := t.TempDir()
-	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 64 << 20, Role: mirror.RolePrimary})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	repl := newCoreRepl(t, 1)
-	v, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour, IndirectMin: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	node, repl, v := indirectPrimary(t)
 	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{1}, 128<<10), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	repl.mu.Lock()
-	repl.c.Fence(2)
-	repl.mu.Unlock()
+	repl.fence(2)
 	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{2}, 128<<10), 1<<20, false); !errors.Is(err, core.ErrFenced) {
 		t.Fatalf("indirect write on a fenced core: %v, want ErrFenced", err)
 	}
@@ -354,21 +367,8 @@ func TestDemoteAfterFailedIndirectWriteResyncs(t *testing.T) {
 // before touching the image (journaled writes, which fail at Admit) is
 // demoted without a resync.
 func TestDemoteFencedWithoutImageWriteStaysClean(t *testing.T) {
-	dir := t.TempDir()
-	node, err := mirror.OpenNode(t.Context(), mirror.NodeOptions{Dir: dir, Size: 64 << 20, Role: mirror.RolePrimary})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	repl := newCoreRepl(t, 1)
-	v, err := mirror.NewVolume(node, repl, mirror.VolumeOptions{CheckpointInterval: time.Hour, IndirectMin: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	repl.mu.Lock()
-	repl.c.Fence(2)
-	repl.mu.Unlock()
+	node, repl, v := indirectPrimary(t)
+	repl.fence(2)
 	if err := v.WriteAt(t.Context(), bytes.Repeat([]byte{2}, 4<<10), 1<<20, false); !errors.Is(err, core.ErrFenced) {
 		t.Fatalf("journaled write on a fenced core: %v, want ErrFenced", err)
 	}
