@@ -193,7 +193,6 @@ func (d *Replica) serveResync(ctx context.Context, st frameStream, begun <-chan 
 				if err := d.checkpointChunks(); err != nil {
 					return err
 				}
-				cacheOff, cacheLen = 0, 0
 			}
 			if q.Off != cacheOff || q.Len != cacheLen || leaves == nil {
 				leaves, err = h.HashRange(int64(q.Off), int64(q.Len), leaves[:0])
